@@ -1,0 +1,31 @@
+"""Device drivers for edge-agent: one module per family, free of MQTT and MCP.
+
+``DRIVER_KINDS`` maps a config ``kind`` to its driver class; :func:`driver_class` looks one up.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from .base import Driver, DriverContext, SensorSpec, ToolSpec
+
+# kind -> "module:Class"; imported lazily so a Pi without pyserial can still run GPIO drivers.
+DRIVER_KINDS: dict[str, str] = {}
+
+
+def driver_class(kind: str) -> type[Driver]:
+    """The class for a config ``kind``.
+
+    Raises:
+        KeyError: unknown kind (the message lists the known ones).
+        ImportError: the kind's library (gpiozero, pyserial) is not installed.
+    """
+    try:
+        target = DRIVER_KINDS[kind]
+    except KeyError:
+        raise KeyError(f"unknown driver kind {kind!r}; known: {', '.join(sorted(DRIVER_KINDS))}") from None
+    module, _, cls = target.partition(":")
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = ["DRIVER_KINDS", "Driver", "DriverContext", "SensorSpec", "ToolSpec", "driver_class"]

@@ -1,0 +1,65 @@
+"""Broker URLs: ``mqtt://[user[:password]@]host[:port]`` and ``mqtts://`` (TLS).
+
+Default ports: 1883 for ``mqtt``, 8883 for ``mqtts``. Also accepts ``tcp://`` (as ``mqtt``)
+and ``ssl://`` (as ``mqtts``), and a bare ``host[:port]``.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from urllib.parse import unquote, urlsplit
+
+DEFAULT_BROKER = "mqtt://localhost:1883"
+ENV_BROKER = "EDGE_AGENT_BROKER"
+
+
+@dataclass(frozen=True)
+class BrokerURL:
+    host: str
+    port: int
+    tls: bool = False
+    username: str | None = None
+    password: str | None = None
+
+    def __str__(self) -> str:  # never prints the password
+        user = f"{self.username}@" if self.username else ""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
+
+
+def parse_broker_url(url: str) -> BrokerURL:
+    """Parse a broker URL.
+
+    Raises:
+        ValueError: an unknown scheme, a missing host or a port outside 1..65535.
+    """
+    if "://" not in url:
+        url = "mqtt://" + url
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme in ("mqtt", "tcp"):
+        tls = False
+    elif scheme in ("mqtts", "ssl", "tls"):
+        tls = True
+    else:
+        raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://, not {scheme}://")
+    if not parts.hostname:
+        raise ValueError(f"broker URL {url!r} has no host")
+    try:
+        port = parts.port or (8883 if tls else 1883)
+    except ValueError as exc:
+        raise ValueError(f"broker URL {url!r}: bad port ({exc})") from None
+    if not 0 < port < 65536:
+        raise ValueError(f"broker URL {url!r}: port must be 1..65535")
+    return BrokerURL(
+        host=parts.hostname,
+        port=port,
+        tls=tls,
+        username=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+    )
+
+
+def default_broker() -> str:
+    """``$EDGE_AGENT_BROKER`` if set, else ``mqtt://localhost:1883``."""
+    return os.environ.get(ENV_BROKER) or DEFAULT_BROKER

@@ -1,0 +1,14 @@
+"""Shared fixtures: a real Mosquitto on a free port, torn down after the test."""
+
+from __future__ import annotations
+
+import pytest
+
+from edge_agent.local_broker import LocalBroker
+
+
+@pytest.fixture
+def broker():
+    """A fresh Mosquitto on 127.0.0.1:<free port>; ``broker.url`` is its mqtt:// URL."""
+    with LocalBroker() as b:
+        yield b
