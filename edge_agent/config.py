@@ -1,0 +1,271 @@
+"""TOML config → typed dataclasses. Every error names the file and the key.
+
+Shape (see ``docs/configuration.md`` for every key)::
+
+    [device]
+    server_name = "devices/greenhouse/pi-01"   # MCP-over-MQTT server-name (needs a '/')
+    server_id = "gh-pi-01"                     # MQTT client id; default edge-<hostname>
+    description = "Greenhouse 3 climate node"
+    simulate = false                           # true: MockFactory pins, pty GPS, temp sysfs
+
+    [broker]
+    urls = ["mqtt://broker.local:1883"]        # tried in turn
+    username = "gh-pi-01"
+    password_file = "/etc/edge-agent/password" # or password = "...", or $EDGE_AGENT_PASSWORD
+
+    [[drivers]]
+    kind = "ds18b20"                           # see drivers.DRIVER_KINDS
+    name = "soil_temp"                         # tools are soil_temp_*, resources sensor://soil_temp/*
+    poll_interval = 5                          # s
+    deadband = 0.1                             # in the sensor's unit
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from jsonschema import Draft202012Validator
+
+from .errors import ConfigError
+from .transport import topics
+from .transport.broker_url import parse_broker_url
+
+NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
+COMMON_DRIVER_KEYS = {"kind", "name", "poll_interval", "deadband", "enabled"}
+ENV_PASSWORD = "EDGE_AGENT_PASSWORD"
+
+_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "additionalProperties": False,
+    "required": ["device"],
+    "properties": {
+        "device": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["server_name"],
+            "properties": {
+                "server_name": {"type": "string"},
+                "server_id": {"type": "string"},
+                "description": {"type": "string", "maxLength": 1000},
+                "title": {"type": "string"},
+                "location": {"type": "string"},
+                "simulate": {"type": "boolean"},
+                "state_dir": {"type": "string"},
+                "history_size": {"type": "integer", "minimum": 1, "maximum": 100000},
+                "page_size": {"type": "integer", "minimum": 1, "maximum": 1000},
+            },
+        },
+        "broker": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "url": {"type": "string"},
+                "urls": {"type": "array", "items": {"type": "string"}, "minItems": 1},
+                "username": {"type": "string"},
+                "password": {"type": "string"},
+                "password_file": {"type": "string"},
+                "keepalive": {"type": "integer", "minimum": 5, "maximum": 65535},
+                "qos": {"type": "integer", "enum": [0, 1]},
+            },
+        },
+        "drivers": {"type": "array", "items": {"type": "object"}},
+    },
+}
+
+
+@dataclass
+class DeviceConfig:
+    server_name: str
+    server_id: str
+    description: str = "An edge-agent device"
+    title: str | None = None
+    location: str | None = None
+    simulate: bool = False
+    state_dir: str = "/var/lib/edge-agent"
+    history_size: int = 120
+    page_size: int = 50
+
+
+@dataclass
+class BrokerConfig:
+    urls: list[str] = field(default_factory=lambda: ["mqtt://localhost:1883"])
+    username: str | None = None
+    password: str | None = None
+    keepalive: int = 30
+    qos: int = 1
+
+    def __repr__(self) -> str:  # never show the password
+        return f"BrokerConfig(urls={self.urls!r}, username={self.username!r}, keepalive={self.keepalive}, qos={self.qos})"
+
+
+@dataclass
+class DriverConfig:
+    """One ``[[drivers]]`` table. ``options``: the kind-specific keys, validated."""
+
+    kind: str
+    name: str
+    options: dict[str, Any]
+    poll_interval: float | None = None
+    deadband: float | None = None
+    index: int = 0
+
+
+@dataclass
+class Config:
+    device: DeviceConfig
+    broker: BrokerConfig
+    drivers: list[DriverConfig]
+    path: str = "<memory>"
+
+
+def default_server_id() -> str:
+    """``edge-<hostname>`` with characters MQTT ids dislike replaced by ``-``."""
+    return "edge-" + re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40]
+
+
+def load(path: str | os.PathLike) -> Config:
+    """Read and validate a TOML config file.
+
+    Raises:
+        ConfigError: listing every problem as (file, key, message).
+    """
+    path = str(path)
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError([(path, "-", "file not found")]) from None
+    except PermissionError:
+        raise ConfigError([(path, "-", "permission denied")]) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(path, "-", f"not valid TOML: {exc}")]) from None
+    return from_dict(data, path=path, base_dir=os.path.dirname(os.path.abspath(path)))
+
+
+def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | None = None) -> Config:
+    """Validate an already-parsed config. Raises :class:`ConfigError` (all problems at once)."""
+    problems: list[tuple[str, str, str]] = []
+
+    def bad(key: str, message: str) -> None:
+        problems.append((path, key, message))
+
+    for err in Draft202012Validator(_SCHEMA).iter_errors(data):
+        bad(_key(err.absolute_path, err), err.message)
+    if problems:
+        raise ConfigError(problems)
+
+    dev = data["device"]
+    try:
+        topics.check_server_name(dev["server_name"])
+    except ValueError as exc:
+        bad("device.server_name", str(exc))
+    server_id = dev.get("server_id") or default_server_id()
+    try:
+        topics.check_id(server_id, "server-id")
+    except ValueError as exc:
+        bad("device.server_id", str(exc))
+    device = DeviceConfig(
+        server_name=dev["server_name"], server_id=server_id,
+        description=dev.get("description", DeviceConfig.description), title=dev.get("title"),
+        location=dev.get("location"), simulate=dev.get("simulate", False),
+        state_dir=_resolve(dev.get("state_dir", DeviceConfig.state_dir), base_dir),
+        history_size=dev.get("history_size", DeviceConfig.history_size),
+        page_size=dev.get("page_size", DeviceConfig.page_size),
+    )
+
+    br = data.get("broker", {})
+    urls = br.get("urls") or ([br["url"]] if "url" in br else ["mqtt://localhost:1883"])
+    key = "broker.urls" if "urls" in br else "broker.url"
+    for i, url in enumerate(urls):
+        try:
+            parse_broker_url(url)
+        except ValueError as exc:
+            bad(f"{key}[{i}]" if key == "broker.urls" else key, str(exc))
+    password = br.get("password")
+    if "password_file" in br:
+        pfile = _resolve(br["password_file"], base_dir)
+        try:
+            password = Path(pfile).read_text().strip()
+        except OSError as exc:
+            bad("broker.password_file", f"cannot read {pfile}: {exc.strerror}")
+    password = os.environ.get(ENV_PASSWORD) or password
+    broker = BrokerConfig(urls=urls, username=br.get("username"), password=password,
+                          keepalive=br.get("keepalive", 30), qos=br.get("qos", 1))
+
+    drivers = _drivers(data.get("drivers", []), bad)
+    if problems:
+        raise ConfigError(problems)
+    return Config(device=device, broker=broker, drivers=drivers, path=path)
+
+
+def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
+    from drivers import DRIVER_KINDS, driver_class
+
+    out: list[DriverConfig] = []
+    seen: set[str] = set()
+    for i, table in enumerate(tables):
+        where = f"drivers[{i}]"
+        kind, name = table.get("kind"), table.get("name")
+        if not isinstance(kind, str):
+            bad(f"{where}.kind", f"required; one of {', '.join(sorted(DRIVER_KINDS))}")
+            continue
+        if kind not in DRIVER_KINDS:
+            bad(f"{where}.kind", f"unknown driver kind {kind!r}; known: {', '.join(sorted(DRIVER_KINDS))}")
+            continue
+        if not isinstance(name, str) or not NAME.match(name):
+            bad(f"{where}.name", "required: lower-case letters, digits and '_', starting with a letter, at most 40")
+            continue
+        if name in seen:
+            bad(f"{where}.name", f"duplicate driver name {name!r}")
+            continue
+        seen.add(name)
+        for common in ("poll_interval", "deadband"):
+            value = table.get(common)
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
+                bad(f"{where}.{common}", "must be a number >= 0")
+        if "enabled" in table and not isinstance(table["enabled"], bool):
+            bad(f"{where}.enabled", "must be true or false")
+        if table.get("enabled", True) is False:
+            continue
+        options = {k: v for k, v in table.items() if k not in COMMON_DRIVER_KEYS}
+        try:
+            cls = driver_class(kind)
+        except ImportError as exc:
+            bad(f"{where}.kind", f"{kind} needs a library that is not installed: {exc}")
+            continue
+        for err in Draft202012Validator(cls.options_schema).iter_errors(options):
+            bad(_key([where, *err.absolute_path], err), err.message)
+        out.append(DriverConfig(kind=kind, name=name, options=options, poll_interval=table.get("poll_interval"),
+                                deadband=table.get("deadband"), index=i))
+    return out
+
+
+def _key(path, err) -> str:
+    parts: list[str] = []
+    for p in path:
+        if isinstance(p, int):
+            parts[-1:] = [f"{parts[-1]}[{p}]"] if parts else [f"[{p}]"]
+        else:
+            parts.append(str(p))
+    # An additionalProperties / required error is about a key below the path: name it.
+    if err.validator == "additionalProperties":
+        extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
+        if extra:
+            parts.append(extra[0])
+    elif err.validator == "required":
+        missing = re.findall(r"'([^']+)' is a required property", err.message)
+        if missing:
+            parts.append(missing[0])
+    return ".".join(parts) or "-"
+
+
+def _resolve(value: str, base_dir: str | None) -> str:
+    if base_dir and not os.path.isabs(value):
+        return os.path.join(base_dir, value)
+    return value

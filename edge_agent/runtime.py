@@ -1,0 +1,403 @@
+"""The agent: config → drivers → tools/resources/prompts → MCP server → MQTT.
+
+Wires everything together and runs the loops: one poll task per sensor, a retry task for
+drivers that failed to start. Driver code runs in worker threads (the event loop never
+blocks on hardware); tool calls of one driver run one at a time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from drivers import Driver, DriverContext, driver_class
+from drivers.base import SensorSpec, ToolSpec
+
+from . import __version__, prompts
+from .config import Config, DriverConfig
+from .endpoint import Endpoint
+from .errors import ToolInputError
+from .protocol import McpServer, Registry, Resource, ResourceTemplate, ServerInfo, Tool, ToolContext
+from .sensors import SensorChannel, iso
+from .transport.broker_url import parse_broker_url
+from .transport.mqtt_server import LinkSettings
+
+log = logging.getLogger(__name__)
+
+DRIVER_RETRY_S = 15.0
+
+
+@dataclass
+class DriverState:
+    """Health of one driver: ``status`` is ``ok``, ``degraded`` (calls or reads fail) or
+    ``failed`` (it could not start; retried every 15 s)."""
+
+    config: DriverConfig
+    driver: Driver | None = None
+    status: str = "starting"
+    error: str | None = None
+    failures: int = 0
+    last_ok: float | None = None
+    last_error_at: float | None = None
+    lock: asyncio.Lock | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.config.kind, "status": self.status, "error": self.error, "failures": self.failures,
+                "last_ok": iso(self.last_ok) if self.last_ok else None,
+                "last_error": iso(self.last_error_at) if self.last_error_at else None}
+
+
+class Agent:
+    """One device agent. ``await agent.start()``, then ``await agent.stop()``.
+
+    ``broker_url`` overrides the config's first broker URL (``--broker``).
+    """
+
+    def __init__(self, config: Config, *, broker_url: str | None = None):
+        self.config = config
+        self.broker_url = broker_url or config.broker.urls[0]
+        self.registry = Registry()
+        self.channels: dict[str, SensorChannel] = {}
+        self.drivers: dict[str, DriverState] = {}
+        self.started_at = time.time()
+        dev = config.device
+        self.server = McpServer(
+            self.registry,
+            ServerInfo(name="edge-agent", version=__version__, title=dev.title or dev.server_name,
+                       instructions=_instructions(config)),
+            page_size=dev.page_size, on_tool_error=self._tool_failed,
+        )
+        self.context = _driver_context(config)
+        self.endpoint: Endpoint | None = None
+        self._tasks: list[asyncio.Task] = []
+
+    # ---------------------------------------------------------------- build
+    def _build(self) -> None:
+        self._add_device_resources()
+        prompts.register(self)
+        for dc in self.config.drivers:
+            state = DriverState(dc, lock=asyncio.Lock())
+            self.drivers[dc.name] = state
+            self._start_driver(state)
+
+    def _start_driver(self, state: DriverState) -> bool:
+        dc = state.config
+        try:
+            state.driver = driver_class(dc.kind)(dc.name, dc.options, context=self.context)
+            tools, sensors = state.driver.tools(), state.driver.sensors()
+        except Exception as exc:
+            state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
+            state.failures += 1
+            state.last_error_at = time.time()
+            log.error("driver %s (%s) could not start: %s", dc.name, dc.kind, state.error)
+            if state.driver is not None:
+                _close_quietly(state.driver)
+                state.driver = None
+            return False
+        for spec in tools:
+            self.registry.add_tool(self._tool(state, spec))
+        for spec in sensors:
+            self._add_sensor(state, spec)
+        state.status, state.error = "ok", None
+        state.last_ok = time.time()
+        return True
+
+    def _tool(self, state: DriverState, spec: ToolSpec) -> Tool:
+        name = f"{state.config.name}_{spec.name}"
+
+        async def handler(arguments: dict[str, Any], ctx: ToolContext) -> Any:
+            return await self._call_tool(state, spec, arguments, ctx)
+
+        meta = {"driver": state.config.name, "kind": state.config.kind}
+        return Tool(name=name, description=spec.description, input_schema=spec.input_schema, handler=handler,
+                    title=spec.title, output_schema=spec.output_schema, annotations=dict(spec.annotations),
+                    meta=meta)
+
+    async def _call_tool(self, state: DriverState, spec: ToolSpec, arguments: dict[str, Any], ctx: ToolContext) -> Any:
+        loop = asyncio.get_running_loop()
+        kwargs = dict(arguments)
+        if spec.long_running:
+            kwargs["progress"] = lambda *a, **k: loop.call_soon_threadsafe(functools.partial(ctx.progress, *a, **k))
+            kwargs["cancel"] = ctx.cancelled
+        assert state.lock is not None
+        async with state.lock:
+            fut = loop.run_in_executor(None, functools.partial(spec.handler, **kwargs))
+            try:
+                result = await asyncio.shield(fut)
+            except asyncio.CancelledError:
+                ctx.cancelled.set()  # the handler polls this and stops early
+                try:
+                    await fut
+                except Exception:
+                    pass
+                raise
+            except ToolInputError:
+                raise
+        self._driver_ok(state)
+        # An actuator moved: refresh its sensors now, so a read-back and subscribers see it.
+        for ch in self.channels.values():
+            if ch.driver == state.config.name:
+                loop.create_task(self._poll_once(ch, fresh=True))
+        return result
+
+    def _add_sensor(self, state: DriverState, spec: SensorSpec) -> None:
+        dc = state.config
+        loop_read = functools.partial(self._read_sensor, state, spec)
+        ch = SensorChannel(
+            driver=dc.name, name=spec.name, unit=spec.unit, description=spec.description, read_hw=loop_read,
+            min_interval=spec.min_interval,
+            poll_interval=dc.poll_interval if dc.poll_interval is not None else spec.poll_interval,
+            deadband=dc.deadband if dc.deadband is not None else spec.deadband,
+            history_size=self.config.device.history_size, value_schema=dict(spec.value_schema),
+        )
+        self.channels[ch.uri] = ch
+
+        async def read() -> str:
+            return await self._read_resource(ch)
+
+        unit = f" Unit: {spec.unit}." if spec.unit else ""
+        self.registry.add_resource(Resource(
+            uri=ch.uri, name=f"{dc.name}/{spec.name}", title=f"{dc.name} {spec.name}".replace("_", " "),
+            description=f"{spec.description}{unit} JSON: {{value, unit, timestamp}}.", read=read,
+            meta={"unit": spec.unit, "driver": dc.name, "kind": dc.kind, "min_interval_s": spec.min_interval,
+                  "poll_interval_s": ch.poll_interval, "deadband": ch.deadband},
+        ))
+
+    async def _read_sensor(self, state: DriverState, spec: SensorSpec) -> Any:
+        try:
+            value = await asyncio.to_thread(spec.read)
+        except Exception as exc:
+            self._driver_error(state, exc)
+            raise
+        self._driver_ok(state)
+        return value
+
+    async def _read_resource(self, ch: SensorChannel) -> str:
+        from .protocol.jsonrpc import INTERNAL_ERROR, RpcError
+
+        try:
+            reading, updated = await ch.get(fresh=True)
+        except Exception as exc:
+            if ch.last is None:
+                raise RpcError(INTERNAL_ERROR, f"{ch.uri}: sensor read failed: {exc}") from None
+            out = ch.last.to_json() | {"stale": True, "error": f"{type(exc).__name__}: {exc}"}
+            return json.dumps(out, ensure_ascii=False)
+        if updated:
+            self.server.resource_updated(ch.uri)
+        return json.dumps(reading.to_json(), ensure_ascii=False)
+
+    def _add_device_resources(self) -> None:
+        async def health() -> str:
+            return json.dumps(self.health(), ensure_ascii=False)
+
+        async def info() -> str:
+            return json.dumps(self.info(), ensure_ascii=False)
+
+        self.registry.add_resource(Resource(
+            uri="device://health", name="health", title="Device health", read=health,
+            description="Status of every driver (ok / degraded / failed, last error), sessions and the MQTT link."))
+        self.registry.add_resource(Resource(
+            uri="device://info", name="info", title="Device information", read=info,
+            description="Server-name, server-id, version, location, and every driver with its tools and sensors (units)."))
+
+        async def history(uri: str, variables: dict[str, str]) -> str:
+            ch = self.channels.get(f"sensor://{variables['driver']}/{variables['sensor']}")
+            if ch is None:
+                raise KeyError(f"no sensor {variables['driver']}/{variables['sensor']}")
+            limit = None
+            query = variables.get("_query") or ""
+            for part in query.split("&"):
+                if part.startswith("limit="):
+                    try:
+                        limit = int(part[6:])
+                    except ValueError:
+                        raise ValueError("limit must be an integer") from None
+            return json.dumps(ch.history_json(limit), ensure_ascii=False)
+
+        def complete(variable: str, prefix: str) -> list[str]:
+            if variable == "driver":
+                values = sorted({c.driver for c in self.channels.values()})
+            elif variable == "sensor":
+                values = sorted({c.name for c in self.channels.values()})
+            else:
+                values = []
+            return [v for v in values if v.startswith(prefix)]
+
+        self.registry.add_template(ResourceTemplate(
+            uri_template="sensor://{driver}/{sensor}/history", name="sensor-history", title="Sensor history",
+            description="The last updates (past the deadband) of a sensor, oldest first; add ?limit=N for the last N.",
+            read=history, complete=complete))
+
+    # ---------------------------------------------------------------- health
+    def _driver_ok(self, state: DriverState) -> None:
+        state.last_ok = time.time()
+        if state.status == "degraded":
+            log.info("driver %s recovered", state.config.name)
+            state.status, state.error = "ok", None
+            self._set_warning(state, None)
+            self.server.log_all("notice", f"driver {state.config.name} recovered", logger=state.config.name)
+            self._health_changed(lists=True)
+
+    def _driver_error(self, state: DriverState, exc: BaseException) -> None:
+        state.failures += 1
+        state.last_error_at = time.time()
+        state.error = f"{type(exc).__name__}: {exc}"
+        if state.status != "degraded":
+            state.status = "degraded"
+            log.error("driver %s failed: %s", state.config.name, state.error)
+            self._set_warning(state, state.error)
+            self.server.log_all("error", f"driver {state.config.name} failed: {state.error}", logger=state.config.name)
+            self._health_changed(lists=True)
+
+    def _tool_failed(self, tool_name: str, exc: BaseException) -> None:
+        tool = self.registry.tools.get(tool_name)
+        state = self.drivers.get(tool.meta.get("driver")) if tool else None
+        if state is not None:
+            self._driver_error(state, exc)
+
+    def _set_warning(self, state: DriverState, warning: str | None) -> None:
+        for tool in self.registry.tools.values():
+            if tool.meta.get("driver") == state.config.name:
+                tool.warning = warning
+
+    def _health_changed(self, *, lists: bool) -> None:
+        if lists:
+            self.server.list_changed("tools", "resources")
+        self.server.resource_updated("device://health")
+
+    def health(self) -> dict[str, Any]:
+        statuses = {s.status for s in self.drivers.values()}
+        overall = "ok" if statuses <= {"ok"} else ("failed" if statuses == {"failed"} else "degraded")
+        transport = self.endpoint.transport if self.endpoint else None
+        link: dict[str, Any] = {"broker": str(parse_broker_url(self.broker_url))}
+        if transport is not None:
+            link.update(connected=transport.client.is_connected(), connects=transport.counters.connects,
+                        disconnects=transport.counters.disconnects, published=transport.counters.published,
+                        received=transport.counters.received, malformed=transport.counters.malformed)
+        return {
+            "status": overall,
+            "server_name": self.config.device.server_name if transport is None else transport.server_name,
+            "uptime_s": round(time.time() - self.started_at, 1),
+            "drivers": {name: s.to_json() for name, s in self.drivers.items()},
+            "sessions": len(self.server.sessions),
+            "link": link,
+        }
+
+    def info(self) -> dict[str, Any]:
+        dev = self.config.device
+        drivers = []
+        for name, state in self.drivers.items():
+            drivers.append({
+                "name": name, "kind": state.config.kind, "status": state.status,
+                "tools": [t.name for t in self.registry.tools.values() if t.meta.get("driver") == name],
+                "sensors": [{"uri": c.uri, "unit": c.unit, "poll_interval_s": c.poll_interval, "deadband": c.deadband}
+                            for c in self.channels.values() if c.driver == name],
+            })
+        return {"server_name": dev.server_name, "server_id": dev.server_id, "description": dev.description,
+                "location": dev.location, "version": __version__, "simulated": dev.simulate, "drivers": drivers}
+
+    # ---------------------------------------------------------------- loops
+    async def _poll_once(self, ch: SensorChannel, *, fresh: bool = False) -> None:
+        try:
+            _, updated = await ch.get(fresh=fresh)
+        except Exception:
+            return  # recorded in the driver's health by _read_sensor
+        if updated:
+            self.server.resource_updated(ch.uri)
+
+    async def _poll(self, ch: SensorChannel) -> None:
+        assert ch.poll_interval
+        while True:
+            await self._poll_once(ch)
+            await asyncio.sleep(max(ch.poll_interval, ch.min_interval, 0.05))
+
+    async def _retry_failed(self) -> None:
+        while True:
+            await asyncio.sleep(DRIVER_RETRY_S)
+            for state in self.drivers.values():
+                if state.status == "failed" and self._start_driver(state):
+                    log.info("driver %s started after %d failure(s)", state.config.name, state.failures)
+                    for ch in self.channels.values():
+                        if ch.driver == state.config.name and ch.poll_interval:
+                            self._tasks.append(asyncio.get_running_loop().create_task(self._poll(ch)))
+                    self.server.log_all("notice", f"driver {state.config.name} started", logger=state.config.name)
+                    self._health_changed(lists=True)
+
+    # ---------------------------------------------------------------- start / stop
+    async def start(self, *, connect_timeout: float | None = 30.0) -> None:
+        """Build drivers, connect, publish presence, start polling.
+
+        Raises:
+            TransportError: the broker refused us or did not answer within ``connect_timeout`` s.
+        """
+        loop = asyncio.get_running_loop()
+        self._build()
+        dev = self.config.device
+        meta: dict[str, Any] = {"version": __version__, "implementation": "edge-agent"}
+        if dev.location:
+            meta["location"] = dev.location
+        self.endpoint = Endpoint.create(
+            self.server, server_id=dev.server_id, server_name=dev.server_name, description=dev.description,
+            meta=meta, broker=parse_broker_url(self.broker_url), loop=loop,
+            settings=LinkSettings(keepalive=self.config.broker.keepalive, qos=self.config.broker.qos),
+            username=self.config.broker.username, password=self.config.broker.password,
+        )
+        await self.endpoint.start(connect_timeout)
+        for ch in self.channels.values():
+            if ch.poll_interval:
+                self._tasks.append(loop.create_task(self._poll(ch)))
+        self._tasks.append(loop.create_task(self._retry_failed()))
+
+    async def stop(self) -> None:
+        """Clean shutdown: clients told, presence cleared, drivers closed."""
+        for task in self._tasks:
+            task.cancel()
+        if self.endpoint is not None:
+            await self.endpoint.stop()
+        for state in self.drivers.values():
+            if state.driver is not None:
+                _close_quietly(state.driver)
+        if self.context.pin_factory is not None:
+            _close_quietly(self.context.pin_factory)
+
+
+def _close_quietly(obj: Any) -> None:
+    try:
+        obj.close()
+    except Exception as exc:  # closing must not stop the shutdown
+        log.warning("closing %r failed: %s", obj, exc)
+
+
+def _driver_context(config: Config) -> DriverContext:
+    dev = config.device
+    state_dir = dev.state_dir
+    try:
+        os.makedirs(state_dir, exist_ok=True)
+    except OSError:
+        import tempfile
+        state_dir = tempfile.mkdtemp(prefix="edge-agent-")
+        log.warning("state_dir %s is not writable; using %s", dev.state_dir, state_dir)
+    pin_factory = None
+    if dev.simulate:
+        try:
+            from gpiozero.pins.mock import MockFactory, MockPWMPin
+        except ImportError:  # no GPIO drivers on this install
+            pass
+        else:
+            pin_factory = MockFactory(pin_class=MockPWMPin)
+    return DriverContext(simulate=dev.simulate, pin_factory=pin_factory, state_dir=state_dir)
+
+
+def _instructions(config: Config) -> str:
+    dev = config.device
+    where = f" at {dev.location}" if dev.location else ""
+    return (f"{dev.description}{where}. Sensor readings are resources sensor://<driver>/<sensor> "
+            "(JSON with value, unit, timestamp; subscribe for updates) and their history is "
+            "sensor://<driver>/<sensor>/history. Actuators are tools named <driver>_<action>; "
+            "device://health tells which hardware is failing.")
