@@ -166,10 +166,17 @@ class McpServer:
             cancel = threading.Event()
             task = asyncio.get_running_loop().create_task(self._request(session, msg, cancel))
             session.inflight[msg["id"]] = (task, cancel)
-            task.add_done_callback(lambda t, s=session, i=msg["id"]: s.inflight.pop(i, None) if s.inflight.get(i, (None,))[0] is t else None)
         # responses: this server sends no requests, so there is nothing to match; ignore.
 
     async def _request(self, session: Session, msg: dict[str, Any], cancel: threading.Event) -> None:
+        reply = await self._answer(session, msg, cancel)
+        entry = session.inflight.get(msg["id"])
+        if entry is not None and entry[1] is cancel:
+            del session.inflight[msg["id"]]  # before replying: the client may reuse the id at once
+        if reply is not None and not cancel.is_set():
+            session.send(reply)
+
+    async def _answer(self, session: Session, msg: dict[str, Any], cancel: threading.Event) -> dict[str, Any] | None:
         method, msg_id = msg["method"], msg["id"]
         params = msg.get("params") or {}
         try:
@@ -183,17 +190,13 @@ class McpServer:
             else:
                 result = await handler(session, params)
         except RpcError as err:
-            session.send(jsonrpc.error(msg_id, err))
-            return
+            return jsonrpc.error(msg_id, err)
         except asyncio.CancelledError:
-            return  # notifications/cancelled: no response (basic/utilities/cancellation)
+            return None  # notifications/cancelled: no response (basic/utilities/cancellation)
         except Exception as exc:  # a bug in a handler must not take the agent down
             log.exception("internal error in %s", method)
-            session.send(jsonrpc.error(msg_id, RpcError(INTERNAL_ERROR, f"Internal error in {method}: {exc}")))
-            return
-        if cancel.is_set():
-            return
-        session.send(jsonrpc.result(msg_id, result))
+            return jsonrpc.error(msg_id, RpcError(INTERNAL_ERROR, f"Internal error in {method}: {exc}"))
+        return jsonrpc.result(msg_id, result)
 
     def _notification(self, session: Session, msg: dict[str, Any]) -> None:
         method = msg["method"]

@@ -1,0 +1,180 @@
+"""Find MCP servers through the broker by their retained presence messages.
+
+Spec: mqtt-ai/mcp-over-mqtt ``specification/2025-03-26/basic/mqtt_transport.md``,
+"Service Discovery". A server publishes, retained, on ``$mcp-server/presence/{server-id}/{server-name}``::
+
+    {"jsonrpc": "2.0", "method": "notifications/server/online",
+     "params": {"server_name": "...", "description": "...", "meta": {...}}}
+
+and an empty payload on the same topic when it goes away (its will, or before a clean exit).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import paho.mqtt.client as mqtt
+
+from ..transport import topics
+from .link import Incoming, MqttLink, suggested_filters
+
+log = logging.getLogger(__name__)
+
+ONLINE = "notifications/server/online"
+
+
+@dataclass(frozen=True)
+class ServerPresence:
+    """One online MCP server instance, as its presence message announces it.
+
+    ``server_id`` and ``server_name`` come from the presence topic (authoritative);
+    ``description`` and ``meta`` from the online message (``""`` / ``{}`` when absent);
+    ``topic`` is the presence topic itself.
+    """
+
+    server_id: str
+    server_name: str
+    description: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+    topic: str = ""
+
+
+def new_client_id() -> str:
+    """A fresh random mcp-client-id (``mcp-client-`` + 16 hex digits); the spec wants a new one per use."""
+    return f"mcp-client-{secrets.token_hex(8)}"
+
+
+def parse_presence(topic: str, payload: bytes) -> ServerPresence | None:
+    """Parse a message received on a server presence topic.
+
+    Returns ``None`` for an empty payload (that server-id went offline).
+
+    Raises:
+        ValueError: ``topic`` is not a server presence topic, or the payload is not a JSON
+            ``notifications/server/online`` message.
+    """
+    parsed = topics.parse(topic)
+    if parsed is None or parsed.kind != "server-presence":
+        raise ValueError(f"{topic!r} is not a server presence topic")
+    if not payload:
+        return None
+    try:
+        message = json.loads(payload)
+    except ValueError as exc:
+        raise ValueError(f"presence on {topic} is not JSON: {exc}") from None
+    if not isinstance(message, dict) or message.get("method") != ONLINE:
+        raise ValueError(f"presence on {topic} is not a {ONLINE} message")
+    params = message.get("params")
+    params = params if isinstance(params, dict) else {}
+    if params.get("server_name") not in (None, parsed.server_name):
+        log.debug("presence on %s names itself %r; the topic wins", topic, params.get("server_name"))
+    description = params.get("description")
+    meta = params.get("meta")
+    return ServerPresence(
+        server_id=parsed.server_id or "",
+        server_name=parsed.server_name or "",
+        description=description if isinstance(description, str) else "",
+        meta=meta if isinstance(meta, dict) else {},
+        topic=topic,
+    )
+
+
+def presence_subscriptions(broker_filters: list[str] | None, wanted: str) -> list[str]:
+    """The presence topic filters to subscribe to for the server-name filter ``wanted``.
+
+    If the broker suggested server-name filters in CONNACK (``MCP-SERVER-NAME-FILTERS``), the
+    spec says the client MUST use them, so those are returned (the caller narrows to
+    ``wanted`` locally); otherwise ``$mcp-server/presence/+/{wanted}``.
+    """
+    if broker_filters:
+        if not any(_filters_overlap(f, wanted) for f in broker_filters):
+            log.warning("server-name filter %r lies outside the broker's suggested filters %s: "
+                        "no server will be found", wanted, broker_filters)
+        return [topics.presence_filter(f) for f in broker_filters]
+    return [topics.presence_filter(wanted)]
+
+
+def _filters_overlap(broker_filter: str, wanted: str) -> bool:
+    """Whether some server-name could match both filters (exact for a plain name)."""
+    if "+" not in wanted and "#" not in wanted:
+        return mqtt.topic_matches_sub(broker_filter, wanted)
+    a, b = broker_filter.split("/"), wanted.split("/")
+    for x, y in zip(a, b):
+        if "#" in (x, y):
+            return True
+        if x != y and "+" not in (x, y):
+            return False
+    return len(a) == len(b)
+
+
+class PresenceTable:
+    """Online server instances seen on presence topics, narrowed to one server-name filter.
+
+    Feed it every :class:`Incoming` message; it ignores anything that is not a presence
+    message for a matching server-name, drops a server-id on an empty payload, and logs and
+    skips malformed online messages. Event-loop only (see :mod:`.link`).
+    """
+
+    def __init__(self, server_name_filter: str = "#"):
+        self.server_name_filter = server_name_filter
+        self.servers: dict[tuple[str, str], ServerPresence] = {}
+        self.changed = anyio.Event()
+
+    def feed(self, message: Incoming) -> ServerPresence | None:
+        """Record ``message``; return the presence it announced online, else ``None``."""
+        parsed = topics.parse(message.topic)
+        if parsed is None or parsed.kind != "server-presence":
+            return None
+        if not mqtt.topic_matches_sub(self.server_name_filter, parsed.server_name or ""):
+            return None
+        key = (parsed.server_name or "", parsed.server_id or "")
+        try:
+            presence = parse_presence(message.topic, message.payload)
+        except ValueError as exc:
+            log.warning("skipping malformed presence: %s", exc)
+            return None
+        if presence is None:
+            self.servers.pop(key, None)
+        else:
+            self.servers[key] = presence
+        self.changed.set()
+        self.changed = anyio.Event()
+        return presence
+
+    def sorted(self) -> list[ServerPresence]:
+        """The online instances, by server-name then server-id."""
+        return [self.servers[k] for k in sorted(self.servers)]
+
+
+async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: float = 1.0,
+                   client_id: str | None = None, username: str | None = None,
+                   password: str | None = None, connect_timeout: float = 10.0) -> list[ServerPresence]:
+    """List the MCP servers online at ``broker_url`` whose server-name matches ``server_name_filter``.
+
+    Subscribes to ``$mcp-server/presence/+/{server_name_filter}`` (or to the broker's suggested
+    ``MCP-SERVER-NAME-FILTERS``, narrowed locally) and collects retained and live presence
+    messages for ``timeout`` seconds. Empty payloads (a server that went away) are ignored;
+    malformed online messages are logged and skipped.
+
+    Returns:
+        One :class:`ServerPresence` per server-id, sorted by server-name then server-id.
+
+    Raises:
+        TransportError: the broker cannot be reached or refused the connection/subscription.
+        ValueError: a malformed broker URL.
+    """
+    table = PresenceTable(server_name_filter)
+    async with MqttLink(broker_url, client_id=client_id or new_client_id(), username=username,
+                        password=password, connect_timeout=connect_timeout) as link:
+        link.on_message = table.feed
+        broker_filters = suggested_filters(link.connack_properties)
+        if broker_filters:
+            log.info("broker suggests server-name filters %s", broker_filters)
+        await link.subscribe((f, False) for f in presence_subscriptions(broker_filters, server_name_filter))
+        await anyio.sleep(timeout)
+    return table.sorted()

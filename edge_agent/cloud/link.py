@@ -1,0 +1,386 @@
+"""One paho-mqtt 2.x client (MQTT 5) bridged into anyio: the cloud side's only MQTT code.
+
+Concurrency model: paho runs its network loop in its own thread (``loop_start``). Its callbacks
+do one thing only: put an event on a thread-safe ``queue.SimpleQueue`` and write one byte to a
+socketpair. A single pump task on the event loop waits for that socket to become readable
+(``anyio.wait_readable``), drains the queue and handles each event **on the event loop**, in
+arrival order. So every piece of state the cloud side keeps (pending SUBACKs and PUBACKs,
+discovered servers, pending requests) is touched by the event loop only, and nothing here
+shares a lock with paho. The hand-off never blocks paho's thread (a blocking hand-off such as
+``anyio.from_thread.run_sync`` can deadlock: paho holds its callback lock while it calls us,
+and ``publish()`` from the event loop may take the same lock). Works on asyncio and trio.
+
+Calls into paho from the event loop (``publish``, ``subscribe``, ``disconnect``) only queue a
+packet and return. The blocking ones (``connect``, ``loop_stop``) run in a worker thread.
+
+Source for the CONNECT / PUBLISH user properties: mqtt-ai/mcp-over-mqtt
+``specification/2025-03-26/basic/mqtt_transport.md``, "User Property".
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import socket
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from .. import __version__
+from ..errors import TransportError
+from ..transport import topics
+from ..transport.broker_url import BrokerURL, parse_broker_url
+
+log = logging.getLogger(__name__)
+
+KEEPALIVE = 30
+"""MQTT keepalive of the cloud-side client, in seconds."""
+
+PROP_COMPONENT_TYPE = "MCP-COMPONENT-TYPE"
+PROP_META = "MCP-META"
+PROP_CLIENT_ID = "MCP-MQTT-CLIENT-ID"
+PROP_SERVER_NAME_FILTERS = "MCP-SERVER-NAME-FILTERS"
+PROP_RBAC = "MCP-RBAC"
+
+
+@dataclass(frozen=True)
+class Incoming:
+    """One PUBLISH received from the broker.
+
+    ``payload`` is the raw bytes (empty for a cleared presence); ``user_properties`` maps each
+    user property name to its last value.
+    """
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    user_properties: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Will:
+    """The will the broker publishes if this client vanishes (not retained unless asked)."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+
+
+def user_properties(props: Properties | None) -> dict[str, str]:
+    """The user properties of a received packet as a dict (last value wins); ``{}`` if none."""
+    pairs = getattr(props, "UserProperty", None) or []
+    return {str(k): str(v) for k, v in pairs}
+
+
+def component_meta(meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The ``MCP-META`` object: ``{"version", "implementation": "edge-agent"}`` plus ``meta``."""
+    return {"version": __version__, "implementation": "edge-agent", **(meta or {})}
+
+
+def connect_properties(component: str, meta: dict[str, Any] | None = None) -> Properties:
+    """CONNECT properties: clean session (Session Expiry Interval 0) and the MCP user properties.
+
+    ``MCP-COMPONENT-TYPE`` = ``component`` and ``MCP-META`` = :func:`component_meta` as JSON.
+    """
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 0
+    props.UserProperty = [
+        (PROP_COMPONENT_TYPE, component),
+        (PROP_META, json.dumps(component_meta(meta), separators=(",", ":"))),
+    ]
+    return props
+
+
+def publish_properties(component: str, client_id: str, packet_type: int = PacketTypes.PUBLISH) -> Properties:
+    """PUBLISH (or will) properties: ``MCP-COMPONENT-TYPE`` and ``MCP-MQTT-CLIENT-ID``."""
+    props = Properties(packet_type)
+    props.UserProperty = [(PROP_COMPONENT_TYPE, component), (PROP_CLIENT_ID, client_id)]
+    return props
+
+
+def suggested_filters(connack: dict[str, str]) -> list[str] | None:
+    """The broker's ``MCP-SERVER-NAME-FILTERS`` from CONNACK user properties, or ``None``.
+
+    A value that is not a JSON array of strings is logged and ignored.
+    """
+    raw = connack.get(PROP_SERVER_NAME_FILTERS)
+    if raw is None:
+        return None
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        value = None
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) and v for v in value):
+        log.warning("ignoring malformed %s from the broker: %r", PROP_SERVER_NAME_FILTERS, raw)
+        return None
+    return value
+
+
+def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
+    """``on_socket_open``: disable Nagle, or a QoS 1 round trip costs ~40 ms instead of <1 ms."""
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (AttributeError, OSError) as exc:  # websockets wrapper, unix socket
+        log.debug("TCP_NODELAY not set: %s", exc)
+
+
+class MqttLink:
+    """An MQTT 5 connection of one MCP component, usable from anyio code.
+
+    Use as ``async with MqttLink(url, client_id=...) as link:``. Entering connects (clean
+    start, Session Expiry Interval 0, CONNECT user properties, ``TCP_NODELAY``) and waits for
+    CONNACK; leaving disconnects cleanly (so the will is *not* published) and stops paho's
+    thread.
+
+    Set ``on_message`` (a plain callable, run on the event loop, in arrival order) and
+    ``on_lost`` (called once with a reason string if the broker connection drops while the
+    link is open) before subscribing.
+
+    Raises (on enter):
+        TransportError: ``cannot reach broker mqtt://host:port: Connection refused`` (any
+            socket error, or no CONNACK within ``connect_timeout`` seconds), or the broker
+            refused the CONNECT (bad credentials, not authorized).
+        ValueError: a malformed broker URL or client id.
+    """
+
+    def __init__(self, broker_url: str | BrokerURL, *, client_id: str,
+                 component: str = topics.COMPONENT_CLIENT, will: Will | None = None, qos: int = 1,
+                 username: str | None = None, password: str | None = None,
+                 meta: dict[str, Any] | None = None, connect_timeout: float = 10.0,
+                 keepalive: int = KEEPALIVE):
+        self.url = broker_url if isinstance(broker_url, BrokerURL) else parse_broker_url(broker_url)
+        self.client_id = topics.check_id(client_id, "mcp-client-id")
+        self.component = component
+        self.qos = qos
+        self.connect_timeout = connect_timeout
+        self.keepalive = keepalive
+        self.connack_properties: dict[str, str] = {}
+        self.on_message: Callable[[Incoming], None] | None = None
+        self.on_lost: Callable[[str], None] | None = None
+        self.lost: str | None = None
+
+        self._will = will
+        self._meta = meta
+        self._username = username if username is not None else self.url.username
+        self._password = password if password is not None else self.url.password
+        self._publish_props = publish_properties(component, self.client_id)
+        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self._connack: anyio.Event | None = None
+        self._connack_rc: Any = None
+        self._subacks: dict[int, tuple[anyio.Event, list[Any]]] = {}
+        self._pubacks: dict[int, anyio.Event] = {}
+        self._closing = False
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._client = self._make_client()
+
+    # -- paho side (network thread): post an event, never block ------------------------------
+
+    def _post(self, *event: Any) -> None:
+        self._queue.put(event)
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):  # a wake-up is already pending, or we are closed
+            pass
+
+    def _make_client(self) -> mqtt.Client:
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                             protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+        client.connect_timeout = self.connect_timeout
+        client.suppress_exceptions = True  # a bug in a callback must not kill paho's thread
+        if self.url.tls:
+            client.tls_set()
+        if self._username:
+            client.username_pw_set(self._username, self._password)
+        if self._will is not None:
+            client.will_set(self._will.topic, self._will.payload, qos=self.qos, retain=self._will.retain,
+                            properties=publish_properties(self.component, self.client_id, PacketTypes.WILLMESSAGE))
+        client.on_socket_open = _set_nodelay
+        client.on_connect = lambda c, u, flags, rc, props: self._post("connack", rc, user_properties(props))
+        client.on_subscribe = lambda c, u, mid, rcs, props: self._post("suback", mid, list(rcs))
+        client.on_publish = lambda c, u, mid, rc, props: self._post("puback", mid)
+        client.on_disconnect = lambda c, u, flags, rc, props: self._post("disconnect", rc)
+        client.on_message = lambda c, u, m: self._post(
+            "message", Incoming(m.topic, bytes(m.payload), bool(m.retain), user_properties(m.properties)))
+        return client
+
+    # -- event-loop side -----------------------------------------------------------------------
+
+    async def __aenter__(self) -> "MqttLink":
+        self._task_group = anyio.create_task_group()
+        await self._task_group.__aenter__()
+        try:
+            self._task_group.start_soon(self._pump)
+            await self._connect()
+        except BaseException:
+            await self._shutdown()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self._shutdown()
+
+    async def _connect(self) -> None:
+        self._connack = anyio.Event()
+        props = connect_properties(self.component, self._meta)
+
+        def blocking_connect() -> None:
+            self._client.connect(self.url.host, self.url.port, keepalive=self.keepalive,
+                                 clean_start=True, properties=props)
+
+        try:
+            with anyio.fail_after(self.connect_timeout):
+                await anyio.to_thread.run_sync(blocking_connect, abandon_on_cancel=True)
+        except TimeoutError:
+            raise TransportError(f"cannot reach broker {self.url}: no answer within {self.connect_timeout:g} s") from None
+        except OSError as exc:
+            reason = exc.strerror or str(exc) or type(exc).__name__
+            raise TransportError(f"cannot reach broker {self.url}: {reason}") from exc
+        self._client.loop_start()
+        with anyio.move_on_after(self.connect_timeout):
+            await self._connack.wait()
+        if not self._connack.is_set():
+            raise TransportError(f"cannot reach broker {self.url}: no CONNACK within {self.connect_timeout:g} s")
+        rc = self._connack_rc
+        if getattr(rc, "is_failure", False):
+            raise TransportError(f"broker {self.url} refused the connection: {rc}")
+        log.debug("connected to %s as %s (CONNACK properties %s)", self.url, self.client_id, self.connack_properties)
+
+    async def _pump(self) -> None:
+        """Handle paho's events on the event loop, in arrival order (see the module docstring)."""
+        while True:
+            await anyio.wait_readable(self._wake_r)
+            try:  # read the wake-up bytes *before* draining, so no event is left behind
+                while self._wake_r.recv(4096):
+                    pass
+            except (BlockingIOError, InterruptedError):
+                pass
+            while True:
+                try:
+                    event = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                try:
+                    self._handle(event)
+                except Exception:  # a bug in one handler must not stop the link
+                    log.exception("error handling MQTT event %s", event[0])
+
+    def _handle(self, event: tuple[Any, ...]) -> None:
+        kind = event[0]
+        if kind == "message":
+            if self.on_message is not None:
+                self.on_message(event[1])
+        elif kind == "connack":
+            self._connack_rc, self.connack_properties = event[1], event[2]
+            if self._connack is not None:
+                self._connack.set()
+        elif kind == "suback":
+            waiter = self._subacks.pop(event[1], None)
+            if waiter is not None:
+                waiter[1].extend(event[2])
+                waiter[0].set()
+        elif kind == "puback":
+            done = self._pubacks.pop(event[1], None)
+            if done is not None:
+                done.set()
+        elif kind == "disconnect":
+            if self._closing or self.lost is not None:
+                return
+            self.lost = f"lost connection to broker {self.url}: {event[1]}"
+            log.warning("%s", self.lost)
+            for done in self._pubacks.values():
+                done.set()
+            for ev, _ in self._subacks.values():
+                ev.set()
+            if self.on_lost is not None:
+                self.on_lost(self.lost)
+
+    async def subscribe(self, subscriptions: Iterable[tuple[str, bool]]) -> None:
+        """Subscribe to ``(topic_filter, no_local)`` pairs at the link's QoS; wait for the SUBACK.
+
+        Raises:
+            TransportError: the broker refused one of them (e.g. an ACL), or no SUBACK within
+                ``connect_timeout`` seconds, or the connection is lost.
+        """
+        subs = [(t, SubscribeOptions(qos=self.qos, noLocal=no_local)) for t, no_local in subscriptions]
+        self._check_alive()
+        rc, mid = self._client.subscribe(subs)
+        if rc != mqtt.MQTT_ERR_SUCCESS:
+            raise TransportError(f"cannot subscribe at {self.url}: {mqtt.error_string(rc)}")
+        done, codes = anyio.Event(), []
+        self._subacks[mid] = (done, codes)
+        with anyio.move_on_after(self.connect_timeout):
+            await done.wait()
+        self._check_alive()
+        if not done.is_set():
+            self._subacks.pop(mid, None)
+            raise TransportError(f"broker {self.url} did not acknowledge the subscription within {self.connect_timeout:g} s")
+        for (topic, _), code in zip(subs, codes):
+            if getattr(code, "is_failure", False):
+                raise TransportError(f"broker {self.url} refused the subscription to {topic}: {code}")
+        log.debug("subscribed to %s", [t for t, _ in subs])
+
+    def unsubscribe(self, topic_filters: list[str]) -> None:
+        """Unsubscribe (fire and forget; a no-op once the connection is gone)."""
+        if self.lost is None and not self._closing and topic_filters:
+            self._client.unsubscribe(topic_filters)
+
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> mqtt.MQTTMessageInfo:
+        """Queue a PUBLISH with the MCP user properties at the link's QoS; returns at once.
+
+        Raises:
+            TransportError: the connection is gone.
+        """
+        self._check_alive()
+        return self._client.publish(topic, payload, qos=self.qos, retain=retain, properties=self._publish_props)
+
+    async def publish_and_wait(self, topic: str, payload: bytes, *, retain: bool = False,
+                               timeout: float = 2.0) -> bool:
+        """Publish and wait up to ``timeout`` seconds for the PUBACK (QoS 0: for the write).
+
+        Returns ``True`` if acknowledged in time. Raises ``TransportError`` if already lost.
+        """
+        done = anyio.Event()
+        info = self.publish(topic, payload, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return False
+        if info.is_published():
+            return True
+        self._pubacks[info.mid] = done
+        with anyio.move_on_after(timeout):
+            await done.wait()
+        self._pubacks.pop(info.mid, None)
+        return done.is_set() and self.lost is None
+
+    def _check_alive(self) -> None:
+        if self.lost is not None:
+            raise TransportError(self.lost)
+
+    async def _shutdown(self) -> None:
+        """Disconnect cleanly (no will), stop paho's thread, stop the pump. Safe twice."""
+        if self._closing:
+            return
+        self._closing = True
+        with anyio.CancelScope(shield=True):
+            try:
+                if self._client.is_connected():
+                    self._client.disconnect()
+            except Exception:  # pragma: no cover - paho raises nothing here in practice
+                log.debug("disconnect failed", exc_info=True)
+            await anyio.to_thread.run_sync(self._client.loop_stop)
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+                await self._task_group.__aexit__(None, None, None)
+                self._task_group = None
+            self._wake_r.close()
+            self._wake_w.close()

@@ -1,0 +1,331 @@
+"""MCP-over-MQTT client transport for the official ``mcp`` SDK's ``ClientSession``.
+
+Spec: mqtt-ai/mcp-over-mqtt ``specification/2025-03-26/basic/mqtt_transport.md`` (digest in
+``spec/mcp-over-mqtt.md``): "Service Discovery", "Initialization", "Capability List Changed",
+"Resource Update", "Shutdown". Usage::
+
+    async with mqtt_client("mqtt://broker:1883", "devices/greenhouse/pi-01") as (read, write):
+        async with ClientSession(read, write) as session:
+            await session.initialize()
+            await session.list_tools()
+
+Wire behaviour, in order:
+
+1. CONNECT as a new random mcp-client-id (clean start, Session Expiry Interval 0), user
+   properties ``MCP-COMPONENT-TYPE=mcp-client`` and ``MCP-META``; will
+   ``notifications/disconnected`` on ``$mcp-client/presence/{mcp-client-id}`` (not retained).
+2. Discover the server on ``$mcp-server/presence/+/{server-name}`` (or the broker's
+   ``MCP-SERVER-NAME-FILTERS``): a given server-id, else a random one of the replicas online.
+3. Subscribe to ``$mcp-rpc/{mcp-client-id}/{server-id}/{server-name}`` with No Local and to
+   ``$mcp-server/capability/{server-id}/{server-name}``, and wait for the SUBACK.
+4. Bridge: ``initialize`` goes to ``$mcp-server/{server-id}/{server-name}``, everything else to
+   the RPC topic; every PUBLISH carries ``MCP-COMPONENT-TYPE`` and ``MCP-MQTT-CLIENT-ID``.
+   From the capability topic, ``notifications/resources/updated`` is passed on only for the
+   URIs this client subscribed to; other notifications (``*/list_changed``) always.
+5. If the server goes away (empty payload on its presence topic, ``notifications/disconnected``
+   on the RPC topic) or the broker connection drops: every pending request is answered with a
+   JSON-RPC error ``server devices/x (id) went offline`` (the SDK raises it as ``MCPError``),
+   a :class:`~edge_agent.errors.TransportError` with the same text is put on the read stream
+   (a ``ClientSession`` hands it to its ``message_handler``), and every later request is
+   answered with the same error at once. Nothing hangs.
+6. On exit: ``notifications/disconnected`` on the client presence topic, then a clean DISCONNECT.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import mcp_types as types
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
+from mcp.shared.message import SessionMessage
+
+from ..errors import ServerNotFound, TransportError
+from ..transport import topics
+from .discovery import PresenceTable, ServerPresence, new_client_id, presence_subscriptions
+from .link import Incoming, MqttLink, Will, suggested_filters
+
+log = logging.getLogger(__name__)
+
+DISCONNECTED = b'{"jsonrpc":"2.0","method":"notifications/disconnected"}'
+"""The client's will and goodbye on its presence topic (spec "Client Disconnect")."""
+
+REPLICA_SETTLE = 0.05
+"""Seconds to keep listening after the first matching presence, so every retained replica is seen."""
+
+GOODBYE_TIMEOUT = 2.0
+"""Seconds to wait for the PUBACK of the goodbye before disconnecting anyway."""
+
+
+def _key(request_id: Any) -> str:
+    return str(request_id)
+
+
+class _Bridge:
+    """State of one MCP session over MQTT. Touched on the event loop only (see :mod:`.link`)."""
+
+    def __init__(self, link: MqttLink, server_name: str):
+        self.link = link
+        self.server_name = server_name
+        self.presences = PresenceTable(server_name)
+        self.server: ServerPresence | None = None
+        self.rpc_topic = self.control_topic = self.capability_topic = ""
+        self.pending: dict[str, tuple[Any, str, str | None]] = {}  # key -> (id, method, uri)
+        self.subscribed_uris: set[str] = set()
+        self.dead: str | None = None
+        self.read_send: MemoryObjectSendStream[SessionMessage | Exception]
+        self.read_recv: MemoryObjectReceiveStream[SessionMessage | Exception]
+        self.write_send: MemoryObjectSendStream[SessionMessage]
+        self.write_recv: MemoryObjectReceiveStream[SessionMessage]
+        # Unbounded: the event loop must never block on delivery (paho buffers anyway).
+        self.read_send, self.read_recv = anyio.create_memory_object_stream[SessionMessage | Exception](math.inf)
+        self.write_send, self.write_recv = anyio.create_memory_object_stream[SessionMessage](0)
+        link.on_message = self.on_message
+        link.on_lost = self.fail
+
+    # -- discovery -----------------------------------------------------------------------------
+
+    async def find_server(self, server_id: str | None, timeout: float) -> ServerPresence:
+        """Wait up to ``timeout`` seconds for the server's presence; pick one instance.
+
+        Raises:
+            ServerNotFound: none online (or not the requested server-id).
+        """
+        broker_filters = suggested_filters(self.link.connack_properties)
+        if broker_filters:
+            log.info("broker suggests server-name filters %s (MCP-SERVER-NAME-FILTERS); using them", broker_filters)
+        await self.link.subscribe((f, False) for f in presence_subscriptions(broker_filters, self.server_name))
+        with anyio.move_on_after(timeout):
+            while True:
+                ids = self._online_ids()
+                if server_id is not None and server_id in ids:
+                    break
+                if server_id is None and ids:
+                    await anyio.sleep(REPLICA_SETTLE)  # the rest of the retained burst
+                    break
+                await self.presences.changed.wait()
+        if self.link.lost is not None:
+            raise TransportError(self.link.lost)
+        ids = self._online_ids()
+        where = f"at broker {self.link.url}"
+        if server_id is not None and server_id not in ids:
+            others = f" (online server-ids: {', '.join(ids)})" if ids else ""
+            raise _not_found(f"MCP server {self.server_name!r} with server-id {server_id!r} is not online "
+                             f"{where}{others}", self.server_name, str(self.link.url))
+        if not ids:
+            raise _not_found(f"no MCP server named {self.server_name!r} is online {where} "
+                             f"(waited {timeout:g} s for its presence)", self.server_name, str(self.link.url))
+        chosen = server_id if server_id is not None else random.choice(ids)
+        if len(ids) > 1:
+            log.info("%d replicas of %s online; using server-id %s", len(ids), self.server_name, chosen)
+        return self.presences.servers[(self.server_name, chosen)]
+
+    def _online_ids(self) -> list[str]:
+        return sorted(sid for name, sid in self.presences.servers if name == self.server_name)
+
+    async def open(self, server: ServerPresence) -> None:
+        """Subscribe to the RPC topic (No Local) and the capability topic; wait for the SUBACK."""
+        self.server = server
+        cid = self.link.client_id
+        self.rpc_topic = topics.rpc(cid, server.server_id, server.server_name)
+        self.control_topic = topics.server_control(server.server_id, server.server_name)
+        self.capability_topic = topics.server_capability(server.server_id, server.server_name)
+        await self.link.subscribe([(self.rpc_topic, True), (self.capability_topic, False)])
+
+    # -- server -> client ----------------------------------------------------------------------
+
+    def on_message(self, message: Incoming) -> None:
+        parsed = topics.parse(message.topic)
+        if parsed is None:
+            log.debug("ignoring message on non-MCP topic %s", message.topic)
+            return
+        if parsed.kind == "server-presence":
+            self.presences.feed(message)
+            if (self.server is not None and not message.payload
+                    and (parsed.server_id, parsed.server_name) == (self.server.server_id, self.server.server_name)):
+                self.fail(f"server {self.server.server_name} ({self.server.server_id}) went offline")
+            return
+        if self.server is None or parsed.server_id != self.server.server_id \
+                or parsed.server_name != self.server.server_name:
+            log.debug("ignoring message for another server on %s", message.topic)
+            return
+        if parsed.kind == "rpc" and parsed.client_id == self.link.client_id:
+            self._from_server(message, capability=False)
+        elif parsed.kind == "server-capability":
+            self._from_server(message, capability=True)
+        else:
+            log.debug("ignoring message on %s", message.topic)
+
+    def _from_server(self, message: Incoming, *, capability: bool) -> None:
+        if self.dead is not None:
+            return
+        if not message.payload:
+            log.debug("ignoring empty payload on %s", message.topic)
+            return
+        try:
+            msg = types.jsonrpc_message_adapter.validate_json(message.payload, by_name=False)
+        except ValueError as exc:
+            first = str(exc).splitlines()[0]
+            error = ValueError(f"malformed JSON-RPC message on {message.topic}: {first}")
+            error.__cause__ = exc
+            log.warning("%s", error)
+            self._deliver(error)
+            return
+        if capability:
+            if not isinstance(msg, types.JSONRPCNotification):
+                log.debug("ignoring a non-notification on %s", message.topic)
+                return
+            if msg.method == "notifications/resources/updated":
+                uri = (msg.params or {}).get("uri")
+                if uri not in self.subscribed_uris:
+                    log.debug("resource %s updated; not subscribed here", uri)
+                    return
+            self._deliver(SessionMessage(msg))
+            return
+        if isinstance(msg, (types.JSONRPCResponse, types.JSONRPCError)):
+            entry = self.pending.pop(_key(msg.id), None)
+            if entry is not None and entry[1] == "resources/subscribe" and isinstance(msg, types.JSONRPCError):
+                self.subscribed_uris.discard(entry[2] or "")
+        elif isinstance(msg, types.JSONRPCNotification) and msg.method == "notifications/disconnected":
+            assert self.server is not None  # checked in on_message
+            self.fail(f"server {self.server.server_name} ({self.server.server_id}) disconnected this client")
+            return
+        self._deliver(SessionMessage(msg))
+
+    def _deliver(self, item: SessionMessage | Exception) -> None:
+        try:
+            self.read_send.send_nowait(item)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            log.debug("dropped %r: the session is gone", item)
+
+    def _answer_with_error(self, request_id: Any, reason: str) -> None:
+        error = types.ErrorData(code=types.CONNECTION_CLOSED, message=reason)
+        self._deliver(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=request_id, error=error)))
+
+    def fail(self, reason: str) -> None:
+        """The server (or the broker link) is gone: fail pending requests, tell the session."""
+        if self.dead is not None:
+            return
+        self.dead = reason
+        log.warning("%s", reason)
+        for request_id, _, _ in self.pending.values():
+            self._answer_with_error(request_id, reason)
+        self.pending.clear()
+        self._deliver(TransportError(reason))
+        if self.server is not None:  # spec "Server Disconnect": forget its topics
+            self.link.unsubscribe([self.rpc_topic, self.capability_topic])
+
+    # -- client -> server ----------------------------------------------------------------------
+
+    async def run_writer(self) -> None:
+        """Publish what the session writes, until the write stream closes."""
+        async with self.write_recv:
+            async for session_message in self.write_recv:
+                self._publish(session_message.message)
+
+    def _publish(self, msg: types.JSONRPCMessage) -> None:
+        is_request = isinstance(msg, types.JSONRPCRequest)
+        if self.dead is not None:
+            if is_request:
+                self._answer_with_error(msg.id, self.dead)
+            else:
+                log.debug("dropped %s: %s", type(msg).__name__, self.dead)
+            return
+        topic = self.rpc_topic
+        if is_request:
+            params = msg.params or {}
+            uri = params.get("uri") if msg.method in ("resources/subscribe", "resources/unsubscribe") else None
+            if msg.method == "resources/subscribe" and uri:
+                self.subscribed_uris.add(uri)
+            elif msg.method == "resources/unsubscribe" and uri:
+                self.subscribed_uris.discard(uri)
+            self.pending[_key(msg.id)] = (msg.id, msg.method, uri)
+            if msg.method == "initialize":
+                topic = self.control_topic
+        elif isinstance(msg, types.JSONRPCNotification) and msg.method == "notifications/cancelled":
+            self.pending.pop(_key((msg.params or {}).get("requestId")), None)
+        payload = msg.model_dump_json(by_alias=True, exclude_unset=True).encode()
+        try:
+            self.link.publish(topic, payload)
+        except TransportError as exc:
+            self.fail(str(exc))
+
+    async def close(self) -> None:
+        """Close the streams; say goodbye on the client presence topic if the link is up."""
+        for stream in (self.write_send, self.write_recv, self.read_send, self.read_recv):
+            stream.close()
+        if self.link.lost is None:
+            acked = await self.link.publish_and_wait(topics.client_presence(self.link.client_id), DISCONNECTED,
+                                                     timeout=GOODBYE_TIMEOUT)
+            if not acked:
+                log.debug("goodbye on %s not acknowledged", topics.client_presence(self.link.client_id))
+
+
+def _not_found(message: str, server_name: str, broker: str) -> ServerNotFound:
+    exc = ServerNotFound(message)
+    exc.server_name = server_name  # type: ignore[attr-defined]
+    exc.broker = broker  # type: ignore[attr-defined]
+    return exc
+
+
+@asynccontextmanager
+async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | None = None,
+                      client_id: str | None = None, qos: int = 1, discovery_timeout: float = 3.0,
+                      connect_timeout: float = 10.0, username: str | None = None, password: str | None = None,
+                      meta: dict[str, Any] | None = None,
+                      ) -> AsyncIterator[tuple[MemoryObjectReceiveStream[SessionMessage | Exception],
+                                               MemoryObjectSendStream[SessionMessage]]]:
+    """Connect to the MCP server ``server_name`` through the broker; yield ``(read_stream, write_stream)``.
+
+    The streams carry ``mcp.shared.message.SessionMessage`` items, as ``mcp.ClientSession``
+    expects; the read stream may also carry ``Exception`` items (a malformed payload: a
+    ``ValueError`` naming the topic; the server gone: a ``TransportError``). See the module
+    docstring for the wire behaviour.
+
+    Args:
+        broker_url: ``mqtt://[user[:password]@]host[:port]`` or ``mqtts://``.
+        server_name: the server-name, e.g. ``devices/greenhouse/pi-01`` (no wildcards).
+        server_id: talk to this instance; default: a random one of the online replicas.
+        client_id: the mcp-client-id; default: a new random one (the spec wants a new one per
+            initialization).
+        qos: QoS of every PUBLISH and SUBSCRIBE (0 or 1; default 1).
+        discovery_timeout: seconds to wait for the server's presence.
+        connect_timeout: seconds to wait for the TCP connect, CONNACK and each SUBACK.
+        username, password: broker credentials (override those in the URL).
+        meta: extra fields for the ``MCP-META`` CONNECT user property.
+
+    Raises:
+        ServerNotFound: no such server online within ``discovery_timeout`` (the message names
+            the server-name and the broker).
+        TransportError: the broker cannot be reached, refused the connection or a subscription.
+        ValueError: a malformed broker URL, server-name, server-id or client id.
+    """
+    topics.check_server_name(server_name)
+    if server_id is not None:
+        topics.check_id(server_id, "server-id")
+    if qos not in (0, 1, 2):
+        raise ValueError(f"qos must be 0, 1 or 2, not {qos!r}")
+    cid = client_id or new_client_id()
+    will = Will(topics.client_presence(cid), DISCONNECTED)
+    async with MqttLink(broker_url, client_id=cid, will=will, qos=qos, username=username, password=password,
+                        meta=meta, connect_timeout=connect_timeout) as link:
+        bridge = _Bridge(link, server_name)
+        try:
+            server = await bridge.find_server(server_id, discovery_timeout)
+            await bridge.open(server)
+            log.debug("MCP session %s -> %s (%s) via %s", cid, server.server_name, server.server_id, link.url)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(bridge.run_writer)
+                try:
+                    yield bridge.read_recv, bridge.write_send
+                finally:
+                    tg.cancel_scope.cancel()
+        finally:
+            with anyio.CancelScope(shield=True):
+                await bridge.close()
+
