@@ -90,7 +90,6 @@ async def _run(config, args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .cloud.cli import add_client_commands
     from .demo import add_demo_command
 
     parser = argparse.ArgumentParser(prog="edge-agent", description="MCP over MQTT for edge devices.")
@@ -114,7 +113,20 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--demo", action="store_true", help="check the built-in demo config")
     check.set_defaults(func=cmd_check)
 
-    add_client_commands(sub)
+    try:
+        from .cloud.cli import add_client_commands
+    except ImportError as exc:  # a device install without the [cloud] extra still runs and checks
+        missing = str(exc)
+
+        def need_cloud(args: argparse.Namespace) -> int:
+            print(f"edge-agent {args.command}: needs the cloud extra (pip install 'edge-agent[cloud]'): {missing}",
+                  file=sys.stderr)
+            return 2
+
+        for name in ("devices", "tools", "call", "read", "watch", "resources", "prompts"):
+            sub.add_parser(name, help="(needs edge-agent[cloud])").set_defaults(func=need_cloud)
+    else:
+        add_client_commands(sub)
     add_demo_command(sub)
     return parser
 

@@ -37,7 +37,7 @@ from .transport import topics
 from .transport.broker_url import parse_broker_url
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-COMMON_DRIVER_KEYS = {"kind", "name", "poll_interval", "deadband", "enabled"}
+COMMON_DRIVER_KEYS = {"kind", "name", "poll_interval", "deadband", "enabled", "simulate"}
 ENV_PASSWORD = "EDGE_AGENT_PASSWORD"
 
 _SCHEMA: dict[str, Any] = {
@@ -113,6 +113,7 @@ class DriverConfig:
     options: dict[str, Any]
     poll_interval: float | None = None
     deadband: float | None = None
+    simulate: bool | None = None  # None: the device's setting
     index: int = 0
 
 
@@ -229,8 +230,9 @@ def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
             value = table.get(common)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
                 bad(f"{where}.{common}", "must be a number >= 0")
-        if "enabled" in table and not isinstance(table["enabled"], bool):
-            bad(f"{where}.enabled", "must be true or false")
+        for flag in ("enabled", "simulate"):
+            if flag in table and not isinstance(table[flag], bool):
+                bad(f"{where}.{flag}", "must be true or false")
         if table.get("enabled", True) is False:
             continue
         options = {k: v for k, v in table.items() if k not in COMMON_DRIVER_KEYS}
@@ -242,7 +244,7 @@ def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
         for err in Draft202012Validator(cls.options_schema).iter_errors(options):
             bad(_key([where, *err.absolute_path], err), err.message)
         out.append(DriverConfig(kind=kind, name=name, options=options, poll_interval=table.get("poll_interval"),
-                                deadband=table.get("deadband"), index=i))
+                                deadband=table.get("deadband"), simulate=table.get("simulate"), index=i))
     return out
 
 

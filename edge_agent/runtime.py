@@ -8,6 +8,7 @@ blocks on hardware); tool calls of one driver run one at a time.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import json
 import logging
@@ -89,7 +90,11 @@ class Agent:
     def _start_driver(self, state: DriverState) -> bool:
         dc = state.config
         try:
-            state.driver = driver_class(dc.kind)(dc.name, dc.options, context=self.context)
+            context = self.context
+            if dc.simulate is not None and dc.simulate != context.simulate:
+                context = dataclasses.replace(context, simulate=dc.simulate,
+                                              pin_factory=self.context.pin_factory if dc.simulate else None)
+            state.driver = driver_class(dc.kind)(dc.name, dc.options, context=context)
             tools, sensors = state.driver.tools(), state.driver.sensors()
         except Exception as exc:
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -384,7 +389,7 @@ def _driver_context(config: Config) -> DriverContext:
         state_dir = tempfile.mkdtemp(prefix="edge-agent-")
         log.warning("state_dir %s is not writable; using %s", dev.state_dir, state_dir)
     pin_factory = None
-    if dev.simulate:
+    if dev.simulate or any(d.simulate for d in config.drivers):
         try:
             from gpiozero.pins.mock import MockFactory, MockPWMPin
         except ImportError:  # no GPIO drivers on this install

@@ -238,11 +238,8 @@ class MqttLink:
             self._client.connect(self.url.host, self.url.port, keepalive=self.keepalive,
                                  clean_start=True, properties=props)
 
-        try:
-            with anyio.fail_after(self.connect_timeout):
-                await anyio.to_thread.run_sync(blocking_connect, abandon_on_cancel=True)
-        except TimeoutError:
-            raise TransportError(f"cannot reach broker {self.url}: no answer within {self.connect_timeout:g} s") from None
+        try:  # bounded by paho's connect_timeout on the socket
+            await anyio.to_thread.run_sync(blocking_connect)
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise TransportError(f"cannot reach broker {self.url}: {reason}") from exc
@@ -378,9 +375,9 @@ class MqttLink:
             except Exception:  # pragma: no cover - paho raises nothing here in practice
                 log.debug("disconnect failed", exc_info=True)
             await anyio.to_thread.run_sync(self._client.loop_stop)
-            if self._task_group is not None:
-                self._task_group.cancel_scope.cancel()
-                await self._task_group.__aexit__(None, None, None)
-                self._task_group = None
-            self._wake_r.close()
-            self._wake_w.close()
+        self._wake_w.close()
+        if self._task_group is not None:  # stop the pump (exited outside the shield: LIFO)
+            self._task_group.cancel_scope.cancel()
+            await self._task_group.__aexit__(None, None, None)
+            self._task_group = None
+        self._wake_r.close()
