@@ -10,7 +10,19 @@ import importlib
 from .base import Driver, DriverContext, SensorSpec, ToolSpec
 
 # kind -> "module:Class"; imported lazily so a Pi without pyserial can still run GPIO drivers.
-DRIVER_KINDS: dict[str, str] = {}
+DRIVER_KINDS: dict[str, str] = {
+    "led": "drivers.gpio:Led",
+    "pwm_led": "drivers.gpio:PwmLed",
+    "relay": "drivers.gpio:Relay",
+    "digital_output": "drivers.gpio:DigitalOutput",
+    "button": "drivers.gpio:PushButton",
+    "servo": "drivers.gpio:Servo",
+    "distance": "drivers.gpio:UltrasonicDistance",
+    "motion": "drivers.gpio:Motion",
+    "ds18b20": "drivers.onewire:DS18B20",
+    "system": "drivers.system:System",
+    "nmea_gps": "drivers.serial:NmeaGps",
+}
 
 
 def driver_class(kind: str) -> type[Driver]:
