@@ -71,6 +71,9 @@ class LocalBroker:
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",
             "max_keepalive 3600",
+            # Mosquitto applies Nagle to its own sockets by default: ~44 ms per QoS 1 round
+            # trip on loopback instead of ~0.7 ms. Recommended on any broker MCP runs through.
+            "set_tcp_nodelay true",
             "log_dest stderr",
             "log_type error",
             "log_type warning",
@@ -85,10 +88,9 @@ class LocalBroker:
             BrokerUnavailable: no binary. RuntimeError: it exited or did not listen in time.
         """
         conf = self._write_conf()
-        self.proc = subprocess.Popen(
-            [find_mosquitto(), "-c", str(conf)],
-            stdout=subprocess.DEVNULL, stderr=open(self.workdir / "mosquitto.log", "ab"),
-        )
+        with open(self.workdir / "mosquitto.log", "ab") as log:
+            self.proc = subprocess.Popen([find_mosquitto(), "-c", str(conf)],
+                                         stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import paho.mqtt.client as mqtt
 
+from ..errors import TransportError
 from ..transport import topics
 from .link import Incoming, MqttLink, suggested_filters
 
@@ -177,4 +178,6 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
             log.info("broker suggests server-name filters %s", broker_filters)
         await link.subscribe((f, False) for f in presence_subscriptions(broker_filters, server_name_filter))
         await anyio.sleep(timeout)
+        if link.lost is not None:
+            raise TransportError(link.lost)
     return table.sorted()

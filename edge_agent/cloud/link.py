@@ -23,11 +23,12 @@ import json
 import logging
 import queue
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+import anyio.abc
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
@@ -173,9 +174,8 @@ class MqttLink:
         self._password = password if password is not None else self.url.password
         self._publish_props = publish_properties(component, self.client_id)
         self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._wake_r: socket.socket | None = None  # the wake-up socketpair, open while entered
+        self._wake_w: socket.socket | None = None
         self._connack: anyio.Event | None = None
         self._connack_rc: Any = None
         self._subacks: dict[int, tuple[anyio.Event, list[Any]]] = {}
@@ -189,8 +189,8 @@ class MqttLink:
     def _post(self, *event: Any) -> None:
         self._queue.put(event)
         try:
-            self._wake_w.send(b"\0")
-        except (BlockingIOError, OSError):  # a wake-up is already pending, or we are closed
+            self._wake_w.send(b"\0")  # type: ignore[union-attr]
+        except (AttributeError, OSError):  # a wake-up is already pending (BlockingIOError), or closed
             pass
 
     def _make_client(self) -> mqtt.Client:
@@ -209,7 +209,8 @@ class MqttLink:
         client.on_connect = lambda c, u, flags, rc, props: self._post("connack", rc, user_properties(props))
         client.on_subscribe = lambda c, u, mid, rcs, props: self._post("suback", mid, list(rcs))
         client.on_publish = lambda c, u, mid, rc, props: self._post("puback", mid)
-        client.on_disconnect = lambda c, u, flags, rc, props: self._post("disconnect", rc)
+        client.on_disconnect = lambda c, u, flags, rc, props: self._post(
+            "disconnect", str(rc) if flags.is_disconnect_packet_from_server else "the connection dropped")
         client.on_message = lambda c, u, m: self._post(
             "message", Incoming(m.topic, bytes(m.payload), bool(m.retain), user_properties(m.properties)))
         return client
@@ -217,6 +218,9 @@ class MqttLink:
     # -- event-loop side -----------------------------------------------------------------------
 
     async def __aenter__(self) -> "MqttLink":
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         try:
@@ -255,6 +259,7 @@ class MqttLink:
 
     async def _pump(self) -> None:
         """Handle paho's events on the event loop, in arrival order (see the module docstring)."""
+        assert self._wake_r is not None
         while True:
             await anyio.wait_readable(self._wake_r)
             try:  # read the wake-up bytes *before* draining, so no event is left behind
@@ -294,13 +299,22 @@ class MqttLink:
             if self._closing or self.lost is not None:
                 return
             self.lost = f"lost connection to broker {self.url}: {event[1]}"
-            log.warning("%s", self.lost)
+            log.debug("%s", self.lost)
             for done in self._pubacks.values():
                 done.set()
             for ev, _ in self._subacks.values():
                 ev.set()
             if self.on_lost is not None:
                 self.on_lost(self.lost)
+
+    def start_soon(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+        """Run ``func(*args)`` in the link's task group; it is cancelled when the link closes.
+
+        (The owner's ``yield`` then sits in no task group of its own, so an exception raised by
+        the caller's code passes through unwrapped, not as an ``ExceptionGroup``.)
+        """
+        assert self._task_group is not None, "the link is not open"
+        self._task_group.start_soon(func, *args)
 
     async def subscribe(self, subscriptions: Iterable[tuple[str, bool]]) -> None:
         """Subscribe to ``(topic_filter, no_local)`` pairs at the link's QoS; wait for the SUBACK.
@@ -375,9 +389,11 @@ class MqttLink:
             except Exception:  # pragma: no cover - paho raises nothing here in practice
                 log.debug("disconnect failed", exc_info=True)
             await anyio.to_thread.run_sync(self._client.loop_stop)
-        self._wake_w.close()
+        if self._wake_w is not None:
+            self._wake_w.close()
         if self._task_group is not None:  # stop the pump (exited outside the shield: LIFO)
             self._task_group.cancel_scope.cancel()
             await self._task_group.__aexit__(None, None, None)
             self._task_group = None
-        self._wake_r.close()
+        if self._wake_r is not None:
+            self._wake_r.close()

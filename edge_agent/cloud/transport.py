@@ -101,7 +101,7 @@ class _Bridge:
             log.info("broker suggests server-name filters %s (MCP-SERVER-NAME-FILTERS); using them", broker_filters)
         await self.link.subscribe((f, False) for f in presence_subscriptions(broker_filters, self.server_name))
         with anyio.move_on_after(timeout):
-            while True:
+            while self.link.lost is None:
                 ids = self._online_ids()
                 if server_id is not None and server_id in ids:
                     break
@@ -213,6 +213,7 @@ class _Bridge:
             return
         self.dead = reason
         log.warning("%s", reason)
+        self.presences.changed.set()  # wake a discovery in progress
         for request_id, _, _ in self.pending.values():
             self._answer_with_error(request_id, reason)
         self.pending.clear()
@@ -224,9 +225,12 @@ class _Bridge:
 
     async def run_writer(self) -> None:
         """Publish what the session writes, until the write stream closes."""
-        async with self.write_recv:
-            async for session_message in self.write_recv:
-                self._publish(session_message.message)
+        try:
+            async with self.write_recv:
+                async for session_message in self.write_recv:
+                    self._publish(session_message.message)
+        except anyio.ClosedResourceError:  # close() closed the stream under us
+            pass
 
     def _publish(self, msg: types.JSONRPCMessage) -> None:
         is_request = isinstance(msg, types.JSONRPCRequest)
@@ -319,12 +323,8 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
             server = await bridge.find_server(server_id, discovery_timeout)
             await bridge.open(server)
             log.debug("MCP session %s -> %s (%s) via %s", cid, server.server_name, server.server_id, link.url)
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(bridge.run_writer)
-                try:
-                    yield bridge.read_recv, bridge.write_send
-                finally:
-                    tg.cancel_scope.cancel()
+            link.start_soon(bridge.run_writer)
+            yield bridge.read_recv, bridge.write_send
         finally:
             with anyio.CancelScope(shield=True):
                 await bridge.close()

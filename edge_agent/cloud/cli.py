@@ -1,0 +1,649 @@
+"""Cloud-side commands of ``edge-agent``: find devices and use their tools and resources.
+
+Mounted by ``edge_agent.cli`` through :func:`add_client_commands`::
+
+    edge-agent devices [FILTER]                     servers online at the broker
+    edge-agent tools SERVER_NAME                    tools with their parameters, types, ranges, units
+    edge-agent call SERVER_NAME TOOL key=value ...  call a tool (values typed by its inputSchema)
+    edge-agent read SERVER_NAME URI                 read a resource ("21.4 °C")
+    edge-agent watch SERVER_NAME URI                print the value now and on every update
+    edge-agent resources SERVER_NAME                resources and resource templates
+    edge-agent prompts SERVER_NAME                  prompts and their arguments
+
+Each takes ``--broker URL`` (default ``$EDGE_AGENT_BROKER`` or ``mqtt://localhost:1883``),
+``--json`` (machine output) and ``--timeout S``; the server commands take ``--server-id``.
+Exit codes: 0 success; 1 runtime failure (broker unreachable, server not found, the tool
+reported an error, MCP error); 2 bad usage (unknown tool or parameter, bad value), reported
+before the tool is called.
+
+Importing this module is cheap (no ``mcp``); it raises ImportError if the ``[cloud]`` extra
+(``mcp``, ``anyio``) is missing, so the caller can mount a hint instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import importlib.util
+import json
+import logging
+import math
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ..errors import EdgeAgentError, ServerNotFound, TransportError
+from ..transport.broker_url import ENV_BROKER, default_broker
+
+for _needed in ("mcp", "anyio"):
+    if importlib.util.find_spec(_needed) is None:
+        raise ImportError(f"No module named {_needed!r} (install the extra: pip install 'edge-agent[cloud]')")
+
+log = logging.getLogger(__name__)
+
+CALL_TIMEOUT = 60.0
+"""Default seconds a ``tools/call`` may take (spec "Timeouts")."""
+REQUEST_TIMEOUT = 30.0
+"""Default seconds for the other requests (spec "Timeouts")."""
+DISCOVERY_TIMEOUT = 3.0
+"""Default seconds to wait for the server's presence message."""
+DEVICES_WINDOW = 1.0
+"""Default seconds ``devices`` listens for presence messages."""
+KNOWN_NAMES_WINDOW = 0.5
+"""Seconds spent listing the online server-names after a ServerNotFound."""
+
+
+class BadToolArguments(EdgeAgentError, ValueError):
+    """A ``key=value`` argument does not fit the tool's ``inputSchema`` (exit code 2)."""
+
+
+# ---------------------------------------------------------------------------------------------
+# key=value -> typed arguments (pure)
+# ---------------------------------------------------------------------------------------------
+
+BOOLEANS = {"true": True, "on": True, "1": True, "yes": True,
+            "false": False, "off": False, "0": False, "no": False}
+
+
+def _convert_one(json_type: str, raw: str) -> Any:
+    if json_type == "string":
+        return raw
+    if json_type == "integer":
+        try:
+            return int(raw, 10)
+        except ValueError:
+            raise ValueError("an integer") from None
+    if json_type == "number":
+        try:
+            return int(raw, 10)
+        except ValueError:
+            pass
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError("a number") from None
+        if not math.isfinite(value):
+            raise ValueError("a finite number")
+        return value
+    if json_type == "boolean":
+        try:
+            return BOOLEANS[raw.strip().lower()]
+        except KeyError:
+            raise ValueError("true/false (or on/off, 1/0)") from None
+    if json_type == "null":
+        if raw.strip().lower() in ("null", "none", ""):
+            return None
+        raise ValueError("null")
+    if json_type in ("array", "object"):
+        want = list if json_type == "array" else dict
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = None
+        if not isinstance(value, want):
+            example = "[1, 2]" if want is list else '{"a": 1}'
+            raise ValueError(f"a JSON {json_type} (e.g. {example})")
+        return value
+    raise ValueError(f"a value of unsupported type {json_type!r}")
+
+
+def convert_value(key: str, raw: str, schema: dict[str, Any]) -> Any:
+    """Convert the text ``raw`` of parameter ``key`` by its JSON Schema ``schema``.
+
+    ``integer`` → int, ``number`` → int or float, ``boolean`` → true/false/on/off/yes/no/1/0,
+    ``array``/``object`` → parsed JSON, ``string`` → as is; a list of types is tried in order;
+    no type: JSON if it parses, else the text.
+
+    Raises:
+        BadToolArguments: one line naming the parameter, the value and what was expected.
+    """
+    json_type = schema.get("type")
+    if json_type is None:
+        for option in schema.get("anyOf") or schema.get("oneOf") or []:
+            if isinstance(option, dict) and "type" in option:
+                json_type = [*(json_type or []), *([option["type"]] if isinstance(option["type"], str) else option["type"])]
+    if json_type is None:
+        if isinstance(schema.get("enum"), list):
+            for choice in schema["enum"]:
+                if str(choice).lower() == raw.lower() or json.dumps(choice) == raw:
+                    return choice
+        try:
+            return json.loads(raw)
+        except ValueError:
+            return raw
+    types_ = [json_type] if isinstance(json_type, str) else list(json_type)
+    expected = []
+    for t in types_:
+        try:
+            return _convert_one(t, raw)
+        except ValueError as exc:
+            expected.append(str(exc))
+    raise BadToolArguments(f"bad value for {key}: {raw!r} is not {' or '.join(expected)}")
+
+
+def parse_tool_arguments(tool_name: str, input_schema: dict[str, Any] | None, pairs: list[str]) -> dict[str, Any]:
+    """Turn ``["on=true", "brightness=0.5"]`` into ``{"on": True, "brightness": 0.5}`` for ``tool_name``.
+
+    Values are typed by ``input_schema`` (see :func:`convert_value`), then the whole object is
+    validated against it (required parameters, ``minimum``/``maximum``, ``enum``, ...).
+
+    Raises:
+        BadToolArguments: a pair without ``=``, a repeated or unknown key, a value of the wrong
+            type or out of range, a missing required parameter. One line, naming the parameter.
+    """
+    schema = input_schema or {}
+    properties = schema.get("properties") or {}
+    closed = bool(properties) or schema.get("additionalProperties") is False
+    arguments: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise BadToolArguments(f"argument {pair!r} is not key=value")
+        if key in arguments:
+            raise BadToolArguments(f"parameter {key} given twice")
+        if key not in properties:
+            if closed:
+                known = ", ".join(properties) or "none"
+                raise BadToolArguments(f"unknown parameter {key!r} for tool {tool_name} (parameters: {known})")
+            arguments[key] = convert_value(key, raw, {})
+            continue
+        arguments[key] = convert_value(key, raw, properties[key] if isinstance(properties[key], dict) else {})
+    _validate(tool_name, schema, arguments)
+    return arguments
+
+
+def _validate(tool_name: str, schema: dict[str, Any], arguments: dict[str, Any]) -> None:
+    try:
+        import jsonschema
+        from jsonschema.exceptions import best_match
+
+        cls = jsonschema.validators.validator_for(schema)
+        cls.check_schema(schema)
+    except Exception:  # no jsonschema, or a schema it cannot use: the server will judge
+        log.debug("not validating arguments of %s locally", tool_name, exc_info=True)
+        return
+    error = best_match(cls(schema).iter_errors(arguments))
+    if error is None:
+        return
+    if error.validator == "required":
+        missing = [k for k in error.validator_value if k not in arguments]
+        raise BadToolArguments(f"tool {tool_name}: missing required parameter{'s' if len(missing) > 1 else ''} "
+                               f"{', '.join(missing)}")
+    where = ".".join(str(p) for p in error.absolute_path) or "arguments"
+    raise BadToolArguments(f"bad value for {where}: {error.message}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Rendering (pure)
+# ---------------------------------------------------------------------------------------------
+
+def _unit(schema: dict[str, Any]) -> str:
+    for key in ("unit", "x-unit", "units"):
+        if isinstance(schema.get(key), str) and schema[key]:
+            return schema[key]
+    return ""
+
+
+def _fmt_number(v: Any) -> str:
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def describe_parameter(name: str, schema: dict[str, Any], required: bool) -> str:
+    """One line for a tool parameter: ``brightness: number 0..1 duty, default 0.5 — PWM duty``."""
+    json_type = schema.get("type", "any")
+    text = " or ".join(json_type) if isinstance(json_type, list) else str(json_type)
+    if text == "array" and isinstance(schema.get("items"), dict) and "type" in schema["items"]:
+        text = f"array of {schema['items']['type']}"
+    lo, hi = schema.get("minimum"), schema.get("maximum")
+    xlo, xhi = schema.get("exclusiveMinimum"), schema.get("exclusiveMaximum")
+    if lo is not None and hi is not None:
+        text += f" {_fmt_number(lo)}..{_fmt_number(hi)}"
+    else:
+        if lo is not None:
+            text += f" ≥ {_fmt_number(lo)}"
+        if isinstance(xlo, (int, float)) and not isinstance(xlo, bool):
+            text += f" > {_fmt_number(xlo)}"
+        if hi is not None:
+            text += f" ≤ {_fmt_number(hi)}"
+        if isinstance(xhi, (int, float)) and not isinstance(xhi, bool):
+            text += f" < {_fmt_number(xhi)}"
+    if unit := _unit(schema):
+        text += f" {unit}"
+    if isinstance(schema.get("enum"), list):
+        text += ", one of " + "|".join(json.dumps(v, ensure_ascii=False) for v in schema["enum"])
+    if "default" in schema:
+        text += f", default {json.dumps(schema['default'], ensure_ascii=False)}"
+    if required:
+        text += ", required"
+    line = f"{name}: {text}"
+    if schema.get("description"):
+        line += f" — {schema['description']}"
+    return line
+
+
+def describe_tool(tool: dict[str, Any]) -> list[str]:
+    """Lines for ``tools``: ``name — description`` then one indented line per parameter."""
+    head = tool["name"] + (f" — {tool['description']}" if tool.get("description") else "")
+    schema = tool.get("inputSchema") or {}
+    required = set(schema.get("required") or [])
+    props = schema.get("properties") or {}
+    lines = [head]
+    if not props:
+        lines.append("    (no parameters)")
+    for name, prop in props.items():
+        lines.append("    " + describe_parameter(name, prop if isinstance(prop, dict) else {}, name in required))
+    return lines
+
+
+def format_value(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return _fmt_number(value)
+    return json.dumps(value, ensure_ascii=False)
+
+
+def format_reading(text: str) -> str:
+    """A resource's text for humans: ``21.4 °C`` for ``{"value": 21.4, "unit": "°C", ...}``.
+
+    ``{"value": v}`` without a unit (or with a null value) prints ``v``; other JSON objects and
+    arrays print indented; anything else prints the text as is.
+    """
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return text
+    if isinstance(data, dict) and "value" in data:
+        unit = data.get("unit")
+        if data["value"] is None or not isinstance(unit, str) or not unit:
+            return format_value(data["value"])
+        return f"{format_value(data['value'])} {unit}"
+    if isinstance(data, (dict, list)):
+        return json.dumps(data, indent=2, ensure_ascii=False)
+    return text
+
+
+def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
+
+
+def _dump(model: Any) -> Any:
+    return model.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def _print_json(data: Any) -> None:
+    print(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def _content_lines(contents: list[Any]) -> list[str]:
+    lines = []
+    for c in contents:
+        kind = getattr(c, "type", None)
+        if kind == "text":
+            lines.append(c.text)
+        elif kind in ("image", "audio"):
+            lines.append(f"[{kind} {c.mime_type}, {len(c.data) * 3 // 4} bytes]")
+        elif kind == "resource_link":
+            lines.append(f"[resource {c.uri}]")
+        elif kind == "resource":
+            res = c.resource
+            lines.append(getattr(res, "text", None) or f"[resource {res.uri}]")
+        else:
+            lines.append(f"[{kind or type(c).__name__}]")
+    return lines
+
+
+def _resource_lines(contents: list[Any]) -> list[str]:
+    lines = []
+    for c in contents:
+        text = getattr(c, "text", None)
+        if text is not None:
+            lines.append(format_reading(text))
+        else:
+            blob = getattr(c, "blob", "") or ""
+            lines.append(f"[binary {c.mime_type or 'data'}, {len(blob) * 3 // 4} bytes]")
+    return lines
+
+
+def _reading_json(uri: str, contents: list[Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"uri": uri}
+    for c in contents:
+        text = getattr(c, "text", None)
+        if text is None:
+            continue
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if isinstance(data, dict):
+            out.update(data)
+        else:
+            out["text"] = text
+        break
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Commands (async bodies)
+# ---------------------------------------------------------------------------------------------
+
+def _connect(args: argparse.Namespace, *, read_timeout: float | None = None, **kw: Any):
+    """``connect()`` with the command's broker, server-name, server-id and request timeout."""
+    from . import connect
+
+    return connect(args.broker, args.server_name, server_id=args.server_id,
+                   discovery_timeout=args.discovery_timeout, read_timeout_seconds=read_timeout or args.timeout, **kw)
+
+
+async def _list_all(fetch: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
+    import mcp_types as types
+
+    items: list[Any] = []
+    cursor = None
+    while True:
+        page = await fetch(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+        items += getattr(page, attr)
+        cursor = page.next_cursor
+        if not cursor:
+            return items
+
+
+async def _devices(args: argparse.Namespace) -> int:
+    from . import discover
+
+    found = await discover(args.broker, args.filter, timeout=args.timeout)
+    if args.json:
+        _print_json([{"server_name": p.server_name, "server_id": p.server_id, "description": p.description,
+                      "meta": p.meta} for p in found])
+    elif not found:
+        print(f"no MCP servers matching {args.filter} online at {args.broker}")
+    else:
+        for line in format_table([(p.server_name, p.server_id, p.description) for p in found],
+                                 ("SERVER-NAME", "SERVER-ID", "DESCRIPTION")):
+            print(line)
+    return 0
+
+
+async def _tools(args: argparse.Namespace) -> int:
+    async with _connect(args) as session:
+        tools = await _list_all(session.list_tools, "tools")
+    dumped = [_dump(t) for t in tools]
+    if args.json:
+        _print_json(dumped)
+        return 0
+    if not dumped:
+        print(f"{args.server_name} has no tools")
+    for tool in dumped:
+        print("\n".join(describe_tool(tool)))
+    return 0
+
+
+async def _call(args: argparse.Namespace) -> int:
+    async with _connect(args) as session:
+        tools = {t.name: t for t in await _list_all(session.list_tools, "tools")}
+        tool = tools.get(args.tool)
+        if tool is None:
+            raise BadToolArguments(f"unknown tool {args.tool!r} on {args.server_name} "
+                                   f"(tools: {', '.join(tools) or 'none'})")
+        arguments = parse_tool_arguments(tool.name, tool.input_schema, args.arguments)
+        result = await session.call_tool(tool.name, arguments, read_timeout_seconds=args.timeout or CALL_TIMEOUT)
+    if args.json:
+        _print_json(_dump(result))
+        return 1 if result.is_error else 0
+    out = sys.stderr if result.is_error else sys.stdout
+    lines = _content_lines(result.content)
+    if result.structured_content is not None and not any(getattr(c, "type", None) == "text" for c in result.content):
+        lines.insert(0, json.dumps(result.structured_content, indent=2, ensure_ascii=False))
+    for line in lines:
+        print(line, file=out)
+    return 1 if result.is_error else 0
+
+
+async def _read(args: argparse.Namespace) -> int:
+    async with _connect(args) as session:
+        result = await session.read_resource(args.uri)
+    if args.json:
+        _print_json(_dump(result))
+    else:
+        for line in _resource_lines(result.contents):
+            print(line)
+    return 0
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    import warnings
+
+    import anyio
+    import mcp_types as types
+    from mcp import MCPDeprecationWarning
+
+    send, receive = anyio.create_memory_object_stream[Exception | None](math.inf)
+
+    async def handler(message: Any) -> None:
+        if isinstance(message, Exception):
+            send.send_nowait(message)
+        elif isinstance(message, types.ResourceUpdatedNotification) and \
+                str(message.params.uri).rstrip("/") == args.uri.rstrip("/"):
+            send.send_nowait(None)
+
+    def show(result: Any) -> None:
+        if args.json:
+            print(json.dumps(_reading_json(args.uri, result.contents), ensure_ascii=False), flush=True)
+        else:
+            for line in _resource_lines(result.contents):
+                print(line, flush=True)
+
+    updates = 0
+    async with _connect(args, read_timeout=REQUEST_TIMEOUT, message_handler=handler) as session:
+        show(await session.read_resource(args.uri))
+        with warnings.catch_warnings():  # resources/subscribe is deprecated only in a later MCP revision
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await session.subscribe_resource(args.uri)
+        with anyio.move_on_after(args.timeout if args.timeout is not None else math.inf):
+            while args.count is None or updates < args.count:
+                event = await receive.receive()
+                if isinstance(event, Exception):
+                    raise event
+                show(await session.read_resource(args.uri))
+                updates += 1
+        with anyio.move_on_after(REQUEST_TIMEOUT), warnings.catch_warnings():
+            warnings.simplefilter("ignore", MCPDeprecationWarning)
+            await session.unsubscribe_resource(args.uri)
+    if args.count is not None and updates < args.count:
+        print(f"edge-agent watch: {updates} of {args.count} updates within {args.timeout:g} s", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def _resources(args: argparse.Namespace) -> int:
+    async with _connect(args) as session:
+        resources = await _list_all(session.list_resources, "resources")
+        templates: list[Any] = []
+        try:
+            templates = await _list_all(session.list_resource_templates, "resource_templates")
+        except Exception as exc:  # optional: older servers answer METHOD_NOT_FOUND
+            log.debug("no resource templates: %s", exc)
+    if args.json:
+        _print_json({"resources": [_dump(r) for r in resources],
+                     "resourceTemplates": [_dump(t) for t in templates]})
+        return 0
+    if not resources and not templates:
+        print(f"{args.server_name} has no resources")
+    for r in resources:
+        extra = ", ".join(x for x in (r.name, r.mime_type) if x)
+        print(f"{r.uri}" + (f"  ({extra})" if extra else "") + (f" — {r.description}" if r.description else ""))
+    for t in templates:
+        print(f"{t.uri_template}  (template{', ' + t.mime_type if t.mime_type else ''})"
+              + (f" — {t.description}" if t.description else ""))
+    return 0
+
+
+async def _prompts(args: argparse.Namespace) -> int:
+    async with _connect(args) as session:
+        prompts = await _list_all(session.list_prompts, "prompts")
+    if args.json:
+        _print_json([_dump(p) for p in prompts])
+        return 0
+    if not prompts:
+        print(f"{args.server_name} has no prompts")
+    for p in prompts:
+        print(p.name + (f" — {p.description}" if p.description else ""))
+        for a in p.arguments or []:
+            print(f"    {a.name}" + (" (required)" if a.required else "") + (f" — {a.description}" if a.description else ""))
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a command: errors -> one line and an exit code
+# ---------------------------------------------------------------------------------------------
+
+def _leaf(exc: BaseException) -> BaseException:
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+async def _known_names(broker: str) -> list[str]:
+    from . import discover
+
+    try:
+        return sorted({p.server_name for p in await discover(broker, timeout=KNOWN_NAMES_WINDOW)})
+    except Exception:
+        return []
+
+
+def _setup_logging(verbose: int) -> None:
+    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose else logging.ERROR
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def _run(body: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
+    """Run one command; map errors to one line on stderr and an exit code (0, 1, 2, 130)."""
+    import anyio
+    from mcp import MCPError
+
+    _setup_logging(args.verbose)
+    if args.broker is None:
+        args.broker = default_broker()
+    prog = f"edge-agent {args.cmd_name}"
+    try:
+        return anyio.run(body, args)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as group:  # anyio task groups may wrap the one error that matters
+        exc = _leaf(group)
+        if isinstance(exc, KeyboardInterrupt):
+            return 130
+        if isinstance(exc, BadToolArguments):
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 2
+        if isinstance(exc, ServerNotFound):
+            names = anyio.run(_known_names, args.broker)
+            hint = f"; online server-names: {', '.join(names)}" if names else "; no MCP servers are online there"
+            print(f"{prog}: {exc}{hint}", file=sys.stderr)
+            return 1
+        if isinstance(exc, TransportError):
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, MCPError):
+            print(f"{prog}: error from {getattr(args, 'server_name', 'the server')}: {exc}", file=sys.stderr)
+            return 1
+        if isinstance(exc, ValueError):  # a malformed broker URL, server-name or server-id
+            print(f"{prog}: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
+    return value
+
+
+def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
+    """Register ``devices``, ``tools``, ``call``, ``read``, ``watch``, ``resources``, ``prompts``.
+
+    Each subparser sets ``func`` to a callable ``(argparse.Namespace) -> int`` (the exit code).
+    """
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--broker", metavar="URL", default=None,
+                        help=f"broker URL (default: ${ENV_BROKER} or mqtt://localhost:1883)")
+    common.add_argument("--json", action="store_true", help="machine-readable JSON output")
+    common.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
+    server = argparse.ArgumentParser(add_help=False, parents=[common])
+    server.add_argument("server_name", metavar="SERVER_NAME", help="server-name, e.g. devices/greenhouse/pi-01")
+    server.add_argument("--server-id", default=None, help="talk to this instance (default: any online replica)")
+    server.add_argument("--discovery-timeout", metavar="S", type=_positive_float, default=DISCOVERY_TIMEOUT,
+                        help=f"seconds to wait for the server's presence (default {DISCOVERY_TIMEOUT:g})")
+
+    def add(name: str, body: Callable[[argparse.Namespace], Awaitable[int]], help_: str,
+            parent: argparse.ArgumentParser, timeout_help: str, timeout: float | None) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help_, description=help_, parents=[parent])
+        p.add_argument("--timeout", metavar="S", type=_positive_float, default=timeout, help=timeout_help)
+        p.set_defaults(func=functools.partial(_run, body), cmd_name=name)
+        return p
+
+    answer = f"seconds to wait for the server's answer (default {REQUEST_TIMEOUT:g})"
+    p = add("devices", _devices, "list the MCP servers online at the broker", common,
+            f"seconds to listen for presence messages (default {DEVICES_WINDOW:g})", DEVICES_WINDOW)
+    p.add_argument("filter", nargs="?", default="#", metavar="FILTER",
+                   help="server-name filter with MQTT wildcards (default: #)")
+    add("tools", _tools, "list a server's tools with their parameters", server, answer, REQUEST_TIMEOUT)
+    p = add("call", _call, "call a tool: values are typed by the tool's inputSchema", server,
+            f"seconds the tool may take (default {CALL_TIMEOUT:g})", CALL_TIMEOUT)
+    p.add_argument("tool", metavar="TOOL")
+    p.add_argument("arguments", nargs="*", metavar="key=value",
+                   help="tool arguments (booleans: true/false/on/off/1/0; arrays and objects: JSON)")
+    p = add("read", _read, "read a resource (prints '21.4 °C' for a sensor reading)", server, answer, REQUEST_TIMEOUT)
+    p.add_argument("uri", metavar="URI")
+    p = add("watch", _watch, "print a resource now and again on every update", server,
+            "stop after S seconds (default: run until interrupted)", None)
+    p.add_argument("uri", metavar="URI")
+    p.add_argument("--count", metavar="N", type=_positive_int, default=None, help="stop after N updates")
+    add("resources", _resources, "list a server's resources and resource templates", server, answer, REQUEST_TIMEOUT)
+    add("prompts", _prompts, "list a server's prompts", server, answer, REQUEST_TIMEOUT)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """A stand-alone parser with just the cloud commands (``python -m edge_agent.cloud.cli``)."""
+    parser = argparse.ArgumentParser(prog="edge-agent", description="Talk to MCP servers on devices over MQTT.")
+    add_client_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
