@@ -37,7 +37,7 @@ from .transport import topics
 from .transport.broker_url import parse_broker_url
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-COMMON_DRIVER_KEYS = {"kind", "name", "poll_interval", "deadband", "enabled", "simulate"}
+COMMON_DRIVER_KEYS = {"kind", "name", "description", "poll_interval", "deadband", "enabled", "simulate"}
 ENV_PASSWORD = "EDGE_AGENT_PASSWORD"
 
 _SCHEMA: dict[str, Any] = {
@@ -114,6 +114,7 @@ class DriverConfig:
     poll_interval: float | None = None
     deadband: float | None = None
     simulate: bool | None = None  # None: the device's setting
+    description: str | None = None  # what this hardware is for ("irrigation pump, bed 3")
     index: int = 0
 
 
@@ -230,6 +231,8 @@ def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
             value = table.get(common)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
                 bad(f"{where}.{common}", "must be a number >= 0")
+        if "description" in table and not isinstance(table["description"], str):
+            bad(f"{where}.description", "must be a string")
         for flag in ("enabled", "simulate"):
             if flag in table and not isinstance(table[flag], bool):
                 bad(f"{where}.{flag}", "must be true or false")
@@ -244,7 +247,8 @@ def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
         for err in Draft202012Validator(cls.options_schema).iter_errors(options):
             bad(_key([where, *err.absolute_path], err), err.message)
         out.append(DriverConfig(kind=kind, name=name, options=options, poll_interval=table.get("poll_interval"),
-                                deadband=table.get("deadband"), simulate=table.get("simulate"), index=i))
+                                deadband=table.get("deadband"), simulate=table.get("simulate"),
+                                description=table.get("description"), index=i))
     return out
 
 

@@ -120,7 +120,7 @@ class Agent:
             return await self._call_tool(state, spec, arguments, ctx)
 
         meta = {"driver": state.config.name, "kind": state.config.kind}
-        return Tool(name=name, description=spec.description, input_schema=spec.input_schema, handler=handler,
+        return Tool(name=name, description=f"{_label(state.config)}: {spec.description}", input_schema=spec.input_schema, handler=handler,
                     title=spec.title, output_schema=spec.output_schema, annotations=dict(spec.annotations),
                     meta=meta)
 
@@ -169,7 +169,7 @@ class Agent:
         unit = f" Unit: {spec.unit}." if spec.unit else ""
         self.registry.add_resource(Resource(
             uri=ch.uri, name=f"{dc.name}/{spec.name}", title=f"{dc.name} {spec.name}".replace("_", " "),
-            description=f"{spec.description}{unit} JSON: {{value, unit, timestamp}}.", read=read,
+            description=f"{_label(dc)}: {spec.description}{unit} JSON: {{value, unit, timestamp}}.", read=read,
             meta={"unit": spec.unit, "driver": dc.name, "kind": dc.kind, "min_interval_s": spec.min_interval,
                   "poll_interval_s": ch.poll_interval, "deadband": ch.deadband},
         ))
@@ -370,6 +370,11 @@ class Agent:
                 _close_quietly(state.driver)
         if self.context.pin_factory is not None:
             _close_quietly(self.context.pin_factory)
+
+
+def _label(dc: DriverConfig) -> str:
+    """How a driver introduces itself in tool and resource descriptions."""
+    return f"{dc.description} ({dc.name}, {dc.kind})" if dc.description else f"{dc.name} ({dc.kind})"
 
 
 def _close_quietly(obj: Any) -> None:
