@@ -14,7 +14,7 @@ from drivers import DRIVER_KINDS, driver_class
 from drivers.base import DriverContext
 
 DEMO = Path(__file__).resolve().parents[1] / "edge_agent" / "demo_drivers.toml"
-COMMON = {"kind", "name", "poll_interval", "deadband", "enabled", "simulate"}
+from edge_agent.config import COMMON_DRIVER_KEYS as COMMON
 KINDS = {"led", "pwm_led", "relay", "digital_output", "button", "servo", "distance", "motion", "ds18b20",
          "system", "nmea_gps"}
 
