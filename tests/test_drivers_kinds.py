@@ -12,9 +12,9 @@ from jsonschema import Draft202012Validator
 
 from drivers import DRIVER_KINDS, driver_class
 from drivers.base import DriverContext
+from edge_agent.config import COMMON_DRIVER_KEYS as COMMON
 
 DEMO = Path(__file__).resolve().parents[1] / "edge_agent" / "demo_drivers.toml"
-from edge_agent.config import COMMON_DRIVER_KEYS as COMMON
 KINDS = {"led", "pwm_led", "relay", "digital_output", "button", "servo", "distance", "motion", "ds18b20",
          "system", "nmea_gps"}
 
