@@ -41,6 +41,8 @@ def _load_config(args: argparse.Namespace):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from .transport.broker_url import parse_broker_url
+
     try:
         config = _load_config(args)
     except ConfigError as exc:
@@ -49,7 +51,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 2
     print(f"{config.path}: OK: {config.device.server_name} (server-id {config.device.server_id}), "
-          f"{len(config.drivers)} driver(s), broker {', '.join(config.broker.urls)}")
+          f"{len(config.drivers)} driver(s), broker {', '.join(str(parse_broker_url(u)) for u in config.broker.urls)}")
     return 0
 
 

@@ -1,0 +1,219 @@
+"""The configuration reference and the example config keep up with the code.
+
+- ``docs/examples/greenhouse.toml`` is a valid config (``config.load`` and ``edge-agent check``).
+- ``docs/configuration.md`` has a section per driver kind whose options table lists exactly the
+  kind's ``options_schema`` properties with their defaults, and whose tool and resource tables
+  match what the driver declares (names, annotations, units, poll intervals, deadbands,
+  min intervals).
+- Every ``[device]``, ``[broker]`` and common ``[[drivers]]`` key is documented, with its default.
+- Every TOML snippet in the reference is valid.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from dataclasses import MISSING, fields
+from pathlib import Path
+
+import pytest
+
+from drivers import DRIVER_KINDS, driver_class
+from drivers.base import DriverContext
+from edge_agent import config as cfg
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "configuration.md"
+EXAMPLE = ROOT / "docs" / "examples" / "greenhouse.toml"
+TEXT = DOC.read_text(encoding="utf-8")
+
+
+def section(heading: re.Pattern[str] | str) -> str:
+    """The text under the first heading matching ``heading`` (a regex on the heading line,
+    after the ``#``s), up to the next heading (of any level: subsections are not included)."""
+    lines, fenced = [], False
+    for line in TEXT.splitlines():  # a "# comment" inside a code block is not a heading
+        if line.startswith("```"):
+            fenced = not fenced
+        lines.append((line, not fenced and re.match(r"^(#+)\s+(.*)$", line)))
+    for i, (_, m) in enumerate(lines):
+        if m and re.search(heading, m.group(2)):
+            body = []
+            for nxt, is_heading in lines[i + 1:]:
+                if is_heading:
+                    break
+                body.append(nxt)
+            return "\n".join(body)
+    raise AssertionError(f"docs/configuration.md has no heading matching {heading!r}")
+
+
+def kind_section(kind: str) -> str:
+    return section(rf"^`{re.escape(kind)}`")
+
+
+def rows(text: str) -> dict[str, list[str]]:
+    """Markdown table rows keyed by their first cell with the backticks removed."""
+    out = {}
+    for line in text.splitlines():
+        if not line.startswith("|") or re.match(r"^\|\s*-", line):
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        m = re.fullmatch(r"`([^`]+)`", cells[0])
+        if m:
+            out[m.group(1)] = cells
+    return out
+
+
+def toml_value(value) -> str:
+    """How a schema default is written in the tables: TOML syntax (json.dumps fits for
+    booleans, numbers and strings)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+def sample_options(kind: str) -> dict:
+    """Minimal valid options for ``kind``: distinct BCM pins for the required pin keys."""
+    schema = driver_class(kind).options_schema
+    pins = iter([17, 27, 22, 23, 24])
+    options = {}
+    for key in schema.get("required", []):
+        prop = schema["properties"][key]
+        assert "anyOf" in prop, f"{kind}.{key}: teach sample_options() about this required option"
+        options[key] = next(pins)
+    return options
+
+
+# --------------------------------------------------------------------------- the example
+
+
+def test_greenhouse_example_loads(monkeypatch):
+    monkeypatch.delenv(cfg.ENV_PASSWORD, raising=False)
+    config = cfg.load(EXAMPLE)
+    assert config.device.simulate is False
+    assert config.device.state_dir == "/var/lib/edge-agent"
+    assert len({d.kind for d in config.drivers}) >= 5
+    assert not any(d.simulate for d in config.drivers)
+    raw = tomllib.loads(EXAMPLE.read_text(encoding="utf-8"))
+    assert "password" not in raw.get("broker", {}), "no password in clear in the example"
+    assert config.broker.password is None
+
+
+def test_greenhouse_example_passes_check():
+    done = subprocess.run([sys.executable, "-m", "edge_agent", "check", "--config", str(EXAMPLE)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert ": OK: " in done.stdout
+
+
+# --------------------------------------------------------------------------- driver kinds
+
+
+@pytest.mark.parametrize("kind", sorted(DRIVER_KINDS))
+def test_every_option_is_documented(kind):
+    text = kind_section(kind)
+    schema = driver_class(kind).options_schema
+    props = schema.get("properties", {})
+    for key in props:
+        assert f"`{key}`" in text, f"{kind}: option {key} is not mentioned in its section"
+    table = {k: cells for k, cells in rows(text).items() if re.fullmatch(r"[a-z_][a-z0-9_]*", k)}
+    assert set(table) == set(props), f"{kind}: options table {sorted(table)} != schema {sorted(props)}"
+    required = set(schema.get("required", []))
+    for key, prop in props.items():
+        cells = table[key]  # key | type | required | default | range | meaning
+        assert cells[2] == ("yes" if key in required else "no"), f"{kind}.{key}: required column"
+        expected = toml_value(prop["default"]) if "default" in prop else "—"
+        assert cells[3] == expected, f"{kind}.{key}: default {cells[3]!r}, schema says {expected}"
+        if "minimum" in prop and "maximum" in prop:
+            assert f"{prop['minimum']}..{prop['maximum']}" in cells[4], f"{kind}.{key}: range"
+
+
+@pytest.mark.parametrize("kind", sorted(DRIVER_KINDS))
+def test_tools_and_resources_are_documented(kind, tmp_path):
+    from gpiozero.pins.mock import MockFactory, MockPWMPin
+
+    text = kind_section(kind)
+    table = rows(text)
+    context = DriverContext(simulate=True, pin_factory=MockFactory(pin_class=MockPWMPin), state_dir=str(tmp_path))
+    driver = driver_class(kind)("x", sample_options(kind), context=context)
+    try:
+        tools, sensors = driver.tools(), driver.sensors()
+    finally:
+        driver.close()
+
+    documented_tools = {k for k in table if k.startswith("<name>_")}
+    assert documented_tools == {f"<name>_{t.name}" for t in tools}, f"{kind}: tool table"
+    if not tools:
+        assert "No tools." in text
+    for tool in tools:
+        cells = table[f"<name>_{tool.name}"]  # tool | arguments | returns | destructive | idempotent | long
+        assert tool.annotations.get("readOnlyHint") is False and "openWorldHint" not in tool.annotations
+        assert tool.output_schema is not None
+        assert cells[3] == toml_value(tool.annotations.get("destructiveHint")), f"{kind}.{tool.name}: destructiveHint"
+        assert cells[4] == toml_value(tool.annotations.get("idempotentHint")), f"{kind}.{tool.name}: idempotentHint"
+        assert cells[5].startswith("yes" if tool.long_running else "no"), f"{kind}.{tool.name}: long-running"
+        arguments = tool.input_schema.get("properties", {})
+        if not arguments:
+            assert cells[1] == "none", f"{kind}.{tool.name}: arguments"
+        for arg in arguments:
+            assert f"`{arg}`" in cells[1], f"{kind}.{tool.name}: argument {arg} not documented"
+
+    documented_sensors = {k for k in table if k.startswith("sensor://")}
+    assert documented_sensors == {f"sensor://<name>/{s.name}" for s in sensors}, f"{kind}: resource table"
+    for sensor in sensors:
+        cells = table[f"sensor://<name>/{sensor.name}"]  # uri | value | unit | poll | deadband | min
+        assert cells[2] == (f"`{sensor.unit}`" if sensor.unit else "—"), f"{kind}.{sensor.name}: unit"
+        assert float(cells[3]) == sensor.poll_interval, f"{kind}.{sensor.name}: poll_interval"
+        assert float(cells[4]) == sensor.deadband, f"{kind}.{sensor.name}: deadband"
+        assert float(cells[5].split()[0]) == sensor.min_interval, f"{kind}.{sensor.name}: min_interval"
+
+
+def test_kind_list_is_complete():
+    kind_row = rows(section(r"common keys"))["kind"]
+    for kind in DRIVER_KINDS:
+        assert f"`{kind}`" in kind_row[3], f"kind {kind} missing from the common keys table"
+
+
+# --------------------------------------------------------------------------- common keys
+
+
+@pytest.mark.parametrize("table,dataclass", [("device", cfg.DeviceConfig), ("broker", cfg.BrokerConfig)])
+def test_device_and_broker_keys_are_documented(table, dataclass):
+    text = section(rf"^`\[{table}\]`")
+    props = cfg._SCHEMA["properties"][table]["properties"]
+    documented = rows(text)
+    for key, prop in props.items():
+        assert f"`{key}`" in TEXT, f"[{table}] {key} is not in docs/configuration.md"
+        assert key in documented, f"[{table}] {key} has no row in the [{table}] table"
+        if "minimum" in prop and "maximum" in prop:
+            assert f"{prop['minimum']}..{prop['maximum']}" in documented[key][1], f"[{table}] {key}: range"
+    assert set(documented) == set(props), f"[{table}] table lists keys the schema does not have"
+    for f in fields(dataclass):  # simple defaults must match: key | type | default | meaning
+        if f.name in documented and f.default is not MISSING and f.default is not None:
+            assert documented[f.name][2] == f"`{toml_value(f.default)}`", f"[{table}] {f.name}: default"
+
+
+def test_common_driver_keys_are_documented():
+    documented = rows(section(r"common keys"))
+    assert set(documented) == cfg.COMMON_DRIVER_KEYS
+
+
+def test_environment_variables_are_documented():
+    from edge_agent.transport.broker_url import ENV_BROKER
+
+    for var in (cfg.ENV_PASSWORD, ENV_BROKER):
+        assert f"${var}" in TEXT and f"`{var}`" in section(r"Environment variables")
+
+
+# --------------------------------------------------------------------------- snippets
+
+
+def test_toml_snippets_are_valid():
+    blocks = re.findall(r"```toml\n(.*?)```", TEXT, flags=re.S)
+    assert blocks
+    for block in blocks:
+        data = tomllib.loads(block)
+        data.setdefault("device", {"server_name": "devices/test/docs"})
+        data.get("broker", {}).pop("password_file", None)  # points at a file this machine lacks
+        cfg.from_dict(data, path="<docs snippet>")
