@@ -35,6 +35,7 @@ from jsonschema import Draft202012Validator
 from .errors import ConfigError
 from .transport import topics
 from .transport.broker_url import parse_broker_url
+from .transport.profiles import LinkSettings, link_settings
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 COMMON_DRIVER_KEYS = {"kind", "name", "description", "poll_interval", "deadband", "enabled", "simulate"}
@@ -74,6 +75,38 @@ _SCHEMA: dict[str, Any] = {
                 "qos": {"type": "integer", "enum": [0, 1]},
             },
         },
+        "link": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "profile": {"type": "string", "enum": ["lan", "unreliable"]},
+                "keepalive": {"type": "integer", "minimum": 2, "maximum": 65535},
+                "clean_start": {"type": "boolean"},
+                "session_expiry": {"type": "integer", "minimum": 0, "maximum": 4294967295},
+                "qos_rpc": {"type": "integer", "enum": [0, 1]},
+                "qos_notifications": {"type": "integer", "enum": [0, 1]},
+                "qos_telemetry": {"type": "integer", "enum": [0, 1]},
+                "message_expiry": {"type": "integer", "minimum": 0, "maximum": 4294967295},
+                "max_inflight": {"type": "integer", "minimum": 1, "maximum": 65535},
+                "reconnect_min": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+                "reconnect_max": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+                "connack_timeout": {"type": "number", "exclusiveMinimum": 0, "maximum": 600},
+                "outbox_max_messages": {"type": "integer", "minimum": 1},
+                "outbox_max_bytes": {"type": "integer", "minimum": 1024},
+                "qos0_queue": {"type": "integer", "minimum": 0},
+                "persist_sessions": {"type": "boolean"},
+                "session_max_age": {"type": "integer", "minimum": 1},
+                "reply_cache": {"type": "integer", "minimum": 0, "maximum": 10000},
+            },
+        },
+        "store": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "path": {"type": "string"},
+                "synchronous": {"type": "string", "enum": ["NORMAL", "FULL"]},
+            },
+        },
         "drivers": {"type": "array", "items": {"type": "object"}},
     },
 }
@@ -105,6 +138,14 @@ class BrokerConfig:
 
 
 @dataclass
+class StoreConfig:
+    """The SQLite state store: ``path`` (default ``<state_dir>/state.sqlite3``), ``synchronous``."""
+
+    path: str
+    synchronous: str = "NORMAL"
+
+
+@dataclass
 class DriverConfig:
     """One ``[[drivers]]`` table. ``options``: the kind-specific keys, validated."""
 
@@ -124,6 +165,8 @@ class Config:
     broker: BrokerConfig
     drivers: list[DriverConfig]
     path: str = "<memory>"
+    link: LinkSettings = field(default_factory=LinkSettings)
+    store: StoreConfig | None = None
 
 
 def default_server_id() -> str:
@@ -200,10 +243,36 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
     broker = BrokerConfig(urls=urls, username=br.get("username"), password=password,
                           keepalive=br.get("keepalive", 30), qos=br.get("qos", 1))
 
+    if len({parse_broker_url(u).tls for u in urls if _parses(u)}) > 1:
+        bad(key, "all broker URLs must be mqtt:// or all mqtts://, not a mix")
+
+    lk = dict(data.get("link", {}))
+    profile = lk.pop("profile", "lan")
+    # [broker] keepalive/qos are kept as shorthands for [link] keepalive / qos_rpc.
+    if "keepalive" in br and "keepalive" not in lk:
+        lk["keepalive"] = br["keepalive"]
+    if "qos" in br:
+        lk.setdefault("qos_rpc", br["qos"])
+        lk.setdefault("qos_notifications", br["qos"])
+    link = link_settings(profile, **lk)
+    if link.reconnect_min > link.reconnect_max:
+        bad("link.reconnect_min", f"must not exceed link.reconnect_max ({link.reconnect_max})")
+    st = data.get("store", {})
+    store = StoreConfig(path=_resolve(st.get("path", os.path.join(device.state_dir, "state.sqlite3")), base_dir),
+                        synchronous=st.get("synchronous", "NORMAL"))
+
     drivers = _drivers(data.get("drivers", []), bad)
     if problems:
         raise ConfigError(problems)
-    return Config(device=device, broker=broker, drivers=drivers, path=path)
+    return Config(device=device, broker=broker, drivers=drivers, path=path, link=link, store=store)
+
+
+def _parses(url: str) -> bool:
+    try:
+        parse_broker_url(url)
+    except ValueError:
+        return False
+    return True
 
 
 def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:

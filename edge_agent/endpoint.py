@@ -7,19 +7,24 @@ topics are subscribed before the answer; later traffic comes on the RPC topic;
 ``notifications/disconnected`` (on the RPC topic or the client's presence) or an empty
 presence closes the session. Source: mqtt-ai/mcp-over-mqtt ``mqtt_transport.md``,
 "Initialization" and "Shutdown".
+
+With a :class:`~edge_agent.store.Store` and ``persist_sessions``, initialized sessions (with
+their subscriptions, log level and payload encoding) are written to SQLite and restored at
+start, so a client keeps calling across an agent restart without a new ``initialize``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from typing import Any
 
 from .protocol import jsonrpc
-from .protocol.jsonrpc import INVALID_REQUEST, RpcError
-from .protocol.server import McpServer
-from .transport.mqtt_server import MqttServerTransport
+from .protocol.jsonrpc import INVALID_REQUEST, PARSE_ERROR, RpcError
+from .protocol.server import McpServer, Session
+from .store import Store
+from .transport import codec
+from .transport.mqtt_server import Incoming, MqttServerTransport
 
 log = logging.getLogger(__name__)
 
@@ -30,17 +35,25 @@ class Endpoint:
     Build with :meth:`create`, which constructs the transport with this endpoint's callbacks.
     """
 
-    def __init__(self, server: McpServer):
+    def __init__(self, server: McpServer, store: Store | None = None, persist_sessions: bool = False,
+                 session_max_age: float = 86400):
         self.server = server
+        self.store = store
+        self.persist = persist_sessions and store is not None
+        self.session_max_age = session_max_age
         self.transport: MqttServerTransport | None = None
         self._tasks: set[asyncio.Task] = set()
 
     @classmethod
-    def create(cls, server: McpServer, **transport_kwargs: Any) -> "Endpoint":
-        ep = cls(server)
+    def create(cls, server: McpServer, *, store: Store | None = None, **transport_kwargs: Any) -> "Endpoint":
+        settings = transport_kwargs.get("settings")
+        ep = cls(server, store, persist_sessions=bool(settings and settings.persist_sessions),
+                 session_max_age=settings.session_max_age if settings else 86400)
         ep.transport = MqttServerTransport(on_control=ep.on_control, on_rpc=ep.on_rpc,
-                                           on_client_gone=ep.on_client_gone, **transport_kwargs)
+                                           on_client_gone=ep.on_client_gone, store=store, **transport_kwargs)
         server.broadcast = ep.transport.send_capability
+        if ep.persist:
+            server.on_session_change = ep._persist
         return ep
 
     def _spawn(self, coro) -> None:
@@ -48,26 +61,76 @@ class Endpoint:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # ---------------------------------------------------------------- callbacks (event loop)
-    def on_control(self, client_id: str, payload: bytes) -> None:
-        self._spawn(self._control(client_id, payload))
-
-    async def _control(self, client_id: str, payload: bytes) -> None:
+    def _sender(self, client_id: str):
         transport = self.transport
         assert transport is not None
+        return lambda m: transport.send_rpc(client_id, m)
+
+    # ---------------------------------------------------------------- persistence
+    def _persist(self, session: Session, closed: bool) -> None:
+        assert self.store is not None and self.transport is not None
+        if closed:
+            self.store.session_delete(session.id)
+        elif session.initialized:
+            data = session.snapshot()
+            data["encoding"] = self.transport.encodings.get(session.id)
+            self.store.session_put(session.id, data)
+
+    def restore_sessions(self) -> int:
+        """Re-create stored sessions and make the transport serve their topics. Returns how many."""
+        if not self.persist:
+            return 0
+        assert self.store is not None and self.transport is not None
+        n = 0
+        for client_id, data in self.store.sessions(max_age=self.session_max_age):
+            self.server.restore_session(client_id, data, self._sender(client_id))
+            if data.get("encoding") in codec.ENCODINGS:
+                self.transport.encodings[client_id] = data["encoding"]
+            self.transport.clients.add(client_id)  # subscribed on connect
+            n += 1
+        if n:
+            log.info("restored %d MCP session(s) from the store", n)
+        return n
+
+    # ---------------------------------------------------------------- decoding
+    def _decode(self, client_id: str, payload: bytes, incoming: Incoming) -> dict[str, Any] | None:
+        """Decode a payload per its Content Type; answer undecodable requests with -32700."""
         try:
-            msg = jsonrpc.decode(payload)
+            value = codec.decode(payload, incoming.content_type)
+        except ValueError as exc:
+            assert self.transport is not None
+            self.transport.stats.malformed += 1
+            self.transport.send_rpc(client_id, jsonrpc.error(None, RpcError(PARSE_ERROR, f"Parse error: {exc}")))
+            return None
+        try:
+            return jsonrpc.check(value)
         except RpcError as err:
+            assert self.transport is not None
             msg_id = err.data.get("id") if isinstance(err.data, dict) else None
             err.data = None
-            transport.send_rpc(client_id, jsonrpc.error(msg_id, err))
+            self.transport.send_rpc(client_id, jsonrpc.error(msg_id, err))
+            return None
+
+    # ---------------------------------------------------------------- callbacks (event loop)
+    def on_control(self, client_id: str, payload: bytes, incoming: Incoming | None = None) -> None:
+        self._spawn(self._control(client_id, payload, incoming or Incoming()))
+
+    async def _control(self, client_id: str, payload: bytes, incoming: Incoming) -> None:
+        transport = self.transport
+        assert transport is not None
+        if incoming.content_type in codec.ENCODINGS:
+            transport.encodings[client_id] = incoming.content_type
+        msg = self._decode(client_id, payload, incoming)
+        if msg is None:
             return
         if msg.get("method") != "initialize":
             if jsonrpc.is_request(msg):
                 transport.send_rpc(client_id, jsonrpc.error(msg["id"], RpcError(
                     INVALID_REQUEST, f"only initialize is accepted on the control topic, not {msg['method']}")))
             return
-        session = self.server.open_session(client_id, lambda m, cid=client_id: transport.send_rpc(cid, m))
+        if incoming.content_type not in codec.ENCODINGS:
+            transport.encodings.pop(client_id, None)
+        session = self.server.open_session(client_id, self._sender(client_id))
         try:
             await transport.serve_client(client_id)  # subscribe BEFORE answering (spec)
         except Exception as exc:
@@ -75,25 +138,28 @@ class Endpoint:
             self.server.close_session(client_id)
             return
         log.info("client %s initializing (%s)", client_id, (msg.get("params") or {}).get("clientInfo", {}).get("name", "?"))
-        await self.server.handle(session, msg)
+        await self.server.handle(session, msg, deadline=incoming.deadline)
 
-    def on_rpc(self, client_id: str, payload: bytes) -> None:
+    def on_rpc(self, client_id: str, payload: bytes, incoming: Incoming | None = None) -> None:
+        incoming = incoming or Incoming()
         session = self.server.sessions.get(client_id)
-        transport = self.transport
-        assert transport is not None
         if session is None:
-            self._unknown_client(client_id, payload)
+            self._unknown_client(client_id, payload, incoming)
             return
-        if _is_disconnected_notification(payload):
+        msg = self._decode(client_id, payload, incoming)
+        if msg is None:
+            return
+        if msg.get("method") == "notifications/disconnected" and "id" not in msg:
             self.on_client_gone(client_id)
             return
-        self._spawn(self.server.handle(session, payload))
+        self._spawn(self.server.handle(session, msg, deadline=incoming.deadline))
 
-    def _unknown_client(self, client_id: str, payload: bytes) -> None:
+    def _unknown_client(self, client_id: str, payload: bytes, incoming: Incoming) -> None:
         """A message on an RPC topic of a client without a session (e.g. after the agent
-        restarted): requests get -32600 so the client knows to initialize again."""
+        restarted without persistent sessions): requests get -32600 so the client knows to
+        initialize again."""
         try:
-            msg = json.loads(payload)
+            msg = codec.decode(payload, incoming.content_type)
         except ValueError:
             return
         if isinstance(msg, dict) and "method" in msg and "id" in msg and msg.get("method") != "initialize":
@@ -117,22 +183,14 @@ class Endpoint:
 
     async def start(self, timeout: float | None = 30.0) -> None:
         assert self.transport is not None
+        self.restore_sessions()
         await self.transport.start(timeout)
 
     async def stop(self) -> None:
+        """Clean stop. Without persistent sessions clients are told ``notifications/disconnected``
+        and their sessions end; with them, sessions stay in the store for the next start."""
         assert self.transport is not None
-        await self.transport.stop(notify_clients=True)
-        for sid in list(self.server.sessions):
-            self.server.close_session(sid)
+        await self.transport.stop(notify_clients=not self.persist)
+        self.server.end_all(forget=not self.persist)
         for task in list(self._tasks):
             task.cancel()
-
-
-def _is_disconnected_notification(payload: bytes) -> bool:
-    if b"notifications/disconnected" not in payload:
-        return False
-    try:
-        msg = json.loads(payload)
-    except ValueError:
-        return False
-    return isinstance(msg, dict) and msg.get("method") == "notifications/disconnected" and "id" not in msg

@@ -25,9 +25,10 @@ from .config import Config, DriverConfig
 from .endpoint import Endpoint
 from .errors import ToolInputError
 from .protocol import McpServer, Registry, Resource, ResourceTemplate, ServerInfo, Tool, ToolContext
+from .protocol.server import stale_message
 from .sensors import SensorChannel, iso
 from .transport.broker_url import parse_broker_url
-from .transport.mqtt_server import LinkSettings
+from .store import Store
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,9 @@ class Agent:
 
     def __init__(self, config: Config, *, broker_url: str | None = None):
         self.config = config
-        self.broker_url = broker_url or config.broker.urls[0]
+        self.broker_urls = [broker_url] if broker_url else list(config.broker.urls)
+        self.broker_url = self.broker_urls[0]
+        self.store: Store | None = None
         self.registry = Registry()
         self.channels: dict[str, SensorChannel] = {}
         self.drivers: dict[str, DriverState] = {}
@@ -72,7 +75,7 @@ class Agent:
             self.registry,
             ServerInfo(name="edge-agent", version=__version__, title=dev.title or dev.server_name,
                        instructions=_instructions(config)),
-            page_size=dev.page_size, on_tool_error=self._tool_failed,
+            page_size=dev.page_size, on_tool_error=self._tool_failed, reply_cache=config.link.reply_cache,
         )
         self.context = _driver_context(config)
         self.endpoint: Endpoint | None = None
@@ -132,6 +135,9 @@ class Agent:
             kwargs["cancel"] = ctx.cancelled
         assert state.lock is not None
         async with state.lock:
+            if ctx.deadline is not None and time.time() > ctx.deadline:
+                # it waited for the driver past its deadline: a stale actuation is worse than none
+                raise ToolInputError(stale_message(f"{state.config.name}_{spec.name}", ctx.deadline))
             fut = loop.run_in_executor(None, functools.partial(spec.handler, **kwargs))
             try:
                 result = await asyncio.shield(fut)
@@ -207,6 +213,15 @@ class Agent:
         self.registry.add_resource(Resource(
             uri="device://health", name="health", title="Device health", read=health,
             description="Status of every driver (ok / degraded / failed, last error), sessions and the MQTT link."))
+        async def link() -> str:
+            if self.endpoint is None or self.endpoint.transport is None:
+                return json.dumps({"connected": False})
+            return json.dumps(self.endpoint.transport.link_health(), ensure_ascii=False)
+
+        self.registry.add_resource(Resource(
+            uri="device://link", name="link", title="MQTT link health", read=link,
+            description="The MQTT link: connected or not, broker, reconnects, last outage (s), outbox depth, "
+                        "drops by reason, round-trip time to the broker (ms, last QoS 1 PUBACK), profile."))
         self.registry.add_resource(Resource(
             uri="device://info", name="info", title="Device information", read=info,
             description="Server-name, server-id, version, location, and every driver with its tools and sensors (units)."))
@@ -282,9 +297,9 @@ class Agent:
         transport = self.endpoint.transport if self.endpoint else None
         link: dict[str, Any] = {"broker": str(parse_broker_url(self.broker_url))}
         if transport is not None:
-            link.update(connected=transport.client.is_connected(), connects=transport.counters.connects,
-                        disconnects=transport.counters.disconnects, published=transport.counters.published,
-                        received=transport.counters.received, malformed=transport.counters.malformed)
+            full = transport.link_health()
+            link = {k: full[k] for k in ("connected", "broker", "reconnects", "last_outage_s", "rtt_ms")}
+            link["outbox"] = full["outbox"]["messages"]
         return {
             "status": overall,
             "server_name": self.config.device.server_name if transport is None else transport.server_name,
@@ -347,10 +362,13 @@ class Agent:
         meta: dict[str, Any] = {"version": __version__, "implementation": "edge-agent"}
         if dev.location:
             meta["location"] = dev.location
+        store_cfg = self.config.store
+        self.store = Store(store_cfg.path if store_cfg else ":memory:",
+                           synchronous=store_cfg.synchronous if store_cfg else "NORMAL")
         self.endpoint = Endpoint.create(
-            self.server, server_id=dev.server_id, server_name=dev.server_name, description=dev.description,
-            meta=meta, broker=parse_broker_url(self.broker_url), loop=loop,
-            settings=LinkSettings(keepalive=self.config.broker.keepalive, qos=self.config.broker.qos),
+            self.server, store=self.store, server_id=dev.server_id, server_name=dev.server_name,
+            description=dev.description, meta=meta, brokers=[parse_broker_url(u) for u in self.broker_urls],
+            loop=loop, settings=self.config.link,
             username=self.config.broker.username, password=self.config.broker.password,
         )
         await self.endpoint.start(connect_timeout)
@@ -370,6 +388,8 @@ class Agent:
                 _close_quietly(state.driver)
         if self.context.pin_factory is not None:
             _close_quietly(self.context.pin_factory)
+        if self.store is not None:
+            self.store.close()
 
 
 def _label(dc: DriverConfig) -> str:

@@ -18,7 +18,7 @@ description = "Greenhouse 3"
 simulate = true
 
 [broker]
-urls = ["mqtt://127.0.0.1:1883", "mqtts://backup.example:8883"]
+urls = ["mqtt://127.0.0.1:1883", "mqtt://backup.example:1884"]
 username = "gh"
 password = "s3cret"
 
@@ -43,7 +43,7 @@ def write(tmp_path, text, name="agent.toml"):
 def test_good_config_loads(tmp_path):
     c = cfg.load(write(tmp_path, GOOD))
     assert c.device.server_name == "devices/greenhouse/pi-01"
-    assert c.broker.urls[1] == "mqtts://backup.example:8883"
+    assert c.broker.urls[1] == "mqtt://backup.example:1884"
     assert [d.name for d in c.drivers] == ["pump", "system"]
     assert c.drivers[0].options == {"pin": 17}
     assert c.drivers[1].poll_interval == 30

@@ -90,14 +90,14 @@ def test_broker_assigned_server_name_is_used(broker):
             await t.start(5)
             props = Properties(PacketTypes.CONNACK)
             props.UserProperty = [("MCP-SERVER-NAME", "fleet/site-9/t-1")]
-            t._connected(ReasonCode(PacketTypes.CONNACK, "Success"), props)
+            t._connected(None, props)
             assert t.server_name == "fleet/site-9/t-1"
             assert t.control_topic == "$mcp-server/t-1/fleet/site-9/t-1"
             msg = await asyncio.to_thread(sub.wait_for, lambda m: m.topic.endswith("fleet/site-9/t-1") and m.payload)
             assert json.loads(msg.payload)["params"]["server_name"] == "fleet/site-9/t-1"
             bad = Properties(PacketTypes.CONNACK)
             bad.UserProperty = [("MCP-SERVER-NAME", "no-slash")]
-            t._connected(ReasonCode(PacketTypes.CONNACK, "Success"), bad)
+            t._connected(None, bad)
             assert t.server_name == "fleet/site-9/t-1"  # an invalid suggestion is ignored with a warning
         finally:
             sub.close()

@@ -34,7 +34,7 @@ class RpcError(Exception):
 
 
 def decode(payload: bytes | str) -> dict[str, Any]:
-    """Decode one JSON-RPC message (request, notification or response).
+    """Decode one JSON-RPC message (request, notification or response) from JSON.
 
     Returns the message as a dict. Raises:
         RpcError(-32700): not UTF-8 JSON. RpcError(-32600): JSON but not a JSON-RPC 2.0 message
@@ -45,6 +45,14 @@ def decode(payload: bytes | str) -> dict[str, Any]:
         msg = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
         raise RpcError(PARSE_ERROR, f"Parse error: {exc}") from None
+    return check(msg)
+
+
+def check(msg: Any) -> dict[str, Any]:
+    """Check that an already-decoded value (from JSON or CBOR) is one JSON-RPC 2.0 message.
+
+    Raises RpcError(-32600) as :func:`decode` does.
+    """
     if isinstance(msg, list):
         raise RpcError(INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported")
     if not isinstance(msg, dict):

@@ -24,7 +24,9 @@ class ToolContext:
     ``cancelled`` is set when the caller sends ``notifications/cancelled`` (a
     ``threading.Event``, so code in worker threads can poll it). ``log(level, message)`` sends
     ``notifications/message`` to the caller's session if its level allows.
-    ``session_id``: the caller's session (mcp-client-id).
+    ``session_id``: the caller's session (mcp-client-id). ``deadline``: for destructive tools,
+    the Unix time after which the command must not be executed (MQTT message expiry or
+    ``_meta["io.edge-agent/deadline"]``); a handler that waits (e.g. for a lock) re-checks it.
     """
 
     session_id: str
@@ -32,6 +34,7 @@ class ToolContext:
     cancelled: threading.Event
     log: Callable[[str, str], None]
     meta: Mapping[str, Any] = field(default_factory=dict)
+    deadline: float | None = None  # Unix s; set for destructive tools: re-check before actuating
 
 
 ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]

@@ -17,6 +17,8 @@ import base64
 import json
 import logging
 import threading
+import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -34,6 +36,9 @@ SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")  #
 # Syslog severities, RFC 5424 order (MCP server/utilities/logging).
 LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
 ALLOWED_BEFORE_INIT = {"initialize", "ping", "logging/setLevel"}
+# A client may bound when a command is still worth executing (Unix time in seconds, or an
+# RFC 3339 string) in params._meta; destructive tools refuse to run after it.
+DEADLINE_META = "io.edge-agent/deadline"
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -66,10 +71,17 @@ class Session:
     log_level: str = "warning"
     subscriptions: set[str] = field(default_factory=set)
     inflight: dict[Any, tuple[asyncio.Task, threading.Event]] = field(default_factory=dict)
+    replies: "OrderedDict[Any, tuple[str, dict[str, Any]]]" = field(default_factory=OrderedDict)
 
     @property
     def initialized(self) -> bool:
         return self.state in ("initializing", "ready")
+
+    def snapshot(self) -> dict[str, Any]:
+        """What survives an agent restart (JSON-serialisable)."""
+        return {"state": self.state, "protocol_version": self.protocol_version, "client_info": self.client_info,
+                "client_capabilities": self.client_capabilities, "log_level": self.log_level,
+                "subscriptions": sorted(self.subscriptions)}
 
 
 class McpServer:
@@ -83,8 +95,12 @@ class McpServer:
 
     def __init__(self, registry: Registry, info: ServerInfo, *, page_size: int = 50,
                  broadcast: Send | None = None,
-                 on_tool_error: Callable[[str, BaseException], None] | None = None):
+                 on_tool_error: Callable[[str, BaseException], None] | None = None,
+                 reply_cache: int = 64,
+                 on_session_change: Callable[[Session, bool], None] | None = None):
         self.registry = registry
+        self.reply_cache = max(0, reply_cache)
+        self.on_session_change = on_session_change
         self.info = info
         self.page_size = max(1, page_size)
         self.broadcast: Send = broadcast or (lambda msg: None)
@@ -117,13 +133,37 @@ class McpServer:
         self.sessions[session_id] = session
         return session
 
+    def restore_session(self, session_id: str, data: dict[str, Any], send: Send) -> Session:
+        """Re-create a session from :meth:`Session.snapshot` (after an agent restart)."""
+        session = Session(session_id, send, state=data.get("state", "ready"),
+                          protocol_version=data.get("protocol_version"), client_info=data.get("client_info") or {},
+                          client_capabilities=data.get("client_capabilities") or {},
+                          log_level=data.get("log_level", "warning"),
+                          subscriptions=set(data.get("subscriptions") or ()))
+        self.sessions[session_id] = session
+        return session
+
     def close_session(self, session_id: str) -> bool:
         """Drop a session (client left): cancel its in-flight requests. True if it existed."""
         session = self.sessions.pop(session_id, None)
         if session is None:
             return False
         self._cancel_all(session)
+        self._changed(session, closed=True)
         return True
+
+    def _changed(self, session: Session, closed: bool = False) -> None:
+        if self.on_session_change is not None:
+            self.on_session_change(session, closed)
+
+    def end_all(self, *, forget: bool) -> None:
+        """Shutdown: cancel every session's requests and drop the sessions; ``forget`` also
+        reports them closed (so a persisted copy is deleted)."""
+        for sid in list(self.sessions):
+            session = self.sessions.pop(sid)
+            self._cancel_all(session)
+            if forget:
+                self._changed(session, closed=True)
 
     @staticmethod
     def _cancel_all(session: Session) -> None:
@@ -142,13 +182,22 @@ class McpServer:
         }
 
     # ------------------------------------------------------------------ entry point
-    async def handle(self, session: Session, payload: bytes | str | dict[str, Any]) -> None:
+    async def handle(self, session: Session, payload: bytes | str | dict[str, Any], *,
+                     deadline: float | None = None) -> None:
         """Handle one incoming message of ``session``. Never raises for bad input: malformed
         JSON gets -32700, a bad message -32600, an unknown method -32601, a request before
         ``initialize`` -32600; requests run as tasks so they can be cancelled and overlap.
+        ``deadline``: Unix time (s) after which the transport says the message expired (MQTT
+        Message Expiry); destructive tools called after it are refused.
         """
         if isinstance(payload, dict):
-            msg = payload
+            try:
+                msg = jsonrpc.check(payload)
+            except RpcError as err:
+                msg_id = err.data.get("id") if isinstance(err.data, dict) else None
+                err.data = None
+                session.send(jsonrpc.error(msg_id, err))
+                return
         else:
             try:
                 msg = jsonrpc.decode(payload)
@@ -160,23 +209,37 @@ class McpServer:
         if jsonrpc.is_notification(msg):
             self._notification(session, msg)
         elif jsonrpc.is_request(msg):
-            if msg["id"] in session.inflight:
-                session.send(jsonrpc.error(msg["id"], RpcError(INVALID_REQUEST, f"request id {msg['id']!r} is already in flight")))
+            msg_id = msg["id"]
+            if msg_id in session.inflight:
+                log.info("duplicate of in-flight request %r from %s ignored", msg_id, session.id)
+                return  # a QoS 1 redelivery: the answer is on its way
+            cached = session.replies.get(msg_id)
+            if cached is not None and cached[0] == _fingerprint(msg):
+                log.info("duplicate of request %r from %s answered from the reply cache", msg_id, session.id)
+                session.send(cached[1])
                 return
             cancel = threading.Event()
-            task = asyncio.get_running_loop().create_task(self._request(session, msg, cancel))
+            task = asyncio.get_running_loop().create_task(self._request(session, msg, cancel, deadline))
             session.inflight[msg["id"]] = (task, cancel)
         # responses: this server sends no requests, so there is nothing to match; ignore.
 
-    async def _request(self, session: Session, msg: dict[str, Any], cancel: threading.Event) -> None:
-        reply = await self._answer(session, msg, cancel)
+    async def _request(self, session: Session, msg: dict[str, Any], cancel: threading.Event,
+                       deadline: float | None = None) -> None:
+        reply = await self._answer(session, msg, cancel, deadline)
         entry = session.inflight.get(msg["id"])
         if entry is not None and entry[1] is cancel:
             del session.inflight[msg["id"]]  # before replying: the client may reuse the id at once
         if reply is not None and not cancel.is_set():
+            if self.reply_cache and msg["method"] != "initialize":
+                session.replies[msg["id"]] = (_fingerprint(msg), reply)
+                while len(session.replies) > self.reply_cache:
+                    session.replies.popitem(last=False)
             session.send(reply)
+            if msg["method"] in _DURABLE:
+                self._changed(session)
 
-    async def _answer(self, session: Session, msg: dict[str, Any], cancel: threading.Event) -> dict[str, Any] | None:
+    async def _answer(self, session: Session, msg: dict[str, Any], cancel: threading.Event,
+                      deadline: float | None = None) -> dict[str, Any] | None:
         method, msg_id = msg["method"], msg["id"]
         params = msg.get("params") or {}
         try:
@@ -186,7 +249,7 @@ class McpServer:
             if not session.initialized and method not in ALLOWED_BEFORE_INIT:
                 raise RpcError(INVALID_REQUEST, f"Session not initialized: send initialize before {method}")
             if method == "tools/call":
-                result = await self._tools_call(session, params, msg_id=msg_id, cancel=cancel)
+                result = await self._tools_call(session, params, msg_id=msg_id, cancel=cancel, deadline=deadline)
             else:
                 result = await handler(session, params)
         except RpcError as err:
@@ -204,6 +267,7 @@ class McpServer:
         if method == "notifications/initialized":
             if session.state == "initializing":
                 session.state = "ready"
+                self._changed(session)
         elif method == "notifications/cancelled":
             entry = session.inflight.get(params.get("requestId"))
             if entry is not None and entry[0] is not None:
@@ -271,7 +335,7 @@ class McpServer:
         return validator
 
     async def _tools_call(self, session: Session, params: dict[str, Any], *, msg_id: Any = None,
-                          cancel: threading.Event | None = None) -> dict[str, Any]:
+                          cancel: threading.Event | None = None, deadline: float | None = None) -> dict[str, Any]:
         name = params.get("name")
         if not isinstance(name, str):
             raise RpcError(INVALID_PARAMS, "tools/call: params.name (a string) is required")
@@ -296,12 +360,21 @@ class McpServer:
         if tool.unavailable:
             return _tool_error(f"{name} is unavailable: {tool.unavailable}")
         meta = params.get("_meta") or {}
+        if not isinstance(meta, dict):
+            raise RpcError(INVALID_PARAMS, "tools/call: params._meta must be an object")
+        try:
+            deadline = _earliest(deadline, _parse_deadline(meta.get(DEADLINE_META)))
+        except ValueError as exc:
+            return _tool_error(f"{name}: bad {DEADLINE_META}: {exc}")
+        if deadline is not None and (tool.annotations or {}).get("destructiveHint") and time.time() > deadline:
+            return _tool_error(stale_message(name, deadline))
         ctx = ToolContext(
             session_id=session.id,
             progress=self._progress_fn(session, meta.get("progressToken")),
             cancelled=cancel or threading.Event(),
             log=lambda level, text: self.log_to(session, level, text, logger=name),
             meta=meta,
+            deadline=deadline if (tool.annotations or {}).get("destructiveHint") else None,
         )
         try:
             value = await tool.handler(arguments, ctx)
@@ -462,6 +535,42 @@ class McpServer:
         """Send ``notifications/message`` to every session whose level allows it."""
         for session in list(self.sessions.values()):
             self.log_to(session, level, text, logger=logger)
+
+
+_DURABLE = {"initialize", "resources/subscribe", "resources/unsubscribe", "logging/setLevel"}
+
+
+def _fingerprint(msg: dict[str, Any]) -> str:
+    return json.dumps([msg.get("method"), msg.get("params")], sort_keys=True, default=str)
+
+
+def _parse_deadline(value: Any) -> float | None:
+    """A deadline from ``_meta``: Unix seconds (number) or an RFC 3339 string."""
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError("must be a number of Unix seconds or an RFC 3339 time")
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str):
+        from datetime import datetime
+
+        try:
+            return datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            raise ValueError(f"{value!r} is not an RFC 3339 time") from None
+    raise ValueError("must be a number of Unix seconds or an RFC 3339 time")
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def stale_message(tool: str, deadline: float) -> str:
+    """The refusal of a destructive command that arrived after its deadline."""
+    late = time.time() - deadline
+    return (f"{tool} refused: the command arrived {late:.1f} s after its deadline, so it was not executed "
+            "(send it again if it is still wanted)")
 
 
 def _tool_error(text: str) -> dict[str, Any]:

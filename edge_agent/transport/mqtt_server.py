@@ -2,9 +2,13 @@
 
 Owns the MQTT connection of one MCP server instance: CONNECT with the MCP user properties and
 the retained empty will, the retained online presence, the control topic, per-client
-subscriptions (RPC with No Local) and the server capability topic. It moves bytes; it does not
-know what a tool is. Incoming messages are handed to the asyncio loop through
-``loop.call_soon_threadsafe`` (paho's network thread never runs our code otherwise).
+subscriptions (RPC with No Local), the server capability topic, reconnection and
+store-and-forward. It moves bytes; it does not know what a tool is.
+
+Threads: one network thread runs paho's ``loop()`` and the connection attempts (tenacity:
+exponential backoff with full jitter, capped; broker URLs tried in turn). Every paho callback
+only hands its data to the asyncio loop with ``loop.call_soon_threadsafe``; all state lives
+on the asyncio thread.
 
 Source: mqtt-ai/mcp-over-mqtt ``specification/2025-03-26/basic/mqtt_transport.md``
 (topics, user properties, service registration/unregistration, initialization, shutdown).
@@ -13,29 +17,34 @@ Source: mqtt-ai/mcp-over-mqtt ``specification/2025-03-26/basic/mqtt_transport.md
 from __future__ import annotations
 
 import asyncio
-import json
+import collections
 import logging
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
+import tenacity
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..errors import TransportError
-from . import topics
+from ..store import OutboxRow, Store
+from . import codec, topics
 from .broker_url import BrokerURL
+from .outbox import Outbox
+from .profiles import LinkSettings
 
 log = logging.getLogger(__name__)
 
 DISCONNECTED = {"jsonrpc": "2.0", "method": "notifications/disconnected"}
+SEQ_PROPERTY = "EDGE-AGENT-SEQ"
 
-
-def _encode(msg: dict[str, Any]) -> bytes:
-    return json.dumps(msg, separators=(",", ":"), ensure_ascii=False).encode()
+__all__ = ["DISCONNECTED", "Incoming", "LinkSettings", "MqttServerTransport", "user_properties"]
 
 
 def user_properties(props: Any) -> dict[str, str]:
@@ -43,65 +52,90 @@ def user_properties(props: Any) -> dict[str, str]:
     return dict(getattr(props, "UserProperty", None) or [])
 
 
-@dataclass
-class LinkSettings:
-    """MQTT link parameters (the ``lan`` profile: the spec's defaults).
+@dataclass(frozen=True)
+class Incoming:
+    """What the transport knows about an incoming message beyond its payload.
 
-    ``keepalive``: seconds (MQTT keepalive; a dead link is noticed after ~1.5× this).
-    ``qos``: QoS of RPC messages and notifications (0 or 1). ``session_expiry``: seconds
-    (0 = clean session, as the spec requires). ``reconnect_min``/``reconnect_max``: seconds
-    of paho's reconnect backoff.
+    ``content_type``: MQTT 5 Content Type (``application/cbor`` or None/JSON).
+    ``deadline``: Unix time (s) after which the sender's Message Expiry Interval ran out, or None.
+    ``received``: Unix time (s) it reached this process.
     """
 
-    keepalive: int = 30
-    qos: int = 1
-    session_expiry: int = 0
-    clean_start: bool = True
-    reconnect_min: int = 1
-    reconnect_max: int = 30
-    max_inflight: int = 20
+    content_type: str | None = None
+    deadline: float | None = None
+    received: float = 0.0
 
 
 @dataclass
-class _Counters:
+class LinkStats:
+    """Link health counters (``device://link``)."""
+
     connects: int = 0
     disconnects: int = 0
+    failed_attempts: int = 0
     published: int = 0
     received: int = 0
     malformed: int = 0
+    last_error: str | None = None
+    outage_started: float | None = None  # monotonic
+    last_outage_s: float | None = None
+    rtt_ms: float | None = None
+    qos0_dropped: int = 0
+    broker: str = ""
+    since: float = field(default_factory=time.time)
 
 
 class MqttServerTransport:
     """One MCP server instance's MQTT link.
 
-    Callbacks (run on the asyncio loop): ``on_control(client_id, payload)`` for a message on
-    the control topic (``initialize``), ``on_rpc(client_id, payload)`` for a message on an RPC
-    topic of this server, ``on_client_gone(client_id)`` when a client's presence says
-    ``notifications/disconnected`` (or is empty), ``on_connected()`` after every (re)connect
-    once presence is online.
+    Callbacks (run on the asyncio loop): ``on_control(client_id, payload, incoming)`` for a
+    message on the control topic (``initialize``), ``on_rpc(client_id, payload, incoming)`` for
+    a message on an RPC topic of this server, ``on_client_gone(client_id)`` when a client's
+    presence says ``notifications/disconnected`` (or is empty), ``on_connected()`` after every
+    (re)connect once presence is online and the outbox is being drained.
+
+    ``brokers``: tried in turn (failover); all must share one TLS mode. ``store``: the SQLite
+    state store for the outbox (an in-memory one when None: nothing survives a restart).
     """
 
     def __init__(self, *, server_id: str, server_name: str, description: str, meta: dict[str, Any],
-                 broker: BrokerURL, loop: asyncio.AbstractEventLoop,
-                 on_control: Callable[[str, bytes], Any], on_rpc: Callable[[str, bytes], Any],
+                 loop: asyncio.AbstractEventLoop,
+                 on_control: Callable[[str, bytes, Incoming], Any], on_rpc: Callable[[str, bytes, Incoming], Any],
                  on_client_gone: Callable[[str], Any], on_connected: Callable[[], Any] | None = None,
+                 broker: BrokerURL | None = None, brokers: list[BrokerURL] | None = None,
                  settings: LinkSettings | None = None, username: str | None = None,
-                 password: str | None = None):
+                 password: str | None = None, store: Store | None = None):
         self.server_id = topics.check_id(server_id, "server-id")
         self.server_name = topics.check_server_name(server_name)
         self.description = description
         self.meta = meta
-        self.broker = broker
+        self.brokers = list(brokers or ([broker] if broker else []))
+        if not self.brokers:
+            raise ValueError("at least one broker URL is needed")
+        if len({b.tls for b in self.brokers}) > 1:
+            raise ValueError("all broker URLs must be mqtt:// or all mqtts://, not a mix")
+        self.broker = self.brokers[0]
         self.loop = loop
         self.settings = settings or LinkSettings()
         self.on_control, self.on_rpc, self.on_client_gone = on_control, on_rpc, on_client_gone
         self.on_connected = on_connected
+        self.username, self.password = username, password
         self.clients: set[str] = set()
-        self.counters = _Counters()
+        self.encodings: dict[str, str] = {}  # mcp-client-id -> content type of its session
+        self.stats = LinkStats(broker=str(self.broker))
         self.connected = asyncio.Event()
-        self._first_connack: asyncio.Future | None = None
+        self.store = store or Store(":memory:")
+        self.outbox = Outbox(self.store, max_messages=self.settings.outbox_max_messages,
+                             max_bytes=self.settings.outbox_max_bytes)
+        self._inflight: dict[int, tuple[int, int, float]] = {}  # mid -> (row id, size, sent monotonic)
+        self._qos0: collections.deque[tuple[str, bytes, str | None]] = collections.deque()
         self._pending_sub: dict[int, asyncio.Future] = {}
         self._stopping = False
+        self._closing = threading.Event()
+        self._connack = threading.Event()
+        self._connack_result: tuple[Any, Any] | None = None
+        self._broker_index = 0
+        self._thread: threading.Thread | None = None
 
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.server_id, protocol=mqtt.MQTTv5)
         c.on_connect = self._on_connect
@@ -109,18 +143,16 @@ class MqttServerTransport:
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         c.on_unsubscribe = self._on_subscribe
+        c.on_publish = self._on_publish
         c.on_socket_open = _nodelay
-        c.reconnect_delay_set(self.settings.reconnect_min, self.settings.reconnect_max)
         c.max_inflight_messages_set(self.settings.max_inflight)
-        user, pw = username or broker.username, password or broker.password
-        if user:
-            c.username_pw_set(user, pw)
-        if broker.tls:
+        c.connect_timeout = self.settings.connack_timeout
+        if self.brokers[0].tls:
             c.tls_set()
         self.client = c
+        self._base_props = [("MCP-COMPONENT-TYPE", topics.COMPONENT_SERVER), ("MCP-MQTT-CLIENT-ID", self.server_id)]
         self._pub_props = Properties(PacketTypes.PUBLISH)
-        self._pub_props.UserProperty = [("MCP-COMPONENT-TYPE", topics.COMPONENT_SERVER),
-                                        ("MCP-MQTT-CLIENT-ID", self.server_id)]
+        self._pub_props.UserProperty = list(self._base_props)
         self._set_will()
 
     # ----------------------------------------------------------------- topics
@@ -152,64 +184,189 @@ class MqttServerTransport:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry
         props.UserProperty = [("MCP-COMPONENT-TYPE", topics.COMPONENT_SERVER),
-                              ("MCP-META", json.dumps({"implementation": "edge-agent", **self.meta}, separators=(",", ":")))]
+                              ("MCP-META", codec.encode({"implementation": "edge-agent", **self.meta}).decode())]
         return props
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self, timeout: float | None = 30.0) -> None:
-        """Connect (paho retries in the background until the broker answers) and wait until
-        the presence is online. ``timeout=None`` waits forever.
+        """Start the network thread (it keeps trying, with backoff, until a broker answers)
+        and wait until the presence is online. ``timeout=None`` waits forever.
 
         Raises:
-            TransportError: the broker refused the connection (bad credentials, not authorised)
-                or did not answer within ``timeout`` seconds.
+            TransportError: not connected within ``timeout`` seconds (the message gives the
+                last error: refused, unreachable, no CONNACK). The thread keeps trying until
+                :meth:`stop`.
         """
-        self._first_connack = self.loop.create_future()
-        self.client.connect_async(self.broker.host, self.broker.port, keepalive=self.settings.keepalive,
-                                  clean_start=self.settings.clean_start, properties=self._connect_properties())
-        self.client.loop_start()
+        self._thread = threading.Thread(target=self._network_main, name=f"mqtt-{self.server_id}", daemon=True)
+        self._thread.start()
         try:
-            await asyncio.wait_for(asyncio.shield(self._first_connack), timeout)
+            await asyncio.wait_for(self.connected.wait(), timeout)
         except asyncio.TimeoutError:
-            raise TransportError(f"broker {self.broker} did not accept a connection within {timeout} s") from None
-        await self.connected.wait()
+            raise TransportError(f"broker {', '.join(map(str, self.brokers))} did not accept a connection within "
+                                 f"{timeout:g} s (last error: {self.stats.last_error or 'none'})") from None
 
     async def stop(self, *, notify_clients: bool = True, timeout: float = 5.0) -> None:
-        """Clean shutdown: tell clients ``notifications/disconnected``, clear the retained
-        presence (empty payload), then DISCONNECT (no will is sent on a clean disconnect)."""
+        """Clean shutdown: optionally tell clients ``notifications/disconnected``, clear the
+        retained presence (empty payload), DISCONNECT (no will on a clean disconnect), stop the
+        network thread. Unacknowledged QoS 1 messages stay in the outbox for the next start."""
         self._stopping = True
         if self.client.is_connected():
             infos = []
             if notify_clients:
                 for cid in list(self.clients):
-                    infos.append(self._publish(self.rpc_topic(cid), _encode(DISCONNECTED), self.settings.qos))
-            infos.append(self._publish(self.presence_topic, b"", 1, retain=True))
+                    infos.append(self.client.publish(self.rpc_topic(cid), self._encode(cid, DISCONNECTED),
+                                                      qos=self.settings.qos_notifications, properties=self._pub_props))
+            infos.append(self.client.publish(self.presence_topic, b"", qos=1, retain=True, properties=self._pub_props))
             await asyncio.to_thread(_wait_all, infos, timeout)
             self.client.disconnect()
-        self.client.loop_stop()
+        self._closing.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, timeout)
         self.connected.clear()
 
+    # ----------------------------------------------------------------- network thread
+    def _network_main(self) -> None:
+        retrying = tenacity.Retrying(
+            wait=tenacity.wait_random_exponential(multiplier=self.settings.reconnect_min, max=self.settings.reconnect_max),
+            stop=lambda state: self._closing.is_set(),
+            sleep=self._closing.wait,
+            before_sleep=self._log_retry,
+            retry=tenacity.retry_if_exception_type((OSError, TransportError)),
+        )
+        while not self._closing.is_set():
+            try:
+                retrying(self._connect_once)
+            except tenacity.RetryError:
+                break
+            except Exception:  # a bug must not kill the link thread
+                log.exception("unexpected error while connecting")
+                self._closing.wait(self.settings.reconnect_max)
+                continue
+            while not self._closing.is_set():
+                rc = self.client.loop(timeout=0.2)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    break
+
+    def _connect_once(self) -> None:
+        url = self.brokers[self._broker_index % len(self.brokers)]
+        user = self.username or url.username
+        if user:
+            self.client.username_pw_set(user, self.password or url.password)
+        self._connack.clear()
+        self._connack_result = None
+        self.loop.call_soon_threadsafe(setattr, self.stats, "broker", str(url))
+        try:
+            self.client.connect(url.host, url.port, keepalive=self.settings.keepalive,
+                                clean_start=self.settings.clean_start, properties=self._connect_properties())
+            deadline = time.monotonic() + self.settings.connack_timeout
+            while not self._connack.is_set():
+                if self._closing.is_set():
+                    raise TransportError("stopping")
+                rc = self.client.loop(timeout=0.1)
+                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not self._connack.is_set():
+                    raise TransportError(f"{url}: connection closed before CONNACK ({mqtt.error_string(rc)})")
+                if time.monotonic() > deadline:
+                    self.client.disconnect()
+                    self.client.loop(timeout=0.05)
+                    raise TransportError(f"{url}: no CONNACK within {self.settings.connack_timeout:g} s")
+            reason, _ = self._connack_result or (None, None)
+            if reason is not None and reason.is_failure:
+                raise TransportError(f"{url} refused the connection: {reason}")
+        except (OSError, TransportError):
+            self._broker_index += 1  # fail over to the next URL
+            raise
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        delay = state.next_action.sleep if state.next_action else 0
+        text = f"{type(exc).__name__}: {exc}" if exc else "?"
+        self.loop.call_soon_threadsafe(self._attempt_failed, text)
+        log.warning("MQTT connection attempt %d failed (%s); retrying in %.1f s", state.attempt_number, text, delay)
+
+    def _attempt_failed(self, text: str) -> None:
+        self.stats.failed_attempts += 1
+        self.stats.last_error = text
+
     # ----------------------------------------------------------------- sending
-    def _publish(self, topic: str, payload: bytes, qos: int, retain: bool = False) -> mqtt.MQTTMessageInfo:
-        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=self._pub_props)
-        if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS or info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
-            self.counters.published += 1
-        return info
+    def _encode(self, client_id: str | None, message: dict[str, Any]) -> bytes:
+        return codec.encode(message, self.encodings.get(client_id) if client_id else None)
 
     def send_rpc(self, client_id: str, message: dict[str, Any]) -> None:
-        """Publish a JSON-RPC message on ``$mcp-rpc/{client_id}/{server-id}/{server-name}``."""
-        self._publish(self.rpc_topic(client_id), _encode(message), self.settings.qos)
+        """Publish a JSON-RPC message on ``$mcp-rpc/{client_id}/{server-id}/{server-name}``
+        (a response, or a notification such as progress), in the session's encoding."""
+        kind = "response" if "id" in message and "method" not in message else "notification"
+        self.publish(self.rpc_topic(client_id), self._encode(client_id, message), kind=kind,
+                     content_type=self.encodings.get(client_id))
 
     def send_capability(self, message: dict[str, Any]) -> None:
-        """Publish a notification on the server capability topic (list_changed, resources/updated)."""
-        self._publish(self.capability_topic, _encode(message), self.settings.qos)
+        """Publish a notification on the server capability topic (always JSON):
+        ``resources/updated`` as telemetry, ``*/list_changed`` as notifications."""
+        kind = "telemetry" if message.get("method") == "notifications/resources/updated" else "notification"
+        self.publish(self.capability_topic, codec.encode(message), kind=kind)
+
+    def publish(self, topic: str, payload: bytes, *, kind: str, content_type: str | None = None,
+                retain: bool = False) -> None:
+        """Publish with the QoS of ``kind``: QoS 1 through the outbox (stored until PUBACK),
+        QoS 0 directly or, while offline, into a bounded in-memory queue (oldest dropped)."""
+        qos = self.settings.qos(kind)
+        if qos == 0:
+            if self.connected.is_set():
+                self._send(topic, payload, 0, retain, content_type, None, None)
+            else:
+                if len(self._qos0) >= self.settings.qos0_queue:
+                    self._qos0.popleft()
+                    self.stats.qos0_dropped += 1
+                self._qos0.append((topic, payload, content_type))
+            return
+        expires = time.time() + self.settings.message_expiry if kind == "response" and self.settings.message_expiry else None
+        row = self.outbox.add(topic, payload, qos=qos, retain=retain, kind=kind, content_type=content_type,
+                              expires=expires, in_flight=(r for r, _, _ in self._inflight.values()))
+        if row is not None and self.connected.is_set():
+            self._send_row(row)
+
+    def _send(self, topic: str, payload: bytes, qos: int, retain: bool, content_type: str | None,
+              seq: int | None, expires: float | None) -> mqtt.MQTTMessageInfo:
+        if content_type is None and seq is None and expires is None:
+            props = self._pub_props
+        else:
+            props = Properties(PacketTypes.PUBLISH)
+            props.UserProperty = self._base_props + ([(SEQ_PROPERTY, str(seq))] if seq is not None else [])
+            if content_type:
+                props.ContentType = content_type
+            if expires is not None:
+                props.MessageExpiryInterval = max(1, int(expires - time.time()))
+        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        self.stats.published += 1
+        return info
+
+    def _send_row(self, row: OutboxRow) -> None:
+        if row.expires is not None and row.expires <= time.time():
+            self.outbox.ack(row.id, row.size)
+            self.outbox.drops["expired"] += 1
+            self.store.count("expired")
+            return
+        info = self._send(row.topic, row.payload, row.qos, row.retain, row.content_type, row.id, row.expires)
+        if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
+            self._inflight[info.mid] = (row.id, row.size, time.monotonic())
+        else:
+            log.warning("publish to %s failed: %s (kept in the outbox)", row.topic, mqtt.error_string(info.rc))
+
+    def _drain(self) -> None:
+        """After a (re)connect: send stored rows not already in paho's hands, oldest first,
+        then the QoS 0 messages held while offline."""
+        for row in self.outbox.pending(exclude=(r for r, _, _ in self._inflight.values())):
+            self._send_row(row)
+        while self._qos0:
+            topic, payload, ct = self._qos0.popleft()
+            self._send(topic, payload, 0, False, ct, None, None)
 
     def publish_presence(self) -> None:
-        self._publish(self.presence_topic, _encode(self.online_message()), 1, retain=True)
+        self.client.publish(self.presence_topic, codec.encode(self.online_message()), qos=1, retain=True,
+                            properties=self._pub_props)
 
     # ----------------------------------------------------------------- per-client topics
     def _client_filters(self, client_id: str) -> list[tuple[str, SubscribeOptions]]:
-        q = self.settings.qos
+        q = self.settings.qos_rpc
         return [
             (topics.client_presence(client_id), SubscribeOptions(qos=q)),
             (topics.client_capability(client_id), SubscribeOptions(qos=q)),
@@ -218,15 +375,16 @@ class MqttServerTransport:
 
     async def serve_client(self, client_id: str, timeout: float = 10.0) -> None:
         """Subscribe to a client's presence, capability and RPC (No Local) topics and wait for
-        the SUBACK: the spec requires this before the initialize response.
+        the SUBACK: the spec requires this before the initialize response. Offline, the
+        subscriptions are made on the next connect.
 
         Raises:
             TransportError: no SUBACK within ``timeout`` s, or the broker refused a filter.
         """
         topics.check_id(client_id, "mcp-client-id")
         self.clients.add(client_id)
-        if not self.client.is_connected():
-            return  # re-subscribed on reconnect
+        if not self.connected.is_set():
+            return
         fut = self.loop.create_future()
         rc, mid = self.client.subscribe(self._client_filters(client_id))
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
@@ -248,21 +406,40 @@ class MqttServerTransport:
         if notify:
             self.send_rpc(client_id, DISCONNECTED)
         self.clients.discard(client_id)
+        self.encodings.pop(client_id, None)
         if self.client.is_connected():
             self.client.unsubscribe([t for t, _ in self._client_filters(client_id)])
 
+    def link_health(self) -> dict[str, Any]:
+        """``device://link``: connected or not, reconnects, last outage, outbox, drops, RTT."""
+        s = self.stats
+        outage = round(time.monotonic() - s.outage_started, 1) if s.outage_started is not None else None
+        drops = dict(self.outbox.drops)
+        if s.qos0_dropped:
+            drops["qos0_queue_full"] = s.qos0_dropped
+        return {
+            "connected": self.connected.is_set(), "broker": s.broker, "profile": self.settings.profile,
+            "connects": s.connects, "reconnects": max(0, s.connects - 1), "failed_attempts": s.failed_attempts,
+            "current_outage_s": outage, "last_outage_s": s.last_outage_s, "last_error": s.last_error,
+            "outbox": {"messages": self.outbox.depth, "bytes": self.outbox.size, "in_flight": len(self._inflight),
+                       "max_messages": self.outbox.max_messages, "max_bytes": self.outbox.max_bytes},
+            "qos0_queued": len(self._qos0), "drops": drops, "rtt_ms": s.rtt_ms,
+            "published": s.published, "received": s.received, "malformed": s.malformed,
+            "keepalive_s": self.settings.keepalive, "session_expiry_s": self.settings.session_expiry,
+        }
+
     # ----------------------------------------------------------------- paho callbacks (network thread)
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        self.loop.call_soon_threadsafe(self._connected, reason_code, properties)
+        self._connack_result = (reason_code, properties)
+        self._connack.set()
+        if not reason_code.is_failure:
+            self.loop.call_soon_threadsafe(self._connected, flags, properties)
 
-    def _connected(self, reason_code, properties) -> None:
-        if reason_code.is_failure:
-            log.error("broker %s refused the connection: %s", self.broker, reason_code)
-            if self._first_connack and not self._first_connack.done():
-                self._first_connack.set_exception(TransportError(f"broker {self.broker} refused the connection: {reason_code}"))
-                self.client.loop_stop()
-            return
-        self.counters.connects += 1
+    def _connected(self, flags, properties) -> None:
+        self.stats.connects += 1
+        if self.stats.outage_started is not None:
+            self.stats.last_outage_s = round(time.monotonic() - self.stats.outage_started, 3)
+            self.stats.outage_started = None
         suggested = user_properties(properties).get("MCP-SERVER-NAME")
         if suggested and suggested != self.server_name:
             try:
@@ -275,14 +452,14 @@ class MqttServerTransport:
                 log.info("broker assigned server-name %s (configured: %s)", suggested, self.server_name)
                 self.server_name = suggested
                 self._set_will()
-        log.info("connected to %s as %s (%s)", self.broker, self.server_id, self.server_name)
-        subs = [(self.control_topic, SubscribeOptions(qos=self.settings.qos))]
+        log.info("connected to %s as %s (%s)%s", self.stats.broker, self.server_id, self.server_name,
+                 " (session present)" if getattr(flags, "session_present", False) else "")
+        subs = [(self.control_topic, SubscribeOptions(qos=self.settings.qos_rpc))]
         for cid in self.clients:
             subs.extend(self._client_filters(cid))
         self.client.subscribe(subs)
         self.publish_presence()
-        if self._first_connack and not self._first_connack.done():
-            self._first_connack.set_result(True)
+        self._drain()
         self.connected.set()
         if self.on_connected:
             self.on_connected()
@@ -291,10 +468,29 @@ class MqttServerTransport:
         self.loop.call_soon_threadsafe(self._disconnected, reason_code)
 
     def _disconnected(self, reason_code) -> None:
+        was = self.connected.is_set()
         self.connected.clear()
-        self.counters.disconnects += 1
-        if not self._stopping:
-            log.warning("lost the broker %s (%s); reconnecting", self.broker, reason_code)
+        if was:
+            self.stats.disconnects += 1
+            self.stats.outage_started = time.monotonic()
+            self.stats.last_error = str(reason_code)
+        if not self._stopping and was:
+            log.warning("lost the broker %s (%s); reconnecting", self.stats.broker, reason_code)
+
+    def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        self.loop.call_soon_threadsafe(self._acked, mid, reason_code)
+
+    def _acked(self, mid: int, reason_code: Any) -> None:
+        entry = self._inflight.pop(mid, None)
+        if entry is None:
+            return
+        row_id, size, sent = entry
+        self.stats.rtt_ms = round((time.monotonic() - sent) * 1000, 2)
+        if getattr(reason_code, "is_failure", False):
+            log.warning("broker refused message %d: %s (dropped)", row_id, reason_code)
+            self.outbox.drops["refused_by_broker"] += 1
+            self.store.count("refused_by_broker")
+        self.outbox.ack(row_id, size)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         self.loop.call_soon_threadsafe(self._subacked, mid, reason_codes)
@@ -305,14 +501,17 @@ class MqttServerTransport:
             fut.set_result(list(reason_codes or []))
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self.loop.call_soon_threadsafe(self._route, message.topic, message.payload, message.properties)
+        self.loop.call_soon_threadsafe(self._route, message.topic, message.payload, message.properties, time.time())
 
-    def _route(self, topic: str, payload: bytes, properties: Any) -> None:
+    def _route(self, topic: str, payload: bytes, properties: Any, received: float) -> None:
         """Route by topic prefix (interop checklist), not by our subscription table."""
-        self.counters.received += 1
+        self.stats.received += 1
         parsed = topics.parse(topic)
         if parsed is None:
             return
+        expiry = getattr(properties, "MessageExpiryInterval", None)
+        incoming = Incoming(content_type=getattr(properties, "ContentType", None),
+                            deadline=received + expiry if expiry else None, received=received)
         if parsed.kind == "control":
             if parsed.server_id != self.server_id:
                 return
@@ -320,13 +519,13 @@ class MqttServerTransport:
             try:
                 topics.check_id(sender or "", "MCP-MQTT-CLIENT-ID")
             except ValueError as exc:
-                self.counters.malformed += 1
+                self.stats.malformed += 1
                 log.warning("control message without a valid MCP-MQTT-CLIENT-ID user property dropped: %s", exc)
                 return
-            self.on_control(sender, payload)
+            self.on_control(sender, payload, incoming)
         elif parsed.kind == "rpc":
             if parsed.server_id == self.server_id and parsed.client_id:
-                self.on_rpc(parsed.client_id, payload)
+                self.on_rpc(parsed.client_id, payload, incoming)
         elif parsed.kind == "client-presence":
             if parsed.client_id in self.clients and _is_disconnected(payload):
                 self.on_client_gone(parsed.client_id)
@@ -338,7 +537,7 @@ def _is_disconnected(payload: bytes) -> bool:
     if not payload:
         return True
     try:
-        return json.loads(payload).get("method") == "notifications/disconnected"
+        return codec.decode(payload).get("method") == "notifications/disconnected"
     except (ValueError, AttributeError):
         return False
 
@@ -352,8 +551,9 @@ def _nodelay(client, userdata, sock) -> None:
 
 
 def _wait_all(infos: list[mqtt.MQTTMessageInfo], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
     for info in infos:
         try:
-            info.wait_for_publish(timeout)
+            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
         except (RuntimeError, ValueError):
             pass

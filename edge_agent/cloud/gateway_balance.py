@@ -1,0 +1,69 @@
+"""Choosing one replica among the server instances that share a server-name. Pure, no I/O.
+
+MCP over MQTT treats instances with the same server-name as interchangeable replicas and lets
+the client pick one server-id ("random, round-robin, ..."; spec "Service Discovery"). The
+gateway picks when a client session first needs that server-name, and again only when its
+replica goes away (sessions are stateful, so a session stays on its replica).
+
+Strategies:
+
+``random``
+    uniformly at random.
+``round-robin``
+    per server-name, the next replica in server-id order.
+``least-outstanding``
+    the replica with the fewest requests in flight through this gateway; ties (e.g. all idle)
+    are broken round-robin, so idle sessions still spread evenly.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from typing import Protocol, TypeVar
+
+STRATEGIES = ("random", "round-robin", "least-outstanding")
+
+
+class Candidate(Protocol):
+    server_id: str
+    outstanding: int
+
+
+C = TypeVar("C", bound=Candidate)
+
+
+class Balancer:
+    """Picks a replica by ``strategy`` (one of :data:`STRATEGIES`).
+
+    Raises:
+        ValueError: an unknown strategy.
+    """
+
+    def __init__(self, strategy: str = "least-outstanding", *, rng: random.Random | None = None):
+        if strategy not in STRATEGIES:
+            raise ValueError(f"unknown strategy {strategy!r} (one of {', '.join(STRATEGIES)})")
+        self.strategy = strategy
+        self._rng = rng or random.Random()
+        self._next: dict[str, int] = {}
+
+    def _round_robin(self, server_name: str, ordered: Sequence[C]) -> C:
+        i = self._next.get(server_name, 0)
+        self._next[server_name] = i + 1
+        return ordered[i % len(ordered)]
+
+    def choose(self, server_name: str, replicas: Sequence[C]) -> C:
+        """One of ``replicas`` (non-empty) for ``server_name``.
+
+        Raises:
+            ValueError: ``replicas`` is empty.
+        """
+        if not replicas:
+            raise ValueError(f"no replica of {server_name} to choose from")
+        ordered = sorted(replicas, key=lambda r: r.server_id)
+        if self.strategy == "random":
+            return self._rng.choice(ordered)
+        if self.strategy == "round-robin":
+            return self._round_robin(server_name, ordered)
+        least = min(r.outstanding for r in ordered)
+        return self._round_robin(server_name, [r for r in ordered if r.outstanding == least])

@@ -1,0 +1,268 @@
+"""Running under systemd: readiness, watchdog, status, journald log lines, credentials.
+
+The unit (``systemd/edge-agent.service``) is ``Type=notify`` with ``NotifyAccess=main`` and
+``WatchdogSec=``. The agent speaks the ``sd_notify(3)`` protocol itself, without libsystemd: one
+datagram of ``KEY=value`` lines per message, sent on an ``AF_UNIX``/``SOCK_DGRAM`` socket to
+``$NOTIFY_SOCKET`` (a path, or ``@name`` for an abstract socket). Every call is a no-op when
+``$NOTIFY_SOCKET`` is unset (run by hand, in tests, in a container) and never raises: a lost
+notification must not stop the agent.
+
+What the agent sends (see :func:`supervise` and ``edge_agent.cli._run``):
+
+- while connecting: ``EXTEND_TIMEOUT_USEC=`` (the start job waits for the broker as long as the
+  event loop is alive) and ``STATUS=connecting to mqtt://... (N s)``;
+- ``READY=1`` once ``Agent.start()`` returned, i.e. the retained presence is published;
+- ``WATCHDOG=1`` every ``$WATCHDOG_USEC``/2 from an asyncio task, so only while the event loop
+  runs; the MQTT link being down does *not* stop it (a restart cannot fix a broker outage and
+  would only burn the unit's start limit; paho keeps reconnecting and ``STATUS=`` says so);
+- ``STATUS=online as devices/x (id) on mqtt://...; 2 sessions; drivers: 9 ok`` when it changes;
+- ``STOPPING=1`` on SIGTERM/SIGINT, before the clean stop;
+- ``STATUS=bad config: FILE: KEY: message`` before exiting 2 on a bad config
+  (:class:`StartupErrorStatus`).
+
+Source: ``sd_notify(3)``, ``systemd.service(5)`` (``WatchdogSec=``, ``NotifyAccess=``),
+``systemd.exec(5)`` (``$JOURNAL_STREAM``, ``$CREDENTIALS_DIRECTORY``), ``sd-daemon(3)`` (the
+``<N>`` priority prefixes journald reads on stdout/stderr lines).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import sys
+import time
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .runtime import Agent
+
+log = logging.getLogger(__name__)
+
+STATUS_INTERVAL_S = 5.0  # how often STATUS= is refreshed when there is no watchdog
+START_EXTEND_S = 30.0  # EXTEND_TIMEOUT_USEC granted per tick while connecting (at least)
+MAX_STATUS_CHARS = 480  # keep `systemctl status` readable
+
+
+class Notifier:
+    """Sends ``sd_notify`` messages to ``address`` (``$NOTIFY_SOCKET``); no-op if ``None``.
+
+    ``address``: a file system path (``/run/systemd/notify``) or an abstract socket name
+    written with a leading ``@``. Messages are UTF-8 ``KEY=value`` lines; newlines inside a
+    value are replaced by spaces (a newline would start a new assignment).
+    """
+
+    def __init__(self, address: str | None):
+        self.address = address or None
+        self._sock: socket.socket | None = None
+        if self.address is not None and not self.address.startswith(("/", "@")):
+            log.warning("NOTIFY_SOCKET=%s is neither a path nor @abstract; not notifying systemd", self.address)
+            self.address = None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> "Notifier":
+        env = os.environ if env is None else env
+        return cls(env.get("NOTIFY_SOCKET"))
+
+    @property
+    def enabled(self) -> bool:
+        return self.address is not None
+
+    def notify(self, **fields: Any) -> bool:
+        """Send one message with ``fields`` (``READY=1``, ``STATUS="..."``, ...) in that order.
+
+        Returns True if the datagram was sent (False when disabled or on error).
+        """
+        if self.address is None or not fields:
+            return False
+        text = "\n".join(f"{key}={_one_line(value)}" for key, value in fields.items())
+        target = "\0" + self.address[1:] if self.address.startswith("@") else self.address
+        try:
+            if self._sock is None:
+                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+            self._sock.sendto(text.encode("utf-8", "replace"), target)
+        except OSError as exc:
+            log.debug("sd_notify to %s failed: %s", self.address, exc)
+            return False
+        return True
+
+    def ready(self, status: str | None = None) -> bool:
+        return self.notify(READY=1, **({"STATUS": status} if status else {}))
+
+    def status(self, text: str) -> bool:
+        return self.notify(STATUS=text)
+
+    def watchdog(self) -> bool:
+        return self.notify(WATCHDOG=1)
+
+    def stopping(self, status: str | None = None) -> bool:
+        return self.notify(STOPPING=1, **({"STATUS": status} if status else {}))
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+def _one_line(value: Any) -> str:
+    return str(value).replace("\r", " ").replace("\n", " ")
+
+
+def watchdog_interval(env: Mapping[str, str] | None = None) -> float | None:
+    """Seconds between ``WATCHDOG=1`` pings: half of ``$WATCHDOG_USEC``, as ``sd_watchdog_enabled(3)``
+    recommends; ``None`` if no watchdog is configured or ``$WATCHDOG_PID`` names another process."""
+    env = os.environ if env is None else env
+    try:
+        usec = int(env.get("WATCHDOG_USEC", ""))
+    except ValueError:
+        return None
+    pid = env.get("WATCHDOG_PID")
+    if usec <= 0 or (pid and pid != str(os.getpid())):
+        return None
+    return usec / 2e6
+
+
+def credential(name: str, env: Mapping[str, str] | None = None) -> str | None:
+    """The systemd credential ``name`` (``LoadCredential=name:/path`` in the unit), stripped, or
+    ``None`` when the unit passes none. Source: ``systemd.exec(5)``, "Credentials"."""
+    env = os.environ if env is None else env
+    folder = env.get("CREDENTIALS_DIRECTORY")
+    if not folder:
+        return None
+    try:
+        with open(os.path.join(folder, name), encoding="utf-8") as fh:
+            return fh.read().strip()
+    except OSError:
+        return None
+
+
+# ------------------------------------------------------------------------ logging
+SYSLOG_PRIORITY = {logging.CRITICAL: 2, logging.ERROR: 3, logging.WARNING: 4, logging.INFO: 6, logging.DEBUG: 7}
+
+
+def stderr_is_journal(stream: Any = None, env: Mapping[str, str] | None = None) -> bool:
+    """True if ``stream`` (stderr) is connected to journald: ``$JOURNAL_STREAM`` is
+    ``device:inode`` of that very stream (``systemd.exec(5)``), not merely inherited."""
+    env = os.environ if env is None else env
+    value = env.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat((stream or sys.stderr).fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+class JournalFormatter(logging.Formatter):
+    """``<3>ERROR edge_agent.runtime: message``: no timestamp (journald adds one) and the
+    syslog priority prefix journald turns into the entry's priority (``journalctl -p err``)."""
+
+    def __init__(self) -> None:
+        super().__init__("%(levelname)s %(name)s: %(message)s")
+
+    def format(self, record: logging.LogRecord) -> str:
+        priority = SYSLOG_PRIORITY.get(record.levelno)
+        if priority is None:
+            priority = 3 if record.levelno >= logging.ERROR else 4 if record.levelno >= logging.WARNING else 6
+        return f"<{priority}>{super().format(record)}"
+
+
+class StartupErrorStatus(logging.Handler):
+    """Until removed, sends every ERROR record as ``STATUS=`` so ``systemctl status`` tells why
+    the agent exits before it runs (the only errors logged then are config problems:
+    ``config FILE: KEY: message`` becomes ``bad config: FILE: KEY: message``). With several
+    problems the first is shown and the rest counted."""
+
+    def __init__(self, notifier: Notifier):
+        super().__init__(logging.ERROR)
+        self.notifier = notifier
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a bad format string must not break logging
+            return
+        if text.startswith("config "):
+            text = "bad config: " + text[len("config "):]
+        else:
+            text = "error: " + text
+        self.messages.append(text)
+        more = f" (and {len(self.messages) - 1} more problem(s): journalctl -u edge-agent)" if len(self.messages) > 1 else ""
+        self.notifier.status(self.messages[0][:MAX_STATUS_CHARS] + more)
+
+
+def remove_startup_status_handlers() -> None:
+    """Detach :class:`StartupErrorStatus` (the agent is running: :func:`supervise` owns STATUS now)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, StartupErrorStatus):
+            root.removeHandler(handler)
+
+
+# ------------------------------------------------------------------------ the agent's status
+def agent_status(agent: "Agent", *, link_down_since: float | None = None) -> str:
+    """One line for ``systemctl status``: presence, link, sessions, driver health.
+
+    ``link_down_since``: Unix time the MQTT link was seen down (``None`` = up).
+    """
+    from .transport.broker_url import parse_broker_url
+
+    broker = str(parse_broker_url(agent.broker_url))
+    transport = agent.endpoint.transport if agent.endpoint else None
+    name = transport.server_name if transport else agent.config.device.server_name
+    sessions = len(agent.server.sessions)
+    counts: dict[str, list[str]] = {}
+    for driver, state in agent.drivers.items():
+        counts.setdefault(state.status, []).append(driver)
+    health = ", ".join(
+        f"{len(names)} {status}" + ("" if status == "ok" else f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})")
+        for status, names in sorted(counts.items(), key=lambda kv: (kv[0] != "ok", kv[0]))) or "none"
+    if link_down_since is None:
+        head = f"online as {name} ({agent.config.device.server_id}) on {broker}"
+    else:
+        head = (f"reconnecting to {broker}: link down since "
+                f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(link_down_since))}; server-name {name}")
+    text = f"{head}; {sessions} session{'' if sessions == 1 else 's'}; drivers: {health}"
+    return text[:MAX_STATUS_CHARS]
+
+
+async def supervise(notifier: Notifier, agent: "Agent", ready: asyncio.Event, *,
+                    env: Mapping[str, str] | None = None) -> None:
+    """Keep systemd informed until cancelled.
+
+    Before ``ready`` is set: ``EXTEND_TIMEOUT_USEC`` (so ``TimeoutStartSec=`` only fires if the
+    event loop itself hangs, not while the broker is unreachable) and a "connecting" STATUS.
+    After: ``WATCHDOG=1`` every ``WATCHDOG_USEC``/2 (if the unit has ``WatchdogSec=``) and
+    ``STATUS=`` whenever :func:`agent_status` changes. Runs on the event loop, so a blocked loop
+    stops the pings and systemd restarts the agent (``Restart=on-failure``).
+    """
+    if not notifier.enabled:
+        return
+    wd = watchdog_interval(env)
+    tick = wd if wd else STATUS_INTERVAL_S
+    started = time.monotonic()
+    last: str | None = None
+    down_since: float | None = None
+    while True:
+        fields: dict[str, Any] = {}
+        if ready.is_set():
+            transport = agent.endpoint.transport if agent.endpoint else None
+            if transport is not None and not transport.connected.is_set():
+                down_since = down_since or time.time()
+            else:
+                down_since = None
+            if wd:
+                fields["WATCHDOG"] = 1
+            text = agent_status(agent, link_down_since=down_since)
+        else:
+            fields["EXTEND_TIMEOUT_USEC"] = int(max(3 * tick, START_EXTEND_S) * 1e6)
+            from .transport.broker_url import parse_broker_url
+            text = f"connecting to {parse_broker_url(agent.broker_url)} ({time.monotonic() - started:.0f} s)"
+        if text != last:
+            fields["STATUS"] = text
+            last = text
+        notifier.notify(**fields)
+        await asyncio.sleep(tick)

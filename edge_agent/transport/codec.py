@@ -1,0 +1,41 @@
+"""Payload encodings: JSON (the default) and CBOR (RFC 8949, via cbor2), chosen per MQTT 5
+Content Type. A client that publishes its ``initialize`` with Content Type
+``application/cbor`` is answered in CBOR for the whole session; without a Content Type, or
+with ``application/json``, everything is JSON. Presence and capability-topic messages are
+always JSON (every client reads them).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import cbor2
+
+JSON = "application/json"
+CBOR = "application/cbor"
+ENCODINGS = (JSON, CBOR)
+
+
+def encode(message: dict[str, Any], content_type: str | None = None) -> bytes:
+    """Encode a JSON-RPC message; compact JSON unless ``content_type`` is CBOR."""
+    if content_type == CBOR:
+        return cbor2.dumps(message)
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def decode(payload: bytes, content_type: str | None = None) -> Any:
+    """Decode a payload.
+
+    Raises:
+        ValueError: not valid JSON / CBOR (``cbor2.CBORDecodeError`` is a ValueError), or an
+            unknown content type.
+    """
+    if content_type in (None, "", JSON) or content_type.startswith("application/json"):
+        return json.loads(payload)
+    if content_type == CBOR:
+        try:
+            return cbor2.loads(payload)
+        except Exception as exc:  # cbor2 raises several types for garbage; normalise
+            raise ValueError(f"invalid CBOR: {exc}") from None
+    raise ValueError(f"unsupported content type {content_type!r}; use {JSON} or {CBOR}")

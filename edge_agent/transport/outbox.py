@@ -1,0 +1,107 @@
+"""Store-and-forward for QoS 1 publications, bounded, with an explicit drop policy.
+
+Every QoS 1 publication is written to the store's ``outbox`` table before it is handed to
+paho, and deleted when the broker's PUBACK arrives. While the link is down new rows wait in
+the table; paho itself re-sends what it had in flight when the link returns. After an agent
+restart every row still in the table is sent again, oldest first. The row id is the
+message's sequence number on the wire (user property ``EDGE-AGENT-SEQ``), so a receiver can
+drop the duplicates that at-least-once delivery produces.
+
+Bounds (count and bytes): when a new row would exceed them, the oldest *telemetry* row not in
+flight is dropped first, then the oldest *notification*; *responses* are never dropped (a
+caller is waiting for them), so only responses can push the outbox past its bounds. A new
+telemetry row that finds nothing older to drop is itself dropped. Every drop is counted by
+reason (``outbox_full_telemetry``, ``outbox_full_notification``, ``expired``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from typing import Iterable
+
+from ..store import OutboxRow, Store
+
+log = logging.getLogger(__name__)
+
+DROP_ORDER = ("telemetry", "notification")
+
+
+class Outbox:
+    """Bounded outbox over a :class:`~edge_agent.store.Store`."""
+
+    def __init__(self, store: Store, *, max_messages: int, max_bytes: int):
+        self.store = store
+        self.max_messages = max(1, max_messages)
+        self.max_bytes = max(1, max_bytes)
+        self.drops: Counter[str] = Counter()
+        self._count, self._bytes = store.outbox_stats()
+
+    @property
+    def depth(self) -> int:
+        return self._count
+
+    @property
+    def size(self) -> int:
+        return self._bytes
+
+    def _drop(self, reason: str, row_id: int, size: int) -> None:
+        self.store.outbox_delete(row_id)
+        self._count -= 1
+        self._bytes -= size
+        self.drops[reason] += 1
+        self.store.count(reason)
+
+    def add(self, topic: str, payload: bytes, *, qos: int, retain: bool, kind: str,
+            content_type: str | None, expires: float | None, in_flight: Iterable[int] = ()) -> OutboxRow | None:
+        """Store a publication, applying the bounds. Returns the row, or None when this
+        (telemetry) message was dropped because nothing older could make room."""
+        size = len(payload) + len(topic)
+        busy = set(in_flight)
+        while self._count + 1 > self.max_messages or self._bytes + size > self.max_bytes:
+            victim = None
+            for drop_kind in DROP_ORDER:
+                if drop_kind == "notification" and kind == "telemetry":
+                    break  # telemetry never pushes out notifications
+                victim = self.store.outbox_oldest(drop_kind, busy)
+                if victim is not None:
+                    break
+            if victim is None:
+                if kind == "response":
+                    break  # responses are never dropped: accept past the bound
+                self.drops[f"outbox_full_{kind}"] += 1
+                self.store.count(f"outbox_full_{kind}")
+                return None
+            self._drop(f"outbox_full_{victim.kind}", victim.id, victim.size)
+        row_id = self.store.outbox_add(topic, payload, qos=qos, retain=retain, kind=kind,
+                                       content_type=content_type, expires=expires)
+        self._count += 1
+        self._bytes += size
+        return OutboxRow(row_id, topic, payload, qos, retain, kind, content_type, time.time(), expires)
+
+    def ack(self, row_id: int, size: int) -> None:
+        """The broker acknowledged ``row_id``: forget it."""
+        self.store.outbox_delete(row_id)
+        self._count -= 1
+        self._bytes -= size
+
+    def pending(self, exclude: Iterable[int] = ()) -> list[OutboxRow]:
+        """Rows to (re)send, oldest first, without those in ``exclude`` (in flight). Expired
+        rows are dropped and counted here."""
+        skip = set(exclude)
+        now = time.time()
+        out: list[OutboxRow] = []
+        after = 0
+        while True:
+            rows = self.store.outbox_rows(after)
+            if not rows:
+                return out
+            for row in rows:
+                after = row.id
+                if row.id in skip:
+                    continue
+                if row.expires is not None and row.expires <= now:
+                    self._drop("expired", row.id, row.size)
+                    continue
+                out.append(row)

@@ -1,0 +1,104 @@
+"""Link profiles: QoS per message kind, keepalive, session and message expiry, backoff, bounds.
+
+Two named profiles; every field can be overridden in the config's ``[link]`` table:
+
+- ``lan`` — the MCP-over-MQTT spec's defaults: clean start, Session Expiry Interval 0, no
+  message expiry, sessions not kept across agent restarts. QoS 1 for RPC and notifications,
+  QoS 0 for telemetry (``resources/updated``).
+- ``unreliable`` — for Wi-Fi dead spots, cellular modems and flaky power: a persistent MQTT
+  session (clean start off, session expiry 1 day) so the broker queues requests while the
+  device is away, QoS 1 everywhere, message expiry on requests and responses (a late answer
+  is dropped, not delivered an hour later), shorter keepalive to notice half-open links, a
+  small in-flight window, MCP sessions persisted in the SQLite store. This deliberately
+  deviates from the spec's "Session Expiry Interval MUST be 0": see
+  ``docs/unreliable-links.md`` for why and what a client must do to match.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+KINDS = ("response", "notification", "telemetry")
+
+
+@dataclass
+class LinkSettings:
+    """Every knob of the MQTT link. Times in seconds, sizes in bytes.
+
+    ``keepalive``: MQTT keepalive (5..65535); paho sends PINGREQ after this much silence and
+    drops the link if no PINGRESP follows within another keepalive, so a half-open link is
+    noticed after 1–2× keepalive. ``clean_start`` / ``session_expiry``: MQTT 5 session.
+    ``qos_rpc``: responses and requests on RPC topics; ``qos_notifications``: progress, log,
+    list_changed, disconnected; ``qos_telemetry``: ``notifications/resources/updated``.
+    ``message_expiry``: MQTT Message Expiry Interval on responses (0 = none); also how long a
+    response waits in the outbox before it is dropped as expired. ``max_inflight``: QoS 1
+    messages awaiting PUBACK at once. ``reconnect_min``/``reconnect_max``: exponential backoff
+    with full jitter between connection attempts (tenacity ``wait_random_exponential``).
+    ``connack_timeout``: give up on a connection attempt without CONNACK after this long.
+    ``outbox_max_messages`` / ``outbox_max_bytes``: bounds of the on-disk outbox; when full,
+    the oldest telemetry is dropped first, then the oldest notification; responses never.
+    ``qos0_queue``: QoS 0 messages held in memory while offline (oldest dropped).
+    ``persist_sessions``: keep MCP sessions in the store across agent restarts;
+    ``session_max_age``: forget stored sessions idle longer than this.
+    ``reply_cache``: responses kept per session to answer a duplicated request again.
+    """
+
+    profile: str = "lan"
+    keepalive: int = 30
+    clean_start: bool = True
+    session_expiry: int = 0
+    qos_rpc: int = 1
+    qos_notifications: int = 1
+    qos_telemetry: int = 0
+    message_expiry: int = 0
+    max_inflight: int = 20
+    reconnect_min: float = 0.5
+    reconnect_max: float = 30.0
+    connack_timeout: float = 10.0
+    outbox_max_messages: int = 10000
+    outbox_max_bytes: int = 8_000_000
+    qos0_queue: int = 1000
+    persist_sessions: bool = False
+    session_max_age: int = 86400
+    reply_cache: int = 64
+
+    def qos(self, kind: str) -> int:
+        """QoS for a message kind: ``response``, ``notification`` or ``telemetry``."""
+        return {"response": self.qos_rpc, "notification": self.qos_notifications,
+                "telemetry": self.qos_telemetry}.get(kind, self.qos_rpc)
+
+
+PROFILES: dict[str, dict[str, Any]] = {
+    "lan": {},
+    "unreliable": {
+        "keepalive": 15,
+        "clean_start": False,
+        "session_expiry": 86400,
+        "qos_rpc": 1,
+        "qos_notifications": 1,
+        "qos_telemetry": 1,
+        "message_expiry": 300,
+        "max_inflight": 10,
+        "reconnect_min": 0.5,
+        "reconnect_max": 60.0,
+        "persist_sessions": True,
+    },
+}
+
+FIELDS = {f.name: f.type for f in dataclasses.fields(LinkSettings)}
+
+
+def link_settings(profile: str = "lan", **overrides: Any) -> LinkSettings:
+    """The settings of ``profile`` with ``overrides`` applied.
+
+    Raises:
+        ValueError: unknown profile or field.
+    """
+    if profile not in PROFILES:
+        raise ValueError(f"unknown link profile {profile!r}; known: {', '.join(PROFILES)}")
+    unknown = set(overrides) - set(FIELDS)
+    if unknown:
+        raise ValueError(f"unknown link setting(s): {', '.join(sorted(unknown))}")
+    return LinkSettings(**{"profile": profile, **PROFILES[profile], **overrides})
