@@ -23,10 +23,20 @@ log = logging.getLogger("edge_agent")
 
 
 def setup_logging(level: str = "info") -> None:
-    """Log to stderr; without timestamps under systemd (journald adds them)."""
-    fmt = "%(levelname)s %(name)s: %(message)s" if os.environ.get("JOURNAL_STREAM") else \
-        "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt, stream=sys.stderr)
+    """Log to stderr. When stderr is journald's stream: no timestamps (journald adds them) and
+    ``<N>`` syslog priority prefixes (``journalctl -p err`` works). Under systemd
+    (``$NOTIFY_SOCKET``) errors logged before the agent runs (a bad config) also become
+    ``STATUS=`` so ``systemctl status`` shows why it exited (:mod:`edge_agent.service`)."""
+    from . import service
+
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(service.JournalFormatter() if service.stderr_is_journal() else
+                         logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handlers: list[logging.Handler] = [handler]
+    notifier = service.Notifier.from_env()
+    if notifier.enabled:
+        handlers.append(service.StartupErrorStatus(notifier))
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), handlers=handlers)
 
 
 def _load_config(args: argparse.Namespace):
@@ -70,25 +80,61 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 async def _run(config, args: argparse.Namespace) -> int:
+    """Run the agent until SIGTERM/SIGINT; tell systemd READY/WATCHDOG/STATUS/STOPPING
+    (:mod:`edge_agent.service`; no-ops without ``$NOTIFY_SOCKET``). Returns the exit code:
+    0 after a clean stop (also when stopped before the broker answered), 1 if the broker
+    refused us or ``--connect-timeout`` expired."""
+    from . import service
     from .runtime import Agent
+    from .transport.broker_url import parse_broker_url
 
+    service.remove_startup_status_handlers()
+    notifier = service.Notifier.from_env()
+    broker = parse_broker_url(args.broker or config.broker.urls[0])
+    if config.broker.password is None and broker.password is None:
+        config.broker.password = service.credential("broker-password")  # LoadCredential= in the unit
     agent = Agent(config, broker_url=args.broker)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    ready = asyncio.Event()
+    supervisor = loop.create_task(service.supervise(notifier, agent, ready))
+    starting = loop.create_task(agent.start(connect_timeout=args.connect_timeout))
+    stopped = loop.create_task(stop.wait())
     try:
-        await agent.start(connect_timeout=args.connect_timeout)
-    except TransportError as exc:
-        log.error("%s", exc)
+        await asyncio.wait({starting, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        if not starting.done():  # SIGTERM while the broker has not answered: stop now, cleanly
+            starting.cancel()
+            await asyncio.gather(starting, return_exceptions=True)
+            supervisor.cancel()
+            notifier.stopping(f"stopping before {broker} answered")
+            log.info("stopping before %s answered", broker)
+            await agent.stop()
+            return 0
+        try:
+            starting.result()
+        except TransportError as exc:
+            log.error("%s", exc)
+            supervisor.cancel()
+            notifier.status(f"failed: {exc}")
+            await agent.stop()
+            return 1
+        await service.presence_sent(agent)
+        ready.set()
+        notifier.ready(service.agent_status(agent))
+        log.info("serving %s as %s on %s with %d tools, %d resources", config.device.server_name,
+                 config.device.server_id, broker, len(agent.registry.tools), len(agent.registry.resources))
+        await stopped
+        supervisor.cancel()
+        notifier.stopping(f"stopping: telling {len(agent.server.sessions)} client(s), clearing the presence")
+        log.info("stopping")
         await agent.stop()
-        return 1
-    log.info("serving %s as %s on %s with %d tools, %d resources", config.device.server_name,
-             config.device.server_id, agent.broker_url, len(agent.registry.tools), len(agent.registry.resources))
-    await stop.wait()
-    log.info("stopping")
-    await agent.stop()
-    return 0
+        return 0
+    finally:
+        supervisor.cancel()
+        stopped.cancel()
+        notifier.close()
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -55,6 +55,7 @@ class LocalBroker:
         self.persistence = persistence
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edge-agent-mosquitto-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         self.extra_conf = extra_conf
         self.proc: subprocess.Popen | None = None
 
@@ -78,6 +79,8 @@ class LocalBroker:
             "log_type error",
             "log_type warning",
         ]
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            lines.append("user root")  # else it drops to 'mosquitto', which cannot write our temp folder
         conf.write_text("\n".join(lines) + "\n" + self.extra_conf + "\n")
         return conf
 

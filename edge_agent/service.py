@@ -204,29 +204,57 @@ def remove_startup_status_handlers() -> None:
 
 # ------------------------------------------------------------------------ the agent's status
 def agent_status(agent: "Agent", *, link_down_since: float | None = None) -> str:
-    """One line for ``systemctl status``: presence, link, sessions, driver health.
+    """One line for ``systemctl status``: presence, broker, sessions, outbox, driver health.
 
-    ``link_down_since``: Unix time the MQTT link was seen down (``None`` = up).
+    ``link_down_since``: Unix time since when the MQTT link is down (``None`` = up).
     """
     from .transport.broker_url import parse_broker_url
 
-    broker = str(parse_broker_url(agent.broker_url))
     transport = agent.endpoint.transport if agent.endpoint else None
+    link = transport.link_health() if transport is not None else {}
+    broker = link.get("broker") or str(parse_broker_url(agent.broker_url))
     name = transport.server_name if transport else agent.config.device.server_name
     sessions = len(agent.server.sessions)
-    counts: dict[str, list[str]] = {}
+    by_status: dict[str, list[str]] = {}
     for driver, state in agent.drivers.items():
-        counts.setdefault(state.status, []).append(driver)
+        by_status.setdefault(state.status, []).append(driver)
     health = ", ".join(
         f"{len(names)} {status}" + ("" if status == "ok" else f" ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})")
-        for status, names in sorted(counts.items(), key=lambda kv: (kv[0] != "ok", kv[0]))) or "none"
+        for status, names in sorted(by_status.items(), key=lambda kv: (kv[0] != "ok", kv[0]))) or "none"
     if link_down_since is None:
         head = f"online as {name} ({agent.config.device.server_id}) on {broker}"
     else:
         head = (f"reconnecting to {broker}: link down since "
                 f"{time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(link_down_since))}; server-name {name}")
-    text = f"{head}; {sessions} session{'' if sessions == 1 else 's'}; drivers: {health}"
+    queued = (link.get("outbox") or {}).get("messages") or 0
+    outbox = f"; outbox {queued} queued" if queued else ""
+    text = f"{head}; {sessions} session{'' if sessions == 1 else 's'}{outbox}; drivers: {health}"
     return text[:MAX_STATUS_CHARS]
+
+
+def _connecting_status(agent: "Agent", elapsed: float) -> str:
+    from .transport.broker_url import parse_broker_url
+
+    transport = agent.endpoint.transport if agent.endpoint else None
+    link = transport.link_health() if transport is not None else {}
+    brokers = ", ".join(str(parse_broker_url(u)) for u in getattr(agent, "broker_urls", [agent.broker_url]))
+    error = f"; last error: {link['last_error']}" if link.get("last_error") else ""
+    return f"connecting to {brokers} ({elapsed:.0f} s{error})"[:MAX_STATUS_CHARS]
+
+
+async def presence_sent(agent: "Agent", timeout: float = 2.0) -> bool:
+    """Wait until paho has written every queued packet (the retained presence published on
+    CONNACK) to the broker connection, at most ``timeout`` s: ``READY=1`` then means "the
+    presence is on its way to the broker", not "queued in this process". Returns False on timeout."""
+    transport = agent.endpoint.transport if agent.endpoint else None
+    if transport is None:
+        return False
+    deadline = time.monotonic() + timeout
+    while transport.client.want_write():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.005)
+    return True
 
 
 async def supervise(notifier: Notifier, agent: "Agent", ready: asyncio.Event, *,
@@ -251,7 +279,9 @@ async def supervise(notifier: Notifier, agent: "Agent", ready: asyncio.Event, *,
         if ready.is_set():
             transport = agent.endpoint.transport if agent.endpoint else None
             if transport is not None and not transport.connected.is_set():
-                down_since = down_since or time.time()
+                if down_since is None:
+                    outage = transport.link_health().get("current_outage_s") or 0.0
+                    down_since = round(time.time() - outage)
             else:
                 down_since = None
             if wd:
@@ -259,8 +289,7 @@ async def supervise(notifier: Notifier, agent: "Agent", ready: asyncio.Event, *,
             text = agent_status(agent, link_down_since=down_since)
         else:
             fields["EXTEND_TIMEOUT_USEC"] = int(max(3 * tick, START_EXTEND_S) * 1e6)
-            from .transport.broker_url import parse_broker_url
-            text = f"connecting to {parse_broker_url(agent.broker_url)} ({time.monotonic() - started:.0f} s)"
+            text = _connecting_status(agent, time.monotonic() - started)
         if text != last:
             fields["STATUS"] = text
             last = text

@@ -9,6 +9,7 @@ Mounted by ``edge_agent.cli`` through :func:`add_client_commands`::
     edge-agent watch SERVER_NAME URI                print the value now and on every update
     edge-agent resources SERVER_NAME                resources and resource templates
     edge-agent prompts SERVER_NAME                  prompts and their arguments
+    edge-agent gateway [--http HOST:PORT]           every server as one MCP server (docs/gateway.md)
 
 Each takes ``--broker URL`` (default ``$EDGE_AGENT_BROKER`` or ``mqtt://localhost:1883``),
 ``--json`` (machine output) and ``--timeout S``; the server commands take ``--server-id``.
@@ -590,7 +591,7 @@ def _positive_int(text: str) -> int:
 
 
 def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``devices``, ``tools``, ``call``, ``read``, ``watch``, ``resources``, ``prompts``.
+    """Register ``devices``, ``tools``, ``call``, ``read``, ``watch``, ``resources``, ``prompts``, ``gateway``.
 
     Each subparser sets ``func`` to a callable ``(argparse.Namespace) -> int`` (the exit code).
     """
@@ -631,6 +632,96 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--count", metavar="N", type=_positive_int, default=None, help="stop after N updates")
     add("resources", _resources, "list a server's resources and resource templates", server, answer, REQUEST_TIMEOUT)
     add("prompts", _prompts, "list a server's prompts", server, answer, REQUEST_TIMEOUT)
+    add_gateway_command(subparsers)
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    from .gateway import parse_host_port
+
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number of seconds, not {text}")
+    return value
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    """``edge-agent gateway``: run until the client closes stdin (stdio) or SIGINT/SIGTERM (HTTP)."""
+    import asyncio
+
+    from .gateway import GatewayOptions, run
+    from .gateway_fleet import Timeouts
+
+    # stderr only: on stdio, stdout is the MCP channel. Warnings by default, -v info, -vv debug.
+    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    broker = args.broker or default_broker()
+    levels = args.filter.split("/")
+    if not args.filter or any(("+" in lv and lv != "+") or ("#" in lv and lv != "#") for lv in levels) \
+            or "#" in levels[:-1]:
+        print(f"edge-agent gateway: bad --filter {args.filter!r}: use whole-level wildcards, '#' last "
+              "(e.g. 'devices/#', 'devices/+/pi-01')", file=sys.stderr)
+        return 2
+    options = GatewayOptions(
+        broker=broker, server_name_filter=args.filter, http=args.http, eager=args.eager, strategy=args.strategy,
+        timeouts=Timeouts(initialize=args.timeout_initialize, ping=args.timeout_ping, call=args.timeout_call,
+                          request=args.timeout_request),
+        ping_interval=args.ping_interval, page_size=args.page_size)
+    try:
+        run(options)
+    except KeyboardInterrupt:
+        return 0
+    except BaseException as group:
+        exc = _leaf(group)
+        if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+            return 0
+        if isinstance(exc, (TransportError, OSError, ValueError)):
+            print(f"edge-agent gateway: {exc}", file=sys.stderr)
+            return 1 if not isinstance(exc, ValueError) else 2
+        raise
+    return 0
+
+
+def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``gateway``: one MCP endpoint (stdio or Streamable HTTP) for every device."""
+    from .gateway_balance import STRATEGIES
+    from .gateway_fleet import Timeouts
+
+    t = Timeouts()
+    help_ = "serve every MCP server at the broker as one MCP server (stdio, or Streamable HTTP with --http)"
+    p = subparsers.add_parser("gateway", help=help_, description=help_ + ". See docs/gateway.md.")
+    p.add_argument("--broker", metavar="URL", default=None,
+                   help=f"broker URL (default: ${ENV_BROKER} or mqtt://localhost:1883)")
+    p.add_argument("--filter", default="#", metavar="FILTER",
+                   help="server-name filter with MQTT wildcards, e.g. 'devices/#' (default: #)")
+    p.add_argument("--http", metavar="HOST:PORT", type=_host_port, default=None,
+                   help="serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio")
+    p.add_argument("--eager", action="store_true",
+                   help="initialize a session with each server as soon as it is online (default: on first use)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="least-outstanding",
+                   help="how a client session is put on one of several replicas of a server-name "
+                        "(default: least-outstanding)")
+    p.add_argument("--timeout-initialize", metavar="S", type=_positive_float, default=t.initialize,
+                   help=f"seconds a device may take to answer initialize (default {t.initialize:g})")
+    p.add_argument("--timeout-ping", metavar="S", type=_positive_float, default=t.ping,
+                   help=f"seconds a device may take to answer ping (default {t.ping:g})")
+    p.add_argument("--timeout-call", metavar="S", type=_positive_float, default=t.call,
+                   help=f"seconds a tools/call may take (default {t.call:g})")
+    p.add_argument("--timeout-request", metavar="S", type=_positive_float, default=t.request,
+                   help=f"seconds any other request may take (default {t.request:g})")
+    p.add_argument("--ping-interval", metavar="S", type=_non_negative_float, default=30.0,
+                   help="ping each open device session this often; 0: never (default 30)")
+    p.add_argument("--page-size", metavar="N", type=_positive_int, default=500,
+                   help="items per page of the aggregated lists (default 500)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
+    p.set_defaults(func=_gateway, cmd_name="gateway")
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,6 +64,7 @@ class Incoming:
     payload: bytes
     retain: bool = False
     user_properties: dict[str, str] = field(default_factory=dict)
+    content_type: str | None = None
 
 
 @dataclass(frozen=True)
@@ -212,7 +213,8 @@ class MqttLink:
         client.on_disconnect = lambda c, u, flags, rc, props: self._post(
             "disconnect", str(rc) if flags.is_disconnect_packet_from_server else "the connection dropped")
         client.on_message = lambda c, u, m: self._post(
-            "message", Incoming(m.topic, bytes(m.payload), bool(m.retain), user_properties(m.properties)))
+            "message", Incoming(m.topic, bytes(m.payload), bool(m.retain), user_properties(m.properties),
+                                getattr(m.properties, "ContentType", None)))
         return client
 
     # -- event-loop side -----------------------------------------------------------------------
@@ -346,14 +348,20 @@ class MqttLink:
         if self.lost is None and not self._closing and topic_filters:
             self._client.unsubscribe(topic_filters)
 
-    def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> mqtt.MQTTMessageInfo:
+    def publish(self, topic: str, payload: bytes, *, retain: bool = False,
+                content_type: str | None = None) -> mqtt.MQTTMessageInfo:
         """Queue a PUBLISH with the MCP user properties at the link's QoS; returns at once.
+        ``content_type`` sets the MQTT 5 Content Type (``application/cbor`` for CBOR).
 
         Raises:
             TransportError: the connection is gone.
         """
         self._check_alive()
-        return self._client.publish(topic, payload, qos=self.qos, retain=retain, properties=self._publish_props)
+        props = self._publish_props
+        if content_type:
+            props = publish_properties(self.component, self.client_id)
+            props.ContentType = content_type
+        return self._client.publish(topic, payload, qos=self.qos, retain=retain, properties=props)
 
     async def publish_and_wait(self, topic: str, payload: bytes, *, retain: bool = False,
                                timeout: float = 2.0) -> bool:

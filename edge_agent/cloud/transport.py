@@ -33,9 +33,11 @@ Wire behaviour, in order:
 
 from __future__ import annotations
 
+import collections
 import logging
 import math
 import random
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -46,7 +48,7 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 from mcp.shared.message import SessionMessage
 
 from ..errors import ServerNotFound, TransportError
-from ..transport import topics
+from ..transport import codec, topics
 from .discovery import PresenceTable, ServerPresence, new_client_id, presence_subscriptions
 from .link import Incoming, MqttLink, Will, suggested_filters
 
@@ -69,9 +71,16 @@ def _key(request_id: Any) -> str:
 class _Bridge:
     """State of one MCP session over MQTT. Touched on the event loop only (see :mod:`.link`)."""
 
-    def __init__(self, link: MqttLink, server_name: str):
+    def __init__(self, link: MqttLink, server_name: str, *, encoding: str = codec.JSON,
+                 tolerate_offline: float = 0.0, call_deadline: float | None = None):
         self.link = link
         self.server_name = server_name
+        self.encoding = encoding
+        self.tolerate_offline = tolerate_offline
+        self.call_deadline = call_deadline
+        self.offline_since: float | None = None
+        self.duplicates = 0
+        self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
         self.presences = PresenceTable(server_name)
         self.server: ServerPresence | None = None
         self.rpc_topic = self.control_topic = self.capability_topic = ""
@@ -146,9 +155,21 @@ class _Bridge:
             return
         if parsed.kind == "server-presence":
             self.presences.feed(message)
-            if (self.server is not None and not message.payload
-                    and (parsed.server_id, parsed.server_name) == (self.server.server_id, self.server.server_name)):
-                self.fail(f"server {self.server.server_name} ({self.server.server_id}) went offline")
+            if self.server is not None and (parsed.server_id, parsed.server_name) == (
+                    self.server.server_id, self.server.server_name):
+                if message.payload:
+                    if self.offline_since is not None:
+                        log.info("server %s (%s) is back after %.1f s", self.server.server_name,
+                                 self.server.server_id, time.monotonic() - self.offline_since)
+                    self.offline_since = None
+                elif self.tolerate_offline > 0:
+                    # A persistent-session server (link profile "unreliable") keeps our session
+                    # while it restarts: wait for it instead of failing at once.
+                    if self.offline_since is None:
+                        self.offline_since = time.monotonic()
+                        self.link.start_soon(self._offline_timer, self.offline_since)
+                else:
+                    self.fail(f"server {self.server.server_name} ({self.server.server_id}) went offline")
             return
         if self.server is None or parsed.server_id != self.server.server_id \
                 or parsed.server_name != self.server.server_name:
@@ -161,14 +182,41 @@ class _Bridge:
         else:
             log.debug("ignoring message on %s", message.topic)
 
+    async def _offline_timer(self, since: float) -> None:
+        await anyio.sleep(self.tolerate_offline)
+        if self.offline_since == since and self.server is not None:
+            self.fail(f"server {self.server.server_name} ({self.server.server_id}) went offline and did not come "
+                      f"back within {self.tolerate_offline:g} s")
+
+    def _duplicate(self, message: Incoming) -> bool:
+        """At-least-once delivery can repeat a QoS 1 message; an edge-agent server numbers them
+        (user property ``EDGE-AGENT-SEQ``, strictly increasing per server-id), so drop repeats."""
+        seq = message.user_properties.get("EDGE-AGENT-SEQ")
+        if seq is None:
+            return False
+        key = (message.user_properties.get("MCP-MQTT-CLIENT-ID", ""), seq)
+        if key in self._seen:
+            self.duplicates += 1
+            log.debug("dropped duplicate message %s from %s", seq, key[0])
+            return True
+        self._seen[key] = None
+        if len(self._seen) > 8192:
+            self._seen.popitem(last=False)
+        return False
+
     def _from_server(self, message: Incoming, *, capability: bool) -> None:
         if self.dead is not None:
             return
         if not message.payload:
             log.debug("ignoring empty payload on %s", message.topic)
             return
+        if self._duplicate(message):
+            return
         try:
-            msg = types.jsonrpc_message_adapter.validate_json(message.payload, by_name=False)
+            if message.content_type == codec.CBOR:
+                msg = types.jsonrpc_message_adapter.validate_python(codec.decode(message.payload, codec.CBOR), by_name=False)
+            else:
+                msg = types.jsonrpc_message_adapter.validate_json(message.payload, by_name=False)
         except ValueError as exc:
             first = str(exc).splitlines()[0]
             error = ValueError(f"malformed JSON-RPC message on {message.topic}: {first}")
@@ -253,9 +301,16 @@ class _Bridge:
                 topic = self.control_topic
         elif isinstance(msg, types.JSONRPCNotification) and msg.method == "notifications/cancelled":
             self.pending.pop(_key((msg.params or {}).get("requestId")), None)
-        payload = msg.model_dump_json(by_alias=True, exclude_unset=True).encode()
+        if self.encoding == codec.CBOR or (is_request and self.call_deadline and msg.method == "tools/call"):
+            data = msg.model_dump(by_alias=True, exclude_unset=True, mode="json")
+            if is_request and self.call_deadline and msg.method == "tools/call":
+                meta = data.setdefault("params", {}).setdefault("_meta", {})
+                meta.setdefault("io.edge-agent/deadline", round(time.time() + self.call_deadline, 3))
+            payload = codec.encode(data, self.encoding)
+        else:
+            payload = msg.model_dump_json(by_alias=True, exclude_unset=True).encode()
         try:
-            self.link.publish(topic, payload)
+            self.link.publish(topic, payload, content_type=self.encoding if self.encoding == codec.CBOR else None)
         except TransportError as exc:
             self.fail(str(exc))
 
@@ -281,7 +336,8 @@ def _not_found(message: str, server_name: str, broker: str) -> ServerNotFound:
 async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | None = None,
                       client_id: str | None = None, qos: int = 1, discovery_timeout: float = 3.0,
                       connect_timeout: float = 10.0, username: str | None = None, password: str | None = None,
-                      meta: dict[str, Any] | None = None,
+                      meta: dict[str, Any] | None = None, encoding: str = codec.JSON,
+                      tolerate_offline: float = 0.0, call_deadline: float | None = None,
                       ) -> AsyncIterator[tuple[MemoryObjectReceiveStream[SessionMessage | Exception],
                                                MemoryObjectSendStream[SessionMessage]]]:
     """Connect to the MCP server ``server_name`` through the broker; yield ``(read_stream, write_stream)``.
@@ -302,6 +358,14 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
         connect_timeout: seconds to wait for the TCP connect, CONNACK and each SUBACK.
         username, password: broker credentials (override those in the URL).
         meta: extra fields for the ``MCP-META`` CONNECT user property.
+        encoding: ``application/json`` (default) or ``application/cbor``: the payload encoding
+            of this session (sent as the MQTT 5 Content Type; an edge-agent server answers in kind).
+        tolerate_offline: seconds to keep the session while the server's presence is empty
+            (a server with the ``unreliable`` link profile keeps sessions across restarts);
+            0 (default) fails pending and later requests at once, as the spec says.
+        call_deadline: seconds; when set, every ``tools/call`` carries
+            ``_meta["io.edge-agent/deadline"]`` = now + this, and an edge-agent server refuses
+            a destructive tool call that reaches it later (clocks must be NTP-synchronised).
 
     Raises:
         ServerNotFound: no such server online within ``discovery_timeout`` (the message names
@@ -318,7 +382,10 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
     will = Will(topics.client_presence(cid), DISCONNECTED)
     async with MqttLink(broker_url, client_id=cid, will=will, qos=qos, username=username, password=password,
                         meta=meta, connect_timeout=connect_timeout) as link:
-        bridge = _Bridge(link, server_name)
+        if encoding not in codec.ENCODINGS:
+            raise ValueError(f"encoding must be one of {codec.ENCODINGS}, not {encoding!r}")
+        bridge = _Bridge(link, server_name, encoding=encoding, tolerate_offline=tolerate_offline,
+                         call_deadline=call_deadline)
         try:
             server = await bridge.find_server(server_id, discovery_timeout)
             await bridge.open(server)

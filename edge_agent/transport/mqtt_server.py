@@ -242,10 +242,25 @@ class MqttServerTransport:
                 log.exception("unexpected error while connecting")
                 self._closing.wait(self.settings.reconnect_max)
                 continue
+            overdue = 0.5 * self.settings.keepalive
             while not self._closing.is_set():
                 rc = self.client.loop(timeout=0.2)
                 if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                     break
+                # Half-open link (no RST, packets silently dropped): paho sends PINGREQ after
+                # one keepalive without traffic but waits another whole keepalive for the
+                # PINGRESP. Like a broker (MQTT 5 §3.1.2.10), give up at 1.5x keepalive: when the
+                # PINGRESP is half a keepalive late. (paho's private ``_ping_t``: monotonic time
+                # of the unanswered PINGREQ, 0 when none; present in paho 1.x and 2.x.)
+                ping_t = getattr(self.client, "_ping_t", 0)
+                if ping_t and time.monotonic() - ping_t > overdue and self.client.is_connected():
+                    log.warning("no PINGRESP %.1f s after PINGREQ: the link to the broker is dead; reconnecting",
+                                time.monotonic() - ping_t)
+                    sock = self.client.socket()
+                    try:
+                        sock.shutdown(socket.SHUT_RDWR)
+                    except (OSError, AttributeError):
+                        pass
 
     def _connect_once(self) -> None:
         url = self.brokers[self._broker_index % len(self.brokers)]

@@ -1,0 +1,543 @@
+"""The gateway's view of the fleet: presence, replicas, and one MCP session per server instance.
+
+A :class:`Fleet` owns one MQTT connection (:class:`~edge_agent.cloud.link.MqttLink`, a fresh
+mcp-client-id per connection, will ``notifications/disconnected`` on its client presence
+topic), subscribes to ``$mcp-server/presence/+/{filter}``, and keeps a :class:`Replica` per
+online server instance. A replica's MCP session (the official ``mcp.ClientSession`` over a
+:class:`~edge_agent.cloud.gateway_channel.DeviceChannel`) is opened on first use, or at once
+with ``eager=True``, and shared by every gateway client that the balancer put on that
+replica. Everything runs on one event loop; paho's thread only posts events (see :mod:`.link`).
+
+Events go to a :class:`FleetListener` (the gateway server): a server-name appeared or
+vanished, a device's list changed, a subscribed resource was updated, a replica's session was
+lost. If the broker connection drops, every replica is lost and the fleet reconnects with
+backoff (1 s doubling to 30 s) under a new mcp-client-id.
+
+Timeouts (spec "Timeouts": initialize 30 s, ping 10 s, tools/call 60 s, others 30 s) are
+:class:`Timeouts`; an expired one is an ``MCPError`` (``REQUEST_TIMEOUT``) naming the device.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Protocol
+
+import anyio
+import anyio.abc
+import mcp_types as types
+import paho.mqtt.client as mqtt
+from mcp import ClientSession, MCPError
+from pydantic import TypeAdapter, ValidationError
+
+from .. import __version__
+from ..errors import TransportError
+from ..transport import topics
+from .discovery import ServerPresence, new_client_id, parse_presence, presence_subscriptions
+from .gateway_balance import Balancer
+from .gateway_channel import DeviceChannel
+from .link import Incoming, MqttLink, Will, suggested_filters
+
+log = logging.getLogger(__name__)
+
+CLIENT_INFO = types.Implementation(name="edge-agent-gateway", version=__version__)
+GOODBYE = b'{"jsonrpc":"2.0","method":"notifications/disconnected"}'
+SETTLE_QUIET = 0.25
+"""Seconds without a new presence message after which the retained burst counts as read."""
+SETTLE_MAX = 5.0
+"""At most this many seconds are spent waiting for the retained presence burst."""
+RECONNECT_MIN, RECONNECT_MAX = 1.0, 30.0
+
+_RAW: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
+
+LIST_METHODS = {
+    "tools": ("tools/list", "tools"),
+    "resources": ("resources/list", "resources"),
+    "templates": ("resources/templates/list", "resourceTemplates"),
+    "prompts": ("prompts/list", "prompts"),
+}
+"""kind -> (method, result key). ``templates`` belong to the ``resources`` capability."""
+
+
+@dataclass
+class Timeouts:
+    """Seconds a request to a device may take (spec "Timeouts" recommendations)."""
+
+    initialize: float = 30.0
+    ping: float = 10.0
+    call: float = 60.0
+    request: float = 30.0
+
+    def for_method(self, method: str) -> float:
+        if method == "tools/call":
+            return self.call
+        if method == "ping":
+            return self.ping
+        if method == "initialize":
+            return self.initialize
+        return self.request
+
+
+class DeviceGone(MCPError):
+    """The replica a request went to went offline (or dropped the gateway) before answering."""
+
+
+class FleetListener(Protocol):
+    def names_changed(self, appeared: set[str], vanished: set[str]) -> None: ...
+    def list_changed(self, server_name: str, kind: str) -> None: ...
+    def resource_updated(self, replica: "Replica", uri: str) -> None: ...
+    def replica_lost(self, replica: "Replica") -> None: ...
+
+
+class Replica:
+    """One online server instance and (once opened) the gateway's MCP session with it."""
+
+    def __init__(self, presence: ServerPresence):
+        self.presence = presence
+        self.server_name = presence.server_name
+        self.server_id = presence.server_id
+        self.label = f"{self.server_name} ({self.server_id})"
+        self.online = True
+        self.outstanding = 0
+        self.calls = 0
+        self.session: ClientSession | None = None
+        self.channel: DeviceChannel | None = None
+        self.capabilities: types.ServerCapabilities | None = None
+        self.error: str | None = None
+        self.subscribers: dict[str, set[Any]] = {}  # device URI -> gateway clients subscribed through us
+        self._opening: anyio.Event | None = None
+        self._stop: anyio.Event | None = None
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return self.server_name, self.server_id
+
+    @property
+    def usable(self) -> bool:
+        return self.online
+
+    def __repr__(self) -> str:
+        return f"<Replica {self.label} {'open' if self.session else 'idle'}>"
+
+
+class Fleet:
+    """See the module docstring. Use as ``async with Fleet(url, listener=...) as fleet:``."""
+
+    def __init__(self, broker_url: str, *, server_name_filter: str = "#", eager: bool = False,
+                 strategy: str = "least-outstanding", timeouts: Timeouts | None = None,
+                 listener: FleetListener | None = None, ping_interval: float = 30.0,
+                 init_concurrency: int = 64, qos: int = 1, connect_timeout: float = 10.0,
+                 username: str | None = None, password: str | None = None):
+        self.broker_url = broker_url
+        self.server_name_filter = server_name_filter
+        self.eager = eager
+        self.balancer = Balancer(strategy)
+        self.timeouts = timeouts or Timeouts()
+        self.listener = listener
+        self.ping_interval = ping_interval
+        self.qos = qos
+        self.connect_timeout = connect_timeout
+        self._username, self._password = username, password
+        self.replicas: dict[tuple[str, str], Replica] = {}
+        self.link: MqttLink | None = None
+        self.ready = anyio.Event()
+        self._init_limit = anyio.Semaphore(init_concurrency)
+        self._lists: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self._list_locks: dict[tuple[str, str], anyio.Lock] = {}
+        self._last_presence = 0.0
+        self._tg: anyio.abc.TaskGroup | None = None
+        self._closing = False
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    async def __aenter__(self) -> "Fleet":
+        self._tg = anyio.create_task_group()
+        await self._tg.__aenter__()
+        try:
+            await self._tg.start(self._connection_loop)
+        except BaseException:
+            self._tg.cancel_scope.cancel()
+            await self._tg.__aexit__(None, None, None)
+            raise
+        if self.ping_interval > 0:
+            self._tg.start_soon(self._ping_loop)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        assert self._tg is not None
+        self._closing = True
+        link = self.link
+        if link is not None and link.lost is None:  # spec "Client Disconnect": leave every server at once
+            with anyio.CancelScope(shield=True):
+                try:
+                    await link.publish_and_wait(topics.client_presence(link.client_id), GOODBYE, timeout=2.0)
+                except TransportError:
+                    pass
+        for replica in list(self.replicas.values()):
+            replica.online = False  # no per-server goodbye: the one above covered them all
+            self._stop_session(replica)
+        self._tg.cancel_scope.cancel()
+        await self._tg.__aexit__(None, None, None)
+
+    async def _connection_loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Hold the MQTT connection; reconnect with backoff when it drops."""
+        delay = RECONNECT_MIN
+        first = True
+        while True:
+            cid = new_client_id()
+            lost = anyio.Event()
+            try:
+                async with MqttLink(self.broker_url, client_id=cid, will=Will(topics.client_presence(cid), GOODBYE),
+                                    qos=self.qos, username=self._username, password=self._password,
+                                    connect_timeout=self.connect_timeout) as link:
+                    link.on_message = self._on_message
+                    link.on_lost = lambda reason: lost.set()
+                    self.link = link
+                    broker_filters = suggested_filters(link.connack_properties)
+                    await link.subscribe((f, False) for f in presence_subscriptions(broker_filters, self.server_name_filter))
+                    log.info("gateway connected to %s as %s; watching $mcp-server/presence/+/%s",
+                             link.url, cid, self.server_name_filter)
+                    if first:
+                        task_status.started()
+                        first = False
+                    delay = RECONNECT_MIN
+                    await self._settle()
+                    self.ready.set()
+                    await lost.wait()
+                    log.warning("%s; reconnecting", link.lost)
+                    try:  # a clean goodbye is impossible now; the broker sends our will
+                        await link.publish_and_wait(topics.client_presence(cid), GOODBYE, timeout=0.5)
+                    except TransportError:
+                        pass
+            except TransportError as exc:
+                if first:
+                    raise
+                log.warning("%s; retrying in %g s", exc, delay)
+            finally:
+                self._link_gone("the gateway lost its broker connection")
+            await anyio.sleep(delay)
+            delay = min(delay * 2, RECONNECT_MAX)
+
+    async def _settle(self) -> None:
+        """Wait for the retained presence burst: until SETTLE_QUIET s pass without a new one."""
+        start = anyio.current_time()
+        self._last_presence = start
+        while True:
+            now = anyio.current_time()
+            quiet_until = self._last_presence + SETTLE_QUIET
+            if now >= quiet_until or now - start >= SETTLE_MAX:
+                return
+            await anyio.sleep(quiet_until - now)
+
+    def _link_gone(self, reason: str) -> None:
+        self.link = None
+        if self._closing:
+            return
+        vanished = {r.server_name for r in self.replicas.values()}
+        for replica in list(self.replicas.values()):
+            self._remove(replica, reason, announce=False)
+        if vanished and self.listener:
+            self.listener.names_changed(set(), vanished)
+
+    # -- presence and routing -------------------------------------------------------------------
+
+    def _on_message(self, message: Incoming) -> None:
+        parsed = topics.parse(message.topic)
+        if parsed is None:
+            return
+        if parsed.kind == "server-presence":
+            self._presence(message)
+            return
+        key = (parsed.server_name or "", parsed.server_id or "")
+        replica = self.replicas.get(key)
+        channel = replica.channel if replica is not None else None
+        if channel is None:
+            return
+        if parsed.kind == "rpc" and self.link is not None and parsed.client_id == self.link.client_id:
+            channel.feed("rpc", message)
+        elif parsed.kind == "server-capability":
+            channel.feed("capability", message)
+
+    def _presence(self, message: Incoming) -> None:
+        self._last_presence = anyio.current_time()
+        parsed = topics.parse(message.topic)
+        assert parsed is not None
+        key = (parsed.server_name or "", parsed.server_id or "")
+        if not mqtt.topic_matches_sub(self.server_name_filter, key[0]):
+            return  # the broker's suggested filters may be wider than ours
+        try:
+            presence = parse_presence(message.topic, message.payload)
+        except ValueError as exc:
+            log.warning("skipping malformed presence: %s", exc)
+            return
+        if presence is None:
+            if key in self.replicas:
+                self._remove(self.replicas[key], f"server {key[0]} ({key[1]}) went offline")
+            return
+        existing = self.replicas.get(key)
+        if existing is not None:
+            existing.presence = presence  # re-announced (a reconnect); the session, if any, stays
+            return
+        is_new_name = not any(name == key[0] for name, _ in self.replicas)
+        replica = Replica(presence)
+        self.replicas[key] = replica
+        log.info("online: %s", replica.label)
+        if is_new_name and self.listener:
+            self.listener.names_changed({key[0]}, set())
+        if self.eager and self._tg is not None:
+            self._tg.start_soon(self._open_quietly, replica)
+
+    def _remove(self, replica: Replica, reason: str, *, announce: bool = True) -> None:
+        """The instance went offline: fail its session, forget it, tell the listener."""
+        if self.replicas.get(replica.key) is not replica:
+            return
+        del self.replicas[replica.key]
+        replica.online = False
+        log.info("offline: %s (%s)", replica.label, reason)
+        if replica.channel is not None:
+            replica.channel.fail(reason if replica.server_name in reason else f"{replica.label}: {reason}")
+        self._stop_session(replica)
+        if self.listener:
+            self.listener.replica_lost(replica)
+        if not any(name == replica.server_name for name, _ in self.replicas):
+            self._lists.pop(replica.server_name, None)
+            if announce and self.listener:
+                self.listener.names_changed(set(), {replica.server_name})
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def server_names(self) -> list[str]:
+        """The server-names with at least one instance online, sorted."""
+        return sorted({name for name, _ in self.replicas})
+
+    def replicas_of(self, server_name: str) -> list[Replica]:
+        return [r for (name, _), r in sorted(self.replicas.items()) if name == server_name]
+
+    def replica(self, server_name: str, server_id: str) -> Replica | None:
+        return self.replicas.get((server_name, server_id))
+
+    def choose(self, server_name: str) -> Replica:
+        """A replica of ``server_name`` by the balancing strategy.
+
+        Raises:
+            MCPError: ``INVALID_PARAMS``, no instance of ``server_name`` is online.
+        """
+        candidates = self.replicas_of(server_name)
+        if not candidates:
+            raise MCPError(code=types.INVALID_PARAMS, message=f"no MCP server named {server_name!r} is online")
+        return self.balancer.choose(server_name, candidates)
+
+    # -- sessions -------------------------------------------------------------------------------
+
+    async def open(self, replica: Replica) -> ClientSession:
+        """The replica's MCP session, initializing it first if needed (shared by concurrent callers).
+
+        Raises:
+            DeviceGone: the replica is offline, or initialize failed or timed out (the message
+                names the device).
+        """
+        while True:
+            if replica.session is not None:
+                return replica.session
+            if not replica.online:
+                raise DeviceGone(code=types.CONNECTION_CLOSED, message=f"server {replica.label} went offline")
+            if self._tg is None:
+                raise DeviceGone(code=types.CONNECTION_CLOSED, message="the gateway is shutting down")
+            if replica._opening is None:
+                replica._opening = anyio.Event()
+                replica.error = None
+                self._tg.start_soon(self._run_session, replica, replica._opening)
+            opening = replica._opening
+            await opening.wait()
+            if replica.session is None:
+                raise DeviceGone(code=types.CONNECTION_CLOSED,
+                                 message=replica.error or f"cannot initialize a session with {replica.label}")
+
+    async def _open_quietly(self, replica: Replica) -> None:
+        try:
+            await self.open(replica)
+        except MCPError as exc:
+            log.warning("%s", exc)
+
+    async def _run_session(self, replica: Replica, opening: anyio.Event) -> None:
+        """Own one replica session: open the channel, initialize, hold it until stopped or lost."""
+        link = self.link
+        stop = replica._stop = anyio.Event()
+        channel: DeviceChannel | None = None
+        try:
+            if link is None:
+                raise TransportError("the gateway is not connected to the broker")
+            channel = replica.channel = DeviceChannel(link, replica.presence)
+            async with ClientSession(channel.read_stream, channel.write_stream,
+                                     read_timeout_seconds=self.timeouts.request,
+                                     message_handler=partial(self._from_device, replica),
+                                     client_info=CLIENT_INFO) as session:
+                async with self._init_limit:  # bounds concurrent initializations (a fleet's first list)
+                    await channel.open()
+                    try:
+                        with anyio.fail_after(self.timeouts.initialize):
+                            result = await session.initialize()
+                    except TimeoutError:
+                        raise TransportError(f"{replica.label}: initialize timed out after "
+                                             f"{self.timeouts.initialize:g} s") from None
+                replica.capabilities = result.capabilities
+                replica.session = session
+                log.debug("session open: %s (%s %s)", replica.label, result.server_info.name,
+                          result.server_info.version)
+                opening.set()
+                await stop.wait()
+        except MCPError as exc:
+            replica.error = exc.error.message if replica.label in exc.error.message else \
+                f"{replica.label}: initialize failed: {exc.error.message}"
+        except (TransportError, OSError) as exc:
+            replica.error = str(exc) if replica.label in str(exc) else f"{replica.label}: {exc}"
+        except Exception as exc:  # a bug or a malformed answer: the session is unusable
+            log.exception("session with %s failed", replica.label)
+            replica.error = f"{replica.label}: {type(exc).__name__}: {exc}"
+        finally:
+            lost = replica.session is not None
+            replica.session = None
+            replica.channel = None
+            replica._opening = None
+            opening.set()
+            if channel is not None:
+                channel.close(goodbye=replica.online)
+            if replica.error:
+                log.warning("%s", replica.error)
+            if lost and replica.online:
+                self._lists.pop(replica.server_name, None)
+                if self.listener:
+                    self.listener.replica_lost(replica)
+
+    def _stop_session(self, replica: Replica) -> None:
+        if replica._stop is not None:
+            replica._stop.set()
+
+    def reset(self, replica: Replica) -> None:
+        """Drop the replica's session (e.g. the device restarted and forgot it); the next use re-opens."""
+        if replica.channel is not None:
+            replica.channel.fail(f"server {replica.label} lost the session")
+        self._stop_session(replica)
+
+    async def _from_device(self, replica: Replica, message: Any) -> None:
+        """Notifications from a device session (run by the session's dispatcher)."""
+        if isinstance(message, Exception):
+            if isinstance(message, TransportError):
+                self._stop_session(replica)
+            else:
+                log.warning("from %s: %s", replica.label, message)
+            return
+        if isinstance(message, types.ToolListChangedNotification):
+            self._changed(replica.server_name, "tools")
+        elif isinstance(message, types.ResourceListChangedNotification):
+            self._changed(replica.server_name, "resources")
+        elif isinstance(message, types.PromptListChangedNotification):
+            self._changed(replica.server_name, "prompts")
+        elif isinstance(message, types.ResourceUpdatedNotification):
+            if self.listener:
+                self.listener.resource_updated(replica, str(message.params.uri))
+
+    def _changed(self, server_name: str, kind: str) -> None:
+        cache = self._lists.get(server_name, {})
+        cache.pop(kind, None)
+        if kind == "resources":
+            cache.pop("templates", None)
+        if self.listener:
+            self.listener.list_changed(server_name, kind)
+
+    # -- requests -------------------------------------------------------------------------------
+
+    async def request(self, replica: Replica, method: str, params: dict[str, Any] | None, *,
+                      progress: Callable[..., Any] | None = None) -> dict[str, Any]:
+        """Send ``method`` to the replica (opening its session if needed); the raw result dict.
+
+        Raises:
+            DeviceGone: the replica went offline before answering (``CONNECTION_CLOSED``).
+            MCPError: the device answered with an error (message prefixed with the device), or
+                the request timed out (``REQUEST_TIMEOUT``, naming device, method and seconds).
+        """
+        session = await self.open(replica)
+        timeout = self.timeouts.for_method(method)
+        request = types.Request[dict[str, Any] | None, str](method=method, params=params)
+        replica.outstanding += 1
+        replica.calls += 1
+        try:
+            return await session.send_request(request, _RAW, request_read_timeout_seconds=timeout,
+                                              progress_callback=progress)
+        except MCPError as exc:
+            raise self._name_error(replica, method, exc, timeout) from None
+        except ValidationError as exc:
+            raise MCPError(code=types.INTERNAL_ERROR,
+                           message=f"{replica.label}: malformed {method} result: {str(exc).splitlines()[0]}") from None
+        finally:
+            replica.outstanding -= 1
+
+    @staticmethod
+    def _name_error(replica: Replica, method: str, exc: MCPError, timeout: float) -> MCPError:
+        code, message, data = exc.error.code, exc.error.message, exc.error.data
+        if code == types.REQUEST_TIMEOUT:
+            return MCPError(code=code, message=f"{replica.label}: {method} timed out after {timeout:g} s", data=data)
+        if code == types.CONNECTION_CLOSED:
+            return DeviceGone(code=code, message=message if replica.server_name in message
+                              else f"{replica.label}: {message}", data=data)
+        return MCPError(code=code, message=f"{replica.label}: {message}", data=data)
+
+    async def list_items(self, replica: Replica, kind: str) -> list[dict[str, Any]]:
+        """All items of ``kind`` (``tools``, ``resources``, ``templates``, ``prompts``) of the
+        replica's server-name, following cursors; cached per server-name until its list changes.
+        """
+        cached = self._lists.get(replica.server_name, {}).get(kind)
+        if cached is not None:
+            return cached
+        lock = self._list_locks.setdefault((replica.server_name, kind), anyio.Lock())
+        async with lock:
+            cached = self._lists.get(replica.server_name, {}).get(kind)
+            if cached is not None:
+                return cached
+            await self.open(replica)
+            capability = "resources" if kind == "templates" else kind
+            if getattr(replica.capabilities, capability, None) is None:
+                items: list[dict[str, Any]] = []
+            else:
+                items = await self._fetch(replica, kind)
+            if replica.online and any(n == replica.server_name for n, _ in self.replicas):
+                self._lists.setdefault(replica.server_name, {})[kind] = items
+            return items
+
+    async def _fetch(self, replica: Replica, kind: str) -> list[dict[str, Any]]:
+        method, key = LIST_METHODS[kind]
+        items: list[dict[str, Any]] = []
+        cursor = None
+        for _ in range(10_000):
+            try:
+                page = await self.request(replica, method, {"cursor": cursor} if cursor else None)
+            except MCPError as exc:
+                if exc.error.code == types.METHOD_NOT_FOUND:
+                    return items
+                raise
+            items.extend(x for x in page.get(key) or [] if isinstance(x, dict))
+            cursor = page.get("nextCursor")
+            if not cursor:
+                break
+        return items
+
+    # -- health ---------------------------------------------------------------------------------
+
+    async def _ping_loop(self) -> None:
+        """Ping every open session each ``ping_interval`` s; one that fails is dropped."""
+        while True:
+            await anyio.sleep(self.ping_interval)
+            async with anyio.create_task_group() as tg:
+                for replica in list(self.replicas.values()):
+                    if replica.session is not None and replica.outstanding == 0:
+                        tg.start_soon(self._ping, replica)
+
+    async def _ping(self, replica: Replica) -> None:
+        try:
+            await self.request(replica, "ping", None)
+        except MCPError as exc:
+            log.warning("ping failed, dropping the session: %s", exc)
+            self.reset(replica)
+
