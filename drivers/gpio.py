@@ -10,6 +10,8 @@ cannot own one line (``GPIOPinInUse``).
 
 from __future__ import annotations
 
+import collections
+
 import math
 import random
 import threading
@@ -53,11 +55,29 @@ SAFE_WRITE = {"readOnlyHint": False, "destructiveHint": False, "idempotentHint":
 ACTUATOR_WRITE = {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": True}
 
 
+class _BoundedStates:
+    """gpiozero's mock pins append every change to an unbounded ``states`` list (for test
+    assertions); a simulated device runs for months, so keep only the last 256."""
+
+    def clear_states(self):
+        super().clear_states()
+        self.states = collections.deque(self.states, maxlen=256)
+
+
+class SimPWMPin(_BoundedStates, MockPWMPin):
+    """The pin class of simulated devices: a ``MockPWMPin`` with bounded state history."""
+
+
+def simulated_factory() -> MockFactory:
+    """The gpiozero MockFactory simulated devices run on (bounded pin histories)."""
+    return MockFactory(pin_class=SimPWMPin)
+
+
 def pin_factory(context: DriverContext):
     """The gpiozero pin factory for ``context``: its own, or a private MockFactory when simulating
     without one (``None`` = gpiozero's default factory)."""
     if context.pin_factory is None and context.simulate:
-        return MockFactory(pin_class=MockPWMPin)
+        return simulated_factory()
     return context.pin_factory
 
 
@@ -424,7 +444,7 @@ class _SimEchoPin(MockTriggerPin):
         super()._echo()
 
 
-class _SimEchoPWMPin(_SimEchoPin, MockPWMPin):
+class _SimEchoPWMPin(_BoundedStates, _SimEchoPin, MockPWMPin):
     """The same, for a MockFactory whose pins are ``MockPWMPin`` (gpiozero insists pins agree)."""
 
 

@@ -97,6 +97,7 @@ _SCHEMA: dict[str, Any] = {
                 "persist_sessions": {"type": "boolean"},
                 "session_max_age": {"type": "integer", "minimum": 1},
                 "reply_cache": {"type": "integer", "minimum": 0, "maximum": 10000},
+                "durable_outbox": {"type": "boolean"},
             },
         },
         "store": {

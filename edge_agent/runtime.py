@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import gc
 import functools
 import json
 import logging
@@ -376,6 +377,10 @@ class Agent:
             if ch.poll_interval:
                 self._tasks.append(loop.create_task(self._poll(ch)))
         self._tasks.append(loop.create_task(self._retry_failed()))
+        # Everything built so far lives as long as the agent: move it out of the collector's
+        # way, so full collections stay short (they caused the 15-25 ms latency outliers).
+        gc.collect()
+        gc.freeze()
 
     async def stop(self) -> None:
         """Clean shutdown: clients told, presence cleared, drivers closed."""
@@ -416,11 +421,11 @@ def _driver_context(config: Config) -> DriverContext:
     pin_factory = None
     if dev.simulate or any(d.simulate for d in config.drivers):
         try:
-            from gpiozero.pins.mock import MockFactory, MockPWMPin
-        except ImportError:  # no GPIO drivers on this install
+            from drivers.gpio import simulated_factory
+        except ImportError:  # no gpiozero on this install
             pass
         else:
-            pin_factory = MockFactory(pin_class=MockPWMPin)
+            pin_factory = simulated_factory()
     return DriverContext(simulate=dev.simulate, pin_factory=pin_factory, state_dir=state_dir)
 
 

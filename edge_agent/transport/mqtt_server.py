@@ -334,6 +334,9 @@ class MqttServerTransport:
                 self._qos0.append((topic, payload, content_type))
             return
         expires = time.time() + self.settings.message_expiry if kind == "response" and self.settings.message_expiry else None
+        if not self.settings.durable_outbox and self.connected.is_set():
+            self._send(topic, payload, qos, retain, content_type, None, expires)
+            return
         row = self.outbox.add(topic, payload, qos=qos, retain=retain, kind=kind, content_type=content_type,
                               expires=expires, in_flight=(r for r, _, _ in self._inflight.values()))
         if row is not None and self.connected.is_set():

@@ -43,6 +43,10 @@ class LinkSettings:
     ``persist_sessions``: keep MCP sessions in the store across agent restarts;
     ``session_max_age``: forget stored sessions idle longer than this.
     ``reply_cache``: responses kept per session to answer a duplicated request again.
+    ``durable_outbox``: write every QoS 1 message to SQLite before sending it (survives an agent
+    crash; costs an INSERT and a DELETE per message). When false, messages go straight to
+    paho while the link is up (paho re-sends its in-flight ones after a blip) and only what
+    is published while the link is down waits in the outbox.
     """
 
     profile: str = "lan"
@@ -63,6 +67,7 @@ class LinkSettings:
     persist_sessions: bool = False
     session_max_age: int = 86400
     reply_cache: int = 64
+    durable_outbox: bool = False
 
     def qos(self, kind: str) -> int:
         """QoS for a message kind: ``response``, ``notification`` or ``telemetry``."""
@@ -84,6 +89,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "reconnect_min": 0.5,
         "reconnect_max": 60.0,
         "persist_sessions": True,
+        "durable_outbox": True,
     },
 }
 
