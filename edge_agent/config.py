@@ -35,11 +35,13 @@ from jsonschema import Draft202012Validator
 from .errors import ConfigError
 from .transport import topics
 from .transport.broker_url import parse_broker_url
+from .protocol.rbac import OPERATOR, READ_METHODS, VIEWER, Policy, Role
 from .transport.profiles import LinkSettings, link_settings
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-COMMON_DRIVER_KEYS = {"kind", "name", "description", "poll_interval", "deadband", "enabled", "simulate"}
+COMMON_DRIVER_KEYS = {"kind", "name", "description", "poll_interval", "deadband", "enabled", "simulate", "rate_limit"}
 ENV_PASSWORD = "EDGE_AGENT_PASSWORD"
+ENV_USERNAME = "EDGE_AGENT_USERNAME"
 
 _SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -71,6 +73,11 @@ _SCHEMA: dict[str, Any] = {
                 "username": {"type": "string"},
                 "password": {"type": "string"},
                 "password_file": {"type": "string"},
+                "password_credential": {"type": "string", "pattern": "^[A-Za-z0-9_.@-]+$"},
+                "ca_file": {"type": "string"},
+                "cert_file": {"type": "string"},
+                "key_file": {"type": "string"},
+                "tls_insecure": {"type": "boolean"},
                 "keepalive": {"type": "integer", "minimum": 5, "maximum": 65535},
                 "qos": {"type": "integer", "enum": [0, 1]},
             },
@@ -108,6 +115,27 @@ _SCHEMA: dict[str, Any] = {
                 "synchronous": {"type": "string", "enum": ["NORMAL", "FULL"]},
             },
         },
+        "rbac": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "default_role": {"type": "string"},
+                "roles": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False, "required": ["name"],
+                    "properties": {
+                        "name": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"},
+                        "description": {"type": "string"},
+                        "allowed_methods": {"type": "array", "items": {"type": "string"}},
+                        "allowed_tools": {"anyOf": [{"enum": ["all", "read_only"]},
+                                                    {"type": "array", "items": {"type": "string"}}]},
+                        "allowed_resources": {"anyOf": [{"enum": ["all"]},
+                                                        {"type": "array", "items": {"type": "string"}}]},
+                    }}},
+                "rules": {"type": "array", "items": {
+                    "type": "object", "additionalProperties": False, "required": ["client_id", "role"],
+                    "properties": {"client_id": {"type": "string"}, "role": {"type": "string"}}}},
+            },
+        },
         "drivers": {"type": "array", "items": {"type": "object"}},
     },
 }
@@ -128,14 +156,22 @@ class DeviceConfig:
 
 @dataclass
 class BrokerConfig:
+    """Broker URLs and credentials. TLS (``mqtts://``): ``ca_file`` (default: the system CAs),
+    ``cert_file``/``key_file`` for mTLS, ``tls_insecure`` turns verification off (logged loudly)."""
+
     urls: list[str] = field(default_factory=lambda: ["mqtt://localhost:1883"])
     username: str | None = None
     password: str | None = None
     keepalive: int = 30
     qos: int = 1
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    tls_insecure: bool = False
 
     def __repr__(self) -> str:  # never show the password
-        return f"BrokerConfig(urls={self.urls!r}, username={self.username!r}, keepalive={self.keepalive}, qos={self.qos})"
+        return (f"BrokerConfig(urls={self.urls!r}, username={self.username!r}, password={'***' if self.password else None}, "
+                f"keepalive={self.keepalive}, qos={self.qos}, ca_file={self.ca_file!r}, tls_insecure={self.tls_insecure})")
 
 
 @dataclass
@@ -157,6 +193,7 @@ class DriverConfig:
     deadband: float | None = None
     simulate: bool | None = None  # None: the device's setting
     description: str | None = None  # what this hardware is for ("irrigation pump, bed 3")
+    rate_limit: tuple[float, float] | None = None  # (calls per second, burst) for each actuator tool
     index: int = 0
 
 
@@ -168,6 +205,7 @@ class Config:
     path: str = "<memory>"
     link: LinkSettings = field(default_factory=LinkSettings)
     store: StoreConfig | None = None
+    rbac: Policy = field(default_factory=Policy.open)
 
 
 def default_server_id() -> str:
@@ -240,9 +278,28 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
             password = Path(pfile).read_text().strip()
         except OSError as exc:
             bad("broker.password_file", f"cannot read {pfile}: {exc.strerror}")
+    if "password_credential" in br:
+        # systemd LoadCredential=NAME:/path puts the secret in $CREDENTIALS_DIRECTORY/NAME
+        cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not cred_dir:
+            bad("broker.password_credential", "set, but $CREDENTIALS_DIRECTORY is not (systemd LoadCredential= sets it)")
+        else:
+            try:
+                password = Path(cred_dir, br["password_credential"]).read_text().strip()
+            except OSError as exc:
+                bad("broker.password_credential", f"cannot read credential {br['password_credential']!r}: {exc.strerror}")
     password = os.environ.get(ENV_PASSWORD) or password
-    broker = BrokerConfig(urls=urls, username=br.get("username"), password=password,
-                          keepalive=br.get("keepalive", 30), qos=br.get("qos", 1))
+    tls_files = {}
+    for k in ("ca_file", "cert_file", "key_file"):
+        if k in br:
+            tls_files[k] = _resolve(br[k], base_dir)
+            if not os.access(tls_files[k], os.R_OK):
+                bad(f"broker.{k}", f"cannot read {tls_files[k]}")
+    if ("cert_file" in br) != ("key_file" in br):
+        bad("broker.cert_file" if "key_file" in br else "broker.key_file", "cert_file and key_file go together (mTLS)")
+    broker = BrokerConfig(urls=urls, username=os.environ.get(ENV_USERNAME) or br.get("username"), password=password,
+                          keepalive=br.get("keepalive", 30), qos=br.get("qos", 1),
+                          tls_insecure=br.get("tls_insecure", False), **tls_files)
 
     if len({parse_broker_url(u).tls for u in urls if _parses(u)}) > 1:
         bad(key, "all broker URLs must be mqtt:// or all mqtts://, not a mix")
@@ -262,10 +319,35 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
     store = StoreConfig(path=_resolve(st.get("path", os.path.join(device.state_dir, "state.sqlite3")), base_dir),
                         synchronous=st.get("synchronous", "NORMAL"))
 
+    policy = _policy(data.get("rbac"), bad)
     drivers = _drivers(data.get("drivers", []), bad)
     if problems:
         raise ConfigError(problems)
-    return Config(device=device, broker=broker, drivers=drivers, path=path, link=link, store=store)
+    return Config(device=device, broker=broker, drivers=drivers, path=path, link=link, store=store, rbac=policy)
+
+
+def _policy(table: dict[str, Any] | None, bad) -> Policy:
+    """``[rbac]`` → :class:`Policy`; without it every client may do everything."""
+    if table is None:
+        return Policy.open()
+    roles = {"viewer": VIEWER, "operator": OPERATOR}
+    for i, r in enumerate(table.get("roles", [])):
+        tools = r.get("allowed_tools", "read_only")
+        res = r.get("allowed_resources", "all")
+        roles[r["name"]] = Role(r["name"], r.get("description", ""), tuple(r.get("allowed_methods", READ_METHODS)),
+                                tools if isinstance(tools, str) else tuple(tools),
+                                res if isinstance(res, str) else tuple(res))
+    default = table.get("default_role", "viewer")
+    if default not in roles:
+        bad("rbac.default_role", f"unknown role {default!r}; roles: {', '.join(roles)}")
+        default = "viewer"
+    rules = []
+    for i, rule in enumerate(table.get("rules", [])):
+        if rule["role"] not in roles:
+            bad(f"rbac.rules[{i}].role", f"unknown role {rule['role']!r}; roles: {', '.join(roles)}")
+            continue
+        rules.append((rule["client_id"], rule["role"]))
+    return Policy(roles=roles, rules=rules, default=default)
 
 
 def _parses(url: str) -> bool:
@@ -301,6 +383,13 @@ def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
             value = table.get(common)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
                 bad(f"{where}.{common}", "must be a number >= 0")
+        rate = table.get("rate_limit")
+        if rate is not None:
+            ok = isinstance(rate, dict) and set(rate) <= {"rate", "burst"} and "rate" in rate and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in rate.values())
+            if not ok or rate["rate"] <= 0 or rate.get("burst", 1) < 1:
+                bad(f"{where}.rate_limit", "must be {rate = CALLS_PER_SECOND (> 0), burst = N (>= 1)}")
+                rate = None
         if "description" in table and not isinstance(table["description"], str):
             bad(f"{where}.description", "must be a string")
         for flag in ("enabled", "simulate"):
@@ -318,7 +407,9 @@ def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
             bad(_key([where, *err.absolute_path], err), err.message)
         out.append(DriverConfig(kind=kind, name=name, options=options, poll_interval=table.get("poll_interval"),
                                 deadband=table.get("deadband"), simulate=table.get("simulate"),
-                                description=table.get("description"), index=i))
+                                description=table.get("description"),
+                                rate_limit=(float(rate["rate"]), float(rate.get("burst", 1))) if rate else None,
+                                index=i))
     return out
 
 

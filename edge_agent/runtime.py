@@ -29,7 +29,9 @@ from .protocol import McpServer, Registry, Resource, ResourceTemplate, ServerInf
 from .protocol.server import stale_message
 from .sensors import SensorChannel, iso
 from .transport.broker_url import parse_broker_url
+from .ratelimit import TokenBucket
 from .store import Store
+from .transport.mqtt_server import TlsSettings
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +79,7 @@ class Agent:
             ServerInfo(name="edge-agent", version=__version__, title=dev.title or dev.server_name,
                        instructions=_instructions(config)),
             page_size=dev.page_size, on_tool_error=self._tool_failed, reply_cache=config.link.reply_cache,
+            policy=config.rbac,
         )
         self.context = _driver_context(config)
         self.endpoint: Endpoint | None = None
@@ -124,6 +127,18 @@ class Agent:
             return await self._call_tool(state, spec, arguments, ctx)
 
         meta = {"driver": state.config.name, "kind": state.config.kind}
+        rate = state.config.rate_limit
+        if rate is not None and not spec.annotations.get("readOnlyHint"):
+            bucket = TokenBucket(*rate)
+            meta["rateLimit"] = {"rate": rate[0], "burst": rate[1]}
+
+            async def handler(arguments: dict[str, Any], ctx: ToolContext) -> Any:
+                wait = bucket.take()
+                if wait:
+                    raise ToolInputError(f"{name} refused: rate limit of {rate[0]:g} call(s)/s (burst {rate[1]:g}) "
+                                         f"reached; the actuator did not move; retry in {wait:.1f} s")
+                return await self._call_tool(state, spec, arguments, ctx)
+
         return Tool(name=name, description=f"{_label(state.config)}: {spec.description}", input_schema=spec.input_schema, handler=handler,
                     title=spec.title, output_schema=spec.output_schema, annotations=dict(spec.annotations),
                     meta=meta)
@@ -363,6 +378,9 @@ class Agent:
         meta: dict[str, Any] = {"version": __version__, "implementation": "edge-agent"}
         if dev.location:
             meta["location"] = dev.location
+        rbac = self.config.rbac.advertise((t.name, t.annotations) for t in self.registry.tools.values())
+        if rbac is not None:
+            meta["rbac"] = rbac
         store_cfg = self.config.store
         self.store = Store(store_cfg.path if store_cfg else ":memory:",
                            synchronous=store_cfg.synchronous if store_cfg else "NORMAL")
@@ -371,6 +389,8 @@ class Agent:
             description=dev.description, meta=meta, brokers=[parse_broker_url(u) for u in self.broker_urls],
             loop=loop, settings=self.config.link,
             username=self.config.broker.username, password=self.config.broker.password,
+            tls=TlsSettings(ca_file=self.config.broker.ca_file, cert_file=self.config.broker.cert_file,
+                            key_file=self.config.broker.key_file, insecure=self.config.broker.tls_insecure),
         )
         await self.endpoint.start(connect_timeout)
         for ch in self.channels.values():

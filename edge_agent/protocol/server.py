@@ -28,6 +28,7 @@ from jsonschema.exceptions import SchemaError
 from ..errors import ToolInputError
 from . import jsonrpc
 from .jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RESOURCE_NOT_FOUND, RpcError
+from .rbac import FORBIDDEN, Policy, Role
 from .registry import Registry, ToolContext
 
 log = logging.getLogger(__name__)
@@ -72,6 +73,7 @@ class Session:
     subscriptions: set[str] = field(default_factory=set)
     inflight: dict[Any, tuple[asyncio.Task, threading.Event]] = field(default_factory=dict)
     replies: "OrderedDict[Any, tuple[str, dict[str, Any]]]" = field(default_factory=OrderedDict)
+    role: Role | None = None  # set by the server from its RBAC policy
 
     @property
     def initialized(self) -> bool:
@@ -97,8 +99,10 @@ class McpServer:
                  broadcast: Send | None = None,
                  on_tool_error: Callable[[str, BaseException], None] | None = None,
                  reply_cache: int = 64,
-                 on_session_change: Callable[[Session, bool], None] | None = None):
+                 on_session_change: Callable[[Session, bool], None] | None = None,
+                 policy: Policy | None = None):
         self.registry = registry
+        self.policy = policy or Policy.open()
         self.reply_cache = max(0, reply_cache)
         self.on_session_change = on_session_change
         self.info = info
@@ -129,7 +133,7 @@ class McpServer:
         old = self.sessions.get(session_id)
         if old is not None:
             self._cancel_all(old)
-        session = Session(session_id, send)
+        session = Session(session_id, send, role=self.policy.role_for(session_id))
         self.sessions[session_id] = session
         return session
 
@@ -139,7 +143,8 @@ class McpServer:
                           protocol_version=data.get("protocol_version"), client_info=data.get("client_info") or {},
                           client_capabilities=data.get("client_capabilities") or {},
                           log_level=data.get("log_level", "warning"),
-                          subscriptions=set(data.get("subscriptions") or ()))
+                          subscriptions=set(data.get("subscriptions") or ()),
+                          role=self.policy.role_for(session_id))
         self.sessions[session_id] = session
         return session
 
@@ -248,6 +253,9 @@ class McpServer:
                 raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
             if not session.initialized and method not in ALLOWED_BEFORE_INIT:
                 raise RpcError(INVALID_REQUEST, f"Session not initialized: send initialize before {method}")
+            if session.role is not None and not session.role.allows_method(method):
+                raise RpcError(FORBIDDEN, f"Forbidden: role {session.role.name!r} may not call {method}",
+                               {"role": session.role.name, "method": method})
             if method == "tools/call":
                 result = await self._tools_call(session, params, msg_id=msg_id, cancel=cancel, deadline=deadline)
             else:
@@ -325,7 +333,9 @@ class McpServer:
 
     # ------------------------------------------------------------------ tools
     async def _tools_list(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
-        return self._page([t.describe() for t in self.registry.tools.values()], params, "tools")
+        role = session.role
+        return self._page([t.describe() for t in self.registry.tools.values()
+                           if role is None or role.allows_tool(t.name, t.annotations)], params, "tools")
 
     def _validator(self, name: str, schema: Any) -> Draft202012Validator:
         validator = self._validators.get(name)
@@ -342,6 +352,9 @@ class McpServer:
         tool = self.registry.tools.get(name)
         if tool is None:
             raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}")
+        if session.role is not None and not session.role.allows_tool(name, tool.annotations):
+            raise RpcError(FORBIDDEN, f"Forbidden: role {session.role.name!r} may not call tool {name}",
+                           {"role": session.role.name, "tool": name})
         arguments = params.get("arguments")
         if arguments is None:
             arguments = {}
@@ -409,22 +422,29 @@ class McpServer:
 
     # ------------------------------------------------------------------ resources
     async def _resources_list(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
-        return self._page([r.describe() for r in self.registry.resources.values()], params, "resources")
+        role = session.role
+        return self._page([r.describe() for r in self.registry.resources.values()
+                           if role is None or role.allows_resource(r.uri)], params, "resources")
 
     async def _templates_list(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
-        return self._page([t.describe() for t in self.registry.templates], params, "resourceTemplates")
+        role = session.role
+        visible = role is None or role.allowed_resources == "all"
+        return self._page([t.describe() for t in self.registry.templates] if visible else [], params, "resourceTemplates")
 
-    def _require_uri(self, params: dict[str, Any], method: str) -> str:
+    def _require_uri(self, params: dict[str, Any], method: str, session: Session | None = None) -> str:
         uri = params.get("uri")
         if not isinstance(uri, str) or not uri:
             raise RpcError(INVALID_PARAMS, f"{method}: params.uri (a string) is required")
+        if session is not None and session.role is not None and not session.role.allows_resource(uri):
+            raise RpcError(FORBIDDEN, f"Forbidden: role {session.role.name!r} may not access {uri}",
+                           {"role": session.role.name, "uri": uri})
         return uri
 
     def _known(self, uri: str) -> bool:
         return uri in self.registry.resources or self.registry.find_template(uri) is not None
 
     async def _resources_read(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
-        uri = self._require_uri(params, "resources/read")
+        uri = self._require_uri(params, "resources/read", session)
         resource = self.registry.resources.get(uri)
         if resource is not None:
             text = await resource.read()
@@ -443,7 +463,7 @@ class McpServer:
         raise RpcError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
 
     async def _subscribe(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
-        uri = self._require_uri(params, "resources/subscribe")
+        uri = self._require_uri(params, "resources/subscribe", session)
         if not self._known(uri):
             raise RpcError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
         session.subscriptions.add(uri)

@@ -66,6 +66,18 @@ class Incoming:
     received: float = 0.0
 
 
+@dataclass(frozen=True)
+class TlsSettings:
+    """TLS for ``mqtts://`` brokers: ``ca_file`` (PEM; None = the system CA store),
+    ``cert_file``/``key_file`` (client certificate for mTLS), ``insecure`` (no certificate or
+    host name verification: only for a bench, logged loudly at every connection)."""
+
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    insecure: bool = False
+
+
 @dataclass
 class LinkStats:
     """Link health counters (``device://link``)."""
@@ -104,7 +116,7 @@ class MqttServerTransport:
                  on_client_gone: Callable[[str], Any], on_connected: Callable[[], Any] | None = None,
                  broker: BrokerURL | None = None, brokers: list[BrokerURL] | None = None,
                  settings: LinkSettings | None = None, username: str | None = None,
-                 password: str | None = None, store: Store | None = None):
+                 password: str | None = None, store: Store | None = None, tls: TlsSettings | None = None):
         self.server_id = topics.check_id(server_id, "server-id")
         self.server_name = topics.check_server_name(server_name)
         self.description = description
@@ -147,8 +159,14 @@ class MqttServerTransport:
         c.on_socket_open = _nodelay
         c.max_inflight_messages_set(self.settings.max_inflight)
         c.connect_timeout = self.settings.connack_timeout
+        self.tls = tls or TlsSettings()
         if self.brokers[0].tls:
-            c.tls_set()
+            import ssl
+
+            c.tls_set(ca_certs=self.tls.ca_file, certfile=self.tls.cert_file, keyfile=self.tls.key_file,
+                      cert_reqs=ssl.CERT_NONE if self.tls.insecure else ssl.CERT_REQUIRED)
+            if self.tls.insecure:
+                c.tls_insecure_set(True)
         self.client = c
         self._base_props = [("MCP-COMPONENT-TYPE", topics.COMPONENT_SERVER), ("MCP-MQTT-CLIENT-ID", self.server_id)]
         self._pub_props = Properties(PacketTypes.PUBLISH)
@@ -264,6 +282,9 @@ class MqttServerTransport:
 
     def _connect_once(self) -> None:
         url = self.brokers[self._broker_index % len(self.brokers)]
+        if url.tls and self.tls.insecure:
+            log.warning("TLS VERIFICATION IS OFF for %s (tls_insecure = true): anyone on the path can read and "
+                        "forge this device's traffic", url)
         user = self.username or url.username
         if user:
             self.client.username_pw_set(user, self.password or url.password)
