@@ -137,6 +137,29 @@ async def _run(config, args: argparse.Namespace) -> int:
         notifier.close()
 
 
+def cmd_acl(args: argparse.Namespace) -> int:
+    from . import acl
+
+    try:
+        fleet = acl.load_fleet(args.fleet)
+    except ConfigError as exc:
+        for f, key, message in exc.problems:
+            print(f"{f}: {key}: {message}", file=sys.stderr)
+        return 2
+    text = acl.mosquitto_acl(fleet)
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(text)
+        print(f"wrote {args.out}: {len(fleet.devices)} device(s), {len(fleet.clients)} client user(s)", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    if args.dynsec:
+        with open(args.dynsec, "w") as fh:
+            fh.write(acl.dynsec_json(fleet))
+        print(f"wrote {args.dynsec} (Mosquitto dynamic-security JSON)", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .demo import add_demo_command
 
@@ -160,6 +183,12 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--config", help="TOML config file")
     src.add_argument("--demo", action="store_true", help="check the built-in demo config")
     check.set_defaults(func=cmd_check)
+
+    acl = sub.add_parser("acl", help="write a Mosquitto ACL file (and dynsec JSON) from a fleet description")
+    acl.add_argument("--fleet", required=True, help="fleet TOML: [[devices]] and [[clients]] (see docs/security.md)")
+    acl.add_argument("--out", help="ACL file to write (default: stdout)")
+    acl.add_argument("--dynsec", help="also write Mosquitto dynamic-security JSON here")
+    acl.set_defaults(func=cmd_acl)
 
     try:
         from .cloud.cli import add_client_commands

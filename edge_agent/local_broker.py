@@ -50,13 +50,16 @@ class LocalBroker:
     """
 
     def __init__(self, port: int | None = None, *, persistence: bool = False,
-                 workdir: str | os.PathLike | None = None, extra_conf: str = ""):
+                 workdir: str | os.PathLike | None = None, extra_conf: str = "", allow_anonymous: bool = True,
+                 listener_conf: str = ""):
         self.port = port or free_port()
         self.persistence = persistence
         self._own_dir = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="edge-agent-mosquitto-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.extra_conf = extra_conf
+        self.allow_anonymous = allow_anonymous
+        self.listener_conf = listener_conf  # lines for the main listener (e.g. TLS certfile/keyfile)
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -66,8 +69,9 @@ class LocalBroker:
     def _write_conf(self) -> Path:
         conf = self.workdir / "mosquitto.conf"
         lines = [
+            f"allow_anonymous {'true' if self.allow_anonymous else 'false'}",
             f"listener {self.port} 127.0.0.1",
-            "allow_anonymous true",
+            *[line for line in self.listener_conf.splitlines() if line.strip()],
             f"persistence {'true' if self.persistence else 'false'}",
             f"persistence_location {self.workdir}/",
             "autosave_interval 1",
@@ -78,6 +82,7 @@ class LocalBroker:
             "log_dest stderr",
             "log_type error",
             "log_type warning",
+            "log_type notice",
         ]
         if hasattr(os, "geteuid") and os.geteuid() == 0:
             lines.append("user root")  # else it drops to 'mosquitto', which cannot write our temp folder

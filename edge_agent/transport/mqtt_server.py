@@ -157,6 +157,12 @@ class MqttServerTransport:
         c.on_unsubscribe = self._on_subscribe
         c.on_publish = self._on_publish
         c.on_socket_open = _nodelay
+        # Only the network thread may touch the socket: without loop_start() paho writes a
+        # packet from whichever thread calls publish(), and two threads on one TLS socket
+        # corrupt it ("bad record mac"). With a write-registration hook set, publish() only
+        # queues the packet and wakes our thread's select().
+        c.on_socket_register_write = _queued_only
+        c.on_socket_unregister_write = _queued_only
         c.max_inflight_messages_set(self.settings.max_inflight)
         c.connect_timeout = self.settings.connack_timeout
         self.tls = tls or TlsSettings()
@@ -579,6 +585,10 @@ def _is_disconnected(payload: bytes) -> bool:
         return codec.decode(payload).get("method") == "notifications/disconnected"
     except (ValueError, AttributeError):
         return False
+
+
+def _queued_only(client, userdata, sock) -> None:
+    """See the comment where it is installed: leave writing to the network thread."""
 
 
 def _nodelay(client, userdata, sock) -> None:
