@@ -242,9 +242,11 @@ class MqttServerTransport:
                                                       qos=self.settings.qos_notifications, properties=self._pub_props))
             infos.append(self.client.publish(self.presence_topic, b"", qos=1, retain=True, properties=self._pub_props))
             await asyncio.to_thread(_wait_all, infos, timeout)
-            self.client.disconnect()
-        self._closing.set()
+            self.client.disconnect()  # written by the network thread, which then sees the link end
         if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, timeout)  # it does not reconnect once stopping
+        self._closing.set()
+        if self._thread is not None and self._thread.is_alive():
             await asyncio.to_thread(self._thread.join, timeout)
         self.connected.clear()
 
@@ -252,12 +254,12 @@ class MqttServerTransport:
     def _network_main(self) -> None:
         retrying = tenacity.Retrying(
             wait=tenacity.wait_random_exponential(multiplier=self.settings.reconnect_min, max=self.settings.reconnect_max),
-            stop=lambda state: self._closing.is_set(),
+            stop=lambda state: self._closing.is_set() or self._stopping,
             sleep=self._closing.wait,
             before_sleep=self._log_retry,
             retry=tenacity.retry_if_exception_type((OSError, TransportError)),
         )
-        while not self._closing.is_set():
+        while not self._closing.is_set() and not self._stopping:
             try:
                 retrying(self._connect_once)
             except tenacity.RetryError:
