@@ -82,8 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 async def _run(config, args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM/SIGINT; tell systemd READY/WATCHDOG/STATUS/STOPPING
     (:mod:`edge_agent.service`; no-ops without ``$NOTIFY_SOCKET``). Returns the exit code:
-    0 after a clean stop (also when stopped before the broker answered), 1 if the broker
-    refused us or ``--connect-timeout`` expired."""
+    0 after a clean stop (also when stopped before a broker answered), 1 if no broker took
+    us within ``--connect-timeout`` (without it, the agent keeps trying)."""
     from . import service
     from .runtime import Agent
     from .transport.broker_url import parse_broker_url
@@ -120,6 +120,9 @@ async def _run(config, args: argparse.Namespace) -> int:
             notifier.status(f"failed: {exc}")
             await agent.stop()
             return 1
+        except Exception as exc:  # a bug or an unusable setting: say so in `systemctl status`, then crash
+            notifier.status(f"failed: {type(exc).__name__}: {exc}")
+            raise
         await service.presence_sent(agent)
         ready.set()
         notifier.ready(service.agent_status(agent))

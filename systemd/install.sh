@@ -1,0 +1,292 @@
+#!/usr/bin/env bash
+# Install (or upgrade, or remove) edge-agent as a hardened systemd service.
+#
+#   sudo systemd/install.sh                      # from this checkout, into /opt/edge-agent
+#   sudo systemd/install.sh --version 0.2.0      # from the package index instead
+#   sudo systemd/install.sh --uninstall [--purge]
+#   systemd/install.sh --destdir /tmp/stage      # stage files only (packaging, CI): no root needed
+#
+# Idempotent: run it again from a newer checkout to upgrade (then restart the service). It
+# never overwrites /etc/edge-agent/agent.toml. See docs/raspberry-pi.md.
+set -euo pipefail
+
+PREFIX=/opt/edge-agent
+DESTDIR=
+SOURCE=
+VERSION=
+PYTHON=${PYTHON:-python3}
+EXTRAS="gpio,serial"
+UNINSTALL=0
+PURGE=0
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+usage() {
+  cat <<EOF
+usage: $0 [options]
+
+  --prefix DIR     where the virtualenv goes (default /opt/edge-agent)
+  --source DIR     install from this checkout (default: the one this script is in)
+  --version X.Y.Z  install edge-agent==X.Y.Z from the package index instead of a checkout
+  --python PATH    the Python (>= 3.11) to build the virtualenv with (default python3)
+  --destdir DIR    stage every file under DIR (for packaging and CI): no users, no
+                   systemctl, no udev; the venv's scripts name PREFIX, not DIR/PREFIX
+  --uninstall      stop and disable the service, remove the unit, the venv and the
+                   sysusers/udev files; keeps /etc/edge-agent and /var/lib/edge-agent
+  --purge          with --uninstall: also remove /etc/edge-agent, /var/lib/edge-agent and
+                   local drop-ins (the edge-agent user and groups are kept)
+  -h, --help       this text
+EOF
+}
+
+die() { echo "install.sh: $*" >&2; exit 1; }
+say() { echo "==> $*"; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --prefix) PREFIX=${2:?--prefix needs a directory}; shift 2 ;;
+    --prefix=*) PREFIX=${1#*=}; shift ;;
+    --destdir) DESTDIR=${2:?--destdir needs a directory}; shift 2 ;;
+    --destdir=*) DESTDIR=${1#*=}; shift ;;
+    --source) SOURCE=${2:?--source needs a directory}; shift 2 ;;
+    --source=*) SOURCE=${1#*=}; shift ;;
+    --version) VERSION=${2:?--version needs a version}; shift 2 ;;
+    --version=*) VERSION=${1#*=}; shift ;;
+    --python) PYTHON=${2:?--python needs a path}; shift 2 ;;
+    --python=*) PYTHON=${1#*=}; shift ;;
+    --uninstall) UNINSTALL=1; shift ;;
+    --purge) PURGE=1; UNINSTALL=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) usage >&2; die "unknown option: $1" ;;
+  esac
+done
+
+case "$PREFIX" in
+  /?*) PREFIX=${PREFIX%/} ;;
+  *) die "--prefix must be an absolute path, not '$PREFIX'" ;;
+esac
+[ "$PREFIX" != / ] || die "--prefix / is not allowed"
+case "$PREFIX" in
+  /home/*|/root|/root/*|/run/user/*)
+    die "--prefix $PREFIX is hidden from the service by ProtectHome=yes; use e.g. /opt/edge-agent" ;;
+esac
+if [ -n "$DESTDIR" ]; then
+  mkdir -p "$DESTDIR"
+  DESTDIR=$(cd "$DESTDIR" && pwd)
+  [ "$DESTDIR" != / ] || DESTDIR=
+fi
+if [ -z "$DESTDIR" ] && [ "$(id -u)" != 0 ]; then
+  die "run as root (sudo $0 ...), or stage files with --destdir DIR"
+fi
+
+VENV=$DESTDIR$PREFIX
+UNIT=$DESTDIR/etc/systemd/system/edge-agent.service
+DROPINS=$DESTDIR/etc/systemd/system/edge-agent.service.d
+SYSUSERS=$DESTDIR/usr/lib/sysusers.d/edge-agent.conf
+UDEV=$DESTDIR/usr/lib/udev/rules.d/60-edge-agent.rules
+CONFDIR=$DESTDIR/etc/edge-agent
+CONFIG=$CONFDIR/agent.toml
+STATEDIR=$DESTDIR/var/lib/edge-agent
+DOCDIR=$VENV/share/doc/edge-agent
+
+systemd_running() { [ -z "$DESTDIR" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; }
+udev_running() { [ -z "$DESTDIR" ] && [ -S /run/udev/control ] && command -v udevadm >/dev/null 2>&1; }
+
+# ------------------------------------------------------------------------------ uninstall
+if [ "$UNINSTALL" = 1 ]; then
+  if systemd_running; then
+    say "stopping and disabling edge-agent.service"
+    systemctl disable --now edge-agent.service 2>/dev/null || true
+  fi
+  rm -f "$UNIT" "$SYSUSERS" "$UDEV"
+  if [ -d "$VENV" ]; then
+    # only ever delete what is recognisably our virtualenv
+    if [ -f "$VENV/pyvenv.cfg" ] && [ -e "$VENV/bin/edge-agent" ]; then
+      say "removing $VENV"
+      rm -rf "$VENV"
+    else
+      echo "install.sh: $VENV does not look like an edge-agent virtualenv; left in place" >&2
+    fi
+  fi
+  if [ "$PURGE" = 1 ]; then
+    say "purging $CONFDIR, $STATEDIR and local drop-ins"
+    rm -rf "$CONFDIR" "$STATEDIR" "$DROPINS"
+  fi
+  if systemd_running; then
+    systemctl daemon-reload
+    systemctl reset-failed edge-agent.service 2>/dev/null || true
+  fi
+  if udev_running; then udevadm control --reload || true; fi
+  say "edge-agent removed"
+  if [ "$PURGE" = 0 ]; then
+    echo "    kept: /etc/edge-agent (config) and /var/lib/edge-agent (state); --purge removes them"
+  fi
+  echo "    kept: the edge-agent user and its groups (remove with: sudo userdel edge-agent)"
+  exit 0
+fi
+
+# ------------------------------------------------------------------------------ install
+[ -z "$VERSION" ] || [ -z "$SOURCE" ] || die "give --source or --version, not both"
+if [ -z "$VERSION" ]; then
+  SOURCE=${SOURCE:-$HERE/..}
+  [ -f "$SOURCE/pyproject.toml" ] || die "$SOURCE is not an edge-agent checkout (no pyproject.toml); give --source DIR or --version X.Y.Z"
+  SOURCE=$(cd "$SOURCE" && pwd)
+fi
+UNIT_SRC=$HERE/edge-agent.service
+SYSUSERS_SRC=$HERE/edge-agent.sysusers
+UDEV_SRC=$HERE/edge-agent.udev.rules
+if [ -n "$SOURCE" ] && [ -f "$SOURCE/systemd/edge-agent.service" ]; then
+  UNIT_SRC=$SOURCE/systemd/edge-agent.service
+  SYSUSERS_SRC=$SOURCE/systemd/edge-agent.sysusers
+  UDEV_SRC=$SOURCE/systemd/edge-agent.udev.rules
+fi
+for f in "$UNIT_SRC" "$SYSUSERS_SRC" "$UDEV_SRC"; do [ -f "$f" ] || die "missing $f"; done
+
+command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found: sudo apt-get install -y python3 python3-venv"
+"$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
+  || die "$PYTHON is $("$PYTHON" -V 2>&1); edge-agent needs Python >= 3.11 (Raspberry Pi OS bookworm has 3.11)"
+
+# 1. the virtualenv; --system-site-packages so Debian's python3-lgpio (gpiozero's pin factory
+#    on a Pi) is importable from it
+if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  say "reusing the virtualenv $VENV"
+else
+  say "creating the virtualenv $VENV"
+  mkdir -p "$(dirname "$VENV")"
+  "$PYTHON" -m venv --clear --system-site-packages "$VENV" \
+    || die "could not create a virtualenv: sudo apt-get install -y python3-venv"
+fi
+
+# 2. the package, with the gpio and serial extras. A checkout is copied first (without .git,
+#    build/ and *.egg-info) so a stale build/ cannot leak old modules into the wheel and
+#    nothing is written into the checkout as root.
+if [ -n "$VERSION" ]; then
+  SPEC="edge-agent[$EXTRAS]==$VERSION"
+else
+  WORK=$(mktemp -d "${TMPDIR:-/tmp}/edge-agent-src.XXXXXX")
+  trap 'rm -rf "$WORK"' EXIT
+  # (GNU tar exits 1 when a file changed while it was read, e.g. an editor saving: harmless here)
+  { tar -C "$SOURCE" --warning=no-file-changed --exclude=./.git --exclude=./build --exclude=./dist \
+        --exclude='*.egg-info' --exclude=__pycache__ --exclude=.pytest_cache --exclude=./.benchmarks \
+        -cf - . || [ $? -eq 1 ]; } | tar -C "$WORK" -xf -
+  SPEC="${WORK}[${EXTRAS}]"
+fi
+say "installing $([ -n "$VERSION" ] && echo "edge-agent $VERSION" || echo "edge-agent from $SOURCE") into $VENV"
+PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
+  "$VENV/bin/python" -m pip install --quiet --upgrade --no-warn-script-location "$SPEC"
+INSTALLED=$("$VENV/bin/python" -c 'import edge_agent; print(edge_agent.__version__)')
+
+# 3. documentation next to the venv (the unit's Documentation= points here)
+if [ -n "$SOURCE" ]; then
+  install -d -m 0755 "$DOCDIR"
+  for doc in docs/raspberry-pi.md docs/configuration.md docs/examples/greenhouse.toml; do
+    if [ -f "$SOURCE/$doc" ]; then install -m 0644 "$SOURCE/$doc" "$DOCDIR/"; fi
+  done
+fi
+
+# 4. staged venv: its scripts must name PREFIX, where it will live, not DESTDIR/PREFIX
+if [ -n "$DESTDIR" ]; then
+  for f in "$VENV"/bin/* "$VENV/pyvenv.cfg"; do
+    if [ -f "$f" ] && [ ! -L "$f" ] && grep -Iq . "$f" 2>/dev/null && grep -qF "$VENV" "$f"; then
+      sed -i "s#$VENV#$PREFIX#g" "$f"
+    fi
+  done
+fi
+
+# 5. the unit (ExecStart= and Documentation= follow --prefix), sysusers.d and udev rules
+say "installing the unit, sysusers.d and udev files"
+install -d -m 0755 "$(dirname "$UNIT")" "$(dirname "$SYSUSERS")" "$(dirname "$UDEV")"
+sed "s#/opt/edge-agent#$PREFIX#g" "$UNIT_SRC" > "$UNIT.tmp"
+chmod 0644 "$UNIT.tmp"
+mv "$UNIT.tmp" "$UNIT"
+install -m 0644 "$SYSUSERS_SRC" "$SYSUSERS"
+install -m 0644 "$UDEV_SRC" "$UDEV"
+
+# 6. the user and groups (not when staging)
+if [ -z "$DESTDIR" ]; then
+  if command -v systemd-sysusers >/dev/null 2>&1; then
+    systemd-sysusers "$SYSUSERS"
+  else  # no systemd-sysusers (very old or non-systemd system): the same with shadow's tools
+    for g in gpio i2c dialout; do getent group "$g" >/dev/null || groupadd --system "$g"; done
+    id edge-agent >/dev/null 2>&1 || useradd --system --user-group --home-dir /var/lib/edge-agent \
+      --no-create-home --shell /usr/sbin/nologin --comment "edge-agent MCP device server" edge-agent
+    usermod -a -G gpio,i2c,dialout edge-agent
+  fi
+  if udev_running; then
+    udevadm control --reload || true
+    udevadm trigger --subsystem-match=gpio --subsystem-match=i2c-dev || true
+  fi
+fi
+
+# 7. the config directory and an example config, only if there is none
+if [ ! -d "$CONFDIR" ]; then
+  install -d -m 0750 "$CONFDIR"
+  [ -n "$DESTDIR" ] || chgrp edge-agent "$CONFDIR"
+fi
+if [ -e "$CONFIG" ]; then
+  say "keeping the existing $CONFIG"
+  NEW_CONFIG=0
+else
+  EXAMPLE=
+  if [ -n "$SOURCE" ] && [ -f "$SOURCE/docs/examples/greenhouse.toml" ]; then
+    EXAMPLE=$SOURCE/docs/examples/greenhouse.toml
+  fi
+  if [ -n "$EXAMPLE" ]; then
+    install -m 0640 "$EXAMPLE" "$CONFIG"
+  else  # no checkout (--version): a minimal config that touches no pins
+    (umask 027; cat > "$CONFIG" <<'EOF'
+# edge-agent config: minimal example written by install.sh. Every key: configuration.md in
+# the docs (installed checkouts: /opt/edge-agent/share/doc/edge-agent/).
+[device]
+server_name = "devices/site/my-pi"   # what cloud clients ask for; needs at least one '/'
+# server_id = "my-pi"                # MQTT client id, unique per device (default: edge-<hostname>)
+description = "A Raspberry Pi running edge-agent"
+simulate = false
+
+[broker]
+urls = ["mqtt://broker.local:1883"]
+# username = "my-pi"
+# password_file = "/etc/edge-agent/password"
+
+# The Pi itself: CPU temperature, load, memory, disk, uptime, network counters.
+[[drivers]]
+kind = "system"
+name = "system"
+EOF
+    )
+  fi
+  [ -n "$DESTDIR" ] || chgrp edge-agent "$CONFIG"
+  say "wrote $CONFIG ($([ -n "$EXAMPLE" ] && echo "from docs/examples/greenhouse.toml" || echo "minimal example"))"
+  NEW_CONFIG=1
+fi
+
+# 8. systemd
+ACTIVE=0
+if systemd_running; then
+  systemctl daemon-reload
+  if systemctl is-active --quiet edge-agent.service; then ACTIVE=1; fi
+fi
+
+say "edge-agent $INSTALLED installed in $PREFIX${DESTDIR:+ (staged under $DESTDIR)}"
+if [ -n "$DESTDIR" ]; then
+  exit 0
+fi
+cat <<EOF
+
+Next steps:
+EOF
+if [ "$NEW_CONFIG" = 1 ]; then
+  cat <<EOF
+  sudoedit /etc/edge-agent/agent.toml            # server_name, server_id, broker, pins to match your wiring
+EOF
+fi
+cat <<EOF
+  sudo -u edge-agent $PREFIX/bin/edge-agent check --config /etc/edge-agent/agent.toml
+  sudo systemctl enable --now edge-agent         # returns once the agent is online on the broker
+  journalctl -u edge-agent -f                    # its log; systemctl status edge-agent for its state
+EOF
+if [ "$ACTIVE" = 1 ]; then
+  cat <<EOF
+
+edge-agent is running the previous version: sudo systemctl restart edge-agent
+EOF
+fi
