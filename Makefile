@@ -54,3 +54,9 @@ mpy: setup
 	done
 	cp micropython/examples/main.py micropython/examples/site_config.example.py build/mpy/
 	@echo "build/mpy: $$(ls build/mpy/lib/edgemcp | wc -l) modules, $$(cat build/mpy/lib/edgemcp/*.mpy | wc -c) bytes of .mpy"
+
+# Long fuzz run of the tests/test_fuzz_*.py properties (100000 inputs in all; exit 1 while a
+# property fails, known bugs included). E.g. make fuzz FUZZ_ARGS="--examples 20000 --allow-known"
+.PHONY: fuzz
+fuzz: setup
+	$(PYTHON) bench/fuzz.py $(FUZZ_ARGS)

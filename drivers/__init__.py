@@ -22,6 +22,7 @@ DRIVER_KINDS: dict[str, str] = {
     "ds18b20": "drivers.onewire:DS18B20",
     "system": "drivers.system:System",
     "nmea_gps": "drivers.serial:NmeaGps",
+    "mpboard": "drivers.mpboard:MpBoard",
 }
 
 

@@ -46,6 +46,10 @@ CALL_TIMEOUT = 60.0
 """Default seconds a ``tools/call`` may take (spec "Timeouts")."""
 REQUEST_TIMEOUT = 30.0
 """Default seconds for the other requests (spec "Timeouts")."""
+INITIALIZE_TIMEOUT = 30.0
+"""Default seconds for ``initialize`` (spec "Timeouts"; the gateway's ``--timeout-initialize``)."""
+PING_TIMEOUT = 10.0
+"""Default seconds for ``ping`` (spec "Timeouts"; the gateway's ``--timeout-ping``)."""
 DISCOVERY_TIMEOUT = 3.0
 """Default seconds to wait for the server's presence message."""
 DEVICES_WINDOW = 1.0
@@ -690,10 +694,9 @@ def _gateway(args: argparse.Namespace) -> int:
 
 def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``gateway``: one MCP endpoint (stdio or Streamable HTTP) for every device."""
-    from .gateway_balance import STRATEGIES
-    from .gateway_fleet import Timeouts
+    from .gateway_balance import STRATEGIES  # pure: keeps building the parser free of ``mcp``
 
-    t = Timeouts()
+    t = argparse.Namespace(initialize=INITIALIZE_TIMEOUT, ping=PING_TIMEOUT, call=CALL_TIMEOUT, request=REQUEST_TIMEOUT)
     help_ = "serve every MCP server at the broker as one MCP server (stdio, or Streamable HTTP with --http)"
     p = subparsers.add_parser("gateway", help=help_, description=help_ + ". See docs/gateway.md.")
     p.add_argument("--broker", metavar="URL", default=None,

@@ -17,7 +17,11 @@ See ``docs/gateway.md`` for the naming scheme, the failover rules and the benchm
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
+import stat
 import sys
 from dataclasses import dataclass, field
 
@@ -72,22 +76,108 @@ def build(options: GatewayOptions) -> Gateway:
     return Gateway(fleet, page_size=options.page_size)
 
 
+async def _on_signals(action) -> None:
+    """Call ``action()`` on the first SIGINT or SIGTERM (so the fleet leaves cleanly, exit 0)."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for _ in signals:
+            action()
+            return
+
+
+def _pollable(fd: int) -> bool:
+    try:
+        mode = os.fstat(fd).st_mode
+    except OSError:
+        return False
+    return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode) or stat.S_ISCHR(mode)
+
+
+class _NonBlockingFd:
+    def __init__(self, fd: int):
+        self.fd = fd
+        self._was_blocking = os.get_blocking(fd)
+        os.set_blocking(fd, False)
+
+    def restore(self) -> None:
+        with contextlib.suppress(OSError):
+            os.set_blocking(self.fd, self._was_blocking)
+
+
+class _StdinLines(_NonBlockingFd):
+    """Lines of stdin for the SDK's ``stdio_server``, read on the event loop.
+
+    The SDK reads stdin in a worker thread, which a cancellation cannot interrupt: on SIGTERM
+    the process would hang until the client closed the pipe. This reader waits with
+    ``anyio.wait_readable`` instead, so it stops at once (and saves a thread hop per message).
+    """
+
+    def __init__(self, fd: int = 0):
+        super().__init__(fd)
+        self._buf = b""
+
+    def __aiter__(self) -> "_StdinLines":
+        return self
+
+    async def __anext__(self) -> str:
+        while b"\n" not in self._buf:
+            await anyio.wait_readable(self.fd)
+            try:
+                chunk = os.read(self.fd, 65536)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                if not self._buf:
+                    raise StopAsyncIteration
+                line, self._buf = self._buf, b""
+                return line.decode("utf-8", "replace")
+            self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode("utf-8", "replace")
+
+
+class _StdoutWriter(_NonBlockingFd):
+    """The SDK's ``stdout`` (``write`` + ``flush``), written on the event loop, not a worker thread."""
+
+    def __init__(self, fd: int = 1):
+        super().__init__(fd)
+
+    async def write(self, text: str) -> None:
+        data = memoryview(text.encode())
+        while data:
+            try:
+                data = data[os.write(self.fd, data):]
+            except BlockingIOError:
+                await anyio.wait_writable(self.fd)
+
+    async def flush(self) -> None:
+        pass
+
+
 async def serve_stdio(options: GatewayOptions) -> None:
-    """Serve one client on stdin/stdout until it closes stdin.
+    """Serve one client on stdin/stdout until it closes stdin (or SIGINT/SIGTERM).
 
     Raises:
         TransportError: the broker cannot be reached at start.
     """
     from mcp.server.stdio import stdio_server
 
-    async with build(options) as gateway:
+    async with build(options) as gateway, anyio.create_task_group() as tg:
+        tg.start_soon(_on_signals, tg.cancel_scope.cancel)
         log.info("gateway serving MCP on stdio")
-        async with stdio_server() as (read_stream, write_stream):
-            await gateway.server.run(read_stream, write_stream, gateway.init_options)
+        ours = _pollable(0) and _pollable(1)  # else (e.g. files): the SDK's thread-based streams
+        stdin, stdout = (_StdinLines(), _StdoutWriter()) if ours else (None, None)
+        try:
+            async with stdio_server(stdin, stdout) as (read_stream, write_stream):  # type: ignore[arg-type]
+                await gateway.server.run(read_stream, write_stream, gateway.init_options)
+        finally:
+            for fd in (stdin, stdout):
+                if fd is not None:
+                    fd.restore()
+        tg.cancel_scope.cancel()
 
 
 async def serve_http(options: GatewayOptions) -> None:
-    """Serve Streamable HTTP at ``http://HOST:PORT/mcp`` until interrupted (SIGINT/SIGTERM).
+    """Serve Streamable HTTP at ``http://HOST:PORT/mcp`` until SIGINT/SIGTERM.
 
     Raises:
         TransportError: the broker cannot be reached at start.
@@ -95,16 +185,31 @@ async def serve_http(options: GatewayOptions) -> None:
     """
     import uvicorn
 
+    class _Server(uvicorn.Server):
+        @contextlib.contextmanager
+        def capture_signals(self):  # ours (below): uvicorn's re-raises the signal after shutdown
+            yield
+
     assert options.http is not None
     host, port = options.http
-    async with build(options) as gateway:
+    async with build(options) as gateway, anyio.create_task_group() as tg:
         app = gateway.server.streamable_http_app(streamable_http_path=HTTP_PATH, host=host)
-        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on")
-        server = uvicorn.Server(config)
+        server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
+        tg.start_soon(_on_signals, lambda: setattr(server, "should_exit", True))
         shown = f"[{host}]" if ":" in host else host
-        print(f"edge-agent gateway: serving MCP (Streamable HTTP) at http://{shown}:{port}{HTTP_PATH}",
-              file=sys.stderr, flush=True)
-        await server.serve()
+
+        async def announce() -> None:
+            while not server.started:
+                await anyio.sleep(0.02)
+            print(f"edge-agent gateway: serving MCP (Streamable HTTP) at http://{shown}:{port}{HTTP_PATH}",
+                  file=sys.stderr, flush=True)
+
+        tg.start_soon(announce)
+        try:
+            await server.serve()
+        except SystemExit:  # uvicorn's answer to a failed startup (e.g. the port is taken)
+            raise OSError(f"cannot serve HTTP on {shown}:{port} (see the error above)") from None
+        tg.cancel_scope.cancel()
 
 
 def run(options: GatewayOptions) -> None:

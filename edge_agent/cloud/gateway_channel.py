@@ -149,14 +149,16 @@ class DeviceChannel:
         except TransportError as exc:
             self.fail(str(exc))
 
-    def close(self, *, goodbye: bool = True) -> None:
-        """Leave this server (``notifications/disconnected`` on the RPC topic), unsubscribe, close."""
+    def close(self, *, goodbye: bool = True, unsubscribe: bool = True) -> None:
+        """Leave this server (``notifications/disconnected`` on the RPC topic, unless the
+        channel already failed), unsubscribe (unless a newer channel uses the topics), close."""
         if goodbye and self.dead is None and self.link.lost is None:
             try:
                 self.link.publish(self.rpc_topic, DISCONNECTED)
             except TransportError:
                 pass
         self.dead = self.dead or "closed"
-        self.link.unsubscribe([self.rpc_topic, self.capability_topic])
+        if unsubscribe:
+            self.link.unsubscribe([self.rpc_topic, self.capability_topic])
         self.read_send.close()
         self.read_stream.close()

@@ -49,6 +49,9 @@ SETTLE_QUIET = 0.25
 SETTLE_MAX = 5.0
 """At most this many seconds are spent waiting for the retained presence burst."""
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 30.0
+FAILED_BACKOFF = 30.0
+"""Seconds a replica whose initialize failed, or that dropped its session, is passed over while
+other replicas are available."""
 
 _RAW: TypeAdapter[dict[str, Any]] = TypeAdapter(dict[str, Any])
 
@@ -84,6 +87,11 @@ class DeviceGone(MCPError):
     """The replica a request went to went offline (or dropped the gateway) before answering."""
 
 
+class DeviceUnavailable(DeviceGone):
+    """No session could be opened with the replica (offline, or initialize failed or timed
+    out): the request was never sent, so trying another replica is safe."""
+
+
 class FleetListener(Protocol):
     def names_changed(self, appeared: set[str], vanished: set[str]) -> None: ...
     def list_changed(self, server_name: str, kind: str) -> None: ...
@@ -106,9 +114,11 @@ class Replica:
         self.channel: DeviceChannel | None = None
         self.capabilities: types.ServerCapabilities | None = None
         self.error: str | None = None
+        self.failed_at: float | None = None  # anyio time of the last failed initialize
         self.subscribers: dict[str, set[Any]] = {}  # device URI -> gateway clients subscribed through us
         self._opening: anyio.Event | None = None
         self._stop: anyio.Event | None = None
+        self._lost: ClientSession | None = None  # the last session reported lost
 
     @property
     def key(self) -> tuple[str, str]:
@@ -141,6 +151,7 @@ class Fleet:
         self.connect_timeout = connect_timeout
         self._username, self._password = username, password
         self.replicas: dict[tuple[str, str], Replica] = {}
+        self._by_name: dict[str, dict[str, Replica]] = {}  # server-name -> server-id -> replica
         self.link: MqttLink | None = None
         self.ready = anyio.Event()
         self._init_limit = anyio.Semaphore(init_concurrency)
@@ -205,12 +216,8 @@ class Fleet:
                     delay = RECONNECT_MIN
                     await self._settle()
                     self.ready.set()
-                    await lost.wait()
+                    await lost.wait()  # the broker sends our will: every device drops our sessions
                     log.warning("%s; reconnecting", link.lost)
-                    try:  # a clean goodbye is impossible now; the broker sends our will
-                        await link.publish_and_wait(topics.client_presence(cid), GOODBYE, timeout=0.5)
-                    except TransportError:
-                        pass
             except TransportError as exc:
                 if first:
                     raise
@@ -280,9 +287,10 @@ class Fleet:
         if existing is not None:
             existing.presence = presence  # re-announced (a reconnect); the session, if any, stays
             return
-        is_new_name = not any(name == key[0] for name, _ in self.replicas)
+        is_new_name = key[0] not in self._by_name
         replica = Replica(presence)
         self.replicas[key] = replica
+        self._by_name.setdefault(key[0], {})[key[1]] = replica
         log.info("online: %s", replica.label)
         if is_new_name and self.listener:
             self.listener.names_changed({key[0]}, set())
@@ -294,6 +302,10 @@ class Fleet:
         if self.replicas.get(replica.key) is not replica:
             return
         del self.replicas[replica.key]
+        same_name = self._by_name.get(replica.server_name, {})
+        same_name.pop(replica.server_id, None)
+        if not same_name:
+            self._by_name.pop(replica.server_name, None)
         replica.online = False
         log.info("offline: %s (%s)", replica.label, reason)
         if replica.channel is not None:
@@ -301,7 +313,7 @@ class Fleet:
         self._stop_session(replica)
         if self.listener:
             self.listener.replica_lost(replica)
-        if not any(name == replica.server_name for name, _ in self.replicas):
+        if replica.server_name not in self._by_name:
             self._lists.pop(replica.server_name, None)
             if announce and self.listener:
                 self.listener.names_changed(set(), {replica.server_name})
@@ -310,24 +322,29 @@ class Fleet:
 
     def server_names(self) -> list[str]:
         """The server-names with at least one instance online, sorted."""
-        return sorted({name for name, _ in self.replicas})
+        return sorted(self._by_name)
 
     def replicas_of(self, server_name: str) -> list[Replica]:
-        return [r for (name, _), r in sorted(self.replicas.items()) if name == server_name]
+        same_name = self._by_name.get(server_name)
+        return [same_name[sid] for sid in sorted(same_name)] if same_name else []
 
     def replica(self, server_name: str, server_id: str) -> Replica | None:
         return self.replicas.get((server_name, server_id))
 
-    def choose(self, server_name: str) -> Replica:
-        """A replica of ``server_name`` by the balancing strategy.
+    def choose(self, server_name: str, exclude: set[str] | frozenset[str] = frozenset()) -> Replica:
+        """A replica of ``server_name`` (not one of the server-ids in ``exclude``) by the balancing
+        strategy, passing over replicas whose initialize failed in the last ``FAILED_BACKOFF`` s
+        while others are available.
 
         Raises:
-            MCPError: ``INVALID_PARAMS``, no instance of ``server_name`` is online.
+            MCPError: ``INVALID_PARAMS``, no (other) instance of ``server_name`` is online.
         """
-        candidates = self.replicas_of(server_name)
+        candidates = [r for r in self.replicas_of(server_name) if r.server_id not in exclude]
         if not candidates:
             raise MCPError(code=types.INVALID_PARAMS, message=f"no MCP server named {server_name!r} is online")
-        return self.balancer.choose(server_name, candidates)
+        now = anyio.current_time()
+        healthy = [r for r in candidates if r.failed_at is None or now - r.failed_at > FAILED_BACKOFF]
+        return self.balancer.choose(server_name, healthy or candidates)
 
     # -- sessions -------------------------------------------------------------------------------
 
@@ -335,16 +352,16 @@ class Fleet:
         """The replica's MCP session, initializing it first if needed (shared by concurrent callers).
 
         Raises:
-            DeviceGone: the replica is offline, or initialize failed or timed out (the message
-                names the device).
+            DeviceUnavailable: the replica is offline, or initialize failed or timed out (the
+                message names the device).
         """
         while True:
             if replica.session is not None:
                 return replica.session
             if not replica.online:
-                raise DeviceGone(code=types.CONNECTION_CLOSED, message=f"server {replica.label} went offline")
+                raise DeviceUnavailable(code=types.CONNECTION_CLOSED, message=f"server {replica.label} went offline")
             if self._tg is None:
-                raise DeviceGone(code=types.CONNECTION_CLOSED, message="the gateway is shutting down")
+                raise DeviceUnavailable(code=types.CONNECTION_CLOSED, message="the gateway is shutting down")
             if replica._opening is None:
                 replica._opening = anyio.Event()
                 replica.error = None
@@ -352,8 +369,8 @@ class Fleet:
             opening = replica._opening
             await opening.wait()
             if replica.session is None:
-                raise DeviceGone(code=types.CONNECTION_CLOSED,
-                                 message=replica.error or f"cannot initialize a session with {replica.label}")
+                raise DeviceUnavailable(code=types.CONNECTION_CLOSED,
+                                        message=replica.error or f"cannot initialize a session with {replica.label}")
 
     async def _open_quietly(self, replica: Replica) -> None:
         try:
@@ -362,10 +379,16 @@ class Fleet:
             log.warning("%s", exc)
 
     async def _run_session(self, replica: Replica, opening: anyio.Event) -> None:
-        """Own one replica session: open the channel, initialize, hold it until stopped or lost."""
+        """Own one replica session: open the channel, initialize, hold it until stopped or lost.
+
+        Only the fields still holding *this* run's objects are cleared at the end: after a
+        :meth:`reset` a newer run may already own the replica.
+        """
         link = self.link
         stop = replica._stop = anyio.Event()
         channel: DeviceChannel | None = None
+        session: ClientSession | None = None
+        error: str | None = None
         try:
             if link is None:
                 raise TransportError("the gateway is not connected to the broker")
@@ -373,53 +396,73 @@ class Fleet:
             async with ClientSession(channel.read_stream, channel.write_stream,
                                      read_timeout_seconds=self.timeouts.request,
                                      message_handler=partial(self._from_device, replica),
-                                     client_info=CLIENT_INFO) as session:
+                                     client_info=CLIENT_INFO) as client_session:
                 async with self._init_limit:  # bounds concurrent initializations (a fleet's first list)
                     await channel.open()
                     try:
                         with anyio.fail_after(self.timeouts.initialize):
-                            result = await session.initialize()
+                            result = await client_session.initialize()
                     except TimeoutError:
                         raise TransportError(f"{replica.label}: initialize timed out after "
                                              f"{self.timeouts.initialize:g} s") from None
                 replica.capabilities = result.capabilities
-                replica.session = session
+                replica.failed_at = None
+                session = replica.session = client_session
                 log.debug("session open: %s (%s %s)", replica.label, result.server_info.name,
                           result.server_info.version)
                 opening.set()
                 await stop.wait()
         except MCPError as exc:
-            replica.error = exc.error.message if replica.label in exc.error.message else \
+            error = exc.error.message if replica.label in exc.error.message else \
                 f"{replica.label}: initialize failed: {exc.error.message}"
         except (TransportError, OSError) as exc:
-            replica.error = str(exc) if replica.label in str(exc) else f"{replica.label}: {exc}"
+            error = str(exc) if replica.label in str(exc) else f"{replica.label}: {exc}"
         except Exception as exc:  # a bug or a malformed answer: the session is unusable
             log.exception("session with %s failed", replica.label)
-            replica.error = f"{replica.label}: {type(exc).__name__}: {exc}"
+            error = f"{replica.label}: {type(exc).__name__}: {exc}"
         finally:
-            lost = replica.session is not None
-            replica.session = None
-            replica.channel = None
-            replica._opening = None
+            if replica._opening is opening:
+                replica.error = error
+                replica._opening = None
+            if session is None and error is not None:
+                replica.failed_at = anyio.current_time()
+            if replica.session is session:
+                replica.session = None
+            if replica.channel is channel:
+                replica.channel = None
             opening.set()
-            if channel is not None:
-                channel.close(goodbye=replica.online)
-            if replica.error:
-                log.warning("%s", replica.error)
-            if lost and replica.online:
-                self._lists.pop(replica.server_name, None)
-                if self.listener:
-                    self.listener.replica_lost(replica)
+            if channel is not None:  # a newer run re-subscribed the same topics: leave them
+                channel.close(goodbye=replica.online, unsubscribe=replica.channel is None)
+            if error:
+                log.warning("%s", error)
+            if session is not None and replica.online and not self._closing and replica._lost is not session:
+                self._session_lost(replica, session)
 
     def _stop_session(self, replica: Replica) -> None:
         if replica._stop is not None:
             replica._stop.set()
 
     def reset(self, replica: Replica) -> None:
-        """Drop the replica's session (e.g. the device restarted and forgot it); the next use re-opens."""
+        """Drop the replica's session (the device forgot it, or a ping failed); the next use re-opens."""
+        session = replica.session
+        if session is None:
+            return
         if replica.channel is not None:
             replica.channel.fail(f"server {replica.label} lost the session")
         self._stop_session(replica)
+        replica.session = replica.channel = None
+        replica._opening = None
+        self._session_lost(replica, session)
+
+    def _session_lost(self, replica: Replica, session: ClientSession) -> None:
+        """An established session ended while the replica stays online (it dropped the gateway,
+        forgot the session, or stopped answering pings): prefer other replicas for a while,
+        forget its lists, and let the listener move clients and subscriptions. Once per session."""
+        replica._lost = session
+        replica.failed_at = anyio.current_time()
+        self._lists.pop(replica.server_name, None)
+        if self.listener:
+            self.listener.replica_lost(replica)
 
     async def _from_device(self, replica: Replica, message: Any) -> None:
         """Notifications from a device session (run by the session's dispatcher)."""
@@ -502,7 +545,7 @@ class Fleet:
                 items: list[dict[str, Any]] = []
             else:
                 items = await self._fetch(replica, kind)
-            if replica.online and any(n == replica.server_name for n, _ in self.replicas):
+            if replica.online and replica.server_name in self._by_name:
                 self._lists.setdefault(replica.server_name, {})[kind] = items
             return items
 

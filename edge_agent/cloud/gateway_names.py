@@ -31,6 +31,7 @@ Resource templates
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Iterable
@@ -46,6 +47,7 @@ _ESCAPE = re.compile(r"_([0-9a-f]{2})")
 _EXPRESSION = re.compile(r"(\{[^{}]*\})")
 
 
+@functools.lru_cache(maxsize=65536)
 def encode_server_name(server_name: str) -> str:
     """``devices/greenhouse/gh3-pi`` → ``devices.greenhouse.gh3-pi`` (see the module docstring)."""
     out = []

@@ -48,7 +48,7 @@ from mcp.server.models import InitializationOptions
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from .. import __version__
-from .gateway_fleet import DeviceGone, Fleet, Replica
+from .gateway_fleet import DeviceGone, DeviceUnavailable, Fleet, Replica
 from .gateway_names import Namer, resource_uri, split_resource_uri, template_uri
 
 log = logging.getLogger(__name__)
@@ -164,17 +164,26 @@ class Gateway:
         return self.server.create_initialization_options()
 
     async def __aenter__(self) -> "Gateway":
-        await self.fleet.__aenter__()
-        self._tg = anyio.create_task_group()
+        self._tg = anyio.create_task_group()  # first: fleet events may arrive as soon as it connects
         await self._tg.__aenter__()
+        try:
+            await self.fleet.__aenter__()
+        except BaseException:
+            await self._close_tasks()
+            raise
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        assert self._tg is not None
-        self._tg.cancel_scope.cancel()
-        await self._tg.__aexit__(None, None, None)
-        self._tg = None
-        await self.fleet.__aexit__(*exc)
+        try:
+            await self.fleet.__aexit__(*exc)
+        finally:
+            await self._close_tasks()
+
+    async def _close_tasks(self) -> None:
+        tg, self._tg = self._tg, None
+        if tg is not None:
+            tg.cancel_scope.cancel()
+            await tg.__aexit__(None, None, None)
 
     def _spawn(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
         if self._tg is not None:
@@ -214,13 +223,14 @@ class Gateway:
             self._drop_subscriber(client, name, uri)
         client.subscriptions.clear()
 
-    def _replica_for(self, client: ClientState, server_name: str) -> Replica:
+    def _replica_for(self, client: ClientState, server_name: str, exclude: set[str] | frozenset[str] = frozenset()
+                     ) -> Replica:
         sid = client.bindings.get(server_name)
-        if sid is not None:
+        if sid is not None and sid not in exclude:
             replica = self.fleet.replica(server_name, sid)
             if replica is not None and replica.usable:
                 return replica
-        replica = self.fleet.choose(server_name)
+        replica = self.fleet.choose(server_name, exclude)
         client.bindings[server_name] = replica.server_id
         return replica
 
@@ -269,10 +279,13 @@ class Gateway:
         kinds, self._dirty, self._flush_pending = sorted(self._dirty), set(), False
         for client in list(self.clients):
             connection = client.connection
-            if connection is None or not connection.initialized.is_set():
-                continue
-            for kind in kinds:
-                await connection.notify(f"notifications/{kind}/list_changed", None)
+            if connection is not None and connection.initialized.is_set():
+                self._spawn(self._notify_lists, connection, kinds)  # one slow client must not hold up the rest
+
+    @staticmethod
+    async def _notify_lists(connection: Any, kinds: list[str]) -> None:
+        for kind in kinds:
+            await connection.notify(f"notifications/{kind}/list_changed", None)
 
     # -- forwarding -----------------------------------------------------------------------------
 
@@ -294,13 +307,20 @@ class Gateway:
         progress = self._progress(ctx)
         gone_retries = 1 if retry else 0
         reinit_retries = 1
+        unavailable: set[str] = set()
         while True:
-            replica = self._replica_for(client, server_name)
+            replica = self._replica_for(client, server_name, unavailable)
             try:
                 return await self.fleet.request(replica, method, params, progress=progress), replica
+            except DeviceUnavailable:  # never sent: any other replica will do
+                self._unbind(client, replica)
+                unavailable.add(replica.server_id)
+                if all(r.server_id in unavailable for r in self.fleet.replicas_of(server_name)):
+                    raise
+                log.info("%s: no session with %s; trying another replica", method, replica.label)
             except DeviceGone:
                 self._unbind(client, replica)
-                if gone_retries == 0:
+                if gone_retries == 0 or not self.fleet.replicas_of(server_name):
                     raise
                 gone_retries -= 1
                 log.info("%s: %s went offline; retrying on another replica", method, replica.label)
@@ -357,15 +377,20 @@ class Gateway:
         limit = anyio.Semaphore(LIST_CONCURRENCY)
 
         async def one(name: str) -> None:
+            tried: set[str] = set()
             async with limit:
-                for attempt in range(2):
+                while True:
                     try:
-                        replica = self._replica_for(client, name)
+                        replica = self._replica_for(client, name, tried)
+                    except MCPError:
+                        return  # no (other) replica left; the reason was logged
+                    try:
                         found[name] = await self.fleet.list_items(replica, kind)
                         return
-                    except DeviceGone as exc:
-                        if attempt or not self.fleet.replicas_of(name):
-                            log.warning("%s of %s left out: %s", kind, name, exc)
+                    except DeviceGone as exc:  # that replica is unusable: try the others
+                        self._unbind(client, replica)
+                        tried.add(replica.server_id)
+                        log.warning("%s of %s: %s", kind, name, exc)
                     except MCPError as exc:
                         log.warning("%s of %s left out: %s", kind, name, exc)
                         return

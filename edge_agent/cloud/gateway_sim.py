@@ -84,10 +84,18 @@ class LoopDriver:
             loop.remove_reader(sock)
             loop.remove_writer(sock)
 
+        def register_write(c: mqtt.Client, userdata: Any, sock: Any) -> None:
+            if c in self.clients and sock.fileno() >= 0:
+                loop.add_writer(sock, c.loop_write)
+
+        def unregister_write(c: mqtt.Client, userdata: Any, sock: Any) -> None:
+            if sock.fileno() >= 0:
+                loop.remove_writer(sock)
+
         client.on_socket_open = on_open
         client.on_socket_close = on_close
-        client.on_socket_register_write = lambda c, u, sock: loop.add_writer(sock, c.loop_write)
-        client.on_socket_unregister_write = lambda c, u, sock: loop.remove_writer(sock)
+        client.on_socket_register_write = register_write
+        client.on_socket_unregister_write = unregister_write
         self.clients.add(client)
         if self._misc is None or self._misc.done():
             self._misc = loop.create_task(self.run_misc())
@@ -95,7 +103,7 @@ class LoopDriver:
     def detach(self, client: mqtt.Client) -> None:
         self.clients.discard(client)
         sock = client.socket()
-        if sock is not None:
+        if sock is not None and sock.fileno() >= 0:
             self.loop.remove_reader(sock)
             self.loop.remove_writer(sock)
 
@@ -201,6 +209,7 @@ class SimDevice:
         self.relay = False
         self.calls = 0
         self.cancelled = 0
+        self.killed = False
         self.server = McpServer(sim_registry(self), ServerInfo(name="edge-agent-sim", version=__version__),
                                 broadcast=lambda msg: self._publish(self.capability_topic, msg))
         self._connected: asyncio.Future | None = None
@@ -254,7 +263,7 @@ class SimDevice:
     async def stop(self, timeout: float = 5.0) -> None:
         """Clean shutdown: ``notifications/disconnected`` to every client, empty retained presence,
         DISCONNECT."""
-        if not self.client.is_connected():
+        if self.killed or not self.client.is_connected():
             self.driver.detach(self.client)
             return
         for cid in list(self.server.sessions):
@@ -272,6 +281,7 @@ class SimDevice:
 
     def kill(self) -> None:
         """Drop the TCP connection without DISCONNECT, like a crash or a pulled plug."""
+        self.killed = True
         sock = self.client.socket()
         self.driver.detach(self.client)
         if sock is not None:
@@ -283,6 +293,13 @@ class SimDevice:
         for cid in list(self.server.sessions):
             self.server.close_session(cid)
         self._cancel_tasks()
+
+    def drop_clients(self) -> None:
+        """Server-initiated de-initialize of every client (spec "Server Disconnect"):
+        ``notifications/disconnected`` on each RPC topic; the device stays online."""
+        for cid in list(self.server.sessions):
+            self._publish(topics.rpc(cid, self.server_id, self.server_name), DISCONNECTED)
+            self._client_gone(cid)
 
     def _cancel_tasks(self) -> None:
         for task in list(self._tasks):
@@ -304,7 +321,7 @@ class SimDevice:
 
     def _publish(self, topic: str, message: dict[str, Any] | bytes, retain: bool = False) -> None:
         payload = message if isinstance(message, bytes) else json.dumps(message, separators=(",", ":")).encode()
-        if self.client.is_connected():
+        if self.client.is_connected() and not self.killed:
             self.client.publish(topic, payload, qos=self.qos, retain=retain, properties=self._props)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
@@ -343,6 +360,7 @@ class SimDevice:
         elif parsed.kind == "rpc" and parsed.server_id == self.server_id and parsed.client_id:
             session = self.server.sessions.get(parsed.client_id)
             if session is None:
+                self._unknown_client(parsed.client_id, payload)
                 return
             if b"notifications/disconnected" in payload:
                 self._client_gone(parsed.client_id)
@@ -351,6 +369,18 @@ class SimDevice:
         elif parsed.kind == "client-presence" and parsed.client_id in self.server.sessions:
             if not payload or b"notifications/disconnected" in payload:
                 self._client_gone(parsed.client_id)
+
+    def _unknown_client(self, cid: str, payload: bytes) -> None:
+        """Like the agent: a request without a session gets -32600 so the client re-initializes."""
+        try:
+            msg = json.loads(payload)
+        except ValueError:
+            return
+        if isinstance(msg, dict) and "id" in msg and "method" in msg:
+            self._publish(topics.rpc(cid, self.server_id, self.server_name), {
+                "jsonrpc": "2.0", "id": msg["id"],
+                "error": {"code": -32600, "message": "Session not initialized: send initialize on the server "
+                                                     "control topic"}})
 
     def _client_filters(self, cid: str) -> list[tuple[str, SubscribeOptions]]:
         return [(topics.client_presence(cid), SubscribeOptions(qos=self.qos)),

@@ -1,0 +1,12 @@
+# edgemcp: an MCP server for MicroPython boards (ESP32), speaking MCP over MQTT 5 and over a
+# serial line. ``from edgemcp import Device`` is all a main.py needs; the rest is imported
+# when used, so a board only pays for what it runs.
+__version__ = "0.1.0"
+
+
+def __getattr__(name):
+    # MicroPython asks here before importing a submodule ("from . import mcp"): import it
+    if name == "Device":
+        from .device import Device
+        return Device
+    return __import__("edgemcp." + name, None, None, (name,))

@@ -1,0 +1,69 @@
+# Configuration of a board: the defaults below, overlaid by what main.py passes to
+# Device(...), overlaid by the board's site file (``site_config.py`` defining
+# ``config = {...}``, or ``site_config.json``), so Wi-Fi and broker secrets never sit in
+# main.py or in the library. Device imports this module once and unloads it again.
+DEFAULTS = {
+    "server_name": None,  # e.g. "devices/greenhouse/esp32-01": hierarchical, needs a "/"
+    "server_id": None,  # MQTT client id; default "esp32-" + the chip's unique id in hex
+    "description": "A MicroPython edge-agent device",
+    "location": None,
+    "wifi_ssid": None,  # None: no Wi-Fi to bring up (wired, or a host interpreter)
+    "wifi_password": None,
+    "broker": None,  # broker host name or address; None: no MQTT (serial only)
+    "port": 1883,
+    "username": None,
+    "password": None,
+    "keepalive": 30,  # s
+    "qos": 1,  # QoS of RPC messages and notifications (presence is always QoS 1)
+    "queue_len": 8,  # inbound messages kept while busy; the oldest is dropped beyond
+    "max_packet": 2048,  # bytes: the preallocated MQTT input buffer (longer messages are dropped, counted)
+    "serial": None,  # "usb" (the REPL console), {"uart": 1, "tx": 17, "rx": 16, "baudrate": 115200}, or None
+    "log": True,  # print log lines (forced off when serving on the USB console)
+}
+
+
+def load(overrides=None, site="site_config"):
+    """The effective configuration (a new dict). Raises ValueError naming a bad key."""
+    cfg = dict(DEFAULTS)
+    if overrides:
+        cfg.update(overrides)
+    cfg.update(_site(site))
+    for key in cfg:
+        if key not in DEFAULTS:
+            raise ValueError("unknown config key %r (known: %s)" % (key, ", ".join(sorted(DEFAULTS))))
+    name = cfg["server_name"]
+    if not name or "/" not in name or name[0] == "/" or name[-1] == "/" or "+" in name or "#" in name or "//" in name:
+        raise ValueError("server_name %r: hierarchical, like devices/greenhouse/esp32-01 (no +, #, //)" % name)
+    if not cfg["server_id"]:
+        cfg["server_id"] = default_id()
+    sid = cfg["server_id"]
+    if "/" in sid or "+" in sid or "#" in sid:
+        raise ValueError("server_id %r must not contain /, + or #" % sid)
+    if not cfg["broker"] and not cfg["serial"]:
+        raise ValueError("nothing to serve on: set broker (MQTT) and/or serial, e.g. in site_config.py")
+    return cfg
+
+
+def _site(module):
+    try:
+        mod = __import__(module)
+        import sys
+        del sys.modules[module]  # read once: its dict is copied into the config
+        return getattr(mod, "config", {})
+    except ImportError:
+        pass
+    try:
+        import json
+        with open(module + ".json") as f:
+            return json.load(f)
+    except OSError:
+        return {}
+
+
+def default_id():
+    try:
+        import machine
+        import binascii
+        return "esp32-" + binascii.hexlify(machine.unique_id()).decode()
+    except ImportError:
+        return "mpy-device"

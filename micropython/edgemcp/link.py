@@ -1,0 +1,154 @@
+# MCP over MQTT for the board: the server core on the MQTT 5 client, with the topics and the
+# lifecycle of mqtt-ai/mcp-over-mqtt (specification/2025-03-26/basic/mqtt_transport.md), as
+# the Pi agent does them (edge_agent/endpoint.py, edge_agent/transport/mqtt_server.py).
+import asyncio
+import json
+
+from . import mcp
+from .mqtt import MQTTClient
+from .mqtt5 import USER_PROPERTY, prop
+
+_TYPE = "MCP-COMPONENT-TYPE"
+_CID = "MCP-MQTT-CLIENT-ID"
+_GONE = "notifications/disconnected"
+
+
+class MqttLink:
+    """Serves ``server`` (an ``mcp.Server``) as ``server_name`` / ``server_id``.
+
+    CONNECT carries ``MCP-COMPONENT-TYPE`` and ``MCP-META`` and the will: an empty retained
+    payload on the presence topic. After every (re)connect: subscribe the control topic and
+    every known client's topics again, then publish the retained
+    ``notifications/server/online``. ``client``: keyword arguments of ``mqtt.MQTTClient``
+    (``opener``, ``network``, ``username``, ``password``, ``keepalive``, ``qos``,
+    ``queue_len``, ``max_packet``).
+    """
+
+    def __init__(self, server, server_id, server_name, host, port=1883, description="", meta=None, **client):
+        self.server = server
+        self.sid = server_id
+        self.description = description
+        self.meta = meta or {}
+        self.clients = set()
+        self._name(server_name)
+        pub = [(_TYPE, "mcp-server"), (_CID, server_id)]
+        self.c = MQTTClient(server_id, host, port, publish_user=pub, log=server.log,
+                            user=[(_TYPE, "mcp-server"), ("MCP-META", mcp.dumps(self.meta))],
+                            will_topic=self.presence, will_payload=b"", will_retain=True, will_qos=1,
+                            will_user=pub, **client)
+        self.c.on_up = self._on_up
+
+    def _name(self, name):
+        self.name = name
+        tail = self.sid + "/" + name
+        self.control = "$mcp-server/" + tail
+        self.capability = "$mcp-server/capability/" + tail
+        self.presence = "$mcp-server/presence/" + tail
+        self._tail = "/" + tail
+
+    def rpc(self, cid):
+        return "$mcp-rpc/" + cid + self._tail
+
+    def _topics(self, cid):
+        return [("$mcp-client/presence/" + cid, False), ("$mcp-client/capability/" + cid, False), (self.rpc(cid), True)]
+
+    async def _on_up(self):
+        name = prop(self.c.connack, USER_PROPERTY, "MCP-SERVER-NAME")
+        if name and name != self.name:  # the broker assigns our server-name: the spec says use it
+            self.server.log("broker assigned server-name " + name)
+            self._name(name)
+            self.c.connect_args["will_topic"] = self.presence  # from the next CONNECT on
+        topics = [(self.control, False)]
+        for cid in self.clients:
+            topics += self._topics(cid)
+        codes = await self.c.subscribe(topics)
+        if codes and max(codes) >= 0x80:
+            self.server.log("the broker refused a subscription (ACL?): %s" % codes)
+        await self.c.publish(self.presence, mcp.dumps({"jsonrpc": "2.0", "method": "notifications/server/online",
+                                                       "params": {"server_name": self.name, "description": self.description,
+                                                                  "meta": self.meta}}).encode(), True, 1)
+        self.server.log("online as %s (%s)" % (self.name, self.sid))
+
+    async def send(self, cid, msg):
+        await self.c.publish(self.rpc(cid), mcp.dumps(msg).encode())
+
+    async def broadcast(self, msg):
+        await self.c.publish(self.capability, mcp.dumps(msg).encode())
+
+    async def run(self):
+        """Connect and serve until :meth:`stop`."""
+        asyncio.create_task(self.c.run())
+        while True:
+            topic, payload, props = await self.c.get()
+            try:
+                await self._route(topic, payload, props)
+            except Exception as e:  # one bad message never stops the board
+                self.server.log("dropped a message on %s: %r" % (topic, e))
+
+    async def _route(self, topic, payload, props):
+        cid = prop(props, USER_PROPERTY, _CID)
+        if topic == self.control:
+            if cid:
+                await self._control(cid, payload)
+            else:
+                self.server.log("initialize without " + _CID + " dropped: no topic to answer on")
+        elif topic.startswith("$mcp-rpc/"):  # by prefix, not by our subscriptions (interop checklist)
+            i = topic.find("/", 9)
+            cid = topic[9:i]
+            s = self.server.sessions.get(cid)
+            if i < 0 or topic[i:] != self._tail:
+                return
+            if _GONE.encode() in payload and mcp.is_notification(payload, _GONE):
+                await self.gone(cid)
+            elif s and s.t is self:
+                await self.server.handle(s, payload)
+            else:  # a client without a session (the board restarted): tell it to initialize
+                await self._refuse(cid, payload, "Session not initialized: send initialize on the control topic")
+        elif topic.startswith("$mcp-client/presence/"):
+            if not payload or mcp.is_notification(payload, _GONE):
+                await self.gone(topic[21:])
+
+    async def _control(self, cid, payload):
+        try:
+            msg = json.loads(payload)
+        except Exception:
+            msg = None
+        if not isinstance(msg, dict) or msg.get("method") != "initialize":
+            return await self._refuse(cid, msg, "only initialize is accepted on the control topic")
+        s = self.server.open_session(cid, self)
+        self.clients.add(cid)
+        codes = await self.c.subscribe(self._topics(cid))  # BEFORE the answer (spec)
+        if codes is None or max(codes) >= 0x80:
+            self.server.log("cannot subscribe the topics of " + cid)
+            return await self.gone(cid)
+        await self.server.handle(s, msg)
+
+    async def _refuse(self, cid, msg, why):
+        if not isinstance(msg, dict):
+            try:
+                msg = json.loads(msg)
+            except Exception:
+                return await self.send(cid, mcp.error(None, -32700, "Parse error: not JSON"))
+        if isinstance(msg, dict) and "id" in msg and "method" in msg:
+            await self.send(cid, mcp.error(msg["id"], -32600, why))
+
+    async def gone(self, cid, notify=False):
+        """Client ``cid`` left (or, with ``notify``, is dropped): forget its session and
+        unsubscribe its topics."""
+        self.server.close_session(cid)
+        if cid in self.clients:
+            self.clients.discard(cid)
+            if notify:
+                await self.send(cid, {"jsonrpc": "2.0", "method": _GONE})
+            await self.c.unsubscribe([t for t, _ in self._topics(cid)])
+
+    async def stop(self):
+        """Clean stop: tell every client, clear the retained presence, DISCONNECT."""
+        if self.c.up:
+            for cid in list(self.clients):
+                await self.send(cid, {"jsonrpc": "2.0", "method": _GONE})
+            await self.c.publish(self.presence, b"", True, 1)
+        for cid in self.clients:
+            self.server.close_session(cid)
+        self.clients = set()
+        await self.c.disconnect()

@@ -1,0 +1,287 @@
+# A small, resilient MQTT 5 client for MicroPython's asyncio, after mqtt_as: a protocol layer
+# (packets, acknowledgements, keepalive) below a resilience layer (network, reconnect with
+# backoff). The byte stream is injected: ``opener(host, port)`` returns ``(reader, writer)``
+# with ``await reader.readinto(buf)``, ``writer.write(buf)``, ``await writer.drain()`` and
+# ``writer.close()``: what ``asyncio.open_connection`` gives on a board, and what a
+# JavaScript-backed stream gives under the WebAssembly port in the tests.
+import asyncio
+import time
+
+from . import mqtt5 as m
+
+
+class MQTTClient:
+    """One MQTT 5 connection that keeps itself up.
+
+    ``run()`` (a task) connects, and after a lost link or a failed attempt reconnects with
+    exponential backoff (1 s .. 30 s, jittered); ``network`` (optional, ``async``) brings the
+    network up first (Wi-Fi). After each CONNACK it calls ``await on_up()`` (subscribe and
+    announce there). Received PUBLISHes wait in a bounded queue (``queue_len``; beyond it the
+    oldest is dropped and counted in ``drops``): ``await get()`` returns ``(topic, payload,
+    property block)``. ``max_packet``: bytes of the preallocated input buffer; a longer packet is
+    skipped and counted in ``too_big``. ``publish``/``subscribe`` wait out an outage.
+    ``connect_args``: CONNECT's user properties, will, credentials (``mqtt5.connect``).
+    """
+
+    def __init__(self, client_id, host, port=1883, opener=None, keepalive=30, publish_user=None,
+                 qos=1, queue_len=8, max_packet=2048, timeout=10, network=None, log=print, **connect_args):
+        self.client_id = client_id
+        self.host = host
+        self.port = port
+        self.keepalive = keepalive
+        self.qos = qos
+        self.timeout = timeout * 1000
+        self.connect_args = connect_args
+        self.connack = b""  # property block of the last CONNACK (read it with mqtt5.prop)
+        self.connects = self.drops = self.too_big = self.received = 0
+        self.error = None
+        self.on_up = None
+        self.up = False
+        self._stop = False
+        self._opener = opener
+        self._network = network
+        self._log = log
+        self._pprops = m.properties(publish_user)
+        self._q = []
+        self._qlen = queue_len
+        self._qev = asyncio.Event()
+        self._upev = asyncio.Event()
+        self._gone = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._acks = {}
+        self._pid = 0
+        self._w = self._r = None
+        self._mv = memoryview(bytearray(max_packet))
+        self._tx = self._rx = 0
+
+    async def run(self):
+        delay = 1000
+        while not self._stop:
+            try:
+                if self._network:
+                    await self._network()
+                await self._connect()
+                delay = 1000
+                rt = asyncio.create_task(self._reader())
+                kt = asyncio.create_task(self._pinger())
+                self.up = True
+                self._upev.set()
+                if self.on_up:
+                    asyncio.create_task(self._call_up())
+                await self._gone.wait()
+                rt.cancel()
+                kt.cancel()
+            except Exception as e:  # OSError, MQTTError, TimeoutError: all mean "try again"
+                self.error = repr(e)
+            if not self._stop:
+                self._log("mqtt: %s; retry in %d ms" % (self.error, delay))
+            self.up = False
+            self._upev.clear()
+            try:
+                self._w.close()
+            except Exception:
+                pass
+            self._w = self._r = None
+            for a in self._acks.values():  # wake every waiter: its packet is lost with the link
+                a[0].set()
+            self._acks = {}
+            if self._stop:
+                return
+            await asyncio.sleep_ms(delay + (time.ticks_ms() & 511))
+            delay = min(delay * 2, 30000)
+
+    async def _connect(self):
+        self._gone = asyncio.Event()
+        r, w = await asyncio.wait_for_ms((self._opener or asyncio.open_connection)(self.host, self.port),
+                                         self.timeout)
+        try:  # MicroPython's Stream keeps its socket in .s: turn Nagle off where supported
+            import socket
+            w.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except Exception:
+            pass
+        self._r, self._w = r, w
+        await self._send(m.connect(self.client_id, self.keepalive, **self.connect_args))
+        first, n = await asyncio.wait_for_ms(self._read_packet(), self.timeout)
+        _, rc, props = m.dec_connack(self._mv[:n]) if first >> 4 == m.CONNACK else (0, -1, 0)
+        if rc:
+            raise m.MQTTError("CONNACK refused: %d" % rc)
+        self.keepalive = m.prop(props, m.SERVER_KEEPALIVE) or self.keepalive
+        self.connack = props
+        self.connects += 1
+        self.error = None
+
+    async def _call_up(self):
+        try:
+            await self.on_up()
+        except Exception as e:
+            self._fail("on_up: %r" % e)
+
+    def _fail(self, why):
+        if not self._gone.is_set():
+            self.error = why
+            self._gone.set()
+
+    async def _pinger(self):
+        # keepalive (PINGREQ when idle, a silent broker is a lost link) and the deadline of
+        # every acknowledgement awaited (a missing PUBACK/SUBACK is a lost link too)
+        ka = self.keepalive * 1000
+        while True:
+            await asyncio.sleep_ms(min(ka // 4, 2000) if ka else 2000)
+            now = time.ticks_ms()
+            for a in self._acks.values():
+                if time.ticks_diff(now, a[2]) > self.timeout:
+                    return self._fail("no acknowledgement from the broker")
+            if not ka:
+                continue
+            if time.ticks_diff(now, self._rx) > ka * 3 // 2:
+                return self._fail("keepalive: the broker is silent")
+            if time.ticks_diff(now, self._tx) >= ka // 2:
+                try:
+                    await self._send(m.PINGREQ_PACKET)
+                except Exception as e:
+                    return self._fail(repr(e))
+
+    def _write(self, head, payload):
+        w = self._w
+        if w is None:
+            raise OSError("not connected")
+        w.write(head)
+        if payload:
+            w.write(payload)
+        self._tx = time.ticks_ms()
+
+    async def _send(self, head, payload=None):
+        async with self._lock:  # packets from several tasks never interleave
+            self._write(head, payload)
+            await self._w.drain()
+
+    async def _fill(self, mv):
+        i = 0
+        while i < len(mv):
+            k = await self._r.readinto(mv[i:])
+            if not k:
+                raise OSError("closed by the broker")
+            i += k
+
+    async def _read_packet(self):
+        # the fixed header (type/flags byte, remaining length), then the body into the
+        # preallocated buffer, or skipped when it does not fit: (first byte, length or -1)
+        mv = self._mv
+        await self._fill(mv[:2])  # every packet has at least two bytes
+        first = mv[0]
+        n = mv[1] & 0x7F
+        shift = 0
+        while mv[0 if shift else 1] > 0x7F:
+            shift += 7
+            if shift > 21:
+                raise m.MQTTError("remaining length")
+            await self._fill(mv[:1])
+            n |= (mv[0] & 0x7F) << shift
+        self._rx = time.ticks_ms()
+        if n > len(mv):
+            self.too_big += 1
+            while n:
+                k = min(n, len(mv))
+                await self._fill(mv[:k])
+                n -= k
+            return first, -1
+        await self._fill(mv[:n])
+        return first, n
+
+    async def _reader(self):
+        try:
+            while True:
+                first, n = await self._read_packet()
+                t = first >> 4
+                if n < 0:
+                    continue
+                body = self._mv[:n]
+                if t == m.PUBLISH:
+                    topic, qos, _, pid, props, i = m.dec_publish(first & 15, body)
+                    payload = bytes(body[i:])
+                    if qos:
+                        await self._send(m.puback(pid))
+                    self.received += 1
+                    if len(self._q) >= self._qlen:
+                        self._q.pop(0)
+                        self.drops += 1
+                    self._q.append((topic, payload, props))
+                    self._qev.set()
+                elif t in (m.PUBACK, m.SUBACK, m.UNSUBACK):
+                    pid, codes = m.dec_ack(t, body)
+                    a = self._acks.pop(pid, None)
+                    if a:
+                        a[1] = codes
+                        a[0].set()
+                elif t == m.DISCONNECT:
+                    raise OSError("DISCONNECT from the broker: %d" % (body[0] if n else 0))
+        except Exception as e:  # PINGRESP and others: _read_packet noted the time
+            self._fail(repr(e))
+
+    def _slot(self):
+        # a packet id and its acknowledgement slot: [event, reason codes, ticks when sent]
+        pid = self._pid = self._pid % 65535 + 1
+        a = self._acks[pid] = [asyncio.Event(), None, time.ticks_ms()]
+        return pid, a
+
+    async def _acked(self, pid, a, head, payload=None):
+        # send, then wait for the acknowledgement: its reason codes, or None when the link
+        # failed meanwhile (_pinger fails the link when an acknowledgement is overdue)
+        try:
+            async with self._lock:
+                self._write(head, payload)
+                await self._w.drain()
+        except Exception as e:
+            self._acks.pop(pid, None)
+            self._fail(repr(e))
+            return None
+        await a[0].wait()
+        return a[1]
+
+    async def get(self):
+        """The next received message ``(topic, payload, props)``, oldest first."""
+        while not self._q:
+            self._qev.clear()
+            await self._qev.wait()
+        return self._q.pop(0)
+
+    async def publish(self, topic, payload, retain=False, qos=None, tries=3):
+        """Publish; QoS 1 waits for the PUBACK and resends (DUP) after a lost link. True once
+        the broker has it; False after ``tries`` attempts."""
+        qos = self.qos if qos is None else qos
+        for i in range(tries):
+            await self._upev.wait()
+            if not qos:
+                try:
+                    await self._send(m.publish_header(topic, len(payload), 0, retain, 0, self._pprops), payload)
+                    return True
+                except Exception as e:
+                    self._fail(repr(e))
+                    continue
+            pid, a = self._slot()
+            codes = await self._acked(pid, a, m.publish_header(topic, len(payload), qos, retain, pid, self._pprops,
+                                                               i > 0), payload)
+            if codes is not None:
+                return codes[0] < 0x80
+        return False
+
+    async def subscribe(self, topics):
+        """Subscribe to ``[(filter, no_local)]`` at the client's QoS; the SUBACK's reason
+        codes (< 0x80: granted), or None when the link failed meanwhile."""
+        await self._upev.wait()
+        pid, a = self._slot()
+        return await self._acked(pid, a, m.subscribe(pid, [(t, self.qos | (m.NO_LOCAL if nl else 0)) for t, nl in topics]))
+
+    async def unsubscribe(self, topics):
+        if self.up:
+            pid, a = self._slot()
+            return await self._acked(pid, a, m.unsubscribe(pid, topics))
+
+    async def disconnect(self):
+        """Clean DISCONNECT (the broker discards the will); ``run()`` then returns."""
+        self._stop = True
+        try:
+            await self._send(m.DISCONNECT_PACKET)
+        except Exception:
+            pass
+        self._fail("disconnected")

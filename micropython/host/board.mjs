@@ -1,0 +1,142 @@
+// Runs the MicroPython subset as a board would, under the official MicroPython WebAssembly
+// port (npm @micropython/micropython-webassembly-pyscript, MicroPython 1.27) in Node.
+//
+// The port has no socket module, but Python can await JavaScript promises, so this shim hands
+// it byte streams from Node: TCP (node:net) for MQTT, and an inherited file descriptor (a pty
+// master) for the serial transport. micropython/host/hostio.py wraps them into the stream
+// interface the library uses on a board (asyncio.open_connection's reader/writer).
+//
+// Usage:
+//   node micropython/host/board.mjs --main main.py [--site site_config.py] [--lib DIR]
+//        [--mpy DIR] [--serial-fd N] [--heap BYTES] [--exec CODE]
+//   --main    the board's main.py (run as the board runs it, after hostio.install())
+//   --site    copied to site_config.py beside main.py (Wi-Fi and broker settings)
+//   --lib     folder holding the edgemcp package as .py (default: ../ next to this file)
+//   --mpy     folder holding edgemcp as .mpy files (mpy-cross output) instead of --lib
+//   --serial-fd  an inherited fd (pty master): the board's serial line, hostio.serial()
+//   --heap    MicroPython heap in bytes (default 1 MiB; the port grows it when needed)
+//   --exec    Python code to run instead of a main file (the memory benchmark)
+// Stop with SIGTERM/SIGINT: the Device is stopped cleanly first (presence cleared).
+import fs from "node:fs";
+import net from "node:net";
+import tty from "node:tty";
+import path from "node:path";
+import { fileURLToPath } from "node:url";
+import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript/micropython.mjs";
+
+const here = path.dirname(fileURLToPath(import.meta.url));
+
+function parseArgs(argv) {
+  const out = { lib: path.resolve(here, ".."), heap: 1 << 20 };
+  for (let i = 0; i < argv.length; i++) {
+    const key = argv[i].replace(/^--/, "");
+    out[key.replace(/-(.)/g, (_, c) => c.toUpperCase())] = argv[++i];
+  }
+  return out;
+}
+
+// A byte stream over a Node duplex (socket or tty): read(n) / readline() resolve with a
+// Uint8Array (empty at end of stream), write(u8) queues, drain() waits for the kernel.
+class ByteStream {
+  constructor(sock, out = sock) {
+    this.sock = out;
+    this.buf = Buffer.alloc(0);
+    this.eof = false;
+    this.waiter = null;
+    sock.on("data", (d) => { this.buf = Buffer.concat([this.buf, d]); this.wake(); });
+    const end = () => { this.eof = true; this.wake(); };
+    sock.on("end", end);
+    sock.on("close", end);
+    sock.on("error", (e) => { this.error = String(e.message || e); end(); });
+  }
+  wake() { const w = this.waiter; this.waiter = null; if (w) w(); }
+  async wait(ready) {
+    while (!ready() && !this.eof) await new Promise((r) => { this.waiter = r; });
+  }
+  take(n) {
+    const out = new Uint8Array(this.buf.subarray(0, n));
+    this.buf = this.buf.subarray(n);
+    return out;
+  }
+  async read(n) {
+    await this.wait(() => this.buf.length > 0);
+    return this.take(Math.min(n, this.buf.length));
+  }
+  async readline() {
+    await this.wait(() => this.buf.indexOf(10) >= 0);
+    const i = this.buf.indexOf(10);
+    return this.take(i >= 0 ? i + 1 : this.buf.length);
+  }
+  write(u8) {
+    if (!this.sock.destroyed) this.sock.write(Buffer.from(u8));
+  }
+  drain() {
+    if (this.sock.destroyed || !this.sock.writableNeedDrain) return Promise.resolve(0);
+    return new Promise((r) => { this.sock.once("drain", () => r(0)); this.sock.once("close", () => r(0)); });
+  }
+  close() { this.sock.destroy(); }
+}
+
+const host = {
+  tcp_open(hostname, port) {
+    return new Promise((resolve, reject) => {
+      const sock = net.createConnection({ host: hostname, port, noDelay: true });
+      sock.once("connect", () => { sock.removeListener("error", reject); resolve(new ByteStream(sock)); });
+      sock.once("error", (e) => reject(new Error(`${hostname}:${port}: ${e.code || e.message}`)));
+    });
+  },
+  fd_open(fd) {
+    // a pty master is a TTY for libuv: one read and one write handle on the same fd
+    return new ByteStream(new tty.ReadStream(Number(fd)), new tty.WriteStream(Number(fd)));
+  },
+};
+
+function copyTree(mp, from, to, exts) {
+  mp.FS.mkdirTree(to);
+  for (const name of fs.readdirSync(from)) {
+    const src = path.join(from, name);
+    if (fs.statSync(src).isDirectory()) {
+      if (name !== "__pycache__" && name !== "node_modules") copyTree(mp, src, `${to}/${name}`, exts);
+    } else if (exts.some((e) => name.endsWith(e))) {
+      mp.FS.writeFile(`${to}/${name}`, fs.readFileSync(src));
+    }
+  }
+}
+
+const args = parseArgs(process.argv.slice(2));
+host.serial_fd = args.serialFd !== undefined ? Number(args.serialFd) : -1;
+const mp = await loadMicroPython({
+  heapsize: Number(args.heap),
+  stdout: (line) => process.stdout.write(line + "\n"),
+  stderr: (line) => process.stderr.write(line + "\n"),
+});
+mp.registerJsModule("host", host);
+if (args.mpy) copyTree(mp, path.resolve(args.mpy, "edgemcp"), "/lib/edgemcp", [".mpy"]);
+else copyTree(mp, path.resolve(args.lib, "edgemcp"), "/lib/edgemcp", [".py"]);
+for (const name of ["hostio.py", "machine.py"]) mp.FS.writeFile(`/lib/${name}`, fs.readFileSync(path.join(here, name)));
+if (args.site) mp.FS.writeFile("/site_config.py", fs.readFileSync(args.site));
+
+let stopping = false;
+async function stop(signal) {
+  if (stopping) process.exit(1);
+  stopping = true;
+  try {
+    await Promise.race([mp.runPythonAsync("import hostio\nawait hostio.stop()"), new Promise((r) => setTimeout(r, 3000))]);
+  } catch (e) {
+    process.stderr.write(`stop: ${e.message}\n`);
+  }
+  process.exit(signal === "SIGTERM" ? 0 : 130);
+}
+process.on("SIGTERM", () => stop("SIGTERM"));
+process.on("SIGINT", () => stop("SIGINT"));
+
+const code = args.exec !== undefined ? args.exec : fs.readFileSync(args.main, "utf8");
+try {
+  await mp.runPythonAsync("import hostio\nhostio.install()");
+  await mp.runPythonAsync(code);
+  await mp.runPythonAsync("await hostio.wait()");
+} catch (e) {
+  process.stderr.write((e.name === "PythonError" ? e.message : e.stack) + "\n");
+  process.exit(1);
+}
+if (args.exec !== undefined) process.exit(0);

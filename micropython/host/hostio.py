@@ -1,0 +1,72 @@
+# The board's I/O under the MicroPython WebAssembly port (tests and benchmarks on a host):
+# byte streams from Node (micropython/host/board.mjs) wrapped into the stream interface the
+# library uses on a board, and asyncio.open_connection / asyncio.run supplied where the port
+# lacks them. Nothing here is copied to a board.
+import asyncio
+
+import host
+import js
+
+
+class Stream:
+    """A JavaScript ByteStream as MicroPython's asyncio Stream (reader and writer in one)."""
+
+    def __init__(self, j):
+        self.j = j
+
+    async def readinto(self, buf):
+        d = await self.j.read(len(buf))
+        n = d.length
+        if n:
+            buf[:n] = bytes(d)
+        return n
+
+    async def read(self, n=4096):
+        return bytes(await self.j.read(n))
+
+    async def readline(self):
+        return bytes(await self.j.readline())
+
+    def write(self, buf):
+        self.j.write(js.Uint8Array.new(buf))
+
+    async def drain(self):
+        await self.j.drain()
+
+    def close(self):
+        self.j.close()
+
+    async def wait_closed(self):
+        pass
+
+
+async def open_connection(hostname, port):
+    s = Stream(await host.tcp_open(hostname, port))
+    return s, s
+
+
+def serial(fd=None):
+    """The board's serial line: a stream pair over the inherited file descriptor ``fd``
+    (default: board.mjs's ``--serial-fd``)."""
+    s = Stream(host.fd_open(host.serial_fd if fd is None else fd))
+    return s, s
+
+
+_tasks = []
+
+
+def install():
+    asyncio.open_connection = open_connection
+    asyncio.run = lambda coro: _tasks.append(asyncio.create_task(coro))
+
+
+async def wait():
+    for t in _tasks:
+        await t
+
+
+async def stop():
+    from edgemcp.device import Device
+    dev = getattr(Device, "running", None)
+    if dev is not None:  # in a task: asyncio.wait_for cannot wake the port's top-level coroutine
+        await asyncio.create_task(dev.stop())

@@ -1,0 +1,250 @@
+"""The board's MQTT client (``edgemcp/mqtt.py``) and Wi-Fi helper (``edgemcp/net.py``) under
+MicroPython (the WebAssembly port), on an injected stream that plays a broker badly:
+
+- a bounded inbound queue drops the oldest message and counts it; a packet larger than the
+  input buffer is skipped and counted, and the stream stays in step;
+- a broker that stops answering PINGREQ is a lost link (1.5 x keepalive): the client
+  reconnects, bringing the network up again first;
+- a refused connection is retried with growing backoff;
+- a PUBLISH whose PUBACK never comes is sent again with DUP after the reconnect;
+- Wi-Fi (``network.WLAN``, simulated): connect, wait, give up with OSError.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+from .test_micropython_board import HOST, node_binary
+
+FAKE = '''
+import asyncio, json, time, sys
+from edgemcp.mqtt import MQTTClient
+from edgemcp import mqtt5 as m
+
+
+class Fake:
+    """A broker on a stream: CONNACK for CONNECT, PINGRESP and PUBACK if told to."""
+
+    def __init__(self, ping=True, puback=True):
+        self.inbox = bytearray()
+        self.ev = asyncio.Event()
+        self.written = []
+        self.closed = False
+        self.ping = ping
+        self.puback = puback
+
+    def feed(self, b):
+        self.inbox += b
+        self.ev.set()
+
+    async def readinto(self, buf):
+        while not self.inbox:
+            if self.closed:
+                return 0
+            self.ev.clear()
+            await self.ev.wait()
+        k = min(len(buf), len(self.inbox))
+        buf[:k] = self.inbox[:k]
+        self.inbox = self.inbox[k:]
+        return k
+
+    def write(self, b):
+        b = bytes(b)
+        self.written.append(b)
+        if b[0] == 0x10:
+            self.feed(b"\\x20\\x03\\x00\\x00\\x00")
+        elif b == m.PINGREQ_PACKET and self.ping:
+            self.feed(b"\\xd0\\x00")
+        elif b[0] == 0x82:
+            self.feed(bytes((0x90, 4, b[2], b[3], 0, 1)))
+        elif b[0] >> 4 == 3 and b[0] & 6 and self.puback:
+            _, i = m.dec_varint(b, 1)
+            tl = (b[i] << 8) | b[i + 1]
+            self.feed(bytes((0x40, 2, b[i + 2 + tl], b[i + 3 + tl])))
+
+    async def drain(self):
+        pass
+
+    def close(self):
+        self.closed = True
+        self.ev.set()
+
+
+async def until(cond, ms=8000):
+    t = time.ticks_ms()
+    while not cond():
+        if time.ticks_diff(time.ticks_ms(), t) > ms:
+            raise AssertionError("timeout")
+        await asyncio.sleep_ms(10)
+
+logs = []
+'''
+
+
+def run_micropython(code: str, timeout: float = 30) -> dict:
+    """Run ``code`` (after FAKE) in the MicroPython WebAssembly port; the JSON it prints last."""
+    done = subprocess.run([node_binary(), str(HOST / "board.mjs"), "--exec", FAKE + code], capture_output=True,
+                          text=True, timeout=timeout, cwd=HOST)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    assert done.returncode == 0 and lines, done.stdout + done.stderr
+    return json.loads(lines[-1])
+
+
+def test_bounded_queue_drops_oldest_and_skips_oversized_packets():
+    out = run_micropython('''
+async def main():
+    fake = Fake()
+
+    async def opener(h, p):
+        return fake, fake
+
+    c = MQTTClient("t", "h", opener=opener, queue_len=3, max_packet=64, log=logs.append)
+    asyncio.create_task(c.run())
+    await until(lambda: c.up)
+    for i in range(5):
+        fake.feed(m.publish_header("t/%d" % i, 1, 0) + b"x")
+    fake.feed(m.publish_header("big", 100, 0) + b"y" * 100)
+    fake.feed(m.publish_header("t/last", 1, 1, False, 9) + b"z")
+    await until(lambda: c.received == 6)
+    got = []
+    for _ in range(3):
+        topic, payload, props = await c.get()
+        got.append([topic, payload.decode()])
+    pubacks = [b.hex() for b in fake.written if b[0] == 0x40]
+    print(json.dumps({"got": got, "drops": c.drops, "too_big": c.too_big, "received": c.received, "pubacks": pubacks}))
+
+asyncio.run(main())
+''')
+    assert out["got"] == [["t/3", "x"], ["t/4", "x"], ["t/last", "z"]]
+    assert (out["drops"], out["too_big"], out["received"]) == (3, 1, 6)
+    assert out["pubacks"] == ["40020009"]  # the QoS 1 message was acknowledged
+
+
+def test_silent_broker_is_a_lost_link_and_the_network_comes_up_first():
+    out = run_micropython('''
+async def main():
+    opened, nets = [], []
+
+    async def opener(h, p):
+        opened.append(time.ticks_ms())
+        f = Fake(ping=False)
+        return f, f
+
+    async def network():
+        nets.append(time.ticks_ms())
+
+    c = MQTTClient("t", "h", opener=opener, keepalive=1, network=network, log=logs.append)
+    asyncio.create_task(c.run())
+    await until(lambda: c.connects >= 2)
+    print(json.dumps({"connects": c.connects, "nets": len(nets), "gap_ms": time.ticks_diff(opened[1], opened[0]),
+                      "logs": logs}))
+
+asyncio.run(main())
+''')
+    assert out["connects"] >= 2 and out["nets"] >= 2
+    assert 2000 <= out["gap_ms"] <= 4500, out  # 1.5 s of silence, then 1..1.5 s of backoff
+    assert "keepalive" in out["logs"][0]
+
+
+def test_refused_connections_back_off_longer_each_time():
+    out = run_micropython('''
+async def main():
+    tries = []
+
+    async def opener(h, p):
+        tries.append(time.ticks_ms())
+        if len(tries) <= 2:
+            raise OSError(111)  # ECONNREFUSED
+        f = Fake()
+        return f, f
+
+    c = MQTTClient("t", "h", opener=opener, log=logs.append)
+    asyncio.create_task(c.run())
+    await until(lambda: c.up)
+    print(json.dumps({"gaps": [time.ticks_diff(b, a) for a, b in zip(tries, tries[1:])], "logs": logs}))
+
+asyncio.run(main())
+''')
+    first, second = out["gaps"]
+    assert 1000 <= first < 2000 and 2000 <= second < 3500 and second > first, out  # 1 s, 2 s (+ jitter)
+    assert "111" in out["logs"][0]
+
+
+def test_unacknowledged_publish_is_resent_with_dup_after_reconnect():
+    out = run_micropython('''
+async def main():
+    fakes = []
+
+    async def opener(h, p):
+        f = Fake(puback=len(fakes) > 0)  # the first broker connection never acknowledges
+        fakes.append(f)
+        return f, f
+
+    c = MQTTClient("t", "h", opener=opener, timeout=1, log=logs.append)
+    asyncio.create_task(c.run())
+    await until(lambda: c.up)
+    ok = await c.publish("a/b", b"hello")
+    sent = [[b[0], b.hex()] for f in fakes for b in f.written if b[0] >> 4 == 3]
+    print(json.dumps({"ok": ok, "connects": c.connects, "firsts": [s[0] for s in sent], "logs": logs}))
+
+asyncio.run(main())
+''')
+    assert out["ok"] is True and out["connects"] == 2
+    assert out["firsts"] == [0x32, 0x3A], out  # QoS 1, then QoS 1 + DUP on the new link
+    assert "acknowledgement" in out["logs"][0]
+
+
+def test_wifi_connects_waits_and_gives_up():
+    out = run_micropython('''
+class WLAN:
+    def __init__(self, mode):
+        self.up = False
+        self.polls = 0
+        self.calls = []
+    def isconnected(self):
+        self.polls += 1
+        return self.up or (self.ssid == "good" and self.polls > 3)
+    def active(self, on):
+        self.calls.append("active")
+    def disconnect(self):
+        self.calls.append("disconnect")
+    def connect(self, ssid, password):
+        self.ssid = ssid
+        self.calls.append("connect %s %s" % (ssid, password))
+    def ifconfig(self):
+        return ("192.168.4.2", "255.255.255.0", "192.168.4.1", "192.168.4.1")
+    def status(self):
+        return 201
+
+class network:
+    STA_IF = 0
+    last = None
+    @staticmethod
+    def WLAN(mode):
+        network.last = WLAN(mode)
+        network.last.ssid = None
+        return network.last
+
+sys.modules["network"] = network
+
+async def main():
+    from edgemcp.net import wifi
+    good = wifi("good", "secret", logs.append)
+    await good()
+    calls = network.last.calls
+    await good()  # already connected: nothing to do
+    bad = wifi("bad", "nope", logs.append, timeout_ms=500)
+    try:
+        await bad()
+        error = None
+    except OSError as e:
+        error = str(e)
+    print(json.dumps({"calls": calls, "error": error, "logs": logs}))
+
+asyncio.run(main())
+''')
+    assert out["calls"] == ["active", "disconnect", "connect good secret"]
+    assert out["error"] and "bad not reachable" in out["error"]
+    assert out["logs"][:2] == ["wifi: connecting to good", "wifi: 192.168.4.2"]

