@@ -229,6 +229,10 @@ def load(path: str | os.PathLike) -> Config:
         raise ConfigError([(path, "-", "permission denied")]) from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError([(path, "-", f"not valid TOML: {exc}")]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([(path, "-", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None
+    except RecursionError:
+        raise ConfigError([(path, "-", "not valid TOML: nested too deeply")]) from None
     return from_dict(data, path=path, base_dir=os.path.dirname(os.path.abspath(path)))
 
 

@@ -137,7 +137,8 @@ class Endpoint:
             log.error("cannot serve client %s: %s", client_id, exc)
             self.server.close_session(client_id)
             return
-        log.info("client %s initializing (%s)", client_id, (msg.get("params") or {}).get("clientInfo", {}).get("name", "?"))
+        info = (msg.get("params") or {}).get("clientInfo")
+        log.info("client %s initializing (%r)", client_id, info.get("name", "?") if isinstance(info, dict) else "?")
         await self.server.handle(session, msg, deadline=incoming.deadline)
 
     def on_rpc(self, client_id: str, payload: bytes, incoming: Incoming | None = None) -> None:
@@ -162,7 +163,10 @@ class Endpoint:
             msg = codec.decode(payload, incoming.content_type)
         except ValueError:
             return
-        if isinstance(msg, dict) and "method" in msg and "id" in msg and msg.get("method") != "initialize":
+        msg_id = msg.get("id") if isinstance(msg, dict) else None
+        if isinstance(msg_id, bool) or not isinstance(msg_id, (str, int)):
+            return  # not a request we can answer (JSON-RPC ids are strings or integers)
+        if "method" in msg and msg.get("method") != "initialize":
             assert self.transport is not None
             self.transport.send_rpc(client_id, jsonrpc.error(msg["id"], RpcError(
                 INVALID_REQUEST, "Session not initialized: send initialize on the server control topic")))

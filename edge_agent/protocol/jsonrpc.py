@@ -45,6 +45,8 @@ def decode(payload: bytes | str) -> dict[str, Any]:
         msg = json.loads(payload)
     except (UnicodeDecodeError, ValueError) as exc:
         raise RpcError(PARSE_ERROR, f"Parse error: {exc}") from None
+    except RecursionError:
+        raise RpcError(PARSE_ERROR, "Parse error: nested too deeply") from None
     return check(msg)
 
 

@@ -277,7 +277,10 @@ class McpServer:
                 session.state = "ready"
                 self._changed(session)
         elif method == "notifications/cancelled":
-            entry = session.inflight.get(params.get("requestId"))
+            rid = params.get("requestId")
+            if not isinstance(rid, (str, int)) or isinstance(rid, bool):
+                return
+            entry = session.inflight.pop(rid, None)  # pop now: a task cancelled before it ran never cleans up
             if entry is not None and entry[0] is not None:
                 task, event = entry
                 event.set()
@@ -364,6 +367,8 @@ class McpServer:
             problems = sorted(self._validator(name, tool.input_schema).iter_errors(arguments), key=lambda e: list(e.path))
         except SchemaError as exc:  # a driver declared a broken schema: a bug, reported clearly
             return _tool_error(f"{name}: the tool's input schema is invalid ({exc.message})")
+        if not problems and not _finite(arguments):
+            return _tool_error(f"Invalid arguments for {name}: NaN and infinity are not accepted")
         if problems:
             lines = []
             for p in problems:
@@ -520,6 +525,8 @@ class McpServer:
     async def _complete(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
         ref = params.get("ref") or {}
         argument = params.get("argument") or {}
+        if not isinstance(ref, dict) or not isinstance(argument, dict):
+            raise RpcError(INVALID_PARAMS, "completion/complete: ref and argument must be objects")
         arg_name, prefix = argument.get("name"), str(argument.get("value", ""))
         values: list[str] = []
         if ref.get("type") == "ref/prompt":
@@ -557,11 +564,25 @@ class McpServer:
             self.log_to(session, level, text, logger=logger)
 
 
+def _finite(value: Any) -> bool:
+    """False if ``value`` holds a NaN or an infinity anywhere (JSON Schema ranges let NaN through)."""
+    if isinstance(value, float):
+        return value == value and value not in (float("inf"), float("-inf"))
+    if isinstance(value, dict):
+        return all(_finite(v) for v in value.values())
+    if isinstance(value, list):
+        return all(_finite(v) for v in value)
+    return True
+
+
 _DURABLE = {"initialize", "resources/subscribe", "resources/unsubscribe", "logging/setLevel"}
 
 
 def _fingerprint(msg: dict[str, Any]) -> str:
-    return json.dumps([msg.get("method"), msg.get("params")], sort_keys=True, default=str)
+    try:
+        return json.dumps([msg.get("method"), msg.get("params")], sort_keys=True, default=str)
+    except (TypeError, ValueError):  # CBOR maps may have non-string keys
+        return repr([msg.get("method"), msg.get("params")])
 
 
 def _parse_deadline(value: Any) -> float | None:
@@ -571,7 +592,13 @@ def _parse_deadline(value: Any) -> float | None:
     if isinstance(value, bool):
         raise ValueError("must be a number of Unix seconds or an RFC 3339 time")
     if isinstance(value, (int, float)):
-        return float(value)
+        try:
+            deadline = float(value)
+        except OverflowError:
+            raise ValueError("out of range") from None
+        if deadline != deadline:
+            raise ValueError("NaN is not a time")
+        return deadline
     if isinstance(value, str):
         from datetime import datetime
 

@@ -7,7 +7,7 @@ and ``ssl://`` (as ``mqtts``), and a bare ``host[:port]``.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import unquote, urlsplit
 
 DEFAULT_BROKER = "mqtt://localhost:1883"
@@ -20,7 +20,7 @@ class BrokerURL:
     port: int
     tls: bool = False
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     def __str__(self) -> str:  # never prints the password
         user = f"{self.username}@" if self.username else ""
@@ -46,7 +46,7 @@ def parse_broker_url(url: str) -> BrokerURL:
     if not parts.hostname:
         raise ValueError(f"broker URL {url!r} has no host")
     try:
-        port = parts.port or (8883 if tls else 1883)
+        port = parts.port if parts.port is not None else (8883 if tls else 1883)
     except ValueError as exc:
         raise ValueError(f"broker URL {url!r}: bad port ({exc})") from None
     if not 0 < port < 65536:

@@ -18,10 +18,25 @@ ENCODINGS = (JSON, CBOR)
 
 
 def encode(message: dict[str, Any], content_type: str | None = None) -> bytes:
-    """Encode a JSON-RPC message; compact JSON unless ``content_type`` is CBOR."""
+    """Encode a JSON-RPC message; compact JSON unless ``content_type`` is CBOR. A lone
+    surrogate (echoed from bad input) becomes a ``\\uXXXX`` escape in JSON and U+FFFD in CBOR."""
     if content_type == CBOR:
-        return cbor2.dumps(message)
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode()
+        try:
+            return cbor2.dumps(message)
+        except UnicodeEncodeError:
+            return cbor2.dumps(_scrub(message))
+    # backslashreplace turns a lone surrogate into the JSON escape \udXXX inside its string
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.encode("utf-8", "replace").decode("utf-8")
+    if isinstance(value, dict):
+        return {_scrub(k): _scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_scrub(v) for v in value]
+    return value
 
 
 def decode(payload: bytes, content_type: str | None = None) -> Any:
@@ -32,7 +47,10 @@ def decode(payload: bytes, content_type: str | None = None) -> Any:
             unknown content type.
     """
     if content_type in (None, "", JSON) or content_type.startswith("application/json"):
-        return json.loads(payload)
+        try:
+            return json.loads(payload)
+        except RecursionError:
+            raise ValueError("JSON nested too deeply") from None
     if content_type == CBOR:
         try:
             return cbor2.loads(payload)

@@ -26,11 +26,25 @@ def check_id(value: str, what: str = "client id") -> str:
     """Return ``value`` if it is a valid server-id / mcp-client-id.
 
     Raises:
-        ValueError: empty, or contains ``/``, ``+`` or ``#``.
+        ValueError: empty, contains ``/``, ``+``, ``#`` or U+0000, is not valid UTF-8 (a lone
+            surrogate), is longer than 65535 bytes (MQTT's string limit), or is a server-id
+            that would make ``$mcp-server/{id}/...`` read as a presence or capability topic.
     """
-    if not value or any(c in value for c in "/+#"):
-        raise ValueError(f"{what} {value!r} must be non-empty and contain no '/', '+' or '#'")
+    if not value or any(c in value for c in "/+#\x00"):
+        raise ValueError(f"{what} {value!r} must be non-empty and contain no '/', '+', '#' or NUL")
+    _check_utf8(value, what)
+    if what == "server-id" and value in ("presence", "capability"):
+        raise ValueError(f"server-id {value!r} is reserved: $mcp-server/{value}/... is another topic")
     return value
+
+
+def _check_utf8(value: str, what: str) -> None:
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ValueError(f"{what} {value!r} is not valid UTF-8") from None
+    if size > 65535:
+        raise ValueError(f"{what} is {size} bytes; MQTT strings hold at most 65535")
 
 
 def check_server_name(name: str) -> str:
@@ -45,6 +59,9 @@ def check_server_name(name: str) -> str:
         raise ValueError(f"server-name {name!r} must be hierarchical: at least one '/' (e.g. 'devices/{name}')")
     if "+" in name or "#" in name:
         raise ValueError(f"server-name {name!r} must not contain the wildcards '+' or '#'")
+    if "\x00" in name:
+        raise ValueError(f"server-name {name!r} must not contain NUL")
+    _check_utf8(name, "server-name")
     if "//" in name:
         raise ValueError(f"server-name {name!r} must not contain an empty level ('//')")
     return name
