@@ -203,7 +203,7 @@ def build_parser() -> argparse.ArgumentParser:
                   file=sys.stderr)
             return 2
 
-        for name in ("devices", "tools", "call", "read", "watch", "resources", "prompts"):
+        for name in ("devices", "tools", "call", "read", "watch", "resources", "prompts", "gateway"):
             sub.add_parser(name, help="(needs edge-agent[cloud])").set_defaults(func=need_cloud)
     else:
         add_client_commands(sub)
