@@ -216,7 +216,7 @@ MUTANTS = [
     ("Endpoint.on_control", "control topic", control_refusal_code_wrong),
     ("Endpoint.on_rpc", "unknown client: at most one", control_refusal_code_wrong),
     ("config.from_dict", "arbitrary TOML-like dicts", unnamed_problems),
-    ("config.from_dict", "demo config mutated", urls_not_checked),
+    ("config.from_dict", "demo config mutated", unnamed_problems),
     ("config.load", "UTF-8 files", toml_errors_escape),
 ]
 if test_fuzz_micropython.m5 is not None:
