@@ -230,7 +230,7 @@ if test_fuzz_micropython.mcp is not None:
                 ("mpy mcp.Server.handle", "NaN and infinities", board_check_lets_nan_through)]
 
 
-# Former known bugs (K1, K3, K4, K6-K9, K11-K15), fixed on 2026-11-22: each of these properties
+# Former known bugs (K1, K3, K4, K5, K6-K9, K11-K15), fixed on 2026-11-22: each of these properties
 # was seen failing on the code before the fix (the strict-xfail runs), which is the proof a
 # mutant would give; they stay as regression properties.
 REGRESSIONS = {
@@ -247,6 +247,7 @@ REGRESSIONS = {
     "Endpoint.on_rpc: unknown client: the -32600 answer carries a valid id",
     "config.load: arbitrary bytes: only ConfigError",
     "config.load: deeply nested arrays: only ConfigError",
+    "McpServer.handle: wrongly typed params are -32602, never -32603 Internal error",
 }
 
 

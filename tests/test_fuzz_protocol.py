@@ -738,8 +738,7 @@ PROPERTIES = [
     Property("McpServer.handle", "a cancelled request leaves no in-flight entry",
              concurrent_batches().filter(lambda b: b[1]), check_no_leak_after_cancel, 20),
     Property("McpServer.handle", "wrongly typed params are -32602, never -32603 Internal error",
-             malformed_params(), check_server_inputs, 30,
-             known_bug="K5 completion/complete and tools/call _meta deadline crash into -32603 + traceback log"),
+             malformed_params(), check_server_inputs, 30),
 ]
 
 for _p in PROPERTIES:

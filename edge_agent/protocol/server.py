@@ -528,6 +528,9 @@ class McpServer:
         if not isinstance(ref, dict) or not isinstance(argument, dict):
             raise RpcError(INVALID_PARAMS, "completion/complete: ref and argument must be objects")
         arg_name, prefix = argument.get("name"), str(argument.get("value", ""))
+        if not isinstance(ref.get("name", ""), str) or not isinstance(ref.get("uri", ""), str) \
+                or not isinstance(arg_name, (str, type(None))):
+            raise RpcError(INVALID_PARAMS, "completion/complete: ref.name, ref.uri and argument.name must be strings")
         values: list[str] = []
         if ref.get("type") == "ref/prompt":
             prompt = self.registry.prompts.get(ref.get("name"))
