@@ -341,15 +341,16 @@ def test_duplicated_request_actuates_once(broker, tmp_path):
     try:
         client.initialize()
         before = json.loads(client.request("resources/read", {"uri": "sensor://status_led/state"})["result"]["contents"][0]["text"])
-        for _ in range(2):  # a QoS 1 redelivery while the first copy is still running: ignored
+        for _ in range(2):  # a QoS 1 redelivery: ignored while the first copy runs, else answered from the cache
             client.send("tools/call", {"name": "status_led_toggle", "arguments": {}}, id="toggle-1")
         time.sleep(1.0)
-        assert len(client.responses("toggle-1")) == 1
+        first = len(client.responses("toggle-1"))
+        assert first in (1, 2)
         # a redelivery after the answer went out (its PUBACK was lost): answered from the cache
         client.send("tools/call", {"name": "status_led_toggle", "arguments": {}}, id="toggle-1")
         time.sleep(1.0)
         answers = client.responses("toggle-1")
-        assert len(answers) == 2 and answers[0].message == answers[1].message
+        assert len(answers) == first + 1 and all(a.message == answers[0].message for a in answers)
         after = json.loads(client.request("resources/read", {"uri": "sensor://status_led/state"})["result"]["contents"][0]["text"])
         assert after["value"] is (not before["value"])  # toggled once, not twice
     finally:
