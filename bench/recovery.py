@@ -35,7 +35,6 @@ import json
 import logging
 import math
 import os
-import platform
 import random
 import shutil
 import signal
@@ -51,6 +50,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import machine, table  # noqa: E402
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -101,24 +102,6 @@ class BenchError(Exception):
 # small helpers (machine line and table as in bench/rpc.py)
 # ---------------------------------------------------------------------------------------------
 
-def machine() -> dict[str, str]:
-    model = "?"
-    with contextlib.suppress(OSError):
-        info: dict[str, str] = {}
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                info.setdefault(key.strip().lower(), value.strip())
-        model = info.get("model name") or info.get("model") or info.get("hardware") or model
-    mem = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        kb = int(Path("/proc/meminfo").read_text().splitlines()[0].split()[1])
-        mem = f"{kb / 1024 / 1024:.1f} GB"
-    return {"nproc": str(os.cpu_count()), "cpu": model, "memory": mem,
-            "python": f"{platform.python_implementation()} {platform.python_version()}",
-            "kernel": platform.release()}
-
-
 def mosquitto_version() -> str:
     from edge_agent.local_broker import find_mosquitto
 
@@ -127,13 +110,6 @@ def mosquitto_version() -> str:
         first = (out.stdout or out.stderr).strip().splitlines()[0]
         return first.replace("mosquitto version", "Mosquitto").strip()
     return "Mosquitto"
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
 def wait_until(predicate: Callable[[], Any], timeout: float, what: str, step: float = 0.01) -> Any:

@@ -27,7 +27,6 @@ import gc
 import json
 import math
 import os
-import platform
 import shutil
 import signal
 import subprocess
@@ -37,6 +36,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchlib import machine, table  # noqa: E402
 
 try:
     import anyio
@@ -85,25 +87,6 @@ def machine_busy_s() -> float:
 def self_cpu_s() -> float:
     t = os.times()
     return t.user + t.system
-
-
-def machine() -> dict[str, str]:
-    model = "?"
-    with contextlib.suppress(OSError):
-        info: dict[str, str] = {}
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, sep, value = line.partition(":")
-            if sep:
-                info.setdefault(key.strip().lower(), value.strip())
-        # x86: "model name"; Raspberry Pi (arm64): "Model" (the board) and "Hardware"/"CPU part".
-        model = info.get("model name") or info.get("model") or info.get("hardware") or model
-    mem = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        kb = int(Path("/proc/meminfo").read_text().splitlines()[0].split()[1])
-        mem = f"{kb / 1024 / 1024:.1f} GB"
-    return {"nproc": str(os.cpu_count()), "cpu": model, "memory": mem,
-            "python": f"{platform.python_implementation()} {platform.python_version()}",
-            "kernel": platform.release()}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -174,13 +157,6 @@ class Throughput:
         s = sorted(self.ms)
         return [str(self.clients), str(self.calls), f"{self.seconds:.2f}", f"{self.calls / self.seconds:.0f}",
                 f"{percentile(s, 50):.2f}", f"{percentile(s, 99):.2f}", f"{s[-1]:.2f}", *self.cpu]
-
-
-def table(header: list[str], rows: list[list[str]]) -> str:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    line = lambda cells: "| " + " | ".join(c.ljust(w) for c, w in zip(cells, widths)) + " |"  # noqa: E731
-    sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    return "\n".join([line(header), sep, *(line(r) for r in rows)])
 
 
 # ---------------------------------------------------------------------------------------------
