@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
+from . import identity
 from .errors import ConfigError
 from .transport import topics
 from .transport.broker_url import parse_broker_url
@@ -209,8 +209,9 @@ class Config:
 
 
 def default_server_id() -> str:
-    """``edge-<hostname>`` with characters MQTT ids dislike replaced by ``-``."""
-    return "edge-" + re.sub(r"[^A-Za-z0-9_.-]", "-", socket.gethostname())[:40]
+    """The default ``[device] server_id``: see :func:`edge_agent.identity.default_server_id`
+    (``edge-<hostname>-<8 hex digits from /etc/machine-id>``)."""
+    return identity.default_server_id()
 
 
 def load(path: str | os.PathLike) -> Config:
