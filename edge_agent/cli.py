@@ -199,12 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
         missing = str(exc)
 
         def need_cloud(args: argparse.Namespace) -> int:
-            print(f"edge-agent {args.command}: needs the cloud extra (pip install 'edge-agent[cloud]'): {missing}",
+            print(f"edge-agent {args.command}: needs the cloud extra (pip install 'edge-agent-mcp[cloud]'): {missing}",
                   file=sys.stderr)
             return 2
 
         for name in ("devices", "tools", "call", "read", "watch", "resources", "prompts", "gateway"):
-            sub.add_parser(name, help="(needs edge-agent[cloud])").set_defaults(func=need_cloud)
+            sub.add_parser(name, help="(needs edge-agent-mcp[cloud])").set_defaults(func=need_cloud)
     else:
         add_client_commands(sub)
     add_demo_command(sub)

@@ -38,7 +38,7 @@ from ..transport.broker_url import ENV_BROKER, default_broker
 
 for _needed in ("mcp", "anyio"):
     if importlib.util.find_spec(_needed) is None:
-        raise ImportError(f"No module named {_needed!r} (install the extra: pip install 'edge-agent[cloud]')")
+        raise ImportError(f"No module named {_needed!r} (install the extra: pip install 'edge-agent-mcp[cloud]')")
 
 log = logging.getLogger(__name__)
 
