@@ -176,8 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--demo", action="store_true", help="built-in simulated greenhouse device")
     run.add_argument("--broker", help="broker URL (overrides the config's first URL)")
     run.add_argument("--state-dir", help="state folder for --demo (default: a temporary folder)")
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-    run.add_argument("--connect-timeout", type=float, default=None,
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
+                     help="least severe log messages written to stderr (default: info)")
+    run.add_argument("--connect-timeout", metavar="S", type=float, default=None,
                      help="give up if the broker does not answer within S seconds (default: keep trying)")
     run.set_defaults(func=cmd_run)
 
@@ -212,9 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Parse ``argv`` (default ``sys.argv[1:]``), run the command, return its exit code.
+
+    When the reader of stdout goes away (``edge-agent tools X | head -1``) the command ends
+    quietly with status 141 (128 + SIGPIPE, as a shell reports a tool killed by SIGPIPE),
+    with no traceback: see :func:`edge_agent.termio.stdout_gone`.
+    """
+    from .termio import stdout_gone
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        code = args.func(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
+    except BrokenPipeError:
+        return stdout_gone()
+    return code
 
 
 if __name__ == "__main__":  # pragma: no cover

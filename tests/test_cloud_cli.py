@@ -93,8 +93,11 @@ def test_devices_table_and_json(broker, peer, capsys):
     assert code == 0
     assert out.splitlines() == ["SERVER-NAME               SERVER-ID  DESCRIPTION",
                                 "devices/greenhouse/pi-01  peer-1     wire-level test peer"]
-    code, out, _ = run(capsys, "devices", "devices/barn/#", "--broker", broker.url, "--timeout", "0.2", "--json")
-    assert code == 0 and json.loads(out) == []
+    code, out, err = run(capsys, "devices", "devices/barn/#", "--broker", broker.url, "--timeout", "0.2", "--json")
+    assert code == 1 and json.loads(out) == []  # like grep: nothing matched is exit 1
+    assert err == f"edge-agent devices: no MCP servers matching devices/barn/# online at {broker.url}\n"
+    code, out, err = run(capsys, "devices", "devices/barn/#", "--broker", broker.url)
+    assert (code, out) == (1, "") and "no MCP servers matching devices/barn/#" in err
 
 
 def test_devices_uses_the_environment_broker(broker, peer, capsys, monkeypatch):

@@ -13,9 +13,15 @@ Mounted by ``edge_agent.cli`` through :func:`add_client_commands`::
 
 Each takes ``--broker URL`` (default ``$EDGE_AGENT_BROKER`` or ``mqtt://localhost:1883``),
 ``--json`` (machine output) and ``--timeout S``; the server commands take ``--server-id``.
-Exit codes: 0 success; 1 runtime failure (broker unreachable, server not found, the tool
-reported an error, MCP error); 2 bad usage (unknown tool or parameter, bad value), reported
-before the tool is called.
+Exit codes: 0 success; 1 runtime failure (broker unreachable, server not found, ``devices``
+found none, the tool reported an error, MCP error, a malformed answer from the server); 2 bad
+usage (unknown tool or parameter, bad value), reported before the tool is called; 130 Ctrl-C
+(``call`` says which tool call it cancelled; the server gets ``notifications/cancelled``);
+141 stdout's reader went away (``| head``), without a traceback.
+
+Text from the network (names, descriptions, tool output, resource text) is printed with its
+control characters escaped (:func:`edge_agent.termio.safe`); ``--json`` prints it exactly, as
+JSON. On a terminal, ``call`` shows the tool's progress notifications as a line on stderr.
 
 Importing this module is cheap (no ``mcp``); it raises ImportError if the ``[cloud]`` extra
 (``mcp``, ``anyio``) is missing, so the caller can mount a hint instead.
@@ -34,6 +40,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ..errors import EdgeAgentError, ServerNotFound, TransportError
+from ..termio import ProgressLine, is_terminal, safe, safe_json, stdout_gone
 from ..transport.broker_url import ENV_BROKER, default_broker
 
 for _needed in ("mcp", "anyio"):
@@ -52,10 +59,13 @@ PING_TIMEOUT = 10.0
 """Default seconds for ``ping`` (spec "Timeouts"; the gateway's ``--timeout-ping``)."""
 DISCOVERY_TIMEOUT = 3.0
 """Default seconds to wait for the server's presence message."""
-DEVICES_WINDOW = 1.0
-"""Default seconds ``devices`` listens for presence messages."""
+DEVICES_WINDOW = 5.0
+"""Default cap, in seconds, on how long ``devices`` waits for the broker's retained presences
+(it returns as soon as they are in: :func:`~edge_agent.cloud.discovery.discover`, ``until_retained``)."""
 KNOWN_NAMES_WINDOW = 0.5
-"""Seconds spent listing the online server-names after a ServerNotFound."""
+"""Cap, in seconds, on listing the online server-names after a ServerNotFound."""
+POLL_INTERVAL = 2.0
+"""Default seconds between reads when ``watch`` polls (the server does not offer ``resources.subscribe``)."""
 
 
 class BadToolArguments(EdgeAgentError, ValueError):
@@ -213,6 +223,12 @@ def _fmt_number(v: Any) -> str:
     return repr(v) if isinstance(v, float) else str(v)
 
 
+def one_line(text: Any) -> str:
+    """A name or description from the network on one line: whitespace runs (newlines too)
+    become one space, control characters are escaped (:func:`edge_agent.termio.safe`)."""
+    return safe(" ".join(str(text).split()))
+
+
 def describe_parameter(name: str, schema: dict[str, Any], required: bool) -> str:
     """One line for a tool parameter: ``brightness: number 0..1 duty, default 0.5 — PWM duty``."""
     json_type = schema.get("type", "any")
@@ -240,15 +256,19 @@ def describe_parameter(name: str, schema: dict[str, Any], required: bool) -> str
         text += f", default {json.dumps(schema['default'], ensure_ascii=False)}"
     if required:
         text += ", required"
-    line = f"{name}: {text}"
+    line = f"{one_line(name)}: {one_line(text)}"
     if schema.get("description"):
-        line += f" — {schema['description']}"
+        line += f" — {one_line(schema['description'])}"
     return line
 
 
 def describe_tool(tool: dict[str, Any]) -> list[str]:
-    """Lines for ``tools``: ``name — description`` then one indented line per parameter."""
-    head = tool["name"] + (f" — {tool['description']}" if tool.get("description") else "")
+    """Lines for ``tools``: ``name — description`` then one indented line per parameter.
+
+    Names and descriptions come from the server: each is put on one line with its control
+    characters escaped (:func:`one_line`).
+    """
+    head = one_line(tool["name"]) + (f" — {one_line(tool['description'])}" if tool.get("description") else "")
     schema = tool.get("inputSchema") or {}
     required = set(schema.get("required") or [])
     props = schema.get("properties") or {}
@@ -289,6 +309,8 @@ def format_reading(text: str) -> str:
 
 
 def format_table(rows: list[tuple[str, ...]], header: tuple[str, ...]) -> list[str]:
+    """Left-aligned columns; each cell goes through :func:`one_line` (cells come from the network)."""
+    rows = [tuple(one_line(c) for c in r) for r in rows]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in [header, *rows]]
 
@@ -297,8 +319,13 @@ def _dump(model: Any) -> Any:
     return model.model_dump(mode="json", by_alias=True, exclude_none=True)
 
 
-def _print_json(data: Any) -> None:
-    print(json.dumps(data, indent=2, ensure_ascii=False))
+def _print_json(data: Any, *, indent: int | None = 2) -> None:
+    print(safe_json(json.dumps(data, indent=indent, ensure_ascii=False)), flush=True)
+
+
+def _print(text: str, file: Any = None) -> None:
+    """Print human output; control characters are escaped, newlines and tabs kept."""
+    print(safe(text, multiline=True), file=file or sys.stdout, flush=True)
 
 
 def _content_lines(contents: list[Any]) -> list[str]:
@@ -331,7 +358,13 @@ def _resource_lines(contents: list[Any]) -> list[str]:
     return lines
 
 
-def _reading_json(uri: str, contents: list[Any]) -> dict[str, Any]:
+def reading_json(uri: str, contents: list[Any]) -> dict[str, Any]:
+    """The object ``read --json`` and ``watch --json`` print (one line each) for a resource read.
+
+    ``{"uri": uri, **reading}`` when the first text content is a JSON object (a sensor reading:
+    ``{"uri", "value", "unit", "timestamp"}``), else ``{"uri", "text"}`` for other text, else
+    ``{"uri", "mimeType", "blob"}`` (base64) for binary content, else ``{"uri"}``.
+    """
     out: dict[str, Any] = {"uri": uri}
     for c in contents:
         text = getattr(c, "text", None)
@@ -343,9 +376,14 @@ def _reading_json(uri: str, contents: list[Any]) -> dict[str, Any]:
             data = None
         if isinstance(data, dict):
             out.update(data)
+            out["uri"] = uri
         else:
             out["text"] = text
-        break
+        return out
+    for c in contents:
+        if getattr(c, "blob", None) is not None:
+            out.update(mimeType=getattr(c, "mime_type", None), blob=c.blob)
+            break
     return out
 
 
@@ -377,16 +415,17 @@ async def _list_all(fetch: Callable[..., Awaitable[Any]], attr: str) -> list[Any
 async def _devices(args: argparse.Namespace) -> int:
     from . import discover
 
-    found = await discover(args.broker, args.filter, timeout=args.timeout)
+    found = await discover(args.broker, args.filter, timeout=args.timeout, until_retained=True)
     if args.json:
         _print_json([{"server_name": p.server_name, "server_id": p.server_id, "description": p.description,
                       "meta": p.meta} for p in found])
-    elif not found:
-        print(f"no MCP servers matching {args.filter} online at {args.broker}")
-    else:
+    elif found:
         for line in format_table([(p.server_name, p.server_id, p.description) for p in found],
                                  ("SERVER-NAME", "SERVER-ID", "DESCRIPTION")):
-            print(line)
+            _print(line)
+    if not found:  # like grep: nothing matched is exit 1
+        _print(f"edge-agent devices: no MCP servers matching {args.filter} online at {args.broker}", sys.stderr)
+        return 1
     return 0
 
 
@@ -398,9 +437,9 @@ async def _tools(args: argparse.Namespace) -> int:
         _print_json(dumped)
         return 0
     if not dumped:
-        print(f"{args.server_name} has no tools")
+        _print(f"{args.server_name} has no tools")
     for tool in dumped:
-        print("\n".join(describe_tool(tool)))
+        _print("\n".join(describe_tool(tool)))
     return 0
 
 
@@ -412,7 +451,20 @@ async def _call(args: argparse.Namespace) -> int:
             raise BadToolArguments(f"unknown tool {args.tool!r} on {args.server_name} "
                                    f"(tools: {', '.join(tools) or 'none'})")
         arguments = parse_tool_arguments(tool.name, tool.input_schema, args.arguments)
-        result = await session.call_tool(tool.name, arguments, read_timeout_seconds=args.timeout or CALL_TIMEOUT)
+        bar = ProgressLine(sys.stderr, one_line(tool.name)) if is_terminal(sys.stderr) else None
+
+        async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+            assert bar is not None
+            bar.show(progress, total, message)
+
+        args.in_flight = f"{one_line(tool.name)} on {args.server_name}"  # named by _run on Ctrl-C
+        try:
+            result = await session.call_tool(tool.name, arguments, read_timeout_seconds=args.timeout or CALL_TIMEOUT,
+                                             progress_callback=on_progress if bar is not None else None)
+        finally:
+            if bar is not None:
+                bar.clear()
+        args.in_flight = None
     if args.json:
         _print_json(_dump(result))
         return 1 if result.is_error else 0
@@ -421,22 +473,32 @@ async def _call(args: argparse.Namespace) -> int:
     if result.structured_content is not None and not any(getattr(c, "type", None) == "text" for c in result.content):
         lines.insert(0, json.dumps(result.structured_content, indent=2, ensure_ascii=False))
     for line in lines:
-        print(line, file=out)
+        _print(line, out)
     return 1 if result.is_error else 0
 
 
 async def _read(args: argparse.Namespace) -> int:
     async with _connect(args) as session:
         result = await session.read_resource(args.uri)
-    if args.json:
-        _print_json(_dump(result))
+    if args.json:  # one line, as ``watch --json`` prints each reading
+        _print_json(reading_json(args.uri, result.contents), indent=None)
     else:
         for line in _resource_lines(result.contents):
-            print(line)
+            _print(line)
     return 0
 
 
+def _can_subscribe(session: Any) -> bool:
+    """Whether the server offered ``resources.subscribe`` at ``initialize`` (MCP lifecycle:
+    a client uses only what was negotiated)."""
+    result = session.initialize_result
+    resources = getattr(getattr(result, "capabilities", None), "resources", None)
+    return bool(getattr(resources, "subscribe", False))
+
+
 async def _watch(args: argparse.Namespace) -> int:
+    """Print the resource now and on each update: ``resources/subscribe`` if the server offers
+    it, else a read every ``--interval`` seconds, printed when the contents changed."""
     import warnings
 
     import anyio
@@ -454,27 +516,47 @@ async def _watch(args: argparse.Namespace) -> int:
 
     def show(result: Any) -> None:
         if args.json:
-            print(json.dumps(_reading_json(args.uri, result.contents), ensure_ascii=False), flush=True)
+            _print_json(reading_json(args.uri, result.contents), indent=None)
         else:
             for line in _resource_lines(result.contents):
-                print(line, flush=True)
+                _print(line)
+
+    def fingerprint(result: Any) -> Any:
+        return [_dump(c) for c in result.contents]
 
     updates = 0
     async with _connect(args, read_timeout=REQUEST_TIMEOUT, message_handler=handler) as session:
-        show(await session.read_resource(args.uri))
-        with warnings.catch_warnings():  # resources/subscribe is deprecated only in a later MCP revision
-            warnings.simplefilter("ignore", MCPDeprecationWarning)
-            await session.subscribe_resource(args.uri)
+        subscribed = _can_subscribe(session)
+        result = await session.read_resource(args.uri)
+        show(result)
+        last = fingerprint(result)
+        if subscribed:
+            with warnings.catch_warnings():  # resources/subscribe is deprecated only in a later MCP revision
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await session.subscribe_resource(args.uri)
+        else:
+            log.info("%s does not offer resources/subscribe: reading %s every %g s", args.server_name, args.uri,
+                     args.interval)
         with anyio.move_on_after(args.timeout if args.timeout is not None else math.inf):
             while args.count is None or updates < args.count:
-                event = await receive.receive()
+                event: Exception | None = None
+                if subscribed:
+                    event = await receive.receive()
+                else:
+                    with anyio.move_on_after(args.interval):  # a read is due, unless the server went away
+                        event = await receive.receive()
                 if isinstance(event, Exception):
                     raise event
-                show(await session.read_resource(args.uri))
+                result = await session.read_resource(args.uri)
+                if not subscribed and fingerprint(result) == last:
+                    continue
+                last = fingerprint(result)
+                show(result)
                 updates += 1
-        with anyio.move_on_after(REQUEST_TIMEOUT), warnings.catch_warnings():
-            warnings.simplefilter("ignore", MCPDeprecationWarning)
-            await session.unsubscribe_resource(args.uri)
+        if subscribed:
+            with anyio.move_on_after(REQUEST_TIMEOUT), warnings.catch_warnings():
+                warnings.simplefilter("ignore", MCPDeprecationWarning)
+                await session.unsubscribe_resource(args.uri)
     if args.count is not None and updates < args.count:
         print(f"edge-agent watch: {updates} of {args.count} updates within {args.timeout:g} s", file=sys.stderr)
         return 1
@@ -494,13 +576,14 @@ async def _resources(args: argparse.Namespace) -> int:
                      "resourceTemplates": [_dump(t) for t in templates]})
         return 0
     if not resources and not templates:
-        print(f"{args.server_name} has no resources")
+        _print(f"{args.server_name} has no resources")
     for r in resources:
-        extra = ", ".join(x for x in (r.name, r.mime_type) if x)
-        print(f"{r.uri}" + (f"  ({extra})" if extra else "") + (f" — {r.description}" if r.description else ""))
+        extra = ", ".join(one_line(x) for x in (r.name, r.mime_type) if x)
+        _print(one_line(r.uri) + (f"  ({extra})" if extra else "")
+               + (f" — {one_line(r.description)}" if r.description else ""))
     for t in templates:
-        print(f"{t.uri_template}  (template{', ' + t.mime_type if t.mime_type else ''})"
-              + (f" — {t.description}" if t.description else ""))
+        _print(f"{one_line(t.uri_template)}  (template{', ' + one_line(t.mime_type) if t.mime_type else ''})"
+               + (f" — {one_line(t.description)}" if t.description else ""))
     return 0
 
 
@@ -511,11 +594,12 @@ async def _prompts(args: argparse.Namespace) -> int:
         _print_json([_dump(p) for p in prompts])
         return 0
     if not prompts:
-        print(f"{args.server_name} has no prompts")
+        _print(f"{args.server_name} has no prompts")
     for p in prompts:
-        print(p.name + (f" — {p.description}" if p.description else ""))
+        _print(one_line(p.name) + (f" — {one_line(p.description)}" if p.description else ""))
         for a in p.arguments or []:
-            print(f"    {a.name}" + (" (required)" if a.required else "") + (f" — {a.description}" if a.description else ""))
+            _print(f"    {one_line(a.name)}" + (" (required)" if a.required else "")
+                   + (f" — {one_line(a.description)}" if a.description else ""))
     return 0
 
 
@@ -533,7 +617,8 @@ async def _known_names(broker: str) -> list[str]:
     from . import discover
 
     try:
-        return sorted({p.server_name for p in await discover(broker, timeout=KNOWN_NAMES_WINDOW)})
+        return sorted({p.server_name for p in await discover(broker, timeout=KNOWN_NAMES_WINDOW,
+                                                                 until_retained=True)})
     except Exception:
         return []
 
@@ -543,52 +628,120 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT)."""
+
+
+async def _interruptible(body: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int | None:
+    """Run ``body(args)``; on SIGINT cancel it (anyio cancellation, so the SDK sends
+    ``notifications/cancelled`` for a request in flight and the link disconnects cleanly) and
+    return ``None``. Signals can only be caught on the main thread; elsewhere Ctrl-C is left alone."""
+    import signal
+    import threading
+
+    import anyio
+
+    if threading.current_thread() is not threading.main_thread():
+        return await body(args)
+    code: int | None = None
+    with anyio.open_signal_receiver(signal.SIGINT) as signals:
+        async with anyio.create_task_group() as tg:
+            async def cancel_on_sigint() -> None:
+                async for _ in signals:
+                    tg.cancel_scope.cancel()
+                    return
+
+            tg.start_soon(cancel_on_sigint)
+            code = await body(args)
+            tg.cancel_scope.cancel()
+    return code
+
+
+def _malformed(exc: Any) -> str:
+    """A pydantic ``ValidationError`` of a peer's message as one short clause."""
+    errors = exc.errors()
+    if not errors:
+        return "it does not fit the MCP schema"
+    first = errors[0]
+    where = ".".join(str(p) for p in first.get("loc", ())) or "the result"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{where}: {first.get('msg', 'invalid')}{more}"
+
+
 def _run(body: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
-    """Run one command; map errors to one line on stderr and an exit code (0, 1, 2, 130)."""
+    """Run one command; map errors to one line on stderr and an exit code (0, 1, 2, 130, 141)."""
     import anyio
     from mcp import MCPError
+    from pydantic import ValidationError
 
     _setup_logging(args.verbose)
     if args.broker is None:
         args.broker = default_broker()
+    args.in_flight = None
     prog = f"edge-agent {args.cmd_name}"
+    server = getattr(args, "server_name", None) or args.broker
+
+    def say(message: str) -> None:
+        print(f"{prog}: {safe(message)}", file=sys.stderr, flush=True)
+
     try:
-        return anyio.run(body, args)
+        code = anyio.run(_interruptible, body, args)
+        if code is None:
+            if args.in_flight:
+                say(f"cancelled {args.in_flight}")
+            return INTERRUPTED
+        return code
     except KeyboardInterrupt:
-        return 130
+        return INTERRUPTED
     except BaseException as group:  # anyio task groups may wrap the one error that matters
         exc = _leaf(group)
         if isinstance(exc, KeyboardInterrupt):
-            return 130
+            return INTERRUPTED
+        if isinstance(exc, BrokenPipeError):
+            return stdout_gone()
         if isinstance(exc, BadToolArguments):
-            print(f"{prog}: {exc}", file=sys.stderr)
+            say(str(exc))
             return 2
         if isinstance(exc, ServerNotFound):
             names = anyio.run(_known_names, args.broker)
             hint = f"; online server-names: {', '.join(names)}" if names else "; no MCP servers are online there"
-            print(f"{prog}: {exc}{hint}", file=sys.stderr)
+            say(f"{exc}{hint}")
             return 1
         if isinstance(exc, TransportError):
-            print(f"{prog}: {exc}", file=sys.stderr)
+            say(str(exc))
             return 1
         if isinstance(exc, MCPError):
-            print(f"{prog}: error from {getattr(args, 'server_name', 'the server')}: {exc}", file=sys.stderr)
+            say(f"error from {server}: {exc}")
+            return 1
+        if isinstance(exc, ValidationError):  # before ValueError: pydantic's is one
+            log.debug("malformed answer from %s", server, exc_info=exc)
+            say(f"malformed answer from {server}: {_malformed(exc)}")
             return 1
         if isinstance(exc, ValueError):  # a malformed broker URL, server-name or server-id
-            print(f"{prog}: {exc}", file=sys.stderr)
+            say(str(exc))
             return 2
+        if isinstance(exc, Exception):  # e.g. the SDK refusing a result (RuntimeError): the peer's doing
+            log.debug("failed talking to %s", server, exc_info=exc)
+            say(f"failed talking to {server}: {type(exc).__name__}: {exc} (-vv for details)")
+            return 1
         raise
 
 
 def _positive_float(text: str) -> float:
-    value = float(text)
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds, not {text!r}") from None
     if not value > 0 or not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {text}")
     return value
 
 
 def _positive_int(text: str) -> int:
-    value = int(text)
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number, not {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, not {text}")
     return value
@@ -618,22 +771,27 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
         return p
 
     answer = f"seconds to wait for the server's answer (default {REQUEST_TIMEOUT:g})"
-    p = add("devices", _devices, "list the MCP servers online at the broker", common,
-            f"seconds to listen for presence messages (default {DEVICES_WINDOW:g})", DEVICES_WINDOW)
+    p = add("devices", _devices, "list the MCP servers online at the broker (exit 1 if none matches)", common,
+            "give up waiting for the broker's retained presences after S seconds; it returns as soon as "
+            f"they are in (default {DEVICES_WINDOW:g})", DEVICES_WINDOW)
     p.add_argument("filter", nargs="?", default="#", metavar="FILTER",
                    help="server-name filter with MQTT wildcards (default: #)")
     add("tools", _tools, "list a server's tools with their parameters", server, answer, REQUEST_TIMEOUT)
     p = add("call", _call, "call a tool: values are typed by the tool's inputSchema", server,
             f"seconds the tool may take (default {CALL_TIMEOUT:g})", CALL_TIMEOUT)
-    p.add_argument("tool", metavar="TOOL")
+    p.add_argument("tool", metavar="TOOL", help="tool name, as `edge-agent tools SERVER_NAME` lists it")
     p.add_argument("arguments", nargs="*", metavar="key=value",
                    help="tool arguments (booleans: true/false/on/off/1/0; arrays and objects: JSON)")
     p = add("read", _read, "read a resource (prints '21.4 °C' for a sensor reading)", server, answer, REQUEST_TIMEOUT)
-    p.add_argument("uri", metavar="URI")
-    p = add("watch", _watch, "print a resource now and again on every update", server,
+    p.add_argument("uri", metavar="URI", help="resource URI, e.g. sensor://soil_temp/temperature")
+    p = add("watch", _watch, "print a resource now and again on every update (JSON Lines with --json)", server,
             "stop after S seconds (default: run until interrupted)", None)
-    p.add_argument("uri", metavar="URI")
-    p.add_argument("--count", metavar="N", type=_positive_int, default=None, help="stop after N updates")
+    p.add_argument("uri", metavar="URI", help="resource URI, e.g. sensor://soil_temp/temperature")
+    p.add_argument("--count", metavar="N", type=_positive_int, default=None,
+                   help="stop after N updates (exit 1 if --timeout comes first)")
+    p.add_argument("--interval", metavar="S", type=_positive_float, default=POLL_INTERVAL,
+                   help="seconds between reads when the server does not offer resources/subscribe "
+                        f"(default {POLL_INTERVAL:g})")
     add("resources", _resources, "list a server's resources and resource templates", server, answer, REQUEST_TIMEOUT)
     add("prompts", _prompts, "list a server's prompts", server, answer, REQUEST_TIMEOUT)
     add_gateway_command(subparsers)

@@ -152,15 +152,36 @@ class PresenceTable:
         return [self.servers[k] for k in sorted(self.servers)]
 
 
+RETAINED_GRACE = 0.05
+"""Seconds of quiet on the presence topics, after the end-of-retained marker came back, before
+:func:`discover` (``until_retained=True``) returns: insurance for brokers that deliver retained
+messages from another thread than the live ones (Mosquitto does not; the marker alone suffices)."""
+
+
+def marker_topic(client_id: str) -> str:
+    """The end-of-retained marker topic of ``client_id``: under its own RPC topics
+    (``$mcp-rpc/{client_id}/#``), which the ACLs of ``edge-agent acl`` let it read and write."""
+    return f"$mcp-rpc/{client_id}/discovery/end-of-retained"
+
+
 async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: float = 1.0,
                    client_id: str | None = None, username: str | None = None,
-                   password: str | None = None, connect_timeout: float = 10.0) -> list[ServerPresence]:
+                   password: str | None = None, connect_timeout: float = 10.0,
+                   until_retained: bool = False) -> list[ServerPresence]:
     """List the MCP servers online at ``broker_url`` whose server-name matches ``server_name_filter``.
 
     Subscribes to ``$mcp-server/presence/+/{server_name_filter}`` (or to the broker's suggested
     ``MCP-SERVER-NAME-FILTERS``, narrowed locally) and collects retained and live presence
     messages for ``timeout`` seconds. Empty payloads (a server that went away) are ignored;
     malformed online messages are logged and skipped.
+
+    With ``until_retained``, it returns as soon as the broker has delivered the retained
+    presences (``timeout`` is then only a cap): after the SUBACK it publishes a random marker,
+    QoS 1 like the presences, to :func:`marker_topic`, subscribed on the same connection. A
+    broker queues a subscription's retained messages before it handles a later PUBLISH, and
+    delivers one connection's messages in order, so when the marker comes back every retained
+    presence is in (plus :data:`RETAINED_GRACE` of quiet). If the broker refuses the marker
+    topic, it falls back to waiting ``timeout`` seconds.
 
     Returns:
         One :class:`ServerPresence` per server-id, sorted by server-name then server-id.
@@ -170,14 +191,43 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
         ValueError: a malformed broker URL.
     """
     table = PresenceTable(server_name_filter)
-    async with MqttLink(broker_url, client_id=client_id or new_client_id(), username=username,
+    client_id = client_id or new_client_id()
+    marker, token = marker_topic(client_id), secrets.token_hex(8).encode()
+    marker_back = anyio.Event()
+    last_presence = [0.0]
+
+    def on_message(message: Incoming) -> None:
+        if message.topic == marker and message.payload == token:
+            marker_back.set()
+            return
+        last_presence[0] = anyio.current_time()
+        table.feed(message)
+
+    async with MqttLink(broker_url, client_id=client_id, username=username,
                         password=password, connect_timeout=connect_timeout) as link:
-        link.on_message = table.feed
+        link.on_message = on_message
+        link.on_lost = lambda reason: marker_back.set()
+        use_marker = until_retained
+        if use_marker:
+            try:
+                await link.subscribe([(marker, False)])
+            except TransportError as exc:
+                if link.lost is not None:
+                    raise
+                log.info("no end-of-retained marker (%s): listening %g s", exc, timeout)
+                use_marker = False
         broker_filters = suggested_filters(link.connack_properties)
         if broker_filters:
             log.info("broker suggests server-name filters %s", broker_filters)
         await link.subscribe((f, False) for f in presence_subscriptions(broker_filters, server_name_filter))
-        await anyio.sleep(timeout)
+        with anyio.move_on_after(timeout):
+            if use_marker:
+                link.publish(marker, token)
+                await marker_back.wait()
+                while (quiet := last_presence[0] + RETAINED_GRACE - anyio.current_time()) > 0 and link.lost is None:
+                    await anyio.sleep(quiet)
+            else:
+                await anyio.sleep_forever()
         if link.lost is not None:
             raise TransportError(link.lost)
     return table.sorted()
