@@ -47,3 +47,22 @@ def default_server_id(*, hostname: str | None = None, files: tuple[str, ...] = M
         return f"edge-{host}"
     digest = hmac.new(bytes.fromhex(mid), _APP_ID, hashlib.sha256).hexdigest()[:8]
     return f"edge-{host}-{digest}"
+
+
+MACHINE_ID_FIX = "sudo rm /etc/machine-id && sudo systemd-machine-id-setup"
+
+
+def collision_hint(server_id: str, *, default: str | None = None) -> str:
+    """What to do when another agent uses ``server_id`` on the same broker: one sentence for a
+    log line. ``default``: this machine's :func:`default_server_id` (computed when None).
+
+    When ``server_id`` is this machine's default, the other device most likely runs a copy of
+    this SD card with the same ``/etc/machine-id``; otherwise the config sets it by hand."""
+    default = default_server_id() if default is None else default
+    if server_id == default:
+        return (f"'{server_id}' is the default derived from the hostname and /etc/machine-id, so the other device "
+                f"most likely runs a clone of this SD card: on one of them run `{MACHINE_ID_FIX}` and restart "
+                f"edge-agent, or set a unique `[device] server_id` in its config")
+    return (f"set a unique `[device] server_id` in one agent's config, or remove it there to use the "
+            f"per-machine default ('{default}' on this machine; it comes from /etc/machine-id, which must differ "
+            f"between cloned SD cards: `{MACHINE_ID_FIX}`)")

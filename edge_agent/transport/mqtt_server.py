@@ -6,7 +6,10 @@ subscriptions (RPC with No Local), the server capability topic, reconnection and
 store-and-forward. It moves bytes; it does not know what a tool is.
 
 Threads: one network thread runs paho's ``loop()`` and the connection attempts (tenacity:
-exponential backoff with full jitter, capped; broker URLs tried in turn). Every paho callback
+exponential backoff with full jitter, capped; broker URLs tried in turn). A connection that dies
+soon after it was made counts as a loss in the same backoff (``reconnect.ReconnectPolicy``), so a
+flapping link or a second agent with the same server-id (the broker takes the session over,
+reason 0x8E) cannot make it reconnect in a tight loop; the duplicate is logged once. Every paho callback
 only hands its data to the asyncio loop with ``loop.call_soon_threadsafe``; all state lives
 on the asyncio thread.
 
@@ -32,12 +35,14 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from .. import identity
 from ..errors import TransportError
 from ..store import OutboxRow, Store
 from . import codec, topics
 from .broker_url import BrokerURL
 from .outbox import Outbox
 from .profiles import LinkSettings
+from .reconnect import Loss, ReconnectPolicy
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +98,9 @@ class LinkStats:
     last_outage_s: float | None = None
     rtt_ms: float | None = None
     qos0_dropped: int = 0
+    early_losses: int = 0  # connections that ended before they were stable
+    takeovers: int = 0  # losses judged a session takeover (reported 0x8E or suspected)
+    server_id_conflict: str | None = None  # None, "reported" (0x8E) or "suspected"
     broker: str = ""
     since: float = field(default_factory=time.time)
 
@@ -148,6 +156,9 @@ class MqttServerTransport:
         self._connack_result: tuple[Any, Any] | None = None
         self._broker_index = 0
         self._thread: threading.Thread | None = None
+        self.policy = ReconnectPolicy(self.settings.reconnect_min, self.settings.reconnect_max)
+        self._disconnect_reason: tuple[int | None, bool, str] | None = None  # (code, DISCONNECT from broker, text)
+        self._dropped_dead_link = False  # we shut the socket down ourselves (half-open link)
 
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.server_id, protocol=mqtt.MQTTv5)
         c.on_connect = self._on_connect
@@ -243,6 +254,8 @@ class MqttServerTransport:
             infos.append(self.client.publish(self.presence_topic, b"", qos=1, retain=True, properties=self._pub_props))
             await asyncio.to_thread(_wait_all, infos, timeout)
             self.client.disconnect()  # written by the network thread, which then sees the link end
+        else:
+            self._closing.set()  # nothing to flush: wake the thread from a backoff sleep now
         if self._thread is not None:
             await asyncio.to_thread(self._thread.join, timeout)  # it does not reconnect once stopping
         self._closing.set()
@@ -252,8 +265,10 @@ class MqttServerTransport:
 
     # ----------------------------------------------------------------- network thread
     def _network_main(self) -> None:
+        # One backoff for failed attempts and short-lived connections (see reconnect.py):
+        # tenacity's own attempt counter would restart at 1 after every successful connect.
         retrying = tenacity.Retrying(
-            wait=tenacity.wait_random_exponential(multiplier=self.settings.reconnect_min, max=self.settings.reconnect_max),
+            wait=lambda state: self.policy.delay(),
             stop=lambda state: self._closing.is_set() or self._stopping,
             sleep=self._closing.wait,
             before_sleep=self._log_retry,
@@ -268,6 +283,9 @@ class MqttServerTransport:
                 log.exception("unexpected error while connecting")
                 self._closing.wait(self.settings.reconnect_max)
                 continue
+            self.policy.connected(time.monotonic())
+            self._disconnect_reason = None
+            self._dropped_dead_link = False
             overdue = 0.5 * self.settings.keepalive
             while not self._closing.is_set():
                 rc = self.client.loop(timeout=0.2)
@@ -282,11 +300,54 @@ class MqttServerTransport:
                 if ping_t and time.monotonic() - ping_t > overdue and self.client.is_connected():
                     log.warning("no PINGRESP %.1f s after PINGREQ: the link to the broker is dead; reconnecting",
                                 time.monotonic() - ping_t)
+                    self._dropped_dead_link = True
                     sock = self.client.socket()
                     try:
                         sock.shutdown(socket.SHUT_RDWR)
                     except (OSError, AttributeError):
                         pass
+            if self._closing.is_set() or self._stopping:
+                break
+            self._connection_ended()
+
+    def _connection_ended(self) -> None:
+        """Network thread, after a connection that had been accepted ended: judge the loss,
+        log it (a takeover loudly once, then quietly), wait the backoff delay."""
+        code, from_broker, text = self._disconnect_reason or (None, False, "connection closed")
+        loss = self.policy.lost(time.monotonic(), reason_code=code, from_broker=from_broker,
+                                self_inflicted=self._dropped_dead_link)
+        self.loop.call_soon_threadsafe(self._count_loss, loss)
+        broker = self.brokers[self._broker_index % len(self.brokers)]
+        if loss.first_takeover:
+            log.warning("%s", self._takeover_message(loss, broker))
+        elif loss.takeover:
+            log.debug("session %s taken over again (%d times); reconnecting in %.1f s",
+                      self.server_id, self.policy.takeovers_seen, loss.delay)
+        else:
+            log.warning("lost the broker %s (%s) after %.1f s; reconnecting%s", broker,
+                        _reason_text(code, from_broker, text, self._dropped_dead_link), loss.uptime,
+                        f" in {loss.delay:.1f} s" if loss.delay else "")
+        if loss.delay:
+            self._closing.wait(loss.delay)
+
+    def _takeover_message(self, loss: Loss, broker: BrokerURL) -> str:
+        if loss.takeover == "reported":
+            how = "the broker took this session over (DISCONNECT reason 0x8E \"Session taken over\")"
+        else:
+            how = (f"the broker closed this connection right after accepting it, {self.policy.suspect_after} times "
+                   f"in a row, without a reason code (what brokers older than Mosquitto 2.0.15 do on a session "
+                   f"takeover)")
+        return (f"another agent uses the same server-id {self.server_id!r} on {broker}: {how}. The two disconnect each "
+                f"other; this agent now waits a random backoff of up to {self.settings.reconnect_max:g} s before "
+                f"each reconnect and logs no further takeovers (they are counted in device://link \"takeovers\"). "
+                f"Fix: {identity.collision_hint(self.server_id)}")
+
+    def _count_loss(self, loss: Loss) -> None:
+        if loss.early:
+            self.stats.early_losses += 1
+        if loss.takeover:
+            self.stats.takeovers += 1
+            self.stats.server_id_conflict = loss.takeover
 
     def _connect_once(self) -> None:
         url = self.brokers[self._broker_index % len(self.brokers)]
@@ -318,6 +379,7 @@ class MqttServerTransport:
                 raise TransportError(f"{url} refused the connection: {reason}")
         except (OSError, TransportError):
             self._broker_index += 1  # fail over to the next URL
+            self.policy.attempt_failed()
             raise
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
@@ -471,6 +533,7 @@ class MqttServerTransport:
             "outbox": {"messages": self.outbox.depth, "bytes": self.outbox.size, "in_flight": len(self._inflight),
                        "max_messages": self.outbox.max_messages, "max_bytes": self.outbox.max_bytes},
             "qos0_queued": len(self._qos0), "drops": drops, "rtt_ms": s.rtt_ms,
+            "early_losses": s.early_losses, "takeovers": s.takeovers, "server_id_conflict": s.server_id_conflict,
             "published": s.published, "received": s.received, "malformed": s.malformed,
             "keepalive_s": self.settings.keepalive, "session_expiry_s": self.settings.session_expiry,
         }
@@ -512,6 +575,9 @@ class MqttServerTransport:
             self.on_connected()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
+        from_broker = bool(getattr(flags, "is_disconnect_packet_from_server", False))
+        self._disconnect_reason = (getattr(reason_code, "value", None) if from_broker else None, from_broker,
+                                   str(reason_code))
         self.loop.call_soon_threadsafe(self._disconnected, reason_code)
 
     def _disconnected(self, reason_code) -> None:
@@ -521,8 +587,7 @@ class MqttServerTransport:
             self.stats.disconnects += 1
             self.stats.outage_started = time.monotonic()
             self.stats.last_error = str(reason_code)
-        if not self._stopping and was:
-            log.warning("lost the broker %s (%s); reconnecting", self.stats.broker, reason_code)
+        # logged by the network thread (_connection_ended), which knows how the loss is judged
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
         self.loop.call_soon_threadsafe(self._acked, mid, reason_code)
@@ -577,6 +642,16 @@ class MqttServerTransport:
             if parsed.client_id in self.clients and _is_disconnected(payload):
                 self.on_client_gone(parsed.client_id)
         # client-capability: roots/list_changed; this server does not use roots.
+
+
+def _reason_text(code: int | None, from_broker: bool, text: str, dropped_dead_link: bool) -> str:
+    """Why a connection ended, for the log: ``no PINGRESP``, ``DISCONNECT 0x8B Server shutting down``, or
+    ``connection closed`` (socket closed or reset without a DISCONNECT packet)."""
+    if dropped_dead_link:
+        return "no PINGRESP"
+    if from_broker:
+        return f"DISCONNECT 0x{code:02X} {text}" if code is not None else f"DISCONNECT {text}"
+    return "connection closed"
 
 
 def _is_disconnected(payload: bytes) -> bool:
