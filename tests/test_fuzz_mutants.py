@@ -12,9 +12,9 @@ import pytest
 
 from edge_agent import config as cfg
 from edge_agent import endpoint as endpoint_mod
-from edge_agent.protocol import jsonrpc
+from edge_agent.core import jsonrpc
 from edge_agent.protocol import server as server_mod
-from edge_agent.protocol.jsonrpc import RpcError
+from edge_agent.core.jsonrpc import RpcError
 from edge_agent.transport import broker_url, codec, topics
 from tests import test_fuzz_config, test_fuzz_micropython, test_fuzz_protocol, test_fuzz_transport
 from tests.test_fuzz_common import Property, run_long
@@ -61,16 +61,15 @@ def check_accepts_list_params(mp):
 
 
 def no_schema_validation(mp):
-    from jsonschema import Draft202012Validator
-    mp.setattr(server_mod.McpServer, "_validator", lambda self, name, schema: Draft202012Validator({}))
+    mp.setattr(server_mod.McpServer, "_problem", lambda self, name, schema, arguments: None)
 
 
 def drops_some_answers(mp):
-    orig = server_mod.McpServer._answer
+    orig = server_mod.McpServer.answer
 
-    async def answer(self, session, msg, cancel, deadline=None):
-        return None if str(msg["id"]).endswith("1") else await orig(self, session, msg, cancel, deadline)
-    mp.setattr(server_mod.McpServer, "_answer", answer)
+    async def answer(self, session, req):
+        return None if str(req.id).endswith("1") else await orig(self, session, req)
+    mp.setattr(server_mod.McpServer, "answer", answer)
 
 
 def cbor_errors_unwrapped(mp):
@@ -103,7 +102,7 @@ def parse_strips_slashes(mp):
 
 
 def rpc_swaps_ids(mp):
-    mp.setattr(topics, "rpc", lambda c, s, n: topics.RPC.format(client_id=s, server_id=c, server_name=n))
+    mp.setattr(topics, "rpc", lambda c, s, n: f"$mcp-rpc/{s}/{c}/{n}")
 
 
 def check_id_allows_plus(mp):

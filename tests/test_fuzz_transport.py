@@ -25,7 +25,7 @@ import cbor2
 from hypothesis import strategies as st
 
 from edge_agent.endpoint import Endpoint
-from edge_agent.protocol import jsonrpc
+from edge_agent.core import jsonrpc
 from edge_agent.transport import codec, topics
 from edge_agent.transport.broker_url import BrokerURL, parse_broker_url
 from edge_agent.transport.mqtt_server import Incoming, LinkStats

@@ -249,7 +249,8 @@ def test_reinitialize_replaces_session_and_close_cancels():
         await w.init()
         await w.request("resources/subscribe", {"uri": "sensor://t0/temperature"}, id=2)
         await w.send({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "slow_sweep", "arguments": {"forever": True}}})
-        task, event = w.session.inflight[3]
+        task, req = w.session.inflight[3]
+        event = req.cancelled
         w.session = server.open_session("c1", w.out.append)  # a second initialize from the same id
         await w.init()
         await asyncio.sleep(0.05)

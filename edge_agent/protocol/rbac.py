@@ -14,11 +14,13 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-ALWAYS = ("initialize", "notifications/initialized", "ping", "notifications/cancelled")
-READ_METHODS = ("ping", "notifications/initialized", "tools/list", "tools/call", "resources/list",
-                "resources/templates/list", "resources/read", "resources/subscribe", "resources/unsubscribe",
-                "prompts/list", "prompts/get", "completion/complete", "logging/setLevel")
-FORBIDDEN = -32003  # implementation-defined server error (JSON-RPC -32000..-32099)
+from ..core.jsonrpc import FORBIDDEN
+from ..core.methods import KNOWN, LIFECYCLE_NOTIFICATIONS, OPEN, READ
+
+# The methods of the READ access class in the core's method table (what the viewer role gets
+# when it lists no methods). A server that adds a READ method extends it without an edit here.
+READ_METHODS = tuple(name for name, rules in KNOWN.items() if rules[3] in (OPEN, READ) and name != "initialize")
+__all__ = ["FORBIDDEN", "OPERATOR", "READ_METHODS", "VIEWER", "Policy", "Role"]
 
 
 @dataclass(frozen=True)
@@ -29,12 +31,19 @@ class Role:
 
     name: str
     description: str = ""
-    allowed_methods: tuple[str, ...] = READ_METHODS
+    allowed_methods: tuple[str, ...] | None = None  # None: every method of the READ (and OPEN) class
     allowed_tools: str | tuple[str, ...] = "read_only"
     allowed_resources: str | tuple[str, ...] = "all"
 
-    def allows_method(self, method: str) -> bool:
-        return method in ALWAYS or method in self.allowed_methods
+    def allows_method(self, method: str, access: str = READ) -> bool:
+        """May this role call ``method`` (of access class ``access``, from the core's method
+        table)? The lifecycle (OPEN) always; else the listed methods, or with no list every
+        READ method."""
+        if access == OPEN or method in LIFECYCLE_NOTIFICATIONS:
+            return True
+        if self.allowed_methods is None:
+            return access == READ
+        return method in self.allowed_methods
 
     def allows_tool(self, name: str, annotations: Mapping[str, Any] | None) -> bool:
         if self.allowed_tools == "all":
@@ -54,21 +63,23 @@ class Role:
             tools_out: Any = "all"
         else:
             tools_out = sorted(n for n, ann in tools if self.allows_tool(n, ann))
-        methods = list(dict.fromkeys(["notifications/initialized", *self.allowed_methods]))
+        listed = READ_METHODS if self.allowed_methods is None else self.allowed_methods
+        methods = list(dict.fromkeys(["notifications/initialized", *listed]))
         resources: Any = "all" if self.allowed_resources == "all" else list(self.allowed_resources)
         return {"name": self.name, "description": self.description, "allowed_methods": methods,
                 "allowed_tools": tools_out, "allowed_resources": resources}
 
 
-VIEWER = Role("viewer", "Read-only: lists, reads, subscriptions and read-only tools", READ_METHODS, "read_only", "all")
-OPERATOR = Role("operator", "Everything, actuators included", READ_METHODS, "all", "all")
+VIEWER = Role("viewer", "Read-only: lists, reads, subscriptions and read-only tools", None, "read_only", "all")
+OPERATOR = Role("operator", "Everything, actuators included", None, "all", "all")
 
 
 @dataclass
 class Policy:
     """Roles, rules (``(client-id glob, role name)``, first match wins) and the default role.
 
-    ``Policy.open()`` (no ``[rbac]`` in the config) gives every client the operator role.
+    ``Policy.open()`` (no ``[rbac]`` in the config) checks no role at all: :meth:`role_for`
+    gives None, so a method added to the server is open to every client at once.
     """
 
     roles: dict[str, Role] = field(default_factory=lambda: {"viewer": VIEWER, "operator": OPERATOR})
@@ -80,7 +91,11 @@ class Policy:
     def open(cls) -> "Policy":
         return cls(enabled=False, default="operator")
 
-    def role_for(self, client_id: str) -> Role:
+    def role_for(self, client_id: str) -> Role | None:
+        """The role of ``client_id``: the first matching rule's, else the default; None when
+        the policy is disabled (no role check)."""
+        if not self.enabled:
+            return None
         for pattern, role in self.rules:
             if fnmatch.fnmatchcase(client_id, pattern):
                 return self.roles[role]

@@ -22,21 +22,23 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from jsonschema import Draft202012Validator
-from jsonschema.exceptions import SchemaError
-
+from ..core import args as core_args
+from ..core import lifecycle
+from ..core import tools as core_tools
+from ..core.dispatch import Dispatcher
+from ..core.lifecycle import LOG_LEVELS, VERSIONS as SUPPORTED_VERSIONS
+from ..core.results import tool_error as _tool_error
+from ..core.results import tool_result as _tool_result
 from ..errors import ToolInputError
 from . import jsonrpc
-from .jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, RESOURCE_NOT_FOUND, RpcError
-from .rbac import FORBIDDEN, Policy, Role
+from .jsonrpc import FORBIDDEN, INVALID_PARAMS, RESOURCE_NOT_FOUND, RpcError
+from .rbac import Policy, Role
 from .registry import Registry, ToolContext
 
 log = logging.getLogger(__name__)
 
-SUPPORTED_VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")  # newest first
-# Syslog severities, RFC 5424 order (MCP server/utilities/logging).
-LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
-ALLOWED_BEFORE_INIT = {"initialize", "ping", "logging/setLevel"}
+__all__ = ["LOG_LEVELS", "SUPPORTED_VERSIONS", "McpServer", "ServerInfo", "Session", "stale_message"]
+
 # A client may bound when a command is still worth executing (Unix time in seconds, or an
 # RFC 3339 string) in params._meta; destructive tools refuse to run after it.
 DEADLINE_META = "io.edge-agent/deadline"
@@ -54,30 +56,25 @@ class ServerInfo:
     instructions: str | None = None
 
 
-@dataclass
-class Session:
-    """One MCP client's session (keyed by its mcp-client-id).
+class Session(lifecycle.Session):
+    """One MCP client's session (keyed by its mcp-client-id), on the Pi: the core's session
+    (:class:`edge_agent.core.lifecycle.Session`: state, versions, subscriptions, log level,
+    in-flight requests) plus ``send(message)``, the reply cache and the RBAC role (None: no
+    role check at all)."""
 
-    ``state``: ``new`` → ``initializing`` (initialize answered) → ``ready``
-    (``notifications/initialized`` received). ``subscriptions``: resource URIs this client
-    subscribed to. ``log_level``: minimum level of ``notifications/message`` it receives.
-    """
-
-    id: str
-    send: Send
-    state: str = "new"
-    protocol_version: str | None = None
-    client_info: dict[str, Any] = field(default_factory=dict)
-    client_capabilities: dict[str, Any] = field(default_factory=dict)
-    log_level: str = "warning"
-    subscriptions: set[str] = field(default_factory=set)
-    inflight: dict[Any, tuple[asyncio.Task, threading.Event]] = field(default_factory=dict)
-    replies: "OrderedDict[Any, tuple[str, dict[str, Any]]]" = field(default_factory=OrderedDict)
-    role: Role | None = None  # set by the server from its RBAC policy
-
-    @property
-    def initialized(self) -> bool:
-        return self.state in ("initializing", "ready")
+    def __init__(self, id: str, send: Send, *, state: str = lifecycle.NEW, protocol_version: str | None = None,
+                 client_info: dict[str, Any] | None = None, client_capabilities: dict[str, Any] | None = None,
+                 log_level: str = "warning", subscriptions: set[str] | None = None, role: Role | None = None):
+        super().__init__(id)
+        self.send = send
+        self.state = state
+        self.protocol_version = protocol_version
+        self.client_info = client_info or {}
+        self.client_capabilities = client_capabilities or {}
+        self.log_level = log_level
+        self.subscriptions = set(subscriptions or ())
+        self.replies: OrderedDict[Any, tuple[str, dict[str, Any]]] = OrderedDict()
+        self.role = role
 
     def snapshot(self) -> dict[str, Any]:
         """What survives an agent restart (JSON-serialisable)."""
@@ -86,8 +83,12 @@ class Session:
                 "subscriptions": sorted(self.subscriptions)}
 
 
-class McpServer:
-    """Dispatches MCP requests to a :class:`Registry`.
+class McpServer(Dispatcher):
+    """The Pi's MCP server: the core's request engine (:class:`edge_agent.core.dispatch.Dispatcher`:
+    framing, the method table, lifecycle, in-flight and cancellation rules, tool calls) with the
+    CPython extras on top: a :class:`Registry` of tools, resources, templates and prompts, full
+    JSON Schema for tools outside the core's subset, pagination, completion, logging, a reply
+    cache, stale-command deadlines and RBAC.
 
     ``page_size``: items per ``*/list`` page (cursor pagination). ``broadcast``: sends a
     notification to every client (set by the transport; a no-op until then).
@@ -101,6 +102,7 @@ class McpServer:
                  reply_cache: int = 64,
                  on_session_change: Callable[[Session, bool], None] | None = None,
                  policy: Policy | None = None):
+        super().__init__()
         self.registry = registry
         self.policy = policy or Policy.open()
         self.reply_cache = max(0, reply_cache)
@@ -110,36 +112,44 @@ class McpServer:
         self.broadcast: Send = broadcast or (lambda msg: None)
         self.on_tool_error = on_tool_error
         self.sessions: dict[str, Session] = {}
-        self._validators: dict[str, Draft202012Validator] = {}
-        self._methods: dict[str, Callable[[Session, dict[str, Any]], Any]] = {
-            "initialize": self._initialize,
-            "ping": self._ping,
-            "logging/setLevel": self._set_level,
-            "tools/list": self._tools_list,
-            "tools/call": self._tools_call,
-            "resources/list": self._resources_list,
-            "resources/templates/list": self._templates_list,
-            "resources/read": self._resources_read,
-            "resources/subscribe": self._subscribe,
-            "resources/unsubscribe": self._unsubscribe,
-            "prompts/list": self._prompts_list,
-            "prompts/get": self._prompts_get,
-            "completion/complete": self._complete,
-        }
+        self._validators: dict[str, Any] = {}
+        add = self.table.add
+        add("logging/setLevel", self.set_level)
+        add("tools/list", self._tools_list)
+        add("tools/call", self._tools_call)
+        add("resources/list", self._resources_list)
+        add("resources/templates/list", self._templates_list)
+        add("resources/read", self._resources_read)
+        add("resources/subscribe", self._subscribe)
+        add("resources/unsubscribe", self._unsubscribe)
+        add("prompts/list", self._prompts_list)
+        add("prompts/get", self._prompts_get)
+        add("completion/complete", self._complete)
+
+    @property
+    def server_info(self) -> dict[str, Any]:  # type: ignore[override]
+        info: dict[str, Any] = {"name": self.info.name, "version": self.info.version}
+        if self.info.title:
+            info["title"] = self.info.title
+        return info
+
+    @property
+    def instructions(self) -> str | None:  # type: ignore[override]
+        return self.info.instructions
 
     # ------------------------------------------------------------------ sessions
     def open_session(self, session_id: str, send: Send) -> Session:
         """Create (or replace, for a re-initialize) the session of ``session_id``."""
         old = self.sessions.get(session_id)
         if old is not None:
-            self._cancel_all(old)
+            self.cancel_all(old)
         session = Session(session_id, send, role=self.policy.role_for(session_id))
         self.sessions[session_id] = session
         return session
 
     def restore_session(self, session_id: str, data: dict[str, Any], send: Send) -> Session:
         """Re-create a session from :meth:`Session.snapshot` (after an agent restart)."""
-        session = Session(session_id, send, state=data.get("state", "ready"),
+        session = Session(session_id, send, state=data.get("state", lifecycle.READY),
                           protocol_version=data.get("protocol_version"), client_info=data.get("client_info") or {},
                           client_capabilities=data.get("client_capabilities") or {},
                           log_level=data.get("log_level", "warning"),
@@ -153,169 +163,63 @@ class McpServer:
         session = self.sessions.pop(session_id, None)
         if session is None:
             return False
-        self._cancel_all(session)
-        self._changed(session, closed=True)
+        self.cancel_all(session)
+        self.changed(session, closed=True)
         return True
-
-    def _changed(self, session: Session, closed: bool = False) -> None:
-        if self.on_session_change is not None:
-            self.on_session_change(session, closed)
 
     def end_all(self, *, forget: bool) -> None:
         """Shutdown: cancel every session's requests and drop the sessions; ``forget`` also
         reports them closed (so a persisted copy is deleted)."""
         for sid in list(self.sessions):
             session = self.sessions.pop(sid)
-            self._cancel_all(session)
+            self.cancel_all(session)
             if forget:
-                self._changed(session, closed=True)
-
-    @staticmethod
-    def _cancel_all(session: Session) -> None:
-        for task, event in session.inflight.values():
-            event.set()
-            task.cancel()
-        session.inflight.clear()
+                self.changed(session, closed=True)
 
     def capabilities(self) -> dict[str, Any]:
-        return {
-            "tools": {"listChanged": True},
-            "resources": {"subscribe": True, "listChanged": True},
-            "prompts": {"listChanged": True},
-            "logging": {},
-            "completions": {},
-        }
+        return self.table.capabilities({"tools": {"listChanged": True}, "resources": {"listChanged": True},
+                                        "prompts": {"listChanged": True}})
 
-    # ------------------------------------------------------------------ entry point
-    async def handle(self, session: Session, payload: bytes | str | dict[str, Any], *,
+    # ------------------------------------------------------------------ core hooks
+    async def emit(self, session: Session, msg: dict[str, Any]) -> None:  # type: ignore[override]
+        session.send(msg)
+
+    def new_flag(self) -> threading.Event:  # type: ignore[override]
+        return threading.Event()
+
+    def changed(self, session: Session, closed: bool = False) -> None:  # type: ignore[override]
+        if self.on_session_change is not None:
+            self.on_session_change(session, closed)
+
+    def authorize(self, session: Session, method: Any) -> None:  # type: ignore[override]
+        role = session.role
+        if role is not None and not role.allows_method(method.name, method.access):
+            raise RpcError(FORBIDDEN, f"Forbidden: role {role.name!r} may not call {method.name}",
+                           {"role": role.name, "method": method.name})
+
+    async def replay(self, session: Session, msg: dict[str, Any]) -> bool:  # type: ignore[override]
+        cached = session.replies.get(msg["id"])
+        if cached is not None and cached[0] == _fingerprint(msg):
+            log.info("duplicate of request %r from %s answered from the reply cache", msg["id"], session.id)
+            session.send(cached[1])
+            return True
+        return False
+
+    def answered(self, session: Session, msg: dict[str, Any], reply: dict[str, Any]) -> None:  # type: ignore[override]
+        if self.reply_cache and msg["method"] != "initialize":
+            session.replies[msg["id"]] = (_fingerprint(msg), reply)
+            while len(session.replies) > self.reply_cache:
+                session.replies.popitem(last=False)
+
+    def log_error(self, method: str, exc: BaseException) -> None:
+        log.error("internal error in %s", method, exc_info=exc)
+
+    async def handle(self, session: Session, payload: bytes | str | dict[str, Any], *,  # type: ignore[override]
                      deadline: float | None = None) -> None:
-        """Handle one incoming message of ``session``. Never raises for bad input: malformed
-        JSON gets -32700, a bad message -32600, an unknown method -32601, a request before
-        ``initialize`` -32600; requests run as tasks so they can be cancelled and overlap.
+        """Handle one incoming message of ``session`` (see :meth:`Dispatcher.handle`).
         ``deadline``: Unix time (s) after which the transport says the message expired (MQTT
-        Message Expiry); destructive tools called after it are refused.
-        """
-        if isinstance(payload, dict):
-            try:
-                msg = jsonrpc.check(payload)
-            except RpcError as err:
-                msg_id = err.data.get("id") if isinstance(err.data, dict) else None
-                err.data = None
-                session.send(jsonrpc.error(msg_id, err))
-                return
-        else:
-            try:
-                msg = jsonrpc.decode(payload)
-            except RpcError as err:
-                msg_id = err.data.get("id") if isinstance(err.data, dict) else None
-                err.data = None
-                session.send(jsonrpc.error(msg_id, err))
-                return
-        if jsonrpc.is_notification(msg):
-            self._notification(session, msg)
-        elif jsonrpc.is_request(msg):
-            msg_id = msg["id"]
-            if msg_id in session.inflight:
-                log.info("duplicate of in-flight request %r from %s ignored", msg_id, session.id)
-                return  # a QoS 1 redelivery: the answer is on its way
-            cached = session.replies.get(msg_id)
-            if cached is not None and cached[0] == _fingerprint(msg):
-                log.info("duplicate of request %r from %s answered from the reply cache", msg_id, session.id)
-                session.send(cached[1])
-                return
-            cancel = threading.Event()
-            task = asyncio.get_running_loop().create_task(self._request(session, msg, cancel, deadline))
-            session.inflight[msg["id"]] = (task, cancel)
-        # responses: this server sends no requests, so there is nothing to match; ignore.
-
-    async def _request(self, session: Session, msg: dict[str, Any], cancel: threading.Event,
-                       deadline: float | None = None) -> None:
-        reply = await self._answer(session, msg, cancel, deadline)
-        entry = session.inflight.get(msg["id"])
-        if entry is not None and entry[1] is cancel:
-            del session.inflight[msg["id"]]  # before replying: the client may reuse the id at once
-        if reply is not None and not cancel.is_set():
-            if self.reply_cache and msg["method"] != "initialize":
-                session.replies[msg["id"]] = (_fingerprint(msg), reply)
-                while len(session.replies) > self.reply_cache:
-                    session.replies.popitem(last=False)
-            session.send(reply)
-            if msg["method"] in _DURABLE:
-                self._changed(session)
-
-    async def _answer(self, session: Session, msg: dict[str, Any], cancel: threading.Event,
-                      deadline: float | None = None) -> dict[str, Any] | None:
-        method, msg_id = msg["method"], msg["id"]
-        params = msg.get("params") or {}
-        try:
-            handler = self._methods.get(method)
-            if handler is None:
-                raise RpcError(METHOD_NOT_FOUND, f"Method not found: {method}")
-            if not session.initialized and method not in ALLOWED_BEFORE_INIT:
-                raise RpcError(INVALID_REQUEST, f"Session not initialized: send initialize before {method}")
-            if session.role is not None and not session.role.allows_method(method):
-                raise RpcError(FORBIDDEN, f"Forbidden: role {session.role.name!r} may not call {method}",
-                               {"role": session.role.name, "method": method})
-            if method == "tools/call":
-                result = await self._tools_call(session, params, msg_id=msg_id, cancel=cancel, deadline=deadline)
-            else:
-                result = await handler(session, params)
-        except RpcError as err:
-            return jsonrpc.error(msg_id, err)
-        except asyncio.CancelledError:
-            return None  # notifications/cancelled: no response (basic/utilities/cancellation)
-        except Exception as exc:  # a bug in a handler must not take the agent down
-            log.exception("internal error in %s", method)
-            return jsonrpc.error(msg_id, RpcError(INTERNAL_ERROR, f"Internal error in {method}: {exc}"))
-        return jsonrpc.result(msg_id, result)
-
-    def _notification(self, session: Session, msg: dict[str, Any]) -> None:
-        method = msg["method"]
-        params = msg.get("params") or {}
-        if method == "notifications/initialized":
-            if session.state == "initializing":
-                session.state = "ready"
-                self._changed(session)
-        elif method == "notifications/cancelled":
-            rid = params.get("requestId")
-            if not isinstance(rid, (str, int)) or isinstance(rid, bool):
-                return
-            entry = session.inflight.pop(rid, None)  # pop now: a task cancelled before it ran never cleans up
-            if entry is not None and entry[0] is not None:
-                task, event = entry
-                event.set()
-                task.cancel()
-                log.info("request %r of %s cancelled: %s", params.get("requestId"), session.id, params.get("reason", ""))
-        # roots/list_changed, progress from the client, unknown notifications: nothing to do.
-
-    # ------------------------------------------------------------------ lifecycle
-    async def _initialize(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
-        requested = params.get("protocolVersion")
-        if not isinstance(requested, str):
-            raise RpcError(INVALID_PARAMS, "initialize: params.protocolVersion (a string) is required",
-                           {"supported": list(SUPPORTED_VERSIONS)})
-        version = requested if requested in SUPPORTED_VERSIONS else SUPPORTED_VERSIONS[0]
-        session.protocol_version = version
-        session.client_info = params.get("clientInfo") or {}
-        session.client_capabilities = params.get("capabilities") or {}
-        session.state = "initializing"
-        info: dict[str, Any] = {"name": self.info.name, "version": self.info.version}
-        if self.info.title:
-            info["title"] = self.info.title
-        result: dict[str, Any] = {"protocolVersion": version, "capabilities": self.capabilities(), "serverInfo": info}
-        if self.info.instructions:
-            result["instructions"] = self.info.instructions
-        return result
-
-    async def _ping(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
-        return {}
-
-    async def _set_level(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
-        level = params.get("level")
-        if level not in LOG_LEVELS:
-            raise RpcError(INVALID_PARAMS, f"logging/setLevel: level must be one of {', '.join(LOG_LEVELS)}")
-        session.log_level = level
-        return {}
+        Message Expiry); destructive tools called after it are refused."""
+        await super().handle(session, payload, deadline)
 
     # ------------------------------------------------------------------ pagination
     def _page(self, items: list[dict[str, Any]], params: dict[str, Any], key: str) -> dict[str, Any]:
@@ -335,77 +239,72 @@ class McpServer:
         return out
 
     # ------------------------------------------------------------------ tools
-    async def _tools_list(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+    async def _tools_list(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
         role = session.role
         return self._page([t.describe() for t in self.registry.tools.values()
                            if role is None or role.allows_tool(t.name, t.annotations)], params, "tools")
 
-    def _validator(self, name: str, schema: Any) -> Draft202012Validator:
+    def _problem(self, name: str, schema: Any, arguments: dict[str, Any]) -> str | None:
+        """Why ``arguments`` do not fit ``schema``: the core's checker for the JSON Schema subset
+        device tools use (and the board uses); the full validator (imported only then) for
+        anything beyond it."""
+        if core_args.supported(schema):
+            return core_args.check(schema, arguments)
+        from jsonschema import Draft202012Validator
+
         validator = self._validators.get(name)
         if validator is None or validator.schema is not schema:
-            validator = Draft202012Validator(schema)
-            self._validators[name] = validator
-        return validator
+            Draft202012Validator.check_schema(schema)
+            validator = self._validators[name] = Draft202012Validator(schema)
+        problems = sorted(validator.iter_errors(arguments), key=lambda e: list(e.path))
+        return "; ".join(f"{'.'.join(str(x) for x in p.path) or 'arguments'}: {p.message}" for p in problems) or None
 
-    async def _tools_call(self, session: Session, params: dict[str, Any], *, msg_id: Any = None,
-                          cancel: threading.Event | None = None, deadline: float | None = None) -> dict[str, Any]:
-        name = params.get("name")
-        if not isinstance(name, str):
-            raise RpcError(INVALID_PARAMS, "tools/call: params.name (a string) is required")
+    async def _tools_call(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
+        name, arguments = core_tools.name_and_arguments(params)
         tool = self.registry.tools.get(name)
         if tool is None:
-            raise RpcError(INVALID_PARAMS, f"Unknown tool: {name}")
+            raise core_tools.unknown(name)
         if session.role is not None and not session.role.allows_tool(name, tool.annotations):
             raise RpcError(FORBIDDEN, f"Forbidden: role {session.role.name!r} may not call tool {name}",
                            {"role": session.role.name, "tool": name})
-        arguments = params.get("arguments")
-        if arguments is None:
-            arguments = {}
-        if not isinstance(arguments, dict):
-            raise RpcError(INVALID_PARAMS, "tools/call: params.arguments must be an object")
         try:
-            problems = sorted(self._validator(name, tool.input_schema).iter_errors(arguments), key=lambda e: list(e.path))
-        except SchemaError as exc:  # a driver declared a broken schema: a bug, reported clearly
-            return _tool_error(f"{name}: the tool's input schema is invalid ({exc.message})")
-        if not problems and not _finite(arguments):
-            return _tool_error(f"Invalid arguments for {name}: NaN and infinity are not accepted")
-        if problems:
-            lines = []
-            for p in problems:
-                where = ".".join(str(x) for x in p.path) or "arguments"
-                lines.append(f"{where}: {p.message}")
-            return _tool_error(f"Invalid arguments for {name}: " + "; ".join(lines))
+            problem = self._problem(name, tool.input_schema, arguments)
+        except Exception as exc:  # a driver declared a broken schema: a bug, reported clearly
+            return _tool_error(f"{name}: the tool's input schema is invalid ({getattr(exc, 'message', exc)})")
+        refused = core_tools.refusal(name, problem, arguments)
+        if refused is not None:
+            return refused
         if tool.unavailable:
             return _tool_error(f"{name} is unavailable: {tool.unavailable}")
         meta = params.get("_meta") or {}
         if not isinstance(meta, dict):
             raise RpcError(INVALID_PARAMS, "tools/call: params._meta must be an object")
+        deadline = req.deadline if req is not None else None
         try:
             deadline = _earliest(deadline, _parse_deadline(meta.get(DEADLINE_META)))
         except ValueError as exc:
             return _tool_error(f"{name}: bad {DEADLINE_META}: {exc}")
-        if deadline is not None and (tool.annotations or {}).get("destructiveHint") and time.time() > deadline:
+        destructive = bool((tool.annotations or {}).get("destructiveHint"))
+        if deadline is not None and destructive and time.time() > deadline:
             return _tool_error(stale_message(name, deadline))
+        cancelled = req.cancelled if req is not None else threading.Event()
         ctx = ToolContext(
             session_id=session.id,
             progress=self._progress_fn(session, meta.get("progressToken")),
-            cancelled=cancel or threading.Event(),
+            cancelled=cancelled,
             log=lambda level, text: self.log_to(session, level, text, logger=name),
             meta=meta,
-            deadline=deadline if (tool.annotations or {}).get("destructiveHint") else None,
+            deadline=deadline if destructive else None,
         )
         try:
-            value = await tool.handler(arguments, ctx)
+            return await core_tools.invoke(name, lambda: tool.handler(arguments, ctx), self._tool_failed)
         except asyncio.CancelledError:
-            ctx.cancelled.set()
+            cancelled.set()
             raise
-        except ToolInputError as exc:
-            return _tool_error(str(exc))
-        except Exception as exc:
-            if self.on_tool_error is not None:
-                self.on_tool_error(name, exc)
-            return _tool_error(f"{name} failed: {type(exc).__name__}: {exc}")
-        return _tool_result(value)
+
+    def _tool_failed(self, name: str, exc: BaseException) -> None:
+        if self.on_tool_error is not None and not isinstance(exc, ToolInputError):
+            self.on_tool_error(name, exc)
 
     def _progress_fn(self, session: Session, token: Any) -> Callable[..., None]:
         if token is None:
@@ -426,12 +325,12 @@ class McpServer:
         return progress
 
     # ------------------------------------------------------------------ resources
-    async def _resources_list(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+    async def _resources_list(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
         role = session.role
         return self._page([r.describe() for r in self.registry.resources.values()
                            if role is None or role.allows_resource(r.uri)], params, "resources")
 
-    async def _templates_list(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+    async def _templates_list(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
         role = session.role
         visible = role is None or role.allowed_resources == "all"
         return self._page([t.describe() for t in self.registry.templates] if visible else [], params, "resourceTemplates")
@@ -448,7 +347,7 @@ class McpServer:
     def _known(self, uri: str) -> bool:
         return uri in self.registry.resources or self.registry.find_template(uri) is not None
 
-    async def _resources_read(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+    async def _resources_read(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
         uri = self._require_uri(params, "resources/read", session)
         resource = self.registry.resources.get(uri)
         if resource is not None:
@@ -467,14 +366,14 @@ class McpServer:
             return {"contents": [{"uri": uri, "mimeType": template.mime_type, "text": text}]}
         raise RpcError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
 
-    async def _subscribe(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+    async def _subscribe(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
         uri = self._require_uri(params, "resources/subscribe", session)
         if not self._known(uri):
             raise RpcError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
         session.subscriptions.add(uri)
         return {}
 
-    async def _unsubscribe(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+    async def _unsubscribe(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
         uri = self._require_uri(params, "resources/unsubscribe")
         session.subscriptions.discard(uri)
         return {}
@@ -498,10 +397,10 @@ class McpServer:
             self.broadcast(jsonrpc.notification(f"notifications/{kind}/list_changed"))
 
     # ------------------------------------------------------------------ prompts
-    async def _prompts_list(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+    async def _prompts_list(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
         return self._page([p.describe() for p in self.registry.prompts.values()], params, "prompts")
 
-    async def _prompts_get(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+    async def _prompts_get(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
         name = params.get("name")
         prompt = self.registry.prompts.get(name) if isinstance(name, str) else None
         if prompt is None:
@@ -522,7 +421,7 @@ class McpServer:
         return {"description": description, "messages": messages}
 
     # ------------------------------------------------------------------ completion
-    async def _complete(self, session: Session, params: dict[str, Any]) -> dict[str, Any]:
+    async def _complete(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
         ref = params.get("ref") or {}
         argument = params.get("argument") or {}
         if not isinstance(ref, dict) or not isinstance(argument, dict):
@@ -552,9 +451,7 @@ class McpServer:
     # ------------------------------------------------------------------ logging
     def log_to(self, session: Session, level: str, text: str, *, logger: str | None = None) -> None:
         """Send ``notifications/message`` to one session if its level allows."""
-        if level not in LOG_LEVELS or not session.initialized:
-            return
-        if LOG_LEVELS.index(level) < LOG_LEVELS.index(session.log_level):
+        if not lifecycle.log_allowed(session, level):
             return
         params: dict[str, Any] = {"level": level, "data": text}
         if logger:
@@ -566,19 +463,6 @@ class McpServer:
         for session in list(self.sessions.values()):
             self.log_to(session, level, text, logger=logger)
 
-
-def _finite(value: Any) -> bool:
-    """False if ``value`` holds a NaN or an infinity anywhere (JSON Schema ranges let NaN through)."""
-    if isinstance(value, float):
-        return value == value and value not in (float("inf"), float("-inf"))
-    if isinstance(value, dict):
-        return all(_finite(v) for v in value.values())
-    if isinstance(value, list):
-        return all(_finite(v) for v in value)
-    return True
-
-
-_DURABLE = {"initialize", "resources/subscribe", "resources/unsubscribe", "logging/setLevel"}
 
 
 def _fingerprint(msg: dict[str, Any]) -> str:
@@ -621,19 +505,3 @@ def stale_message(tool: str, deadline: float) -> str:
     late = time.time() - deadline
     return (f"{tool} refused: the command arrived {late:.1f} s after its deadline, so it was not executed "
             "(send it again if it is still wanted)")
-
-
-def _tool_error(text: str) -> dict[str, Any]:
-    return {"content": [{"type": "text", "text": text}], "isError": True}
-
-
-def _tool_result(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {"content": [{"type": "text", "text": "ok"}], "isError": False}
-    if isinstance(value, str):
-        return {"content": [{"type": "text", "text": value}], "isError": False}
-    text = json.dumps(value, ensure_ascii=False)
-    out: dict[str, Any] = {"content": [{"type": "text", "text": text}], "isError": False}
-    if isinstance(value, dict):
-        out["structuredContent"] = value  # also serialised as text above, for older clients
-    return out

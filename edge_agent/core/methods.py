@@ -1,0 +1,90 @@
+# The method table: the one place that says, for each MCP method a server serves, which
+# capability it needs, whether it may come before initialize, whether it changes what a
+# persisted session must remember (durable), and its access class for roles.
+# Sources: MCP 2025-11-25 basic/lifecycle (what may precede initialization: ping, and
+# logging/setLevel as the SDKs send it), server/* (which capability each method belongs to).
+# Runs on CPython and MicroPython.
+
+OPEN = "open"  # every session, whatever its role (the lifecycle itself)
+READ = "read"  # lists, reads, subscriptions, read-only tool calls: the viewer role
+WRITE = "write"  # changes the device beyond a session: only roles that list it
+
+# name -> (capability path or None, allowed before initialize, durable, access)
+# A capability path "resources.subscribe" means {"resources": {"subscribe": true}}.
+KNOWN = {
+    "initialize": (None, True, True, OPEN),
+    "ping": (None, True, False, OPEN),
+    "logging/setLevel": ("logging", True, True, READ),
+    "tools/list": ("tools", False, False, READ),
+    "tools/call": ("tools", False, False, READ),  # each tool is checked again by its annotations
+    "resources/list": ("resources", False, False, READ),
+    "resources/templates/list": ("resources", False, False, READ),
+    "resources/read": ("resources", False, False, READ),
+    "resources/subscribe": ("resources.subscribe", False, True, READ),
+    "resources/unsubscribe": ("resources.subscribe", False, True, READ),
+    "prompts/list": ("prompts", False, False, READ),
+    "prompts/get": ("prompts", False, False, READ),
+    "completion/complete": ("completions", False, False, READ),
+}
+
+# Notifications the dispatcher handles itself (never refused by a role).
+LIFECYCLE_NOTIFICATIONS = ("notifications/initialized", "notifications/cancelled")
+
+
+class Method:
+    """One served method: ``handler(session, params, request)`` (async), and its rules."""
+
+    __slots__ = ("name", "handler", "capability", "before_init", "durable", "access")
+
+    def __init__(self, name, handler, capability, before_init, durable, access):
+        self.name = name
+        self.handler = handler
+        self.capability = capability
+        self.before_init = before_init
+        self.durable = durable
+        self.access = access
+
+
+class MethodTable:
+    """The methods one server serves. ``add`` takes a method's rules from :data:`KNOWN` unless
+    given; a method MCP does not define needs its rules spelt out (defaults: no capability,
+    not before initialize, not durable, ``READ``)."""
+
+    def __init__(self):
+        self.methods = {}
+
+    def add(self, name, handler, capability=0, before_init=None, durable=None, access=None):
+        known = KNOWN.get(name, (None, False, False, READ))
+        self.methods[name] = Method(
+            name, handler,
+            known[0] if capability == 0 else capability,
+            known[1] if before_init is None else before_init,
+            known[2] if durable is None else durable,
+            known[3] if access is None else access)
+
+    def get(self, name):
+        return self.methods.get(name)
+
+    def names(self, access=None):
+        """Served method names, optionally only those of one access class."""
+        return [n for n, m in self.methods.items() if access is None or m.access == access]
+
+    def durable(self, name):
+        m = self.methods.get(name)
+        return m is not None and m.durable
+
+    def capabilities(self, extra=None):
+        """The ``capabilities`` of the initialize result: one entry per capability path the
+        served methods need, merged with ``extra`` (e.g. ``{"tools": {"listChanged": True}}``)."""
+        caps = {}
+        for m in self.methods.values():
+            if m.capability:
+                parts = m.capability.split(".", 1)
+                head, flag = parts[0], parts[1] if len(parts) > 1 else ""
+                entry = caps.setdefault(head, {})
+                if flag:
+                    entry[flag] = True
+        for key, value in (extra or {}).items():
+            if key in caps:
+                caps[key].update(value)
+        return caps
