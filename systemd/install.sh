@@ -2,16 +2,22 @@
 # Install (or upgrade, or remove) edge-agent as a hardened systemd service.
 #
 #   sudo systemd/install.sh                      # from this checkout, into /opt/edge-agent
-#   sudo systemd/install.sh --version 0.2.0      # from the package index instead
+#   sudo systemd/install.sh --version 0.2.0      # edge-agent-mcp==0.2.0 from the package index
 #   sudo systemd/install.sh --uninstall [--purge]
-#   systemd/install.sh --destdir /tmp/stage      # stage files only (packaging, CI): no root needed
+#   DESTDIR=/tmp/stage systemd/install.sh        # stage files only (packaging, CI): no root needed
+#   systemd/install.sh --destdir /tmp/stage      # the same
 #
+# From a checkout it builds a wheel of that checkout and installs it; with --version it installs
+# the distribution edge-agent-mcp (the PyPI name edge-agent is an unrelated project's).
+# Staging (DESTDIR in the environment, as with `make install DESTDIR=...`, or --destdir) writes
+# only under DESTDIR: no users or groups, no systemctl, no udevadm.
 # Idempotent: run it again from a newer checkout to upgrade (then restart the service). It
 # never overwrites /etc/edge-agent/agent.toml. See docs/raspberry-pi.md.
 set -euo pipefail
 
 PREFIX=/opt/edge-agent
-DESTDIR=
+DESTDIR=${DESTDIR:-}
+DIST=edge-agent-mcp
 SOURCE=
 VERSION=
 PYTHON=${PYTHON:-python3}
@@ -26,10 +32,14 @@ usage: $0 [options]
 
   --prefix DIR     where the virtualenv goes (default /opt/edge-agent)
   --source DIR     install from this checkout (default: the one this script is in)
-  --version X.Y.Z  install edge-agent==X.Y.Z from the package index instead of a checkout
-  --python PATH    the Python (>= 3.11) to build the virtualenv with (default python3)
+  --version X.Y.Z  install edge-agent-mcp==X.Y.Z from the package index instead of a
+                   wheel built from a checkout
+  --python PATH    the Python (>= 3.11) to build the virtualenv with (default python3); it
+                   must live where the service can see it (not under /home, /root,
+                   /run/user or /tmp): on Raspberry Pi OS / Debian, /usr/bin/python3
   --destdir DIR    stage every file under DIR (for packaging and CI): no users, no
-                   systemctl, no udev; the venv's scripts name PREFIX, not DIR/PREFIX
+                   systemctl, no udev; the venv's scripts name PREFIX, not DIR/PREFIX.
+                   DESTDIR=DIR in the environment does the same
   --uninstall      stop and disable the service, remove the unit, the venv and the
                    sysusers/udev files; keeps /etc/edge-agent and /var/lib/edge-agent
   --purge          with --uninstall: also remove /etc/edge-agent, /var/lib/edge-agent and
@@ -40,6 +50,20 @@ EOF
 
 die() { echo "install.sh: $*" >&2; exit 1; }
 say() { echo "==> $*"; }
+
+# Why the unit's sandbox would hide the path $1 from the service (exit 1 if it would not):
+# ProtectHome=yes makes /home, /root and /run/user inaccessible, PrivateTmp=yes gives the
+# service its own empty /tmp and /var/tmp. (ProtectSystem=strict makes the rest read-only,
+# which hides nothing.)
+hidden_by_unit() {
+  case "$1" in
+    /home|/home/*|/root|/root/*|/run/user|/run/user/*)
+      echo "ProtectHome=yes in edge-agent.service hides /home, /root and /run/user from the service" ;;
+    /tmp|/tmp/*|/var/tmp|/var/tmp/*)
+      echo "PrivateTmp=yes in edge-agent.service gives the service its own empty /tmp and /var/tmp" ;;
+    *) return 1 ;;
+  esac
+}
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -65,10 +89,9 @@ case "$PREFIX" in
   *) die "--prefix must be an absolute path, not '$PREFIX'" ;;
 esac
 [ "$PREFIX" != / ] || die "--prefix / is not allowed"
-case "$PREFIX" in
-  /home/*|/root|/root/*|/run/user/*)
-    die "--prefix $PREFIX is hidden from the service by ProtectHome=yes; use e.g. /opt/edge-agent" ;;
-esac
+if why=$(hidden_by_unit "$PREFIX"); then
+  die "--prefix $PREFIX: $why; use e.g. /opt/edge-agent"
+fi
 if [ -n "$DESTDIR" ]; then
   mkdir -p "$DESTDIR"
   DESTDIR=$(cd "$DESTDIR" && pwd)
@@ -126,6 +149,9 @@ fi
 
 # ------------------------------------------------------------------------------ install
 [ -z "$VERSION" ] || [ -z "$SOURCE" ] || die "give --source or --version, not both"
+case "$VERSION" in
+  [0-9]*[!0-9A-Za-z.+!-]*|[!0-9]*) die "--version $VERSION: give a version number such as 0.2.0" ;;
+esac
 if [ -z "$VERSION" ]; then
   SOURCE=${SOURCE:-$HERE/..}
   [ -f "$SOURCE/pyproject.toml" ] || die "$SOURCE is not an edge-agent checkout (no pyproject.toml); give --source DIR or --version X.Y.Z"
@@ -144,36 +170,82 @@ for f in "$UNIT_SRC" "$SYSUSERS_SRC" "$UDEV_SRC"; do [ -f "$f" ] || die "missing
 command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found: sudo apt-get install -y python3 python3-venv"
 "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
   || die "$PYTHON is $("$PYTHON" -V 2>&1); edge-agent needs Python >= 3.11 (Raspberry Pi OS bookworm has 3.11)"
+# The service runs the venv's python, a symlink to the interpreter the venv is made with, and
+# that interpreter's standard library: all of it must be visible inside the unit's sandbox. So
+# look where it really is (a pyenv shim, a symlink or a venv's python lead elsewhere): the
+# command, its real executable, the base interpreter of a venv, and the base prefix (stdlib).
+PY_REAL=$("$PYTHON" -c 'import os, sys; print(os.path.realpath(getattr(sys, "_base_executable", sys.executable)))') \
+  || die "$PYTHON does not run"
+PY_PLACES=$(readlink -f "$(command -v "$PYTHON")"; echo "$PY_REAL"
+            "$PYTHON" -c 'import os, sys; print(os.path.realpath(sys.executable)); print(os.path.realpath(sys.base_prefix))')
+while IFS= read -r place; do
+  [ -n "$place" ] || continue
+  if why=$(hidden_by_unit "$place"); then
+    die "the Python $PYTHON is $place: $why, so the service could not run it. Give one outside /home, /root, /run/user and /tmp: --python /usr/bin/python3 (with: sudo apt-get install -y python3-venv)"
+  fi
+done <<< "$PY_PLACES"
 
 # 1. the virtualenv; --system-site-packages so Debian's python3-lgpio (gpiozero's pin factory
 #    on a Pi) is importable from it
-if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+#    It is made with the resolved interpreter, so its bin/python links to a path the service
+#    can see even when --python was a symlink in a hidden place; an existing venv whose python
+#    is hidden (made by an older installer) is made anew.
+VENV_BASE=
+if [ -x "$VENV/bin/python" ]; then VENV_BASE=$(readlink -f "$VENV/bin/python"); fi
+if [ -n "$VENV_BASE" ] && ! hidden_by_unit "$VENV_BASE" >/dev/null \
+   && "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
   say "reusing the virtualenv $VENV"
 else
-  say "creating the virtualenv $VENV"
+  say "creating the virtualenv $VENV with $PY_REAL"
   mkdir -p "$(dirname "$VENV")"
-  "$PYTHON" -m venv --clear --system-site-packages "$VENV" \
+  "$PY_REAL" -m venv --clear --system-site-packages "$VENV" \
     || die "could not create a virtualenv: sudo apt-get install -y python3-venv"
 fi
 
-# 2. the package, with the gpio and serial extras. A checkout is copied first (without .git,
-#    build/ and *.egg-info) so a stale build/ cannot leak old modules into the wheel and
-#    nothing is written into the checkout as root.
+# 2. the package, with the gpio and serial extras: a wheel built from the checkout, or
+#    edge-agent-mcp==VERSION from the package index. The checkout is copied first (without
+#    .git, .venv, build/ and *.egg-info) so a stale build/ cannot leak old modules into the
+#    wheel and nothing is written into the checkout as root. When staging, these scratch files
+#    and pip's temporary build trees are under DESTDIR, and removed at exit.
+export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore
+pip_() { "$VENV/bin/python" -m pip "$@"; }
+WORK=$(mktemp -d "${DESTDIR:-${TMPDIR:-/tmp}}/.edge-agent-build.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+if [ -n "$DESTDIR" ]; then mkdir -p "$WORK/tmp"; export TMPDIR=$WORK/tmp; fi
+# An install under the old distribution name goes first (both would own edge_agent/).
+for old in "$VENV"/lib/python3*/site-packages/edge_agent-[0-9]*.dist-info; do
+  if [ -d "$old" ]; then
+    say "removing the distribution edge-agent from $VENV (now named $DIST)"
+    pip_ uninstall --yes --quiet edge-agent
+    break
+  fi
+done
 if [ -n "$VERSION" ]; then
-  SPEC="edge-agent[$EXTRAS]==$VERSION"
+  say "installing $DIST $VERSION from the package index into $VENV"
+  pip_ install --quiet --upgrade --no-warn-script-location "$DIST[$EXTRAS]==$VERSION" \
+    || die "could not install $DIST==$VERSION (pip's message above)"
 else
-  WORK=$(mktemp -d "${TMPDIR:-/tmp}/edge-agent-src.XXXXXX")
-  trap 'rm -rf "$WORK"' EXIT
+  mkdir -p "$WORK/src" "$WORK/dist"
   # (GNU tar exits 1 when a file changed while it was read, e.g. an editor saving: harmless here)
-  { tar -C "$SOURCE" --warning=no-file-changed --exclude=./.git --exclude=./build --exclude=./dist \
-        --exclude='*.egg-info' --exclude=__pycache__ --exclude=.pytest_cache --exclude=./.benchmarks \
-        -cf - . || [ $? -eq 1 ]; } | tar -C "$WORK" -xf -
-  SPEC="${WORK}[${EXTRAS}]"
+  { tar -C "$SOURCE" --warning=no-file-changed --exclude=./.git --exclude=./.venv --exclude=./build \
+        --exclude=./dist --exclude='*.egg-info' --exclude=__pycache__ --exclude=.pytest_cache \
+        --exclude=./.benchmarks --exclude=node_modules -cf - . || [ $? -eq 1 ]; } | tar -C "$WORK/src" -xf -
+  say "building a wheel of $SOURCE"
+  pip_ wheel --quiet --no-deps --wheel-dir "$WORK/dist" "$WORK/src" \
+    || die "could not build a wheel of $SOURCE (pip's message above)"
+  WHEELS=("$WORK"/dist/edge_agent_mcp-*.whl)
+  [ "${#WHEELS[@]}" = 1 ] && [ -f "${WHEELS[0]}" ] \
+    || die "building $SOURCE gave no edge_agent_mcp wheel: is it an edge-agent checkout?"
+  WHEEL=${WHEELS[0]}
+  say "installing $(basename "$WHEEL") [$EXTRAS] into $VENV"
+  pip_ install --quiet --upgrade --no-warn-script-location "$WHEEL[$EXTRAS]" \
+    || die "could not install $(basename "$WHEEL") (pip's message above)"
+  # with the same version number already installed pip would say "already satisfied": the
+  # checkout's code wins
+  pip_ install --quiet --force-reinstall --no-deps --no-warn-script-location "$WHEEL"
 fi
-say "installing $([ -n "$VERSION" ] && echo "edge-agent $VERSION" || echo "edge-agent from $SOURCE") into $VENV"
-PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_ROOT_USER_ACTION=ignore \
-  "$VENV/bin/python" -m pip install --quiet --upgrade --no-warn-script-location "$SPEC"
-INSTALLED=$("$VENV/bin/python" -c 'import edge_agent; print(edge_agent.__version__)')
+INSTALLED=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.version("'"$DIST"'"))') \
+  || die "$DIST is not installed in $VENV"
 
 # 3. documentation next to the venv (the unit's Documentation= points here)
 if [ -n "$SOURCE" ]; then
@@ -266,7 +338,7 @@ if systemd_running; then
   if systemctl is-active --quiet edge-agent.service; then ACTIVE=1; fi
 fi
 
-say "edge-agent $INSTALLED installed in $PREFIX${DESTDIR:+ (staged under $DESTDIR)}"
+say "$DIST $INSTALLED installed in $PREFIX${DESTDIR:+ (staged under $DESTDIR)}"
 if [ -n "$DESTDIR" ]; then
   exit 0
 fi
