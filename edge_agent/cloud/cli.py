@@ -30,13 +30,14 @@ Importing this module is cheap (no ``mcp``); it raises ImportError if the ``[clo
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import json
 import logging
 import math
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from ..errors import EdgeAgentError, ServerNotFound, TransportError
@@ -64,6 +65,8 @@ DEVICES_WINDOW = 5.0
 (it returns as soon as they are in: :func:`~edge_agent.cloud.discovery.discover`, ``until_retained``)."""
 KNOWN_NAMES_WINDOW = 0.5
 """Cap, in seconds, on listing the online server-names after a ServerNotFound."""
+INTERRUPTED = 130
+"""Exit status after Ctrl-C (128 + SIGINT)."""
 POLL_INTERVAL = 2.0
 """Default seconds between reads when ``watch`` polls (the server does not offer ``resources.subscribe``)."""
 
@@ -457,14 +460,17 @@ async def _call(args: argparse.Namespace) -> int:
             assert bar is not None
             bar.show(progress, total, message)
 
-        args.in_flight = f"{one_line(tool.name)} on {args.server_name}"  # named by _run on Ctrl-C
-        try:
-            result = await session.call_tool(tool.name, arguments, read_timeout_seconds=args.timeout or CALL_TIMEOUT,
-                                             progress_callback=on_progress if bar is not None else None)
+        result = None
+        try:  # Ctrl-C cancels the call alone; the SDK then sends notifications/cancelled
+            with args.interrupt.guard(f"{one_line(tool.name)} on {args.server_name}"):
+                result = await session.call_tool(tool.name, arguments,
+                                                 read_timeout_seconds=args.timeout or CALL_TIMEOUT,
+                                                 progress_callback=on_progress if bar is not None else None)
         finally:
             if bar is not None:
                 bar.clear()
-        args.in_flight = None
+        if result is None:  # cancelled: leave the session, so the cancellation goes out first
+            return INTERRUPTED
     if args.json:
         _print_json(_dump(result))
         return 1 if result.is_error else 0
@@ -628,14 +634,46 @@ def _setup_logging(verbose: int) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
-INTERRUPTED = 130
-"""Exit status after Ctrl-C (128 + SIGINT)."""
+class Interrupt:
+    """Where Ctrl-C goes while a command runs (``args.interrupt``).
+
+    A request wrapped in :meth:`guard` is cancelled alone, so the session stays up to send the
+    server ``notifications/cancelled`` (the SDK does on cancellation) and to close cleanly;
+    with none in flight, or at a second Ctrl-C, the whole command is cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.fired = False
+        self.cancelled: str | None = None  # what a guarded request was, once Ctrl-C cancelled it
+        self.command: Any = None  # the command's CancelScope, set by _interruptible
+        self._request: Any = None
+        self._what: str | None = None
+
+    def fire(self) -> None:
+        self.fired = True
+        if self._request is not None and not self._request.cancel_called:
+            self.cancelled = self._what
+            self._request.cancel()
+        elif self.command is not None:
+            self.command.cancel()
+
+    @contextlib.contextmanager
+    def guard(self, what: str) -> Iterator[Any]:
+        """A CancelScope around one request, named ``what`` (``"sweep on devices/x/y"``)."""
+        import anyio
+
+        with anyio.CancelScope() as scope:
+            self._request, self._what = scope, what
+            try:
+                yield scope
+            finally:
+                self._request = self._what = None
 
 
-async def _interruptible(body: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int | None:
-    """Run ``body(args)``; on SIGINT cancel it (anyio cancellation, so the SDK sends
-    ``notifications/cancelled`` for a request in flight and the link disconnects cleanly) and
-    return ``None``. Signals can only be caught on the main thread; elsewhere Ctrl-C is left alone."""
+async def _interruptible(body: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Namespace) -> int:
+    """Run ``body(args)`` with SIGINT routed to ``args.interrupt`` (anyio cancellation, not
+    KeyboardInterrupt, so requests in flight are cancelled on the wire and the link closes
+    cleanly). Signals can only be caught on the main thread; elsewhere Ctrl-C is left alone."""
     import signal
     import threading
 
@@ -643,15 +681,16 @@ async def _interruptible(body: Callable[[argparse.Namespace], Awaitable[int]], a
 
     if threading.current_thread() is not threading.main_thread():
         return await body(args)
-    code: int | None = None
+    code = INTERRUPTED
     with anyio.open_signal_receiver(signal.SIGINT) as signals:
         async with anyio.create_task_group() as tg:
-            async def cancel_on_sigint() -> None:
-                async for _ in signals:
-                    tg.cancel_scope.cancel()
-                    return
+            args.interrupt.command = tg.cancel_scope
 
-            tg.start_soon(cancel_on_sigint)
+            async def on_sigint() -> None:
+                async for _ in signals:
+                    args.interrupt.fire()
+
+            tg.start_soon(on_sigint)
             code = await body(args)
             tg.cancel_scope.cancel()
     return code
@@ -677,7 +716,7 @@ def _run(body: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Na
     _setup_logging(args.verbose)
     if args.broker is None:
         args.broker = default_broker()
-    args.in_flight = None
+    args.interrupt = Interrupt()
     prog = f"edge-agent {args.cmd_name}"
     server = getattr(args, "server_name", None) or args.broker
 
@@ -686,9 +725,9 @@ def _run(body: Callable[[argparse.Namespace], Awaitable[int]], args: argparse.Na
 
     try:
         code = anyio.run(_interruptible, body, args)
-        if code is None:
-            if args.in_flight:
-                say(f"cancelled {args.in_flight}")
+        if args.interrupt.fired:
+            if args.interrupt.cancelled:
+                say(f"cancelled {args.interrupt.cancelled}")
             return INTERRUPTED
         return code
     except KeyboardInterrupt:
