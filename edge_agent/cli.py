@@ -170,7 +170,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="run the device agent")
+    h = "run the device agent (until SIGTERM or Ctrl-C)"
+    run = sub.add_parser("run", help=h, description=h + ".")
     src = run.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="TOML config file")
     src.add_argument("--demo", action="store_true", help="built-in simulated greenhouse device")
@@ -182,13 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="give up if the broker does not answer within S seconds (default: keep trying)")
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check", help="validate a config file (exit 2 on errors)")
+    h = "validate a config file (exit 2 on errors)"
+    check = sub.add_parser("check", help=h, description=h + ".")
     src = check.add_mutually_exclusive_group(required=True)
     src.add_argument("--config", help="TOML config file")
     src.add_argument("--demo", action="store_true", help="check the built-in demo config")
     check.set_defaults(func=cmd_check)
 
-    acl = sub.add_parser("acl", help="write a Mosquitto ACL file (and dynsec JSON) from a fleet description")
+    h = "write a Mosquitto ACL file (and dynsec JSON) from a fleet description"
+    acl = sub.add_parser("acl", help=h, description=h + ".")
     acl.add_argument("--fleet", required=True, help="fleet TOML: [[devices]] and [[clients]] (see docs/security.md)")
     acl.add_argument("--out", help="ACL file to write (default: stdout)")
     acl.add_argument("--dynsec", help="also write Mosquitto dynamic-security JSON here")
