@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Driver, DriverContext, SensorSpec, ToolSpec
+from .base import Driver, DriverContext, PinUse, SensorSpec, ToolSpec
 
 # kind -> "module:Class"; imported lazily so a Pi without pyserial can still run GPIO drivers.
 DRIVER_KINDS: dict[str, str] = {
@@ -41,4 +41,4 @@ def driver_class(kind: str) -> type[Driver]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["DRIVER_KINDS", "Driver", "DriverContext", "SensorSpec", "ToolSpec", "driver_class"]
+__all__ = ["DRIVER_KINDS", "Driver", "DriverContext", "PinUse", "SensorSpec", "ToolSpec", "driver_class"]

@@ -94,6 +94,24 @@ class SensorSpec:
     value_schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "number"})
 
 
+@dataclass(frozen=True)
+class PinUse:
+    """A GPIO pin (or a Pi interface) a driver's configuration claims; ``edge-agent check``
+    reports two claims of one pin (:mod:`edge_agent.pins`).
+
+    ``key``: the option that sets it (``"pin"``, ``"trigger"``, ``"port"``). ``pin``: as
+    configured (``17``, ``"GPIO17"``, ``"BOARD11"``); ``None`` = the interface's own pins.
+    ``interface``: ``"gpio"`` (gpiozero owns the line: exclusive, needs a pin factory), or a
+    kernel interface the driver needs: ``"1-wire"``, ``"uart"``, ``"i2c"``, ``"spi"`` (drivers
+    may share one). ``port``: a serial device the driver opens exclusively, or ``None``.
+    """
+
+    key: str
+    pin: Any = None
+    interface: str = "gpio"
+    port: str | None = None
+
+
 class Driver:
     """Base class of every driver. Subclasses set ``kind`` and ``options_schema``.
 
@@ -111,6 +129,18 @@ class Driver:
         self.name = name
         self.options = dict(options)
         self.context = context
+
+    @classmethod
+    def pin_uses(cls, options: Mapping[str, Any]) -> list[PinUse]:
+        """The pins, interfaces and serial ports ``options`` (already schema-valid) claim.
+        Default: none. Must not touch hardware."""
+        return []
+
+    @classmethod
+    def check_options(cls, options: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Problems the constructor would raise for schema-valid ``options``, found without
+        touching hardware: ``[(option key or "", message)]``. Default: none."""
+        return []
 
     def tools(self) -> list[ToolSpec]:
         """The driver's actions (default: none)."""

@@ -33,7 +33,7 @@ from gpiozero.pins.mock import MockFactory, MockPWMPin, MockTriggerPin
 
 from edge_agent.errors import DriverError, ToolInputError
 
-from .base import Driver, DriverContext, SensorSpec, ToolSpec, no_arguments, wait_or_cancel
+from .base import Driver, DriverContext, PinUse, SensorSpec, ToolSpec, no_arguments, wait_or_cancel
 
 PIN_SCHEMA: dict[str, Any] = {
     "description": "GPIO pin: BCM number (17) or gpiozero pin name (\"GPIO17\", \"BOARD11\", \"J8:11\")",
@@ -87,6 +87,30 @@ def _options_schema(properties: dict[str, Any], required: list[str]) -> dict[str
 
 class _GpioDriver(Driver):
     """Holds the gpiozero devices (and simulator threads) a driver opened; closes them once."""
+
+    PIN_KEYS: tuple[str, ...] = ("pin",)  # the options that name GPIO pins
+
+    @classmethod
+    def pin_uses(cls, options) -> list[PinUse]:
+        return [PinUse(key, options[key]) for key in cls.PIN_KEYS if key in options]
+
+    @classmethod
+    def check_options(cls, options) -> list[tuple[str, str]]:
+        """Builds the driver on a private gpiozero MockFactory (no hardware, no files) and
+        reports what its constructor (or gpiozero) refuses."""
+        driver = None
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                driver = cls("check", options, context=DriverContext(
+                    simulate=True, pin_factory=MockFactory(pin_class=MockPWMPin)))
+        except Exception as exc:  # noqa: BLE001 - whatever run would hit
+            return [("", f"run would refuse this {cls.kind}: {exc}")]
+        finally:
+            if driver is not None:
+                driver.close()
+                driver.factory.close()
+        return []
 
     def __init__(self, name: str, options: Mapping[str, Any], *, context: DriverContext):
         super().__init__(name, options, context=context)
@@ -339,6 +363,19 @@ class Servo(_GpioDriver):
                             "description": "pulse width at max_angle (s)"},
     }, ["pin"])
 
+    @classmethod
+    def check_options(cls, options) -> list[tuple[str, str]]:
+        lo, hi = options.get("min_angle", -90), options.get("max_angle", 90)
+        min_pw, max_pw = options.get("min_pulse_width", 0.001), options.get("max_pulse_width", 0.002)
+        out = []
+        if lo == hi:
+            out.append(("max_angle", f"equals min_angle ({lo}°): the servo would have no range; make them differ "
+                                     "(min_angle > max_angle turns the other way)"))
+        if min_pw >= max_pw:
+            out.append(("max_pulse_width", f"must be greater than min_pulse_width ({min_pw} s), got {max_pw} s: "
+                                           "the pulse range is empty"))
+        return out or super().check_options(options)
+
     def __init__(self, name, options, *, context):
         super().__init__(name, options, context=context)
         o = self.options
@@ -477,6 +514,7 @@ class UltrasonicDistance(_GpioDriver):
         "max_distance": {"type": "number", "minimum": 0.05, "maximum": 4, "default": 2,
                          "description": "largest distance expected (m); the HC-SR04 ranges 0.02..4 m"},
     }, ["trigger", "echo"])
+    PIN_KEYS = ("trigger", "echo")
     ECHO_TIMEOUT = 1.0  # s without an echo before a reading is an error
 
     def __init__(self, name, options, *, context):

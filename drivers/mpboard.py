@@ -37,7 +37,7 @@ import serial
 from edge_agent import __version__
 from edge_agent.errors import DriverError, ToolInputError
 
-from .base import Driver, SensorSpec, ToolSpec, no_arguments
+from .base import Driver, PinUse, SensorSpec, ToolSpec, no_arguments
 
 PROTOCOL_VERSION = "2025-11-25"
 READ_SLICE = 0.1  # s: pyserial read timeout; the request deadline is ``timeout``
@@ -88,6 +88,14 @@ class MpBoard(Driver):
         },
         "additionalProperties": False,
     }
+
+    @classmethod
+    def pin_uses(cls, options) -> list[PinUse]:
+        """The serial port (opened exclusively); on the Pi UART also GPIO14/15."""
+        from edge_agent.pins import uart_port
+
+        port = options.get("port", "/dev/ttyUSB0")
+        return [PinUse("port" if "port" in options else "", None, "uart" if uart_port(port) else "serial", port)]
 
     def __init__(self, name, options, *, context):
         super().__init__(name, options, context=context)

@@ -24,7 +24,7 @@ import time
 
 from edge_agent.errors import DriverError
 
-from .base import Driver, SensorSpec
+from .base import Driver, PinUse, SensorSpec
 
 # Maximum conversion time per resolution (s), DS18B20 datasheet table "Thermometer resolution".
 CONVERSION_TIME = {9: 0.094, 10: 0.1875, 11: 0.375, 12: 0.75}
@@ -106,6 +106,13 @@ class DS18B20(Driver):
         },
         "additionalProperties": False,
     }
+
+    @classmethod
+    def pin_uses(cls, options) -> list[PinUse]:
+        """The 1-Wire bus pin: ``gpiopin=`` of ``dtoverlay=w1-gpio`` in the boot config, else GPIO4."""
+        from edge_agent.pins import w1_gpio_pin
+
+        return [PinUse("", w1_gpio_pin(), "1-wire")]
 
     def __init__(self, name, options, *, context):
         super().__init__(name, options, context=context)

@@ -21,7 +21,7 @@ import serial
 from edge_agent.errors import DriverError
 
 from . import nmea
-from .base import Driver, SensorSpec
+from .base import Driver, PinUse, SensorSpec
 
 METRES_PER_DEGREE = 111_320  # of latitude (and of longitude at the equator)
 
@@ -109,6 +109,14 @@ class NmeaGps(Driver):
         "additionalProperties": False,
     }
     REOPEN_INTERVAL = 3.0  # s between attempts to reopen a failed port
+
+    @classmethod
+    def pin_uses(cls, options) -> list[PinUse]:
+        """The serial port (opened exclusively); on the Pi UART also GPIO14/15."""
+        from edge_agent.pins import uart_port
+
+        port = options.get("port", "/dev/serial0")
+        return [PinUse("port" if "port" in options else "", None, "uart" if uart_port(port) else "serial", port)]
 
     def __init__(self, name, options, *, context):
         super().__init__(name, options, context=context)

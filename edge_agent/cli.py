@@ -51,13 +51,20 @@ def _load_config(args: argparse.Namespace):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Validate the config, then what run would meet on this machine (:mod:`edge_agent.preflight`):
+    ``FILE:LINE: KEY: message`` per problem on stderr and exit 2, or one OK line and exit 0."""
+    from . import preflight
     from .transport.broker_url import parse_broker_url
 
     try:
         config = _load_config(args)
+        found = preflight.problems(config)
+        if found:
+            locator = config.locator
+            raise ConfigError(found, lines=[locator.line(k) if locator else 0 for _, k, _ in found])
     except ConfigError as exc:
-        for f, key, message in exc.problems:
-            print(f"{f}: {key}: {message}", file=sys.stderr)
+        for line in exc.formatted():
+            print(line, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 2
     print(f"{config.path}: OK: {config.device.server_name} (server-id {config.device.server_id}), "
@@ -220,17 +227,20 @@ def main(argv: list[str] | None = None) -> int:
 
     When the reader of stdout goes away (``edge-agent tools X | head -1``) the command ends
     quietly with status 141 (128 + SIGPIPE, as a shell reports a tool killed by SIGPIPE),
-    with no traceback: see :func:`edge_agent.termio.stdout_gone`.
+    with no traceback: see :func:`edge_agent.termio.stdout_gone`. Ctrl-C that no command
+    handles itself (e.g. while modules load) ends it quietly with status 130 (128 + SIGINT).
     """
     from .termio import stdout_gone
 
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         code = args.func(args)
         sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
     except BrokenPipeError:
         return stdout_gone()
+    except KeyboardInterrupt:
+        return 130
     return code
 
 

@@ -1,4 +1,4 @@
-"""TOML config → typed dataclasses. Every error names the file and the key.
+"""TOML config → typed dataclasses. Every error names the file, the line and the key.
 
 Shape (see ``docs/configuration.md`` for every key)::
 
@@ -22,16 +22,19 @@ Shape (see ``docs/configuration.md`` for every key)::
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from jsonschema import Draft202012Validator
 
 from . import identity
+from .config_files import CONFIG_LIMIT, SECRET_LIMIT, FileProblem, pem_problem, read_small
+from .config_locate import Locator
+from .config_messages import did_you_mean, plain
 from .errors import ConfigError
 from .transport import topics
 from .transport.broker_url import parse_broker_url
@@ -42,6 +45,8 @@ NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 COMMON_DRIVER_KEYS = {"kind", "name", "description", "poll_interval", "deadband", "enabled", "simulate", "rate_limit"}
 ENV_PASSWORD = "EDGE_AGENT_PASSWORD"
 ENV_USERNAME = "EDGE_AGENT_USERNAME"
+# the pip extra that brings each optional library a driver imports
+EXTRAS = {"gpiozero": "gpio", "serial": "serial", "smbus2": "i2c"}
 
 _SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -73,7 +78,8 @@ _SCHEMA: dict[str, Any] = {
                 "username": {"type": "string"},
                 "password": {"type": "string"},
                 "password_file": {"type": "string"},
-                "password_credential": {"type": "string", "pattern": "^[A-Za-z0-9_.@-]+$"},
+                "password_credential": {"type": "string", "pattern": "^[A-Za-z0-9_.@-]+$",
+                                        "description": "a systemd credential name (letters, digits, _ . @ -)"},
                 "ca_file": {"type": "string"},
                 "cert_file": {"type": "string"},
                 "key_file": {"type": "string"},
@@ -206,6 +212,7 @@ class Config:
     link: LinkSettings = field(default_factory=LinkSettings)
     store: StoreConfig | None = None
     rbac: Policy = field(default_factory=Policy.open)
+    locator: Locator | None = field(default=None, repr=False, compare=False)  # key -> line in the file
 
 
 def default_server_id() -> str:
@@ -215,26 +222,33 @@ def default_server_id() -> str:
 
 
 def load(path: str | os.PathLike) -> Config:
-    """Read and validate a TOML config file.
+    """Read and validate a TOML config file (a regular file of at most 1 MiB).
 
     Raises:
-        ConfigError: listing every problem as (file, key, message).
+        ConfigError: listing every problem as (file, key, message), with ``lines`` (the line
+            of each key in the file, 0 when unknown).
     """
     path = str(path)
     try:
-        with open(path, "rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError([(path, "-", "file not found")]) from None
-    except PermissionError:
-        raise ConfigError([(path, "-", "permission denied")]) from None
+        raw = read_small(path, CONFIG_LIMIT, "config file")
+        text = raw.decode("utf-8")
+        data = tomllib.loads(text)
+    except FileProblem as exc:
+        raise ConfigError([(path, "-", str(exc))]) from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([(path, "-", f"not valid TOML: {exc}")]) from None
+        m = re.search(r"\(at line (\d+), column \d+\)", str(exc))
+        raise ConfigError([(path, "-", f"not valid TOML: {exc}")], lines=[int(m.group(1)) if m else 0]) from None
     except UnicodeDecodeError as exc:
         raise ConfigError([(path, "-", f"not UTF-8 text: {exc.reason} at byte {exc.start}")]) from None
     except RecursionError:
         raise ConfigError([(path, "-", "not valid TOML: nested too deeply")]) from None
-    return from_dict(data, path=path, base_dir=os.path.dirname(os.path.abspath(path)))
+    locator = Locator(text, data)
+    try:
+        config = from_dict(data, path=path, base_dir=os.path.dirname(os.path.abspath(path)))
+    except ConfigError as exc:
+        raise ConfigError(exc.problems, lines=[locator.line(k) for _, k, _ in exc.problems]) from None
+    config.locator = locator
+    return config
 
 
 def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | None = None) -> Config:
@@ -245,7 +259,8 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
         problems.append((path, key, message))
 
     for err in Draft202012Validator(_SCHEMA).iter_errors(data):
-        bad(_key(err.absolute_path, err), err.message)
+        for key, message in _explain(_named(err.absolute_path, data), err):
+            bad(key, message)
     if problems:
         raise ConfigError(problems)
 
@@ -280,9 +295,9 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
     if "password_file" in br:
         pfile = _resolve(br["password_file"], base_dir)
         try:
-            password = Path(pfile).read_text().strip()
-        except OSError as exc:
-            bad("broker.password_file", f"cannot read {pfile}: {exc.strerror}")
+            password = _secret(pfile)
+        except FileProblem as exc:
+            bad("broker.password_file", f"{pfile}: {exc}")
     if "password_credential" in br:
         # systemd LoadCredential=NAME:/path puts the secret in $CREDENTIALS_DIRECTORY/NAME
         cred_dir = os.environ.get("CREDENTIALS_DIRECTORY")
@@ -290,16 +305,17 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
             bad("broker.password_credential", "set, but $CREDENTIALS_DIRECTORY is not (systemd LoadCredential= sets it)")
         else:
             try:
-                password = Path(cred_dir, br["password_credential"]).read_text().strip()
-            except OSError as exc:
-                bad("broker.password_credential", f"cannot read credential {br['password_credential']!r}: {exc.strerror}")
+                password = _secret(os.path.join(cred_dir, br["password_credential"]))
+            except FileProblem as exc:
+                bad("broker.password_credential", f"credential {br['password_credential']!r}: {exc}")
     password = os.environ.get(ENV_PASSWORD) or password
     tls_files = {}
     for k in ("ca_file", "cert_file", "key_file"):
         if k in br:
             tls_files[k] = _resolve(br[k], base_dir)
-            if not os.access(tls_files[k], os.R_OK):
-                bad(f"broker.{k}", f"cannot read {tls_files[k]}")
+            why = pem_problem(tls_files[k], "private key" if k == "key_file" else "certificate")
+            if why:
+                bad(f"broker.{k}", f"{tls_files[k]}: {why}")
     if ("cert_file" in br) != ("key_file" in br):
         bad("broker.cert_file" if "key_file" in br else "broker.key_file", "cert_file and key_file go together (mTLS)")
     broker = BrokerConfig(urls=urls, username=os.environ.get(ENV_USERNAME) or br.get("username"), password=password,
@@ -326,6 +342,11 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
 
     policy = _policy(data.get("rbac"), bad)
     drivers = _drivers(data.get("drivers", []), bad)
+    reported = {k for _, k, _ in problems}
+    for where, value in _non_finite(data):  # NaN passes every JSON Schema minimum/maximum
+        key = _key(_named(where, data), None)
+        if key not in reported:
+            bad(key, f"must be a finite number, got {value}")
     if problems:
         raise ConfigError(problems)
     return Config(device=device, broker=broker, drivers=drivers, path=path, link=link, store=store, rbac=policy)
@@ -339,7 +360,7 @@ def _policy(table: dict[str, Any] | None, bad) -> Policy:
     for i, r in enumerate(table.get("roles", [])):
         tools = r.get("allowed_tools", "read_only")
         res = r.get("allowed_resources", "all")
-        roles[r["name"]] = Role(r["name"], r.get("description", ""), tuple(r.get("allowed_methods", READ_METHODS)),
+        roles[r["name"]] = Role(r["name"], r.get("description", ""), tuple(r["allowed_methods"]) if "allowed_methods" in r else None,
                                 tools if isinstance(tools, str) else tuple(tools),
                                 res if isinstance(res, str) else tuple(res))
     default = table.get("default_role", "viewer")
@@ -363,27 +384,75 @@ def _parses(url: str) -> bool:
     return True
 
 
+def driver_key(index: int, tables: list[Any]) -> str:
+    """How a ``[[drivers]]`` table is named in problems: ``drivers.<name>`` when its name is
+    valid and unique, else ``drivers[<index>]``."""
+    table = tables[index] if 0 <= index < len(tables) else None
+    name = table.get("name") if isinstance(table, dict) else None
+    if isinstance(name, str) and NAME.match(name) and \
+            sum(isinstance(t, dict) and t.get("name") == name for t in tables) == 1:
+        return f"drivers.{name}"
+    return f"drivers[{index}]"
+
+
+def _named(path, data: dict[str, Any]) -> list[Any]:
+    """A key path with ``"drivers", i`` replaced by the driver's display key."""
+    path = list(path)
+    tables = data.get("drivers") if isinstance(data, dict) else None
+    if len(path) >= 2 and path[0] == "drivers" and isinstance(path[1], int) and isinstance(tables, list):
+        return [driver_key(path[1], tables), *path[2:]]
+    return path
+
+
+def _non_finite(value: Any, path: tuple = ()):
+    """``(path, value)`` of every NaN or infinity in ``value`` (TOML allows ``nan``, ``inf``)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _non_finite(v, path + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _non_finite(v, path + (i,))
+
+
+def _secret(path: str) -> str:
+    """A password from a small regular file (first and last whitespace stripped).
+
+    Raises:
+        FileProblem: missing, unreadable, not a regular file (``/dev/zero``, a FIFO), over
+            64 KiB, or not UTF-8.
+    """
+    raw = read_small(path, SECRET_LIMIT, "password file")
+    try:
+        return raw.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        raise FileProblem("is not UTF-8 text (a password file holds the password on one line)") from None
+
+
 def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
     from drivers import DRIVER_KINDS, driver_class
 
+    known = sorted(DRIVER_KINDS)
     out: list[DriverConfig] = []
-    seen: set[str] = set()
+    seen: dict[str, int] = {}
     for i, table in enumerate(tables):
-        where = f"drivers[{i}]"
+        where = driver_key(i, tables)
         kind, name = table.get("kind"), table.get("name")
         if not isinstance(kind, str):
-            bad(f"{where}.kind", f"required; one of {', '.join(sorted(DRIVER_KINDS))}")
+            bad(f"{where}.kind", f"required; one of {', '.join(known)}")
             continue
         if kind not in DRIVER_KINDS:
-            bad(f"{where}.kind", f"unknown driver kind {kind!r}; known: {', '.join(sorted(DRIVER_KINDS))}")
+            bad(f"{where}.kind", f"unknown driver kind {kind!r}{did_you_mean(kind, known)} (known: {', '.join(known)})")
             continue
         if not isinstance(name, str) or not NAME.match(name):
-            bad(f"{where}.name", "required: lower-case letters, digits and '_', starting with a letter, at most 40")
+            bad(f"{where}.name", "required: lower-case letters, digits and '_', starting with a letter, at most 40"
+                + (f"; got {name!r}" if isinstance(name, str) else ""))
             continue
         if name in seen:
-            bad(f"{where}.name", f"duplicate driver name {name!r}")
+            bad(f"{where}.name", f"duplicate driver name {name!r} (also drivers[{seen[name]}])")
             continue
-        seen.add(name)
+        seen[name] = i
         for common in ("poll_interval", "deadband"):
             value = table.get(common)
             if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0):
@@ -406,16 +475,43 @@ def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
         try:
             cls = driver_class(kind)
         except ImportError as exc:
-            bad(f"{where}.kind", f"{kind} needs a library that is not installed: {exc}")
+            bad(f"{where}.kind", missing_library(kind, exc))
             continue
         for err in Draft202012Validator(cls.options_schema).iter_errors(options):
-            bad(_key([where, *err.absolute_path], err), err.message)
+            for key, message in _explain([where, *err.absolute_path], err, also=COMMON_DRIVER_KEYS):
+                bad(key, message)
         out.append(DriverConfig(kind=kind, name=name, options=options, poll_interval=table.get("poll_interval"),
                                 deadband=table.get("deadband"), simulate=table.get("simulate"),
                                 description=table.get("description"),
                                 rate_limit=(float(rate["rate"]), float(rate.get("burst", 1))) if rate else None,
                                 index=i))
     return out
+
+
+def missing_library(kind: str, exc: ImportError) -> str:
+    """The problem for a driver ``kind`` whose library is not installed, naming the pip extra."""
+    module = (exc.name or "").split(".")[0] or str(exc)
+    extra = EXTRAS.get(module)
+    fix = f"pip install 'edge-agent-mcp[{extra}]'" if extra else "pip install edge-agent-mcp with the extra it needs"
+    apt = {"gpiozero": "python3-gpiozero", "serial": "python3-serial", "smbus2": "python3-smbus2"}.get(module)
+    also = f" (or sudo apt install {apt} in a venv made with --system-site-packages)" if apt else ""
+    return f"{kind} needs the Python library {module!r}, which is not installed: {fix}{also}"
+
+
+def _explain(path, err, also=()) -> list[tuple[str, str]]:
+    """(key, plain message) for one schema error; an unknown-keys error gives one per key, with
+    a "did you mean" among the known keys (and ``also``, keys valid elsewhere in the table)."""
+    if err.validator == "additionalProperties" and isinstance(err.instance, dict):
+        known = list(err.schema.get("properties", {}))
+        out = []
+        for extra in sorted(set(err.instance) - set(known), key=str):
+            hint = did_you_mean(extra, [*known, *also])
+            base = _key(path, None)
+            out.append((f"{base}.{extra}" if base != "-" else (str(extra) or "-"),
+                        f"unknown key{hint or ('; known keys: ' + ', '.join(known) if known else '')}"))
+        if out:
+            return out
+    return [(_key(path, err), plain(err))]
 
 
 def _key(path, err) -> str:
@@ -426,7 +522,9 @@ def _key(path, err) -> str:
         else:
             parts.append(str(p))
     # An additionalProperties / required error is about a key below the path: name it.
-    if err.validator == "additionalProperties":
+    if err is None:
+        pass
+    elif err.validator == "additionalProperties":
         extra = sorted(set(err.instance) - set(err.schema.get("properties", {})))
         if extra:
             parts.append(extra[0])

@@ -14,12 +14,20 @@ class EdgeAgentError(Exception):
 class ConfigError(EdgeAgentError, ValueError):
     """A configuration file is unreadable or invalid.
 
-    ``problems`` lists every ``(file, key, message)`` found, so a user can fix them all at once.
+    ``problems`` lists every ``(file, key, message)`` found, so a user can fix them all at once;
+    ``lines`` the line of each in the file (1-based; 0 when unknown). ``str()`` is one
+    ``FILE:LINE: KEY: message`` per problem (``FILE: KEY: message`` without a line).
     """
 
-    def __init__(self, problems: list[tuple[str, str, str]]):
+    def __init__(self, problems: list[tuple[str, str, str]], lines: list[int] | None = None):
         self.problems = list(problems)
-        super().__init__("\n".join(f"{f}: {k}: {m}" for f, k, m in self.problems))
+        self.lines = list(lines) if lines is not None else [0] * len(self.problems)
+        super().__init__("\n".join(self.formatted()))
+
+    def formatted(self) -> list[str]:
+        """One ``FILE:LINE: KEY: message`` line per problem."""
+        return [f"{f}:{n}: {k}: {m}" if n else f"{f}: {k}: {m}"
+                for (f, k, m), n in zip(self.problems, [*self.lines, *[0] * len(self.problems)])]
 
 
 class DriverError(EdgeAgentError, RuntimeError):

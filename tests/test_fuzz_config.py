@@ -310,8 +310,8 @@ PROPERTIES = [
     Property("config.load", "arbitrary bytes: only ConfigError", st.binary(max_size=200), check_load, 50),
     Property("config.load", "deeply nested arrays: only ConfigError",
              st.integers(1_000, 20_000), lambda n: check_load(b"a = " + b"[" * n + b"]" * n), 3),
-    Property("config.from_dict", "NaN/inf never pass a numeric range", configs_with_nan(), check_numbers_finite, 20,
-             known_bug="K4 NaN (and inf where only a minimum is set) passes JSON Schema ranges in the config"),
+    # K4 (config), fixed 2026-11-30: config.from_dict refuses NaN/inf anywhere (a regression property)
+    Property("config.from_dict", "NaN/inf never pass a numeric range", configs_with_nan(), check_numbers_finite, 20),
 ]
 
 for _p in PROPERTIES:

@@ -246,6 +246,7 @@ REGRESSIONS = {
     "Endpoint.on_rpc: unknown client: the -32600 answer carries a valid id",
     "config.load: arbitrary bytes: only ConfigError",
     "config.load: deeply nested arrays: only ConfigError",
+    "config.from_dict: NaN/inf never pass a numeric range",  # K4 (config), fixed 2026-11-30
     "McpServer.handle: wrongly typed params are -32602, never -32603 Internal error",
 }
 
