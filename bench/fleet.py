@@ -41,7 +41,7 @@ try:
     from mcp import ClientSession
     from mcp.client.stdio import StdioServerParameters, stdio_client
 except ImportError:  # pragma: no cover
-    sys.exit("bench: needs the [cloud] extra (pip install -e '.[dev]')")
+    sys.exit("bench: needs the [cloud] extra (make setup, then run it with .venv/bin/python; or pip install -e '.[dev]' in a venv)")
 
 from edge_agent.cloud import connect
 from edge_agent.cloud.gateway_names import join_name

@@ -63,7 +63,7 @@ try:
     from tests.faults import BlackholeProxy
     from tests.raw_client import RawMcpClient
 except ImportError as exc:  # pragma: no cover
-    sys.exit(f"bench: needs the dev install (pip install -e '.[dev]'): {exc}")
+    sys.exit(f"bench: needs the dev install (make setup, then run it with .venv/bin/python; or pip install -e '.[dev]' in a venv): {exc}")
 
 UPTIME = "sensor://system/uptime"
 LINK = "device://link"

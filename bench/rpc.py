@@ -43,7 +43,7 @@ from benchlib import machine, table  # noqa: E402
 try:
     import anyio
 except ImportError:  # pragma: no cover
-    sys.exit("bench: needs the [cloud] extra (pip install -e '.[dev]')")
+    sys.exit("bench: needs the [cloud] extra (make setup, then run it with .venv/bin/python; or pip install -e '.[dev]' in a venv)")
 
 SERVER_NAME = "devices/greenhouse/gh3-pi"
 TOOL = "pump_relay_set"

@@ -51,7 +51,7 @@ try:
 
     from tests.raw_client import RawMcpClient
 except ImportError as exc:  # pragma: no cover
-    sys.exit(f"bench: needs the dev install (pip install -e '.[dev]'): {exc}")
+    sys.exit(f"bench: needs the dev install (make setup, then run it with .venv/bin/python; or pip install -e '.[dev]' in a venv): {exc}")
 
 SERVER_NAME = "devices/greenhouse/gh3-pi"
 SERVER_ID = "gh3-pi-demo"
