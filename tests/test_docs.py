@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -101,8 +102,10 @@ def test_greenhouse_example_loads(monkeypatch):
 
 
 def test_greenhouse_example_passes_check():
+    # the example is for a Pi's real pins: the mock pin factory stands in for its lgpio here
     done = subprocess.run([sys.executable, "-m", "edge_agent", "check", "--config", str(EXAMPLE)],
-                          capture_output=True, text=True, cwd=ROOT, timeout=60)
+                          capture_output=True, text=True, cwd=ROOT, timeout=60,
+                          env=dict(os.environ, GPIOZERO_PIN_FACTORY="mock"))
     assert done.returncode == 0, done.stderr
     assert ": OK: " in done.stdout
 
@@ -205,8 +208,73 @@ def test_common_driver_keys_are_documented():
 def test_environment_variables_are_documented():
     from edge_agent.transport.broker_url import ENV_BROKER
 
-    for var in (cfg.ENV_PASSWORD, ENV_BROKER):
+    for var in (cfg.ENV_PASSWORD, cfg.ENV_USERNAME, ENV_BROKER, "CREDENTIALS_DIRECTORY"):
         assert f"${var}" in TEXT and f"`{var}`" in section(r"Environment variables")
+
+
+def _password_winner(sources: set[str], tmp_path: Path, monkeypatch) -> str | None:
+    """Which of ``sources`` (env, credential, file, password) ``config.from_dict`` takes the
+    password from, each source giving its own name as the password."""
+    broker: dict = {"url": "mqtt://broker.local:1883"}
+    monkeypatch.delenv(cfg.ENV_PASSWORD, raising=False)
+    monkeypatch.delenv("CREDENTIALS_DIRECTORY", raising=False)
+    if "env" in sources:
+        monkeypatch.setenv(cfg.ENV_PASSWORD, "env")
+    if "credential" in sources:
+        (tmp_path / "broker-password").write_text("credential\n")
+        monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
+        broker["password_credential"] = "broker-password"
+    if "file" in sources:
+        (tmp_path / "password").write_text("file\n")
+        broker["password_file"] = str(tmp_path / "password")
+    if "password" in sources:
+        broker["password"] = "password"
+    config = cfg.from_dict({"device": {"server_name": "devices/test/docs", "server_id": "t"}, "broker": broker})
+    return config.broker.password
+
+
+def test_credential_order_is_the_code_order(tmp_path, monkeypatch):
+    """The numbered list under "Credentials" gives the sources in the order config.py applies
+    them (found by trying: the winner of all, then of the rest ...), then the URL's password and
+    the systemd credential `run` falls back to."""
+    left, order = {"env", "credential", "file", "password"}, []
+    while left:
+        winner = _password_winner(left, tmp_path, monkeypatch)
+        assert winner in left, f"with {sorted(left)} the password came from nowhere ({winner!r})"
+        order.append(winner)
+        left.remove(winner)
+    assert _password_winner(set(), tmp_path, monkeypatch) is None  # then the URL's (mqtt_server)
+
+    items = re.findall(r"^\d+\.\s+(.*(?:\n   .*)*)", section(r"^Credentials$"), flags=re.M)
+    keys = {"env": "$EDGE_AGENT_PASSWORD", "credential": "password_credential", "file": "password_file",
+            "password": "`password`;", "url": "URL", "systemd": "broker-password"}
+    documented = [next((k for k, word in keys.items() if word in item), item) for item in items]
+    assert documented == order + ["url", "systemd"], f"documented {documented}, code {order} + url, systemd"
+    for other in ("security.md", "raspberry-pi.md"):  # no second, diverging list elsewhere
+        text = (ROOT / "docs" / other).read_text(encoding="utf-8")
+        assert "configuration.md#credentials" in text, f"{other} should point at the one list"
+        assert not re.search(r"first match wins", text), f"{other} has its own credential order"
+
+
+def test_username_order(tmp_path, monkeypatch):
+    monkeypatch.setenv(cfg.ENV_USERNAME, "from-env")
+    data = {"device": {"server_name": "devices/test/docs", "server_id": "t"}, "broker": {"username": "from-config"}}
+    assert cfg.from_dict(data).broker.username == "from-env"
+    monkeypatch.delenv(cfg.ENV_USERNAME)
+    assert cfg.from_dict(data).broker.username == "from-config"
+    text = section(r"^Credentials$")
+    assert text.index("$EDGE_AGENT_USERNAME") < text.index("`username`, else the URL's")
+
+
+def test_every_list_of_driver_kinds_is_complete():
+    """The kind lists a reader meets: `check`'s "known: ..." transcript and the README."""
+    for path in (DOC, ROOT / "README.md", ROOT / "docs" / "raspberry-pi.md"):
+        for known in re.findall(r"known: ([a-z0-9_, ]+)", path.read_text(encoding="utf-8")):
+            assert [k.strip() for k in known.split(",")] == sorted(DRIVER_KINDS), f"{path.name}: known: {known}"
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    drivers = readme[readme.index("Drivers (the `kind`"):].split("\n\n")[0]
+    missing = [k for k in DRIVER_KINDS if f"`{k}`" not in drivers]
+    assert not missing, f"README's driver list lacks {missing}"
 
 
 # --------------------------------------------------------------------------- snippets
