@@ -103,7 +103,8 @@ class PinUse:
     configured (``17``, ``"GPIO17"``, ``"BOARD11"``); ``None`` = the interface's own pins.
     ``interface``: ``"gpio"`` (gpiozero owns the line: exclusive, needs a pin factory), or a
     kernel interface the driver needs: ``"1-wire"``, ``"uart"``, ``"i2c"``, ``"spi"`` (drivers
-    may share one). ``port``: a serial device the driver opens exclusively, or ``None``.
+    may share one). ``port``: what the driver opens exclusively when not simulated (a serial
+    device path such as ``/dev/ttyUSB0``, or any name, e.g. ``/dev/i2c-1@0x76``), or ``None``.
     """
 
     key: str

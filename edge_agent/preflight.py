@@ -4,7 +4,8 @@
 
 - a GPIO used twice, whatever each driver calls it (``17``, ``"GPIO17"``, ``"BOARD11"``), or a
   pin a kernel interface a driver needs reserves (1-Wire, UART, I2C, SPI), and a serial port
-  opened by two drivers (:meth:`drivers.Driver.pin_uses`, :mod:`edge_agent.pins`);
+  (or any exclusive ``PinUse.port``) opened by two real drivers (:meth:`drivers.Driver.pin_uses`,
+  :mod:`edge_agent.pins`);
 - what a driver's constructor would refuse (:meth:`drivers.Driver.check_options`: a servo
   with an empty range; GPIO drivers are built once on a private gpiozero ``MockFactory``);
 - no usable gpiozero pin factory for drivers on real pins (lgpio missing), naming the fix;
@@ -142,7 +143,8 @@ def _pin_problems(config: Config, bad, where) -> set[str]:
         for use in cls.pin_uses(dc.options):
             key = f"{_dkey(dc)}.{use.key}" if use.key else _dkey(dc)
             if use.port and not simulated:
-                same = "uart" if use.interface == "uart" else os.path.realpath(use.port)
+                same = "uart" if use.interface == "uart" else (
+                    os.path.realpath(use.port) if use.port.startswith("/") else use.port)
                 ports.setdefault(same, []).append((key, use.port))
             if use.interface != "gpio" and use.interface not in pins.INTERFACE_PINS:
                 continue
@@ -174,8 +176,8 @@ def _pin_problems(config: Config, bad, where) -> set[str]:
                          "a GPIO drives one device: wire this to a free pin")
     for group in ports.values():
         for key, port in group[1:]:
-            bad(key, f"serial port {port} is used in multiple places: {where(group[0][0])} opens "
-                     f"{group[0][1]} too; a port serves one driver")
+            bad(key, f"{port} is used in multiple places: {where(group[0][0])} opens {group[0][1]} too; "
+                     "it serves one driver")
     return refused
 
 

@@ -274,7 +274,7 @@ port = "/dev/ttyUSB0"
     assert code == 2
     board_port = line_of(p, 'port = "/dev/ttyUSB0"', line_of(p, 'port = "/dev/ttyUSB0"'))
     msg = problem(err, p, board_port, "drivers.board.port")
-    assert "serial port /dev/ttyUSB0 is used in multiple places" in msg
+    assert "/dev/ttyUSB0 is used in multiple places" in msg
     gps_port = line_of(p, 'port = "/dev/ttyUSB0"')
     assert f"drivers.gps.port (line {gps_port})" in msg
     assert err[-1] == "1 problem(s) found", err
