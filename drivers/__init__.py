@@ -23,6 +23,10 @@ DRIVER_KINDS: dict[str, str] = {
     "system": "drivers.system:System",
     "nmea_gps": "drivers.serial:NmeaGps",
     "mpboard": "drivers.mpboard:MpBoard",
+    "bme280": "drivers.i2c.bme280:BME280",
+    "sht3x": "drivers.i2c.sht3x:SHT3x",
+    "bh1750": "drivers.i2c.bh1750:BH1750",
+    "ads1115": "drivers.i2c.ads1115:ADS1115",
 }
 
 
@@ -31,7 +35,7 @@ def driver_class(kind: str) -> type[Driver]:
 
     Raises:
         KeyError: unknown kind (the message lists the known ones).
-        ImportError: the kind's library (gpiozero, pyserial) is not installed.
+        ImportError: the kind's library (gpiozero, pyserial, smbus2) is not installed.
     """
     try:
         target = DRIVER_KINDS[kind]

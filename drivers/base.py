@@ -36,7 +36,10 @@ class DriverContext:
     shared by all GPIO drivers (a ``MockFactory`` when simulating, else gpiozero's default,
     ``None``). ``sysfs_root``: the folder that stands for ``/sys`` (``/sys`` on a real device).
     ``proc_root``: the folder that stands for ``/proc``. ``state_dir``: a writable folder the
-    driver may use for simulator files.
+    driver may use for simulator files. ``i2c_opener``: ``bus number -> SMBus-like object``
+    overriding :meth:`i2c_bus` (tests pass a simulated bus); ``i2c_sim_buses``: the simulated
+    buses, shared by every driver on this context (and on copies made with
+    ``dataclasses.replace``).
     """
 
     simulate: bool = False
@@ -44,6 +47,30 @@ class DriverContext:
     sysfs_root: str = "/sys"
     proc_root: str = "/proc"
     state_dir: str = "/tmp"
+    i2c_opener: Callable[[int], Any] | None = None
+    i2c_sim_buses: dict[int, Any] = field(default_factory=dict, repr=False)
+
+    def i2c_bus(self, number: int) -> Any:
+        """An open I2C bus ``/dev/i2c-<number>`` with smbus2's ``SMBus`` interface.
+
+        ``i2c_opener(number)`` when set; else, when simulating, the simulated bus ``number``
+        (one per context, populated with a simulated BME280, SHT3x, BH1750 and ADS1115 at each of
+        their addresses; its ``close()`` does nothing); else ``smbus2.SMBus(number)``, which
+        the caller closes. Raises ``OSError`` (``FileNotFoundError``: no such bus, I2C not
+        enabled; ``PermissionError``: the user is not in the ``i2c`` group) and ``ImportError``
+        (smbus2 not installed).
+        """
+        if self.i2c_opener is not None:
+            return self.i2c_opener(number)
+        if self.simulate:
+            from .i2c.sim import SimulatedBus
+
+            if number not in self.i2c_sim_buses:
+                self.i2c_sim_buses.setdefault(number, SimulatedBus.populated())
+            return self.i2c_sim_buses[number]
+        import smbus2
+
+        return smbus2.SMBus(number)
 
 
 @dataclass(frozen=True)

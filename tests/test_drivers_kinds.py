@@ -16,7 +16,7 @@ from edge_agent.config import COMMON_DRIVER_KEYS as COMMON
 
 DEMO = Path(__file__).resolve().parents[1] / "edge_agent" / "demo_drivers.toml"
 KINDS = {"led", "pwm_led", "relay", "digital_output", "button", "servo", "distance", "motion", "ds18b20",
-         "system", "nmea_gps", "mpboard"}
+         "system", "nmea_gps", "mpboard", "bme280", "sht3x", "bh1750", "ads1115"}
 DEMO_KINDS = KINDS - {"mpboard"}  # a board needs real hardware: no simulated backend
 
 
