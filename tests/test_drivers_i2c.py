@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import errno
 import json
+import os
 import random
 import subprocess
 import sys
 
-import anyio
 import jsonschema
 import pytest
 from smbus2 import i2c_msg
@@ -17,7 +17,13 @@ from smbus2 import i2c_msg
 from drivers import driver_class
 from drivers.base import DriverContext
 from drivers.i2c import ads1115, bh1750, bme280, sht3x
-from drivers.i2c.sim import ADS1115Model, BH1750Model, BME280Model, SHT3xModel, SimulatedBus
+from drivers.i2c.sim import (
+    ADS1115Model,
+    BH1750Model,
+    BME280Model,
+    SHT3xModel,
+    SimulatedBus,
+)
 from edge_agent.errors import DriverError
 
 from .agent_process import AgentProcess, write_config
@@ -297,10 +303,10 @@ def test_ads1115_default_channels_and_option_checks():
     with pytest.raises(ValueError, match="must differ"):
         cls("adc", {"channels": [{"channel": 0, "dry_voltage": 2, "wet_voltage": 2}]}, context=ctx)
     assert cls.check_options({"channels": [{"channel": 0, "dry_voltage": 2.5}]}) == [
-        ("channels[0].wet_voltage", "dry_voltage is given, so wet_voltage is needed too (the soil-moisture "
-                                    "calibration takes both)")]
-    assert cls.check_options({"address": 0x50}) == [("address", "0x50 (80) is not an address the ADS1115 takes: use "
-                                                                "0x48 or 0x49 or 0x4A or 0x4B")]
+        ("channels[0].wet_voltage",
+         "dry_voltage is given, so wet_voltage is needed too (the soil-moisture calibration takes both)")]
+    assert cls.check_options({"address": 0x50}) == [
+        ("address", "0x50 (80) is not an address the ADS1115 takes: use 0x48 or 0x49 or 0x4A or 0x4B")]
     with pytest.raises(ValueError, match="0x50"):
         cls("adc", {"address": 0x50}, context=ctx)
 
@@ -310,7 +316,7 @@ def test_ads1115_default_channels_and_option_checks():
 
 @pytest.mark.parametrize("kind, address", [("bme280", 0x76), ("sht3x", 0x44), ("bh1750", 0x23), ("ads1115", 0x48)])
 def test_unplugged_sensor_is_a_driver_error(kind, address):
-    ctx, bus = bench()
+    ctx, _ = bench()
     driver = driver_class(kind)("x", {}, context=ctx)  # starting touches no hardware
     for spec in driver.sensors():
         with pytest.raises(DriverError, match=rf"at 0x{address:02X} on /dev/i2c-1: no answer .*i2cdetect -y 1"):
@@ -368,17 +374,56 @@ name = "canopy"
 channels = 2
 """)
     done = subprocess.run([sys.executable, "-m", "edge_agent", "check", "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, done.stdout
     assert "drivers.soil.bus" in done.stderr and "drivers.canopy" in done.stderr
     assert "Traceback" not in done.stderr
     fixed = cfg.read_text().replace("bus = 300", "bus = 1").replace("channels = 2\n", "")
     cfg.write_text(fixed)
     done = subprocess.run([sys.executable, "-m", "edge_agent", "check", "--config", str(cfg)],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 2, done.stdout
     assert "drivers.air.address: 0x40 (64) is not an address the BME280 takes: use 0x76 or 0x77" in done.stderr
     assert "drivers.soil.channels[0].wet_voltage: dry_voltage is given, so wet_voltage is needed" in done.stderr
+
+
+def test_check_reports_address_conflicts_and_the_i2c_pins(tmp_path):
+    cfg = tmp_path / "agent.toml"
+    cfg.write_text("""
+[device]
+server_name = "devices/bench/i2c"
+simulate = false
+state_dir = "%s"
+
+[broker]
+urls = ["mqtt://127.0.0.1:1"]
+
+[[drivers]]
+kind = "bme280"
+name = "air"
+
+[[drivers]]
+kind = "bme280"
+name = "air2"
+address = 0x76
+
+[[drivers]]
+kind = "bme280"
+name = "air_bus3"
+bus = 3
+
+[[drivers]]
+kind = "led"
+name = "lamp"
+pin = 2
+""" % (tmp_path / "state"))
+    done = subprocess.run([sys.executable, "-m", "edge_agent", "check", "--config", str(cfg)], capture_output=True,
+                          text=True, timeout=60, check=False, env={**os.environ, "GPIOZERO_PIN_FACTORY": "mock"})
+    assert done.returncode == 2, done.stdout
+    assert "drivers.air2.address: /dev/i2c-1@0x76 is used in multiple places: drivers.air" in done.stderr
+    assert "drivers.lamp.pin: GPIO2 is used in multiple places: drivers.air" in done.stderr
+    assert "air_bus3" not in done.stderr  # the same address on another bus is another device
+    assert "2 problem(s) found" in done.stderr
 
 
 # --------------------------------------------------------------------------- through the agent

@@ -15,7 +15,8 @@ next read, never a crash.
 from __future__ import annotations
 
 import errno
-from typing import Any, Callable, ClassVar, Mapping, TypeVar
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, TypeVar
 
 try:
     from smbus2 import i2c_msg
@@ -78,8 +79,8 @@ class I2CDriver(Driver):
         allowed = cls.options_schema["properties"]["address"]["x-addresses"]
         address = options.get("address", allowed[0])
         if address not in allowed:
-            return [("address", f"0x{address:02X} ({address}) is not an address the {cls.chip} takes: use "
-                                f"{' or '.join(f'0x{a:02X}' for a in allowed)}")]
+            choices = " or ".join(f"0x{a:02X}" for a in allowed)
+            return [("address", f"0x{address:02X} ({address}) is not an address the {cls.chip} takes: use {choices}")]
         return []
 
     @classmethod

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from edge_agent.errors import DriverError
 
@@ -127,8 +128,8 @@ class ADS1115(I2CDriver):
         for i, c in enumerate(channels):
             if ("dry_voltage" in c) != ("wet_voltage" in c):
                 given, missing = ("dry_voltage", "wet_voltage") if "dry_voltage" in c else ("wet_voltage", "dry_voltage")
-                problems.append((f"channels[{i}].{missing}", f"{given} is given, so {missing} is needed too "
-                                                             "(the soil-moisture calibration takes both)"))
+                why = f"{given} is given, so {missing} is needed too (the soil-moisture calibration takes both)"
+                problems.append((f"channels[{i}].{missing}", why))
             elif "dry_voltage" in c and c["dry_voltage"] == c["wet_voltage"]:
                 problems.append((f"channels[{i}].wet_voltage", "dry_voltage and wet_voltage must differ"))
         return problems
@@ -155,20 +156,25 @@ class ADS1115(I2CDriver):
         """One conversion of AIN``channel`` (V, rounded to 0.1 mV)."""
         return round(self.transfer(lambda bus: self._convert(bus, channel, full_scale)), 4)
 
+    def _voltage_reader(self, channel: int, full_scale: float) -> Callable[[], float]:
+        return lambda: self.voltage(channel, full_scale)
+
+    def _moisture_reader(self, channel: int, full_scale: float, dry: float, wet: float) -> Callable[[], float]:
+        return lambda: round(moisture_percent(self.voltage(channel, full_scale), dry, wet), 1)
+
     def sensors(self) -> list[SensorSpec]:
         every = math.ceil(1000 / self.data_rate) / 1000
         specs = []
         for c in self.channels:
             ch, fs = c["channel"], c["full_scale"]
             specs.append(SensorSpec(c["name"], f"voltage of AIN{ch} against GND, ±{fs} V full scale (V)",
-                                    lambda ch=ch, fs=fs: self.voltage(ch, fs), unit="V", min_interval=every,
+                                    self._voltage_reader(ch, fs), unit="V", min_interval=every,
                                     poll_interval=10.0, deadband=0.01,
                                     value_schema={"type": "number", "minimum": -fs, "maximum": fs}))
             if "dry_voltage" in c and "wet_voltage" in c:
                 dry, wet = c["dry_voltage"], c["wet_voltage"]
                 specs.append(SensorSpec(
                     f"{c['name']}_moisture", f"soil moisture on AIN{ch}: {dry} V dry = 0 %, {wet} V wet = 100 % (%)",
-                    lambda ch=ch, fs=fs, dry=dry, wet=wet: round(moisture_percent(self.voltage(ch, fs), dry, wet), 1),
-                    unit="%", min_interval=every, poll_interval=60.0, deadband=1.0,
-                    value_schema={"type": "number", "minimum": 0, "maximum": 100}))
+                    self._moisture_reader(ch, fs, dry, wet), unit="%", min_interval=every, poll_interval=60.0,
+                    deadband=1.0, value_schema={"type": "number", "minimum": 0, "maximum": 100}))
         return specs

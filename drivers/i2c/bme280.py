@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import struct
 import time
-from dataclasses import astuple, dataclass
+from dataclasses import astuple, dataclass, fields
 from typing import Any
 
 from edge_agent.errors import DriverError
@@ -54,7 +54,7 @@ class Calibration:
     h6: int
 
     @classmethod
-    def from_registers(cls, block1: bytes, block2: bytes) -> "Calibration":
+    def from_registers(cls, block1: bytes, block2: bytes) -> Calibration:
         """From the 26 bytes at 0x88..0xA1 and the 7 bytes at 0xE1..0xE7 (little-endian words;
         dig_H4 = 0xE4[7:0] 0xE5[3:0] and dig_H5 = 0xE6[7:0] 0xE5[7:4], signed 12 bit)."""
         if len(block1) != CALIB1_LEN or len(block2) != CALIB2_LEN:
@@ -63,7 +63,8 @@ class Calibration:
         h2, h3, e4, e5, e6, h6 = struct.unpack("<hBBBBb", bytes(block2))
         h4, h5 = (e4 << 4) | (e5 & 0x0F), (e6 << 4) | (e5 >> 4)
         h4, h5 = (h4 - 4096 if h4 & 0x800 else h4), (h5 - 4096 if h5 & 0x800 else h5)
-        return cls(*t_p, block1[25], h2, h3, h4, h5, h6)
+        names = [f.name for f in fields(cls)]
+        return cls(**dict(zip(names, (*t_p, block1[25], h2, h3, h4, h5, h6), strict=True)))
 
     def to_registers(self) -> tuple[bytes, bytes]:
         """The inverse of :meth:`from_registers` (what a chip with these values holds)."""

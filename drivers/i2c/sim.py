@@ -18,10 +18,18 @@ import os
 import random
 import threading
 import time
-from typing import Any, Callable, Mapping
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from . import bh1750, bme280, sht3x
-from .ads1115 import DATA_RATE, FULL_SCALE, MODE_SINGLE, OS_START, REG_CONFIG, REG_CONVERSION
+from .ads1115 import (
+    DATA_RATE,
+    FULL_SCALE,
+    MODE_SINGLE,
+    OS_START,
+    REG_CONFIG,
+    REG_CONVERSION,
+)
 
 Environment = Callable[[], Mapping[str, Any]]
 I2C_M_RD = 0x0001
@@ -67,7 +75,7 @@ class SimulatedBus:
         self.transfers = 0  # how many transfers reached a chip (for tests)
 
     @classmethod
-    def populated(cls, environment: Environment = greenhouse) -> "SimulatedBus":
+    def populated(cls, environment: Environment = greenhouse) -> SimulatedBus:
         """A bus with a BME280 at 0x76 and 0x77, an SHT3x at 0x44 and 0x45, a BH1750 at 0x23 and
         0x5C and an ADS1115 at 0x48..0x4B, all reading ``environment``."""
         chips: dict[int, SimulatedChip] = {}
