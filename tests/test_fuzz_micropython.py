@@ -42,7 +42,9 @@ EDGEMCP = Path(__file__).resolve().parent.parent / "micropython" / "edgemcp"
 
 
 def _load(name: str):
-    """``micropython/edgemcp/<name>.py`` as module ``_fuzz_edgemcp_<name>``, or None if absent."""
+    """``micropython/edgemcp/<name>.py`` as module ``_fuzz_edgemcp.<name>`` (the package loaded
+    under a private name, so its relative imports of the shared core work and nothing here
+    changes how other tests import it), or None if absent."""
     path = EDGEMCP / f"{name}.py"
     if not path.is_file():
         return None
@@ -51,9 +53,13 @@ def _load(name: str):
     had = sys.modules.get("micropython")
     sys.modules["micropython"] = had or stub
     try:
-        spec = importlib.util.spec_from_file_location(f"_fuzz_edgemcp_{name}", path)
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)  # type: ignore[union-attr]
+        if "_fuzz_edgemcp" not in sys.modules:
+            spec = importlib.util.spec_from_file_location("_fuzz_edgemcp", EDGEMCP / "__init__.py",
+                                                          submodule_search_locations=[str(EDGEMCP)])
+            package = importlib.util.module_from_spec(spec)
+            sys.modules["_fuzz_edgemcp"] = package
+            spec.loader.exec_module(package)  # type: ignore[union-attr]
+        module = importlib.import_module(f"_fuzz_edgemcp.{name}")
     finally:
         if had is None:
             del sys.modules["micropython"]

@@ -186,15 +186,13 @@ def board_pops_any_request_id(mp):
 
 
 def board_check_lets_nan_through(mp):
-    mcp = test_fuzz_micropython.mcp
-    orig = mcp.check
-    mp.setattr(mcp, "check", lambda params, args: None if any(
-        isinstance(v, float) and (v != v or v in (float("inf"), float("-inf"))) for v in args.values())
-        else orig(params, args))
+    import importlib
+    mp.setattr(importlib.import_module("_fuzz_edgemcp.core.args"), "finite", lambda value: True)
 
 
 def board_wrong_invalid_code(mp):
-    mp.setattr(test_fuzz_micropython.mcp, "_INVALID", -32601)
+    import importlib
+    mp.setattr(importlib.import_module("_fuzz_edgemcp.core.jsonrpc"), "INVALID_REQUEST", -32601)
 
 
 MUTANTS = [

@@ -38,6 +38,8 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .. import __version__
+from ..core import binding, jsonrpc
+from ..core.jsonrpc import INVALID_REQUEST, RpcError
 from ..protocol.registry import Prompt, PromptArgument, Registry, Resource, ResourceTemplate, Tool, ToolContext
 from ..protocol.server import McpServer, ServerInfo
 from ..transport import topics
@@ -45,7 +47,7 @@ from ..transport.broker_url import BrokerURL, parse_broker_url
 
 log = logging.getLogger(__name__)
 
-DISCONNECTED = b'{"jsonrpc":"2.0","method":"notifications/disconnected"}'
+DISCONNECTED = jsonrpc.encode(binding.DISCONNECTED)
 COMPONENT = topics.COMPONENT_SERVER
 
 
@@ -354,20 +356,20 @@ class SimDevice:
             return
         payload = bytes(message.payload)
         if parsed.kind == "control" and parsed.server_id == self.server_id:
-            sender = _user_properties(message.properties).get("MCP-MQTT-CLIENT-ID")
-            if sender and not any(c in sender for c in "/+#"):
+            sender = binding.valid_client_id(_user_properties(message.properties).get(binding.CLIENT_ID))
+            if sender is not None:
                 self._spawn(self._initialize(sender, payload))
         elif parsed.kind == "rpc" and parsed.server_id == self.server_id and parsed.client_id:
             session = self.server.sessions.get(parsed.client_id)
             if session is None:
                 self._unknown_client(parsed.client_id, payload)
                 return
-            if b"notifications/disconnected" in payload:
+            if payload and binding.client_gone(payload):
                 self._client_gone(parsed.client_id)
                 return
             self._spawn(self.server.handle(session, payload))
         elif parsed.kind == "client-presence" and parsed.client_id in self.server.sessions:
-            if not payload or b"notifications/disconnected" in payload:
+            if binding.client_gone(payload):
                 self._client_gone(parsed.client_id)
 
     def _unknown_client(self, cid: str, payload: bytes) -> None:
@@ -376,16 +378,13 @@ class SimDevice:
             msg = json.loads(payload)
         except ValueError:
             return
-        if isinstance(msg, dict) and "id" in msg and "method" in msg:
-            self._publish(topics.rpc(cid, self.server_id, self.server_name), {
-                "jsonrpc": "2.0", "id": msg["id"],
-                "error": {"code": -32600, "message": "Session not initialized: send initialize on the server "
-                                                     "control topic"}})
+        if isinstance(msg, dict) and jsonrpc.is_id(msg.get("id")) and "method" in msg:
+            self._publish(topics.rpc(cid, self.server_id, self.server_name), jsonrpc.error(msg["id"], RpcError(
+                INVALID_REQUEST, "Session not initialized: send initialize on the server control topic")))
 
     def _client_filters(self, cid: str) -> list[tuple[str, SubscribeOptions]]:
-        return [(topics.client_presence(cid), SubscribeOptions(qos=self.qos)),
-                (topics.client_capability(cid), SubscribeOptions(qos=self.qos)),
-                (topics.rpc(cid, self.server_id, self.server_name), SubscribeOptions(qos=self.qos, noLocal=True))]
+        return [(topic, SubscribeOptions(qos=self.qos, noLocal=no_local))
+                for topic, no_local in topics.client_topics(cid, self.server_id, self.server_name)]
 
     async def _initialize(self, cid: str, payload: bytes) -> None:
         """Spec "Initialization": subscribe the client's topics, wait for the SUBACK, then answer."""

@@ -8,7 +8,7 @@
 # Pi server checks such a tool with the full validator instead (edge_agent/server).
 from .jsonrpc import quote
 
-KEYWORDS = frozenset(("type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
+KEYWORDS = set(("type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
                       "minLength", "maxLength", "required", "properties", "additionalProperties", "items",
                       "minItems", "maxItems", "default", "description", "title", "examples", "$schema",
                       "format", "x-unit", "unit"))

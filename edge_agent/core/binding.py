@@ -48,12 +48,15 @@ def client_gone(payload, decode=jsonrpc.decode):
         return False
 
 
-def opening_client(msg, props):
-    """The mcp-client-id whose session ``msg`` (decoded, from the control topic) opens, or None:
-    only an ``initialize`` request opens one, and only with a valid MCP-MQTT-CLIENT-ID."""
-    if not isinstance(msg, dict) or msg.get("method") != "initialize" or "id" not in msg:
-        return None
-    cid = user_property(props, CLIENT_ID)
+def opens_session(msg):
+    """True if ``msg`` (decoded, from the control topic) may open a session: only an
+    ``initialize`` request does."""
+    return isinstance(msg, dict) and msg.get("method") == "initialize" and "id" in msg
+
+
+def valid_client_id(cid):
+    """``cid`` (the MCP-MQTT-CLIENT-ID user property) if it can name a session's topics, else
+    None: never a wildcard, a "/", NUL, empty or over 65535 bytes."""
     try:
         return topics.check_id(cid, "mcp-client-id")
     except ValueError:

@@ -16,7 +16,7 @@ class RpcError(Exception):
     """A JSON-RPC error to send back: ``code`` (int), ``message`` (str), ``data`` (JSON or None)."""
 
     def __init__(self, code, message, data=None):
-        Exception.__init__(self, message)
+        super().__init__(message)
         self.code = code
         self.message = message
         self.data = data
@@ -40,8 +40,9 @@ def decode(payload):
     :func:`check`."""
     try:
         msg = json.loads(payload)
-    except Exception as exc:  # ValueError, UnicodeDecodeError, RecursionError / RuntimeError
-        raise RpcError(PARSE_ERROR, "Parse error: %s" % (exc,))
+    except Exception:  # ValueError, UnicodeDecodeError, RecursionError / RuntimeError
+        # One wording on every interpreter (CPython's and MicroPython's decoders word it apart).
+        raise RpcError(PARSE_ERROR, "Parse error: not UTF-8 JSON")
     return check(msg)
 
 
@@ -128,3 +129,10 @@ def quote(value):
         return dumps(value)
     except Exception:
         return repr(value)
+
+
+def resource_not_found(uri):
+    """The -32002 error of a read of an unknown resource, with ``data.uri`` (MCP 2025-11-25
+    server/resources "Error Handling")."""
+    return RpcError(RESOURCE_NOT_FOUND, "Resource not found: " + (uri if isinstance(uri, str) else quote(uri)),
+                    {"uri": uri})

@@ -31,6 +31,7 @@ from ..core.results import tool_error as _tool_error
 from ..core.results import tool_result as _tool_result
 from ..errors import ToolInputError
 from . import jsonrpc
+from ..core.jsonrpc import resource_not_found
 from .jsonrpc import FORBIDDEN, INVALID_PARAMS, RESOURCE_NOT_FOUND, RpcError
 from .rbac import Policy, Role
 from .registry import Registry, ToolContext
@@ -364,12 +365,12 @@ class McpServer(Dispatcher):
             except ValueError as exc:
                 raise RpcError(INVALID_PARAMS, f"{uri}: {exc}") from None
             return {"contents": [{"uri": uri, "mimeType": template.mime_type, "text": text}]}
-        raise RpcError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
+        raise resource_not_found(uri)
 
     async def _subscribe(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
         uri = self._require_uri(params, "resources/subscribe", session)
         if not self._known(uri):
-            raise RpcError(RESOURCE_NOT_FOUND, f"Resource not found: {uri}", {"uri": uri})
+            raise resource_not_found(uri)
         session.subscriptions.add(uri)
         return {}
 

@@ -5,12 +5,13 @@ import asyncio
 import json
 
 from . import mcp
+from .core import binding, topics
 from .mqtt import MQTTClient
 from .mqtt5 import USER_PROPERTY, prop
 
-_TYPE = "MCP-COMPONENT-TYPE"
-_CID = "MCP-MQTT-CLIENT-ID"
-_GONE = "notifications/disconnected"
+_TYPE = binding.COMPONENT_TYPE
+_CID = binding.CLIENT_ID
+_GONE = binding.DISCONNECTED_METHOD
 
 
 class MqttLink:
@@ -33,24 +34,22 @@ class MqttLink:
         self._name(server_name)
         pub = [(_TYPE, "mcp-server"), (_CID, server_id)]
         self.c = MQTTClient(server_id, host, port, publish_user=pub, log=server.log,
-                            user=[(_TYPE, "mcp-server"), ("MCP-META", mcp.dumps(self.meta))],
+                            user=[(_TYPE, "mcp-server"), (binding.META, mcp.dumps(self.meta))],
                             will_topic=self.presence, will_payload=b"", will_retain=True, will_qos=1,
                             will_user=pub, **client)
         self.c.on_up = self._on_up
 
     def _name(self, name):
         self.name = name
-        tail = self.sid + "/" + name
-        self.control = "$mcp-server/" + tail
-        self.capability = "$mcp-server/capability/" + tail
-        self.presence = "$mcp-server/presence/" + tail
-        self._tail = "/" + tail
+        self.control = topics.server_control(self.sid, name)
+        self.capability = topics.server_capability(self.sid, name)
+        self.presence = topics.server_presence(self.sid, name)
 
     def rpc(self, cid):
-        return "$mcp-rpc/" + cid + self._tail
+        return topics.rpc(cid, self.sid, self.name)
 
     def _topics(self, cid):
-        return [("$mcp-client/presence/" + cid, False), ("$mcp-client/capability/" + cid, False), (self.rpc(cid), True)]
+        return topics.client_topics(cid, self.sid, self.name)
 
     async def _on_up(self):
         name = prop(self.c.connack, USER_PROPERTY, "MCP-SERVER-NAME")
@@ -58,15 +57,14 @@ class MqttLink:
             self.server.log("broker assigned server-name " + name)
             self._name(name)
             self.c.connect_args["will_topic"] = self.presence  # from the next CONNECT on
-        topics = [(self.control, False)]
+        subs = [(self.control, False)]
         for cid in self.clients:
-            topics += self._topics(cid)
-        codes = await self.c.subscribe(topics)
+            subs += self._topics(cid)
+        codes = await self.c.subscribe(subs)
         if codes and max(codes) >= 0x80:
             self.server.log("the broker refused a subscription (ACL?): %s" % codes)
-        await self.c.publish(self.presence, mcp.dumps({"jsonrpc": "2.0", "method": "notifications/server/online",
-                                                       "params": {"server_name": self.name, "description": self.description,
-                                                                  "meta": self.meta}}).encode(), True, 1)
+        await self.c.publish(self.presence, mcp.dumps(binding.online(self.name, self.description, self.meta)).encode(),
+                             True, 1)
         self.server.log("online as %s (%s)" % (self.name, self.sid))
 
     async def send(self, cid, msg):
@@ -93,19 +91,19 @@ class MqttLink:
             else:
                 self.server.log("initialize without " + _CID + " dropped: no topic to answer on")
         elif topic.startswith("$mcp-rpc/"):  # by prefix, not by our subscriptions (interop checklist)
-            i = topic.find("/", 9)
-            cid = topic[9:i]
-            s = self.server.sessions.get(cid)
-            if i < 0 or topic[i:] != self._tail:
+            t = topics.parse(topic)
+            if t is None or t.server_id != self.sid or t.server_name != self.name:
                 return
-            if _GONE.encode() in payload and mcp.is_notification(payload, _GONE):
+            cid = t.client_id
+            s = self.server.sessions.get(cid)
+            if payload and _GONE.encode() in payload and binding.client_gone(payload):
                 await self.gone(cid)
             elif s and s.t is self:
                 await self.server.handle(s, payload)
             else:  # a client without a session (the board restarted): tell it to initialize
                 await self._refuse(cid, payload, "Session not initialized: send initialize on the control topic")
         elif topic.startswith("$mcp-client/presence/"):
-            if not payload or mcp.is_notification(payload, _GONE):
+            if binding.client_gone(payload):
                 await self.gone(topic[21:])
 
     async def _control(self, cid, payload):
@@ -113,7 +111,9 @@ class MqttLink:
             msg = json.loads(payload)
         except Exception:
             msg = None
-        if not isinstance(msg, dict) or msg.get("method") != "initialize":
+        if binding.valid_client_id(cid) is None:
+            return self.server.log("initialize with an invalid " + _CID + " dropped: " + mcp.dumps(cid))
+        if not binding.opens_session(msg):
             return await self._refuse(cid, msg, "only initialize is accepted on the control topic")
         s = self.server.open_session(cid, self)
         self.clients.add(cid)
@@ -139,14 +139,14 @@ class MqttLink:
         if cid in self.clients:
             self.clients.discard(cid)
             if notify:
-                await self.send(cid, {"jsonrpc": "2.0", "method": _GONE})
+                await self.send(cid, binding.DISCONNECTED)
             await self.c.unsubscribe([t for t, _ in self._topics(cid)])
 
     async def stop(self):
         """Clean stop: tell every client, clear the retained presence, DISCONNECT."""
         if self.c.up:
             for cid in list(self.clients):
-                await self.send(cid, {"jsonrpc": "2.0", "method": _GONE})
+                await self.send(cid, binding.DISCONNECTED)
             await self.c.publish(self.presence, b"", True, 1)
         for cid in self.clients:
             self.server.close_session(cid)
