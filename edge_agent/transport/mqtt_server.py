@@ -36,6 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .. import identity
+from ..core import binding
 from ..errors import TransportError
 from ..store import OutboxRow, Store
 from . import codec, topics
@@ -46,7 +47,7 @@ from .reconnect import Loss, ReconnectPolicy
 
 log = logging.getLogger(__name__)
 
-DISCONNECTED = {"jsonrpc": "2.0", "method": "notifications/disconnected"}
+DISCONNECTED = binding.DISCONNECTED
 SEQ_PROPERTY = "EDGE-AGENT-SEQ"
 
 __all__ = ["DISCONNECTED", "Incoming", "LinkSettings", "MqttServerTransport", "user_properties"]
@@ -655,13 +656,9 @@ def _reason_text(code: int | None, from_broker: bool, text: str, dropped_dead_li
 
 
 def _is_disconnected(payload: bytes) -> bool:
-    """Empty payload or a ``notifications/disconnected`` JSON-RPC notification."""
-    if not payload:
-        return True
-    try:
-        return codec.decode(payload).get("method") == "notifications/disconnected"
-    except (ValueError, AttributeError):
-        return False
+    """Empty payload or exactly a ``notifications/disconnected`` notification (the binding's
+    rule: :func:`edge_agent.core.binding.client_gone`), in JSON or CBOR."""
+    return binding.client_gone(payload, codec.decode)
 
 
 def _queued_only(client, userdata, sock) -> None:
