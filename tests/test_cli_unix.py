@@ -9,6 +9,7 @@ server peer of ``test_cloud_transport`` taught to misbehave (a server without
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -138,7 +139,7 @@ def test_every_command_and_every_argument_has_help():
 
 @pytest.mark.parametrize("command", ["devices", "call", "watch", "read", "gateway", "run"])
 def test_command_help_describes_every_argument(command):
-    done = subprocess.run(cli(command, "--help"), capture_output=True, text=True, timeout=30)
+    done = subprocess.run(cli(command, "--help"), capture_output=True, text=True, timeout=30, check=False)
     assert (done.returncode, done.stderr) == (0, "")
     sub = next(a for a in _subparsers(top_cli.build_parser())).choices[command]
     for action in sub._actions:
@@ -154,7 +155,7 @@ def _with_closed_stdout(argv: list[str]) -> subprocess.CompletedProcess:
     r, w = os.pipe()
     os.close(r)
     try:
-        return subprocess.run(argv, stdout=w, stderr=subprocess.PIPE, text=True, timeout=60)
+        return subprocess.run(argv, stdout=w, stderr=subprocess.PIPE, text=True, timeout=60, check=False)
     finally:
         os.close(w)
 
@@ -171,7 +172,7 @@ def test_devices_piped_into_head(broker):
     """The issue's own case: ``edge-agent devices | head -1`` with more output than a pipe holds."""
     publish_presences(broker.url, [(f"s{i}", f"devices/site/pi-{i:04d}", "x" * 200) for i in range(1500)])
     done = subprocess.run(["bash", "-c", 'set -o pipefail; "$@" | head -1; echo "status ${PIPESTATUS[0]}" >&2',
-                           "bash", *cli("devices", "--broker", broker.url)], capture_output=True, text=True, timeout=60)
+                           "bash", *cli("devices", "--broker", broker.url)], capture_output=True, text=True, timeout=60, check=False)
     assert done.stdout.startswith("SERVER-NAME") and done.stdout.count("\n") == 1
     assert done.stderr == "status 141\n"
 
@@ -194,6 +195,57 @@ def test_devices_returns_when_the_retained_presences_are_in(broker, capsys):
     code, out, err = run(capsys, "devices", "devices/barn/#", "--broker", broker.url, "--timeout", "30")
     assert (code, out) == (1, "") and time.monotonic() - t0 < 3
     assert err == f"edge-agent devices: no MCP servers matching devices/barn/# online at {broker.url}\n"
+
+
+@contextlib.contextmanager
+def acl_broker(tmp_path: Path, rules: str):
+    """Mosquitto with passwords (``USER-pw`` for dev1, ops, limited) and the ACL ``rules``; the
+    device ``dev1`` has published its retained presence (server-id ``acl-1``)."""
+    from edge_agent.local_broker import LocalBroker
+
+    passwords = tmp_path / "passwords"
+    passwords.write_text("")
+    for user in ("dev1", "ops", "limited"):
+        subprocess.run(["mosquitto_passwd", "-b", str(passwords), user, f"{user}-pw"], check=True, capture_output=True)
+    (tmp_path / "acl").write_text(rules)
+    with LocalBroker(allow_anonymous=False, workdir=tmp_path / "broker",
+                     extra_conf=f"password_file {passwords}\nacl_file {tmp_path / 'acl'}\n") as b:
+        url = parse_broker_url(b.url)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="acl-1", protocol=mqtt.MQTTv5)
+        c.username_pw_set("dev1", "dev1-pw")
+        c.connect(url.host, url.port)
+        c.loop_start()
+        c.publish("$mcp-server/presence/acl-1/devices/acl/pi", json.dumps(
+            {"jsonrpc": "2.0", "method": "notifications/server/online", "params": {"server_name": "devices/acl/pi"}}),
+            qos=1, retain=True).wait_for_publish(10)
+        c.loop_stop()
+        c.disconnect()
+        yield b.url.removeprefix("mqtt://")
+
+
+def test_devices_under_the_generated_acl(tmp_path, capsys):
+    """The end-of-retained marker lives on the client's own RPC topics, which ``edge-agent acl`` allows."""
+    from edge_agent import acl
+
+    fleet = acl.fleet_from_dict({"devices": [{"username": "dev1", "server_id": "acl-1", "server_name": "devices/acl/pi"}],
+                                 "clients": [{"username": "ops", "server_name_filters": ["devices/#"]}]})
+    with acl_broker(tmp_path, acl.mosquitto_acl(fleet)) as host:
+        t0 = time.monotonic()
+        code, out, err = run(capsys, "devices", "--broker", f"mqtt://ops:ops-pw@{host}", "--timeout", "30", "--json")
+        assert (code, err) == (0, "") and [d["server_id"] for d in json.loads(out)] == ["acl-1"]
+        assert time.monotonic() - t0 < 3
+
+
+def test_devices_where_the_marker_is_refused_waits_for_the_cap(tmp_path, capsys):
+    """A user who may read presences and nothing else still gets the list, after ``--timeout``."""
+    rules = ("user dev1\ntopic write $mcp-server/presence/#\n\n"
+             "user limited\ntopic read $mcp-server/presence/#\n")
+    with acl_broker(tmp_path, rules) as host:
+        t0 = time.monotonic()
+        code, out, err = run(capsys, "devices", "--broker", f"mqtt://limited:limited-pw@{host}", "--timeout", "1.5",
+                             "--json")
+        assert (code, err) == (0, "") and [d["server_id"] for d in json.loads(out)] == ["acl-1"]
+        assert 1.4 < time.monotonic() - t0 < 5
 
 
 # --------------------------------------------------------------------------------------------
@@ -402,7 +454,7 @@ def test_long_call_shows_progress_on_a_terminal_only(broker, agent):
     assert "status_led_blink [" in err and "3/3" in err and "blink 3/3" in err
     assert err.endswith("\r\x1b[K")  # the line is erased before the result
 
-    done = subprocess.run(argv, capture_output=True, text=True, timeout=60)  # stderr not a terminal
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)  # stderr not a terminal
     assert (done.returncode, done.stderr) == (0, "")
 
 
@@ -426,6 +478,6 @@ def test_ctrl_c_cancels_the_call_and_says_so(broker, agent):
         wire.close()
     t0 = time.monotonic()  # the agent stopped the sweep: the servo answers at once
     done = subprocess.run(cli("call", NAME, "vent_servo_set_angle", "angle=0", "--broker", broker.url),
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=60, check=False)
     assert done.returncode == 0, done.stderr
     assert time.monotonic() - t0 < 10
