@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 HOST = ROOT / "micropython" / "host"
 PACKAGE = ROOT / "micropython" / "edgemcp"
-BUDGET = 48 * 1024
+BUDGET = 68 * 1024  # was 48 KB before the shared core: see tests/test_micropython_memory.py
 
 
 def build_mpy(dest: Path) -> Path:

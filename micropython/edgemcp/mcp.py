@@ -4,6 +4,7 @@
 # board adds: its declarative tool and resource tables, sensor polling with a deadband, and the
 # ``{"value", "unit", "timestamp"}`` reading. Sources: MCP 2025-11-25 server/tools,
 # server/resources. Every kilobyte of bytecode is a kilobyte of an ESP32's heap: keep it small.
+import json
 import time
 
 from .core import jsonrpc, lifecycle
@@ -12,7 +13,12 @@ from .core.dispatch import Dispatcher
 from .core.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 from .core.lifecycle import VERSIONS
 
-dumps = jsonrpc.dumps
+
+
+def dumps(msg):
+    """Compact JSON for the wire (and how client input is quoted in the board's own messages)."""
+    return json.dumps(msg, separators=(",", ":"))
+
 
 
 def error(mid, code, message):
@@ -47,7 +53,6 @@ def schema(params):
         if hi is not None:
             d["maxLength" if t == "string" else "maximum"] = hi
         if unit:
-            d["x-unit"] = unit
             text = (text + " " if text else "") + "(" + unit + ")"
         if text:
             d["description"] = text
@@ -200,7 +205,7 @@ class Server(Dispatcher):
         t = time.gmtime()
         if t[0] >= 2024:
             out["timestamp"] = "%04d-%02d-%02dT%02d:%02d:%02dZ" % t[:6]
-        return dumps(out)
+        return jsonrpc.dumps(out)
 
     async def sample(self, r):
         """Read ``r`` now; when the value moved past the deadband since the last one kept,
