@@ -202,7 +202,7 @@ else
     || die "could not create a virtualenv: sudo apt-get install -y python3-venv"
 fi
 
-# 2. the package, with the gpio and serial extras: a wheel built from the checkout, or
+# 2. the package, with the gpio, serial and i2c extras: a wheel built from the checkout, or
 #    edge-agent-mcp==VERSION from the package index. The checkout is copied first (without
 #    .git, .venv, build/ and *.egg-info) so a stale build/ cannot leak old modules into the
 #    wheel and nothing is written into the checkout as root. When staging, these scratch files
