@@ -124,15 +124,27 @@ def encode(msg):
 
 
 def quote(value):
-    """How client input appears in an error message: JSON-escaped, never echoed raw."""
+    """How client input appears in an error message: JSON-escaped (non-ASCII and lone
+    surrogates as \\u escapes on CPython), never echoed raw."""
     try:
-        return dumps(value)
+        return json.dumps(value)
     except Exception:
         return repr(value)
+
+
+def shown(value):
+    """``value`` as it may appear in a message: a string as is when UTF-8 can carry it, else
+    (a lone surrogate, a non-string) quoted by :func:`quote`."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+            return value
+        except ValueError:
+            pass
+    return quote(value)
 
 
 def resource_not_found(uri):
     """The -32002 error of a read of an unknown resource, with ``data.uri`` (MCP 2025-11-25
     server/resources "Error Handling")."""
-    return RpcError(RESOURCE_NOT_FOUND, "Resource not found: " + (uri if isinstance(uri, str) else quote(uri)),
-                    {"uri": uri})
+    return RpcError(RESOURCE_NOT_FOUND, "Resource not found: " + shown(uri), {"uri": shown(uri)})

@@ -3,7 +3,7 @@
 # JSON-RPC error; bad arguments and failures inside the tool are results with isError).
 # Runs on CPython and MicroPython.
 from . import args
-from .jsonrpc import INVALID_PARAMS, RpcError
+from .jsonrpc import INVALID_PARAMS, RpcError, shown
 from .results import tool_error, tool_result
 
 
@@ -22,7 +22,7 @@ def name_and_arguments(params):
 
 
 def unknown(name):
-    return RpcError(INVALID_PARAMS, "Unknown tool: " + name)
+    return RpcError(INVALID_PARAMS, "Unknown tool: " + shown(name))
 
 
 def check_arguments(name, schema, arguments):
