@@ -21,7 +21,7 @@ from typing import Any
 
 from .core import binding
 from .protocol import jsonrpc
-from .protocol.jsonrpc import INVALID_REQUEST, PARSE_ERROR, RpcError
+from .protocol.jsonrpc import PARSE_ERROR, RpcError
 from .protocol.server import McpServer, Session
 from .store import Store
 from .transport import codec
@@ -125,9 +125,9 @@ class Endpoint:
         if msg is None:
             return
         if not binding.opens_session(msg):
-            if jsonrpc.is_request(msg):
-                transport.send_rpc(client_id, jsonrpc.error(msg["id"], RpcError(
-                    INVALID_REQUEST, f"only initialize is accepted on the control topic, not {msg['method']}")))
+            refusal = binding.control_refusal(msg)
+            if refusal is not None:
+                transport.send_rpc(client_id, refusal)
             return
         if incoming.content_type not in codec.ENCODINGS:
             transport.encodings.pop(client_id, None)
@@ -164,13 +164,10 @@ class Endpoint:
             msg = codec.decode(payload, incoming.content_type)
         except ValueError:
             return
-        msg_id = msg.get("id") if isinstance(msg, dict) else None
-        if isinstance(msg_id, bool) or not isinstance(msg_id, (str, int)):
-            return  # not a request we can answer (JSON-RPC ids are strings or integers)
-        if "method" in msg and msg.get("method") != "initialize":
+        refusal = binding.no_session(msg)
+        if refusal is not None:
             assert self.transport is not None
-            self.transport.send_rpc(client_id, jsonrpc.error(msg["id"], RpcError(
-                INVALID_REQUEST, "Session not initialized: send initialize on the server control topic")))
+            self.transport.send_rpc(client_id, refusal)
 
     def on_client_gone(self, client_id: str) -> None:
         """The client left (disconnected notification, will, or empty presence): unsubscribe its

@@ -124,7 +124,17 @@ def parse_error_code_wrong(mp):
 
 
 def control_refusal_code_wrong(mp):
-    mp.setattr(endpoint_mod, "INVALID_REQUEST", jsonrpc.METHOD_NOT_FOUND)
+    from edge_agent.core import binding
+
+    for name in ("control_refusal", "no_session"):  # the binding's two -32600 refusals
+        orig = getattr(binding, name)
+
+        def refusal(msg, orig=orig):
+            answer = orig(msg)
+            if answer is not None:
+                answer["error"]["code"] = jsonrpc.METHOD_NOT_FOUND
+            return answer
+        mp.setattr(binding, name, refusal)
 
 
 def unnamed_problems(mp):

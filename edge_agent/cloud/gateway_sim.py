@@ -39,7 +39,6 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .. import __version__
 from ..core import binding, jsonrpc
-from ..core.jsonrpc import INVALID_REQUEST, RpcError
 from ..protocol.registry import Prompt, PromptArgument, Registry, Resource, ResourceTemplate, Tool, ToolContext
 from ..protocol.server import McpServer, ServerInfo
 from ..transport import topics
@@ -378,9 +377,9 @@ class SimDevice:
             msg = json.loads(payload)
         except ValueError:
             return
-        if isinstance(msg, dict) and jsonrpc.is_id(msg.get("id")) and "method" in msg:
-            self._publish(topics.rpc(cid, self.server_id, self.server_name), jsonrpc.error(msg["id"], RpcError(
-                INVALID_REQUEST, "Session not initialized: send initialize on the server control topic")))
+        refusal = binding.no_session(msg)
+        if refusal is not None:
+            self._publish(topics.rpc(cid, self.server_id, self.server_name), refusal)
 
     def _client_filters(self, cid: str) -> list[tuple[str, SubscribeOptions]]:
         return [(topic, SubscribeOptions(qos=self.qos, noLocal=no_local))

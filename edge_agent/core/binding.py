@@ -67,3 +67,23 @@ def online(server_name, description="", meta=None):
     """The retained presence message ``notifications/server/online``."""
     return jsonrpc.notification(ONLINE_METHOD, {"server_name": server_name, "description": description,
                                                 "meta": meta or {}})
+
+
+def no_session(msg):
+    """The answer to ``msg`` (decoded) on an RPC topic of a client without a session (the server
+    restarted, or never saw its initialize): a -32600 error telling it to initialize again, or
+    None when ``msg`` is not a request (nothing to answer) or is an initialize (sent here by
+    mistake: it belongs on the control topic, and answering it would look like success)."""
+    if not isinstance(msg, dict) or "method" not in msg or not jsonrpc.is_id(msg.get("id")) \
+            or msg.get("method") == "initialize":
+        return None
+    return jsonrpc.error(msg["id"], jsonrpc.RpcError(
+        jsonrpc.INVALID_REQUEST, "Session not initialized: send initialize on the server control topic"))
+
+
+def control_refusal(msg):
+    """The answer to a request other than initialize on the control topic (-32600), or None."""
+    if not isinstance(msg, dict) or "method" not in msg or not jsonrpc.is_id(msg.get("id")):
+        return None
+    return jsonrpc.error(msg["id"], jsonrpc.RpcError(
+        jsonrpc.INVALID_REQUEST, "only initialize is accepted on the control topic, not " + jsonrpc.shown(msg["method"])))

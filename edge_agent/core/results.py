@@ -1,7 +1,7 @@
 # Shapes of tool results. Source: MCP 2025-11-25 server/tools ("Tool Result": content,
 # structuredContent, isError; errors in a tool are results with isError, not JSON-RPC errors,
 # so the model sees them). Runs on CPython and MicroPython.
-from .jsonrpc import dumps
+from .jsonrpc import dumps, notification
 
 
 def tool_error(text):
@@ -23,3 +23,9 @@ def tool_result(value):
     if isinstance(value, dict):
         out["structuredContent"] = value
     return out
+
+
+def resource_updated(uri):
+    """``notifications/resources/updated`` for ``uri`` (MCP 2025-11-25 server/resources
+    "Subscriptions"), the same from the Pi and the board."""
+    return notification("notifications/resources/updated", {"uri": uri})

@@ -19,7 +19,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from ..core import args as core_args
@@ -27,8 +27,8 @@ from ..core import lifecycle
 from ..core import tools as core_tools
 from ..core.dispatch import Dispatcher
 from ..core.lifecycle import LOG_LEVELS, VERSIONS as SUPPORTED_VERSIONS
+from ..core.results import resource_updated
 from ..core.results import tool_error as _tool_error
-from ..core.results import tool_result as _tool_result
 from ..errors import ToolInputError
 from . import jsonrpc
 from ..core.jsonrpc import resource_not_found
@@ -387,7 +387,7 @@ class McpServer(Dispatcher):
         """Send ``notifications/resources/updated`` for ``uri`` if anyone subscribed; True if sent."""
         if not self.subscribed(uri):
             return False
-        self.broadcast(jsonrpc.notification("notifications/resources/updated", {"uri": uri}))
+        self.broadcast(resource_updated(uri))
         return True
 
     def list_changed(self, *kinds: str) -> None:

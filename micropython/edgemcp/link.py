@@ -90,9 +90,12 @@ class MqttLink:
                 await self._control(cid, payload)
             else:
                 self.server.log("initialize without " + _CID + " dropped: no topic to answer on")
-        elif topic.startswith("$mcp-rpc/"):  # by prefix, not by our subscriptions (interop checklist)
-            t = topics.parse(topic)
-            if t is None or t.server_id != self.sid or t.server_name != self.name:
+            return
+        t = topics.parse(topic)  # by prefix, not by our subscriptions (interop checklist)
+        if t is None:
+            return
+        if t.kind == "rpc":
+            if t.server_id != self.sid or t.server_name != self.name:
                 return
             cid = t.client_id
             s = self.server.sessions.get(cid)
@@ -101,10 +104,9 @@ class MqttLink:
             elif s and s.t is self:
                 await self.server.handle(s, payload)
             else:  # a client without a session (the board restarted): tell it to initialize
-                await self._refuse(cid, payload, "Session not initialized: send initialize on the control topic")
-        elif topic.startswith("$mcp-client/presence/"):
-            if binding.client_gone(payload):
-                await self.gone(topic[21:])
+                await self._refuse(cid, payload, binding.no_session)
+        elif t.kind == "client-presence" and binding.client_gone(payload):
+            await self.gone(t.client_id)
 
     async def _control(self, cid, payload):
         try:
@@ -114,7 +116,7 @@ class MqttLink:
         if binding.valid_client_id(cid) is None:
             return self.server.log("initialize with an invalid " + _CID + " dropped: " + mcp.dumps(cid))
         if not binding.opens_session(msg):
-            return await self._refuse(cid, msg, "only initialize is accepted on the control topic")
+            return await self._refuse(cid, msg if msg is not None else payload, binding.control_refusal)
         s = self.server.open_session(cid, self)
         self.clients.add(cid)
         codes = await self.c.subscribe(self._topics(cid))  # BEFORE the answer (spec)
@@ -123,14 +125,15 @@ class MqttLink:
             return await self.gone(cid)
         await self.server.handle(s, msg)
 
-    async def _refuse(self, cid, msg, why):
-        if not isinstance(msg, dict):
-            try:
-                msg = json.loads(msg)
-            except Exception:
-                return await self.send(cid, mcp.error(None, -32700, "Parse error: not JSON"))
-        if isinstance(msg, dict) and "id" in msg and "method" in msg:
-            await self.send(cid, mcp.error(msg["id"], -32600, why))
+    async def _refuse(self, cid, payload, refusal):
+        """Answer ``payload`` with ``refusal(msg)`` (a core binding rule), -32700 if not JSON."""
+        try:
+            msg = json.loads(payload) if not isinstance(payload, dict) else payload
+        except Exception:
+            return await self.send(cid, mcp.error(None, -32700, "Parse error: not UTF-8 JSON"))
+        answer = refusal(msg)
+        if answer:
+            await self.send(cid, answer)
 
     async def gone(self, cid, notify=False):
         """Client ``cid`` left (or, with ``notify``, is dropped): forget its session and

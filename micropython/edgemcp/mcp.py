@@ -12,6 +12,7 @@ from .core import tools as _tools
 from .core.dispatch import Dispatcher
 from .core.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 from .core.lifecycle import VERSIONS
+from .core.results import resource_updated
 
 
 
@@ -136,7 +137,7 @@ class Server(Dispatcher):
             if uri in s.subscriptions and s.t not in done:
                 done.append(s.t)
                 try:
-                    await s.t.broadcast(jsonrpc.notification("notifications/resources/updated", {"uri": uri}))
+                    await s.t.broadcast(resource_updated(uri))
                 except Exception as e:
                     self.log("broadcast: %r" % e)
 

@@ -43,7 +43,7 @@ class SerialLink:
             if line.startswith(b"\x03") or line.startswith(b"\x04"):
                 continue  # stray REPL control characters
             try:
-                if b"notifications/disconnected" in line and binding.client_gone(line):
+                if binding.DISCONNECTED_METHOD.encode() in line and binding.client_gone(line):
                     s = self.server.open_session(SESSION, self)  # the host left: start afresh
                     continue
                 await self.server.handle(s, line)
