@@ -72,13 +72,15 @@ def test_board_code_avoids_cpython_only_features():
 def test_make_mpy_target_builds_a_folder_to_copy(tmp_path):
     """The Makefile's mpy recipe (run here without its setup prerequisite)."""
     makefile = (ROOT / "Makefile").read_text()
-    assert "\nmpy: setup" in makefile and "-march=xtensawin" in makefile and "build/mpy/lib/edgemcp" in makefile
+    assert "\nmpy: setup" in makefile and "-march=xtensawin -s edgemcp/" in makefile and "build/mpy/lib/edgemcp" in makefile
     out = tmp_path / "lib" / "edgemcp"
     out.mkdir(parents=True)
     (out / "core").mkdir()
     for path in BOARD:
-        target = (out / "core" if path.parent.name == "core" else out) / (path.stem + ".mpy")
-        done = mpy_cross("-march=xtensawin", "-o", str(target), str(path))
+        core = path.parent.name == "core"
+        target = (out / "core" if core else out) / (path.stem + ".mpy")
+        source = ("edgemcp/core/" if core else "edgemcp/") + path.name
+        done = mpy_cross("-march=xtensawin", "-s", source, "-o", str(target), str(path))
         assert done.returncode == 0, done.stderr
     built = {p.name for p in out.iterdir()} | {"core/" + p.name for p in (out / "core").iterdir()}
     assert {"core/dispatch.mpy", "core/jsonrpc.mpy", "core/args.mpy", "core/topics.mpy"} <= built
