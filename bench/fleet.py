@@ -6,7 +6,7 @@ For each N:
 
 1. A fresh local Mosquitto (the soft ``RLIMIT_NOFILE`` is raised to the hard limit first; the
    broker inherits it), then N simulated devices in *this* process
-   (:mod:`edge_agent.cloud.gateway_sim`: each its own MQTT connection, retained presence, will
+   (:mod:`edge_agent.testing.fleet_sim`: each its own MQTT connection, retained presence, will
    and MCP server core; all paho clients driven from the one asyncio loop, no thread each).
 2. The gateway as a child process over stdio (``python -m edge_agent gateway``), driven by the
    official ``mcp`` client. Times: spawn → ``initialize`` answered, and spawn → a
@@ -44,9 +44,9 @@ except ImportError:  # pragma: no cover
     sys.exit("bench: needs the [cloud] extra (make setup, then run it with .venv/bin/python; or pip install -e '.[dev]' in a venv)")
 
 from edge_agent.cloud import connect
-from edge_agent.cloud.gateway_names import join_name
-from edge_agent.cloud.gateway_sim import LoopDriver, SimDevice, start_fleet
-from edge_agent.local_broker import LocalBroker
+from edge_agent.gateway.names import join_name
+from edge_agent.testing.broker import LocalBroker
+from edge_agent.testing.fleet_sim import LoopDriver, SimDevice, start_fleet
 
 NAME_PREFIX = "devices/sim"
 META_SERVER_NAME = "edge-agent/server-name"

@@ -16,12 +16,12 @@ written by the agent itself, see ``AGENT_CHILD``) against what reached the clien
 2. Agent SIGKILL with a broker outage in between: broker SIGKILLed, ``--outage`` s of updates
    pile up in the agent's outbox, agent SIGKILLed, broker restarted, agent restarted on the
    same state folder. Notifications lost, duplicates, whether the stream resumed by itself.
-3. Half-open link: the agent (in this process, ``edge_agent.runtime.Agent``) talks to the
+3. Half-open link: the agent (in this process, ``edge_agent.device.runtime.Agent``) talks to the
    broker through ``tests/faults.py`` ``BlackholeProxy``, which silently drops every byte.
    Time until the agent declares the link dead (``transport.connected`` cleared), time to
    reconnect after the link returns, notifications lost.
 
-Each profile runs as shipped (``edge_agent/transport/profiles.py``) except the keepalive of
+Each profile runs as shipped (``edge_agent/mqtt/profiles.py``) except the keepalive of
 the half-open scenario (``--keepalive``, same for both profiles). Prints markdown tables and
 exits 0; exits 1 if a step failed or a notification was lost under ``unreliable`` (a bug).
 """
@@ -52,6 +52,7 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import machine, table  # noqa: E402
+
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -82,7 +83,7 @@ PROFILES = ("unreliable", "lan")
 AGENT_CHILD = r"""
 import os, sys, time
 fd = os.open(sys.argv[1], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-from edge_agent.transport.mqtt_server import MqttServerTransport
+from edge_agent.mqtt.server import MqttServerTransport
 _send_capability = MqttServerTransport.send_capability
 def send_capability(self, message):
     _send_capability(self, message)
@@ -103,7 +104,7 @@ class BenchError(Exception):
 # ---------------------------------------------------------------------------------------------
 
 def mosquitto_version() -> str:
-    from edge_agent.local_broker import find_mosquitto
+    from edge_agent.testing.broker import find_mosquitto
 
     with contextlib.suppress(Exception):
         out = subprocess.run([find_mosquitto(), "-h"], capture_output=True, text=True, timeout=5)
@@ -291,12 +292,12 @@ class MemoryLog(logging.Handler):
 
 
 class InProcessAgent:
-    """``edge_agent.runtime.Agent`` on an asyncio loop in a thread of this process, as
+    """``edge_agent.device.runtime.Agent`` on an asyncio loop in a thread of this process, as
     ``tests/test_unreliable.py`` runs it, with its accepted notifications in ``self.ledger``."""
 
     def __init__(self, config: Any, url: str):
-        from edge_agent.runtime import Agent
-        from edge_agent.transport.mqtt_server import MqttServerTransport
+        from edge_agent.device.runtime import Agent
+        from edge_agent.mqtt.server import MqttServerTransport
 
         self.ledger: list[float] = []
         self._orig = MqttServerTransport.send_capability
@@ -329,7 +330,7 @@ class InProcessAgent:
         return len(self.ledger)
 
     def stop(self) -> None:
-        from edge_agent.transport.mqtt_server import MqttServerTransport
+        from edge_agent.mqtt.server import MqttServerTransport
 
         try:
             if self.started:
@@ -474,7 +475,7 @@ FAULT_HALF = "half-open link"
 
 def scenario_broker_restart(args: argparse.Namespace, profile: str, workdir: Path, res: Results,
                             cleanup: contextlib.ExitStack) -> None:
-    from edge_agent.local_broker import LocalBroker, free_port
+    from edge_agent.testing.broker import LocalBroker, free_port
 
     name, sid = "devices/bench/recovery-a", f"bench-a-{profile}"
     broker = LocalBroker(free_port(), persistence=True, workdir=workdir / "broker", extra_conf=PERSISTENT_BROKER)
@@ -549,7 +550,7 @@ def scenario_broker_restart(args: argparse.Namespace, profile: str, workdir: Pat
 
 def scenario_agent_kill(args: argparse.Namespace, profile: str, workdir: Path, res: Results,
                         cleanup: contextlib.ExitStack) -> None:
-    from edge_agent.local_broker import LocalBroker, free_port
+    from edge_agent.testing.broker import LocalBroker, free_port
 
     name, sid = "devices/bench/recovery-b", f"bench-b-{profile}"
     broker = LocalBroker(free_port(), persistence=True, workdir=workdir / "broker", extra_conf=PERSISTENT_BROKER)
@@ -605,8 +606,8 @@ def scenario_agent_kill(args: argparse.Namespace, profile: str, workdir: Path, r
 
 def scenario_half_open(args: argparse.Namespace, profile: str, workdir: Path, res: Results,
                        cleanup: contextlib.ExitStack) -> None:
-    from edge_agent import config as cfg
-    from edge_agent.local_broker import LocalBroker
+    from edge_agent.device import config as cfg
+    from edge_agent.testing.broker import LocalBroker
 
     name, sid = "devices/bench/recovery-c", f"bench-c-{profile}"
     broker = LocalBroker(workdir=workdir / "broker").start()
@@ -691,7 +692,7 @@ def med_max(values: list[float]) -> tuple[float, float, int]:
 
 
 def report(args: argparse.Namespace, res: Results, profiles: list[str], loadavg: str, wall: float) -> str:
-    from edge_agent.transport.profiles import link_settings
+    from edge_agent.mqtt.profiles import link_settings
 
     m = machine()
     out = ["# edge-agent recovery benchmark", "",
@@ -772,7 +773,7 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    from edge_agent.local_broker import BrokerUnavailable, find_mosquitto
+    from edge_agent.testing.broker import BrokerUnavailable, find_mosquitto
 
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-recovery-"))
     res = Results()

@@ -440,7 +440,7 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
 
-    from edge_agent.local_broker import BrokerUnavailable, LocalBroker
+    from edge_agent.testing.broker import BrokerUnavailable, LocalBroker
 
     broker = agent = None
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-bench-"))

@@ -38,6 +38,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import table  # noqa: E402
+
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
@@ -344,8 +345,8 @@ def main(argv: list[str] | None = None) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    from edge_agent.local_broker import BrokerUnavailable, LocalBroker
-    from edge_agent.transport.broker_url import parse_broker_url
+    from edge_agent.mqtt.broker_url import parse_broker_url
+    from edge_agent.testing.broker import BrokerUnavailable, LocalBroker
 
     broker = agent = sniffer = None
     workdir = Path(tempfile.mkdtemp(prefix="edge-agent-wire-"))

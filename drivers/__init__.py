@@ -7,26 +7,26 @@ from __future__ import annotations
 
 import importlib
 
-from .base import Driver, DriverContext, PinUse, SensorSpec, ToolSpec
+from edge_agent.drivers.base import Driver, DriverContext, PinUse, SensorSpec, ToolSpec
 
 # kind -> "module:Class"; imported lazily so a Pi without pyserial can still run GPIO drivers.
 DRIVER_KINDS: dict[str, str] = {
-    "led": "drivers.gpio:Led",
-    "pwm_led": "drivers.gpio:PwmLed",
-    "relay": "drivers.gpio:Relay",
-    "digital_output": "drivers.gpio:DigitalOutput",
-    "button": "drivers.gpio:PushButton",
-    "servo": "drivers.gpio:Servo",
-    "distance": "drivers.gpio:UltrasonicDistance",
-    "motion": "drivers.gpio:Motion",
-    "ds18b20": "drivers.onewire:DS18B20",
-    "system": "drivers.system:System",
-    "nmea_gps": "drivers.serial:NmeaGps",
-    "mpboard": "drivers.mpboard:MpBoard",
-    "bme280": "drivers.i2c.bme280:BME280",
-    "sht3x": "drivers.i2c.sht3x:SHT3x",
-    "bh1750": "drivers.i2c.bh1750:BH1750",
-    "ads1115": "drivers.i2c.ads1115:ADS1115",
+    "led": "edge_agent.drivers.gpio:Led",
+    "pwm_led": "edge_agent.drivers.gpio:PwmLed",
+    "relay": "edge_agent.drivers.gpio:Relay",
+    "digital_output": "edge_agent.drivers.gpio:DigitalOutput",
+    "button": "edge_agent.drivers.gpio:PushButton",
+    "servo": "edge_agent.drivers.gpio:Servo",
+    "distance": "edge_agent.drivers.gpio:UltrasonicDistance",
+    "motion": "edge_agent.drivers.gpio:Motion",
+    "ds18b20": "edge_agent.drivers.onewire:DS18B20",
+    "system": "edge_agent.drivers.system:System",
+    "nmea_gps": "edge_agent.drivers.serial:NmeaGps",
+    "mpboard": "edge_agent.drivers.mpboard:MpBoard",
+    "bme280": "edge_agent.drivers.i2c.bme280:BME280",
+    "sht3x": "edge_agent.drivers.i2c.sht3x:SHT3x",
+    "bh1750": "edge_agent.drivers.i2c.bh1750:BH1750",
+    "ads1115": "edge_agent.drivers.i2c.ads1115:ADS1115",
 }
 
 

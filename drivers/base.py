@@ -63,7 +63,7 @@ class DriverContext:
         if self.i2c_opener is not None:
             return self.i2c_opener(number)
         if self.simulate:
-            from .i2c.sim import SimulatedBus
+            from edge_agent.drivers.i2c.sim import SimulatedBus
 
             if number not in self.i2c_sim_buses:
                 self.i2c_sim_buses.setdefault(number, SimulatedBus.populated())
@@ -124,7 +124,7 @@ class SensorSpec:
 @dataclass(frozen=True)
 class PinUse:
     """A GPIO pin (or a Pi interface) a driver's configuration claims; ``edge-agent check``
-    reports two claims of one pin (:mod:`edge_agent.pins`).
+    reports two claims of one pin (:mod:`edge_agent.drivers.pins`).
 
     ``key``: the option that sets it (``"pin"``, ``"trigger"``, ``"port"``). ``pin``: as
     configured (``17``, ``"GPIO17"``, ``"BOARD11"``); ``None`` = the interface's own pins.

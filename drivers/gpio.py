@@ -11,7 +11,6 @@ cannot own one line (``GPIOPinInUse``).
 from __future__ import annotations
 
 import collections
-
 import math
 import random
 import threading
@@ -21,19 +20,26 @@ from typing import Any, Callable, Mapping
 
 from gpiozero import (
     LED,
+    PWMLED,
     AngularServo,
     Button,
     DigitalOutputDevice,
     DistanceSensor,
     MotionSensor,
-    PWMLED,
 )
 from gpiozero.exc import PWMSoftwareFallback
 from gpiozero.pins.mock import MockFactory, MockPWMPin, MockTriggerPin
 
+from edge_agent.drivers.base import (
+    Driver,
+    DriverContext,
+    PinUse,
+    SensorSpec,
+    ToolSpec,
+    no_arguments,
+    wait_or_cancel,
+)
 from edge_agent.errors import DriverError, ToolInputError
-
-from .base import Driver, DriverContext, PinUse, SensorSpec, ToolSpec, no_arguments, wait_or_cancel
 
 PIN_SCHEMA: dict[str, Any] = {
     "description": "GPIO pin: BCM number (17) or gpiozero pin name (\"GPIO17\", \"BOARD11\", \"J8:11\")",

@@ -35,9 +35,8 @@ from typing import Any
 import serial
 
 from edge_agent import __version__
+from edge_agent.drivers.base import Driver, PinUse, SensorSpec, ToolSpec, no_arguments
 from edge_agent.errors import DriverError, ToolInputError
-
-from .base import Driver, PinUse, SensorSpec, ToolSpec, no_arguments
 
 PROTOCOL_VERSION = "2025-11-25"
 READ_SLICE = 0.1  # s: pyserial read timeout; the request deadline is ``timeout``
@@ -92,7 +91,7 @@ class MpBoard(Driver):
     @classmethod
     def pin_uses(cls, options) -> list[PinUse]:
         """The serial port (opened exclusively); on the Pi UART also GPIO14/15."""
-        from edge_agent.pins import uart_port
+        from edge_agent.drivers.pins import uart_port
 
         port = options.get("port", "/dev/ttyUSB0")
         return [PinUse("port" if "port" in options else "", None, "uart" if uart_port(port) else "serial", port)]

@@ -22,9 +22,8 @@ import random
 import threading
 import time
 
+from edge_agent.drivers.base import Driver, PinUse, SensorSpec
 from edge_agent.errors import DriverError
-
-from .base import Driver, PinUse, SensorSpec
 
 # Maximum conversion time per resolution (s), DS18B20 datasheet table "Thermometer resolution".
 CONVERSION_TIME = {9: 0.094, 10: 0.1875, 11: 0.375, 12: 0.75}
@@ -110,7 +109,7 @@ class DS18B20(Driver):
     @classmethod
     def pin_uses(cls, options) -> list[PinUse]:
         """The 1-Wire bus pin: ``gpiopin=`` of ``dtoverlay=w1-gpio`` in the boot config, else GPIO4."""
-        from edge_agent.pins import w1_gpio_pin
+        from edge_agent.drivers.pins import w1_gpio_pin
 
         return [PinUse("", w1_gpio_pin(), "1-wire")]
 

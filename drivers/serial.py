@@ -18,10 +18,9 @@ import tty
 
 import serial
 
+from edge_agent.drivers import nmea
+from edge_agent.drivers.base import Driver, PinUse, SensorSpec
 from edge_agent.errors import DriverError
-
-from . import nmea
-from .base import Driver, PinUse, SensorSpec
 
 METRES_PER_DEGREE = 111_320  # of latitude (and of longitude at the equator)
 
@@ -113,7 +112,7 @@ class NmeaGps(Driver):
     @classmethod
     def pin_uses(cls, options) -> list[PinUse]:
         """The serial port (opened exclusively); on the Pi UART also GPIO14/15."""
-        from edge_agent.pins import uart_port
+        from edge_agent.drivers.pins import uart_port
 
         port = options.get("port", "/dev/serial0")
         return [PinUse("port" if "port" in options else "", None, "uart" if uart_port(port) else "serial", port)]

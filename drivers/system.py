@@ -11,9 +11,8 @@ import math
 import os
 import time
 
+from edge_agent.drivers.base import Driver, SensorSpec
 from edge_agent.errors import DriverError
-
-from .base import Driver, SensorSpec
 
 PERCENT = {"type": "number", "minimum": 0, "maximum": 100}
 

@@ -28,8 +28,8 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import ConfigError
-from .transport import topics
+from edge_agent.core import topics
+from edge_agent.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -12,12 +12,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 import sys
 
-from . import __version__
-from .errors import ConfigError, TransportError
+from edge_agent import __version__
+from edge_agent.errors import ConfigError, TransportError
 
 log = logging.getLogger("edge_agent")
 
@@ -26,9 +25,8 @@ def setup_logging(level: str = "info") -> None:
     """Log to stderr. When stderr is journald's stream: no timestamps (journald adds them) and
     ``<N>`` syslog priority prefixes (``journalctl -p err`` works). Under systemd
     (``$NOTIFY_SOCKET``) errors logged before the agent runs (a bad config) also become
-    ``STATUS=`` so ``systemctl status`` shows why it exited (:mod:`edge_agent.service`)."""
-    from . import service
-
+    ``STATUS=`` so ``systemctl status`` shows why it exited (:mod:`edge_agent.device.service`)."""
+    from edge_agent.device import service
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(service.JournalFormatter() if service.stderr_is_journal() else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
@@ -40,8 +38,8 @@ def setup_logging(level: str = "info") -> None:
 
 
 def _load_config(args: argparse.Namespace):
-    from . import config as cfg
-    from .demo import demo_config
+    from edge_agent.demo import demo_config
+    from edge_agent.device import config as cfg
 
     if getattr(args, "demo", False):
         return demo_config(state_dir=getattr(args, "state_dir", None))
@@ -51,10 +49,10 @@ def _load_config(args: argparse.Namespace):
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    """Validate the config, then what run would meet on this machine (:mod:`edge_agent.preflight`):
+    """Validate the config, then what run would meet on this machine (:mod:`edge_agent.device.preflight`):
     ``FILE:LINE: KEY: message`` per problem on stderr and exit 2, or one OK line and exit 0."""
-    from . import preflight
-    from .transport.broker_url import parse_broker_url
+    from edge_agent.device import preflight
+    from edge_agent.mqtt.broker_url import parse_broker_url
 
     try:
         config = _load_config(args)
@@ -88,12 +86,12 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 async def _run(config, args: argparse.Namespace) -> int:
     """Run the agent until SIGTERM/SIGINT; tell systemd READY/WATCHDOG/STATUS/STOPPING
-    (:mod:`edge_agent.service`; no-ops without ``$NOTIFY_SOCKET``). Returns the exit code:
+    (:mod:`edge_agent.device.service`; no-ops without ``$NOTIFY_SOCKET``). Returns the exit code:
     0 after a clean stop (also when stopped before a broker answered), 1 if no broker took
     us within ``--connect-timeout`` (without it, the agent keeps trying)."""
-    from . import service
-    from .runtime import Agent
-    from .transport.broker_url import parse_broker_url
+    from edge_agent.device import service
+    from edge_agent.device.runtime import Agent
+    from edge_agent.mqtt.broker_url import parse_broker_url
 
     service.remove_startup_status_handlers()
     notifier = service.Notifier.from_env()
@@ -148,7 +146,7 @@ async def _run(config, args: argparse.Namespace) -> int:
 
 
 def cmd_acl(args: argparse.Namespace) -> int:
-    from . import acl
+    from edge_agent import acl
 
     try:
         fleet = acl.load_fleet(args.fleet)
@@ -171,7 +169,7 @@ def cmd_acl(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .demo import add_demo_command
+    from edge_agent.demo import add_demo_command
 
     parser = argparse.ArgumentParser(prog="edge-agent", description="MCP over MQTT for edge devices.")
     parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
@@ -205,7 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     acl.set_defaults(func=cmd_acl)
 
     try:
-        from .cloud.cli import add_client_commands
+        from edge_agent.client.cli import add_client_commands
+        from edge_agent.gateway.cli import add_gateway_command
     except ImportError as exc:  # a device install without the [cloud] extra still runs and checks
         missing = str(exc)
 
@@ -218,6 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_parser(name, help="(needs edge-agent-mcp[cloud])").set_defaults(func=need_cloud)
     else:
         add_client_commands(sub)
+        add_gateway_command(sub)
     add_demo_command(sub)
     return parser
 
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     with no traceback: see :func:`edge_agent.termio.stdout_gone`. Ctrl-C that no command
     handles itself (e.g. while modules load) ends it quietly with status 130 (128 + SIGINT).
     """
-    from .termio import stdout_gone
+    from edge_agent.termio import stdout_gone
 
     try:
         parser = build_parser()

@@ -20,12 +20,12 @@ import tomllib
 from importlib import resources
 from typing import Any
 
-from . import config as cfg
+from edge_agent.device import config as cfg
 
 
 def demo_config(*, state_dir: str | None = None, broker_url: str | None = None) -> cfg.Config:
     """The built-in demo config (``demo.toml`` + ``demo_drivers.toml``), simulated hardware."""
-    pkg = resources.files("edge_agent")
+    pkg = resources.files("edge_agent.device")
     data = tomllib.loads(pkg.joinpath("demo.toml").read_text())
     data["drivers"] = tomllib.loads(pkg.joinpath("demo_drivers.toml").read_text()).get("drivers", [])
     data["device"]["state_dir"] = state_dir or tempfile.mkdtemp(prefix="edge-agent-demo-")
@@ -46,7 +46,7 @@ def _step(text: str) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .local_broker import LocalBroker
+    from edge_agent.testing.broker import LocalBroker
 
     broker = None
     url = args.broker
@@ -77,7 +77,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 async def walkthrough(url: str, server_name: str = "devices/greenhouse/gh3-pi", timeout: float = 30.0) -> int:
     """The cloud side of the demo. Returns 0 if every step did what it should, else 1."""
-    from .cloud import connect, discover
+    from edge_agent.cloud import connect, discover
 
     _step(f"discovering MCP servers on {url}")
     deadline = time.monotonic() + timeout

@@ -15,7 +15,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.transport.broker_url import parse_broker_url
+from edge_agent.mqtt.broker_url import parse_broker_url
 
 
 class RawSubscriber:

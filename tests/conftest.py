@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge_agent.local_broker import LocalBroker
+from edge_agent.testing.broker import LocalBroker
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from edge_agent.transport.broker_url import parse_broker_url
+from edge_agent.mqtt.broker_url import parse_broker_url
 
 
 @dataclass

@@ -255,7 +255,6 @@ async def test_two_clients_at_once_and_client_leaving(broker, agent):
 async def test_bad_input_on_the_wire(broker, agent):
     """Malformed JSON, an unknown method, a request other than initialize on the control topic:
     each answered with the right JSON-RPC error, and the agent keeps serving."""
-    import paho.mqtt.client as mqtt
     from paho.mqtt.packettypes import PacketTypes
     from paho.mqtt.properties import Properties
 

@@ -27,9 +27,9 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
 from edge_agent import cli as top_cli
-from edge_agent.cloud.cli import main
+from edge_agent.client.cli import main
+from edge_agent.mqtt.broker_url import parse_broker_url
 from edge_agent.termio import progress_line, safe, safe_json
-from edge_agent.transport.broker_url import parse_broker_url
 
 from .agent_process import AgentProcess, RawSubscriber, write_config
 from .test_cloud_transport import SERVER_NAME, WirePeer
@@ -201,7 +201,7 @@ def test_devices_returns_when_the_retained_presences_are_in(broker, capsys):
 def acl_broker(tmp_path: Path, rules: str):
     """Mosquitto with passwords (``USER-pw`` for dev1, ops, limited) and the ACL ``rules``; the
     device ``dev1`` has published its retained presence (server-id ``acl-1``)."""
-    from edge_agent.local_broker import LocalBroker
+    from edge_agent.testing.broker import LocalBroker
 
     passwords = tmp_path / "passwords"
     passwords.write_text("")

@@ -1,6 +1,6 @@
 """The cloud-side commands (devices, tools, call, read, watch, resources, prompts).
 
-Run in-process through ``edge_agent.cloud.cli.main`` against a real Mosquitto and the
+Run in-process through ``edge_agent.client.cli.main`` against a real Mosquitto and the
 wire-level server peer of ``test_cloud_transport`` (not the real agent).
 """
 
@@ -11,9 +11,15 @@ import threading
 
 import pytest
 
-from edge_agent.cloud.cli import (BadToolArguments, convert_value, describe_tool, format_reading, main,
-                                  parse_tool_arguments)
-from edge_agent.local_broker import free_port
+from edge_agent.client.cli import (
+    BadToolArguments,
+    convert_value,
+    describe_tool,
+    format_reading,
+    main,
+    parse_tool_arguments,
+)
+from edge_agent.testing.broker import free_port
 
 from .test_cloud_transport import SERVER_NAME, TOOLS, WirePeer
 

@@ -26,11 +26,11 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
+from edge_agent.client.discovery import parse_presence, presence_subscriptions
+from edge_agent.client.link import suggested_filters, user_properties
 from edge_agent.cloud import ServerPresence, connect, discover, mqtt_client
-from edge_agent.cloud.discovery import parse_presence, presence_subscriptions
-from edge_agent.cloud.link import suggested_filters, user_properties
+from edge_agent.core import topics
 from edge_agent.errors import ServerNotFound, TransportError
-from edge_agent.transport import topics
 
 SERVER_NAME = "devices/greenhouse/pi-01"
 
@@ -521,7 +521,7 @@ async def test_server_id_picks_one_replica_and_unknown_id_is_reported(broker):
 
 @pytest.mark.anyio
 async def test_unreachable_broker_is_one_clear_transport_error():
-    from edge_agent.local_broker import free_port
+    from edge_agent.testing.broker import free_port
 
     url = f"mqtt://127.0.0.1:{free_port()}"
     with pytest.raises(TransportError) as info:
@@ -619,7 +619,7 @@ async def test_round_trips_are_sub_millisecond_class_with_tcp_nodelay():
     Mosquitto applies Nagle on its own sockets unless ``set_tcp_nodelay true``; our client sets
     TCP_NODELAY in ``on_socket_open`` (without it this measures ~35 ms per ping).
     """
-    from edge_agent.local_broker import LocalBroker
+    from edge_agent.testing.broker import LocalBroker
 
     with LocalBroker(extra_conf="set_tcp_nodelay true") as fast_broker:
         p = WirePeer(fast_broker.url).start()

@@ -13,9 +13,10 @@ import sys
 import pytest
 
 from edge_agent import cli as cli_mod
-from edge_agent import config as cfg
-from edge_agent import config_files, pins, preflight
-from edge_agent.config_locate import Locator
+from edge_agent.device import config as cfg
+from edge_agent.device import config_files, preflight
+from edge_agent.device.config_locate import Locator
+from edge_agent.drivers import pins
 from edge_agent.errors import ConfigError
 
 GOOD = """
@@ -320,8 +321,8 @@ def test_pin_factory_failure_from_a_subprocess(tmp_path):
 @pytest.mark.parametrize("module,extra,kind", [("gpiozero", "gpio", "relay"), ("serial", "serial", "nmea_gps")])
 def test_missing_library_names_its_extra(tmp_path, monkeypatch, module, extra, kind):
     for name in list(sys.modules):
-        if name == module or name.startswith(module + ".") or name in ("drivers.gpio", "drivers.serial",
-                                                                        "drivers.mpboard"):
+        if name == module or name.startswith(module + ".") or name in ("edge_agent.drivers.gpio", "edge_agent.drivers.serial",
+                                                                        "edge_agent.drivers.mpboard"):
             monkeypatch.delitem(sys.modules, name)
     monkeypatch.setitem(sys.modules, module, None)  # what `import module` meets when it is not installed
     p = agent(tmp_path, f'\n[[drivers]]\nkind = "{kind}"\nname = "thing"\npin = 17\n')
@@ -485,8 +486,8 @@ max_pulse_width = 0.001
     assert "must be greater than min_pulse_width" in problem(err, p, line_of(p, "max_pulse_width = 0.001"),
                                                              "drivers.vent_servo.max_pulse_width")
     # what run does with the same options: the constructor refuses them
-    from drivers import DriverContext
-    from drivers.gpio import Servo
+    from edge_agent.drivers import DriverContext
+    from edge_agent.drivers.gpio import Servo
 
     with pytest.raises(ValueError):
         Servo("vent_servo", {"pin": 12, "min_angle": 30, "max_angle": 30.0}, context=DriverContext(simulate=True))
@@ -497,7 +498,7 @@ max_pulse_width = 0.001
 
 
 def test_gpio_drivers_are_built_on_a_mock_factory_to_find_what_run_refuses():
-    from drivers.gpio import Led, UltrasonicDistance
+    from edge_agent.drivers.gpio import Led, UltrasonicDistance
 
     assert Led.check_options({"pin": 17}) == []
     found = UltrasonicDistance.check_options({"trigger": 23, "echo": 23})

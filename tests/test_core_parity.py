@@ -1,5 +1,5 @@
 """One protocol core on the Pi and on the board: the same recorded transcripts give the same
-answers from the Pi's server (:class:`edge_agent.protocol.McpServer`, CPython) and from the
+answers from the Pi's server (:class:`edge_agent.server.McpServer`, CPython) and from the
 board library (``micropython/edgemcp``, built from the same ``edge_agent/core`` files) running
 under the real MicroPython interpreter (the WebAssembly port, as tests/test_micropython_board.py
 uses it).
@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.protocol import McpServer, Registry, ServerInfo, Tool
+from edge_agent.server import McpServer, Registry, ServerInfo, Tool
 from tests.test_fuzz_micropython import _load
 from tests.test_micropython_board import HOST, node_binary
 

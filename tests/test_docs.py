@@ -22,9 +22,9 @@ from pathlib import Path
 
 import pytest
 
-from drivers import DRIVER_KINDS, driver_class
-from drivers.base import DriverContext
-from edge_agent import config as cfg
+from edge_agent.device import config as cfg
+from edge_agent.drivers import DRIVER_KINDS, driver_class
+from edge_agent.drivers.base import DriverContext
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "configuration.md"
@@ -206,7 +206,7 @@ def test_common_driver_keys_are_documented():
 
 
 def test_environment_variables_are_documented():
-    from edge_agent.transport.broker_url import ENV_BROKER
+    from edge_agent.mqtt.broker_url import ENV_BROKER
 
     for var in (cfg.ENV_PASSWORD, cfg.ENV_USERNAME, ENV_BROKER, "CREDENTIALS_DIRECTORY"):
         assert f"${var}" in TEXT and f"`{var}`" in section(r"Environment variables")

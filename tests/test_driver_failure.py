@@ -7,15 +7,14 @@ import json
 from pathlib import Path
 
 import anyio
-import mcp_types as types
 import pytest
 
-import drivers
-from drivers.base import Driver, SensorSpec, ToolSpec, no_arguments
-from edge_agent import config as cfg
+from edge_agent import drivers
 from edge_agent.cloud import connect
+from edge_agent.device import config as cfg
+from edge_agent.device.runtime import Agent
+from edge_agent.drivers.base import Driver, SensorSpec, ToolSpec, no_arguments
 from edge_agent.errors import DriverError
-from edge_agent.runtime import Agent
 
 pytestmark = pytest.mark.anyio
 

@@ -10,8 +10,8 @@ import pytest
 from gpiozero.exc import GPIOPinInUse
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 
-from drivers.base import DriverContext
-from drivers.gpio import (
+from edge_agent.drivers.base import DriverContext
+from edge_agent.drivers.gpio import (
     DigitalOutput,
     Led,
     Motion,

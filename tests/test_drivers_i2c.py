@@ -14,10 +14,10 @@ import jsonschema
 import pytest
 from smbus2 import i2c_msg
 
-from drivers import driver_class
-from drivers.base import DriverContext
-from drivers.i2c import ads1115, bh1750, bme280, sht3x
-from drivers.i2c.sim import (
+from edge_agent.drivers import driver_class
+from edge_agent.drivers.base import DriverContext
+from edge_agent.drivers.i2c import ads1115, bh1750, bme280, sht3x
+from edge_agent.drivers.i2c.sim import (
     ADS1115Model,
     BH1750Model,
     BME280Model,
@@ -333,7 +333,7 @@ def test_missing_bus_names_the_fix():
 
 
 def test_pin_uses_claim_the_i2c_pins_and_the_address():
-    from drivers.base import PinUse
+    from edge_agent.drivers.base import PinUse
 
     assert driver_class("bme280").pin_uses({}) == [PinUse("", None, "i2c", "/dev/i2c-1@0x76")]
     assert driver_class("ads1115").pin_uses({"bus": 3, "address": 0x4B}) == [

@@ -10,11 +10,11 @@ import pytest
 from gpiozero.pins.mock import MockFactory, MockPWMPin
 from jsonschema import Draft202012Validator
 
-from drivers import DRIVER_KINDS, driver_class
-from drivers.base import DriverContext
-from edge_agent.config import COMMON_DRIVER_KEYS as COMMON
+from edge_agent.device.config import COMMON_DRIVER_KEYS as COMMON
+from edge_agent.drivers import DRIVER_KINDS, driver_class
+from edge_agent.drivers.base import DriverContext
 
-DEMO = Path(__file__).resolve().parents[1] / "edge_agent" / "demo_drivers.toml"
+DEMO = Path(__file__).resolve().parents[1] / "edge_agent" / "device" / "demo_drivers.toml"
 KINDS = {"led", "pwm_led", "relay", "digital_output", "button", "servo", "distance", "motion", "ds18b20",
          "system", "nmea_gps", "mpboard", "bme280", "sht3x", "bh1750", "ads1115"}
 DEMO_KINDS = KINDS - {"mpboard"}  # a board needs real hardware: no simulated backend

@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from drivers.base import DriverContext
-from drivers.onewire import DS18B20, crc8, parse_w1_slave, w1_slave_text
+from edge_agent.drivers.base import DriverContext
+from edge_agent.drivers.onewire import DS18B20, crc8, parse_w1_slave, w1_slave_text
 from edge_agent.errors import DriverError
 
 # A real read-out from a DS18B20 at 23.125 °C (12 bit).

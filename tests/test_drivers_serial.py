@@ -9,9 +9,9 @@ import tty
 import jsonschema
 import pytest
 
-from drivers import nmea
-from drivers.base import DriverContext
-from drivers.serial import NmeaGps
+from edge_agent.drivers import nmea
+from edge_agent.drivers.base import DriverContext
+from edge_agent.drivers.serial import NmeaGps
 from edge_agent.errors import DriverError
 
 GGA = "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47"

@@ -7,8 +7,8 @@ import os
 import jsonschema
 import pytest
 
-from drivers.base import DriverContext
-from drivers.system import System
+from edge_agent.drivers.base import DriverContext
+from edge_agent.drivers.system import System
 from edge_agent.errors import DriverError
 
 NET_DEV = """\

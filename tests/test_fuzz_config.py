@@ -27,10 +27,10 @@ from typing import Any
 
 from hypothesis import strategies as st
 
-from edge_agent import config as cfg
+from edge_agent.core import topics
+from edge_agent.device import config as cfg
 from edge_agent.errors import ConfigError
-from edge_agent.transport import topics
-from edge_agent.transport.broker_url import parse_broker_url
+from edge_agent.mqtt.broker_url import parse_broker_url
 from tests.test_fuzz_common import Property, ci_test
 
 ROOT = Path(cfg.__file__).parent

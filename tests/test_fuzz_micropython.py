@@ -36,7 +36,15 @@ import pytest
 from hypothesis import strategies as st
 
 from tests.test_fuzz_common import Property, ci_test, json_values, strict_json
-from tests.test_fuzz_protocol import UNDECODABLE, expected, mutate_bytes, rpc_message, run, same_id, settle_all
+from tests.test_fuzz_protocol import (
+    UNDECODABLE,
+    expected,
+    mutate_bytes,
+    rpc_message,
+    run,
+    same_id,
+    settle_all,
+)
 
 EDGEMCP = Path(__file__).resolve().parent.parent / "micropython" / "edgemcp"
 

@@ -10,13 +10,18 @@ import json
 
 import pytest
 
-from edge_agent import config as cfg
-from edge_agent import endpoint as endpoint_mod
-from edge_agent.core import jsonrpc
-from edge_agent.protocol import server as server_mod
+from edge_agent.core import jsonrpc, topics
 from edge_agent.core.jsonrpc import RpcError
-from edge_agent.transport import broker_url, codec, topics
-from tests import test_fuzz_config, test_fuzz_micropython, test_fuzz_protocol, test_fuzz_transport
+from edge_agent.device import config as cfg
+from edge_agent.device import endpoint as endpoint_mod
+from edge_agent.mqtt import broker_url, codec
+from edge_agent.server import mcp as server_mod
+from tests import (
+    test_fuzz_config,
+    test_fuzz_micropython,
+    test_fuzz_protocol,
+    test_fuzz_transport,
+)
 from tests.test_fuzz_common import Property, run_long
 
 ALL = (test_fuzz_protocol.PROPERTIES + test_fuzz_transport.PROPERTIES + test_fuzz_config.PROPERTIES

@@ -23,11 +23,27 @@ from typing import Any
 import cbor2
 from hypothesis import strategies as st
 
-from edge_agent.errors import ToolInputError
-from edge_agent.protocol import McpServer, Prompt, PromptArgument, Registry, Resource, ResourceTemplate, ServerInfo, Tool
 from edge_agent.core import jsonrpc
 from edge_agent.core.jsonrpc import RpcError
-from tests.test_fuzz_common import Property, ci_test, is_finite_number, json_objects, json_values, strict_json
+from edge_agent.errors import ToolInputError
+from edge_agent.server import (
+    McpServer,
+    Prompt,
+    PromptArgument,
+    Registry,
+    Resource,
+    ResourceTemplate,
+    ServerInfo,
+    Tool,
+)
+from tests.test_fuzz_common import (
+    Property,
+    ci_test,
+    is_finite_number,
+    json_objects,
+    json_values,
+    strict_json,
+)
 
 EXAMPLE_TIMEOUT = 10.0  # s: a hang fails the example instead of stalling the run
 

@@ -24,14 +24,23 @@ from urllib.parse import quote
 import cbor2
 from hypothesis import strategies as st
 
-from edge_agent.endpoint import Endpoint
-from edge_agent.core import jsonrpc
-from edge_agent.transport import codec, topics
-from edge_agent.transport.broker_url import BrokerURL, parse_broker_url
-from edge_agent.transport.mqtt_server import Incoming, LinkStats
+from edge_agent.core import jsonrpc, topics
+from edge_agent.device.endpoint import Endpoint
+from edge_agent.mqtt import codec
+from edge_agent.mqtt.broker_url import BrokerURL, parse_broker_url
+from edge_agent.mqtt.server import Incoming, LinkStats
 from tests.test_fuzz_common import Property, ci_test, json_values
-from tests.test_fuzz_protocol import (UNDECODABLE, Harness, check_wire, expected, mutate_bytes, rpc_message, run,
-                                      same_id, settle_all)
+from tests.test_fuzz_protocol import (
+    UNDECODABLE,
+    Harness,
+    check_wire,
+    expected,
+    mutate_bytes,
+    rpc_message,
+    run,
+    same_id,
+    settle_all,
+)
 
 CONTENT_TYPES = [None, "", codec.JSON, "application/json; charset=utf-8", codec.CBOR, "text/plain",
                  "application/cbor ", "APPLICATION/JSON"]

@@ -17,9 +17,9 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from edge_agent.cloud.gateway_names import resource_uri
-from edge_agent.cloud.gateway_sim import LoopDriver, SimDevice
-from edge_agent.local_broker import free_port
+from edge_agent.gateway.names import resource_uri
+from edge_agent.testing.broker import free_port
+from edge_agent.testing.fleet_sim import LoopDriver, SimDevice
 
 from .test_gateway_stdio import Notes, tool_names
 

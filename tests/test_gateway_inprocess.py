@@ -15,11 +15,11 @@ import pytest
 from mcp import ClientSession, MCPError
 from mcp.shared.memory import create_client_server_memory_streams
 
-from edge_agent.cloud.gateway import GatewayOptions, build
-from edge_agent.cloud.gateway_fleet import Timeouts
-from edge_agent.cloud.gateway_names import resource_uri, template_uri
-from edge_agent.cloud.gateway_sim import LoopDriver, SimDevice
-from edge_agent.protocol.registry import Tool
+from edge_agent.gateway.command import GatewayOptions, build
+from edge_agent.gateway.fleet import Timeouts
+from edge_agent.gateway.names import resource_uri, template_uri
+from edge_agent.server.registry import Tool
+from edge_agent.testing.fleet_sim import LoopDriver, SimDevice
 
 pytestmark = pytest.mark.anyio
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from edge_agent.cloud.gateway_sim import LoopDriver, SimDevice
+from edge_agent.testing.fleet_sim import LoopDriver, SimDevice
 
 pytestmark = pytest.mark.anyio
 

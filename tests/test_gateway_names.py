@@ -11,9 +11,17 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from edge_agent.cloud.gateway_balance import Balancer
-from edge_agent.cloud.gateway_names import (Namer, decode_server_name, encode_server_name, join_name,
-                                            resource_uri, split_name, split_resource_uri, template_uri)
+from edge_agent.gateway.balance import Balancer
+from edge_agent.gateway.names import (
+    Namer,
+    decode_server_name,
+    encode_server_name,
+    join_name,
+    resource_uri,
+    split_name,
+    split_resource_uri,
+    template_uri,
+)
 
 TOOL_RULE = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
 

@@ -13,7 +13,7 @@ import pytest
 from mcp import ClientSession, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from edge_agent.cloud.gateway_sim import LoopDriver, SimDevice
+from edge_agent.testing.fleet_sim import LoopDriver, SimDevice
 
 from .test_gateway_http import GatewayProcess
 

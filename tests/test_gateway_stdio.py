@@ -15,8 +15,8 @@ import pytest
 from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from edge_agent.cloud.gateway_names import resource_uri
-from edge_agent.cloud.gateway_sim import LoopDriver, SimDevice
+from edge_agent.gateway.names import resource_uri
+from edge_agent.testing.fleet_sim import LoopDriver, SimDevice
 
 from .agent_process import AgentProcess, write_config
 

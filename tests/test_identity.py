@@ -1,4 +1,4 @@
-"""The default server-id from /etc/machine-id (edge_agent.identity), with machine-id files made
+"""The default server-id from /etc/machine-id (edge_agent.device.identity), with machine-id files made
 in a temporary folder, and the config default that uses it."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from edge_agent import config as cfg
-from edge_agent import identity
+from edge_agent.device import config as cfg
+from edge_agent.device import identity
 
 MID_A = "0123456789abcdef0123456789abcdef"
 MID_B = "fedcba9876543210fedcba9876543210"

@@ -22,7 +22,15 @@ import pytest
 
 from edge_agent import __version__
 
-from .test_systemd import INSTALL, ROOT, UNIT, need_tool, parse_unit, system_python, unit_for_verify
+from .test_systemd import (
+    INSTALL,
+    ROOT,
+    UNIT,
+    need_tool,
+    parse_unit,
+    system_python,
+    unit_for_verify,
+)
 
 IN_CI = bool(os.environ.get("CI"))
 # the environment a user's shell would have: no venv of ours, no make of ours around the child
@@ -55,7 +63,7 @@ def copy_checkout(dest: Path) -> Path:
         return dest
     for rel in filter(None, git.stdout.decode().split("\0")):
         src = ROOT / rel
-        if not src.exists() or src.is_dir():  # deleted in the working tree, or a submodule
+        if not src.exists() or (src.is_dir() and not src.is_symlink()):  # deleted, or a submodule
             continue
         target = dest / rel
         target.parent.mkdir(parents=True, exist_ok=True)

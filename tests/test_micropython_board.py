@@ -20,7 +20,6 @@ import time
 from pathlib import Path
 
 import anyio
-import mcp_types as types
 import paho.mqtt.client as mqtt
 import pytest
 from mcp import MCPError

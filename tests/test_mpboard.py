@@ -19,13 +19,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from drivers import driver_class
-from drivers.base import DriverContext
-from drivers.mpboard import MpBoard, sensor_name
-from edge_agent import config as cfg
 from edge_agent.cloud import connect
+from edge_agent.device import config as cfg
+from edge_agent.device.runtime import Agent
+from edge_agent.drivers import driver_class
+from edge_agent.drivers.base import DriverContext
+from edge_agent.drivers.mpboard import MpBoard, sensor_name
 from edge_agent.errors import DriverError, ToolInputError
-from edge_agent.runtime import Agent
 
 from .test_micropython_board import Board, text_of
 

@@ -6,7 +6,7 @@ import datetime as dt
 
 import pytest
 
-from drivers import nmea
+from edge_agent.drivers import nmea
 
 # The well-known examples (checksums as published).
 GGA = "$GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,*47"

@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
-import threading
 
 import pytest
 
+from edge_agent.core.jsonrpc import RpcError, decode
 from edge_agent.errors import ToolInputError
-from edge_agent.protocol import McpServer, Prompt, PromptArgument, Registry, Resource, ResourceTemplate, ServerInfo, Tool
-from edge_agent.protocol.jsonrpc import RpcError, decode
+from edge_agent.server import (
+    McpServer,
+    Prompt,
+    PromptArgument,
+    Registry,
+    Resource,
+    ResourceTemplate,
+    ServerInfo,
+    Tool,
+)
 
 
 def make_server(page_size: int = 50):

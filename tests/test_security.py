@@ -15,13 +15,11 @@ import trustme
 from mcp import MCPError
 
 from edge_agent import acl
-from edge_agent import config as cfg
 from edge_agent.cloud import connect
+from edge_agent.device import config as cfg
+from edge_agent.device.runtime import Agent
 from edge_agent.errors import TransportError
-from edge_agent.local_broker import LocalBroker, free_port
-from edge_agent.runtime import Agent
-
-from .raw_client import RawMcpClient
+from edge_agent.testing.broker import LocalBroker, free_port
 
 NAME = "devices/secure/pi-1"
 SID = "secure-pi-1"
@@ -174,11 +172,12 @@ async def test_unknown_user_and_foreign_rpc_topic(secure_broker, tmp_path):
 
 
 def _raw(url, cid, user, pw):
-    from paho.mqtt.enums import CallbackAPIVersion
-    import paho.mqtt.client as mqtt
     import threading
 
-    from edge_agent.transport.broker_url import parse_broker_url
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    from edge_agent.mqtt.broker_url import parse_broker_url
 
     class R:
         pass

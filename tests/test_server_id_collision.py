@@ -29,13 +29,13 @@ import time
 
 import pytest
 
-from edge_agent import config as cfg
-from edge_agent.local_broker import LocalBroker, free_port
-from edge_agent.runtime import Agent
-from edge_agent.transport.broker_url import parse_broker_url
-from edge_agent.transport.mqtt_server import MqttServerTransport
-from edge_agent.transport.profiles import link_settings
-from edge_agent.transport.reconnect import TAKEN_OVER, ReconnectPolicy
+from edge_agent.device import config as cfg
+from edge_agent.device.runtime import Agent
+from edge_agent.mqtt.broker_url import parse_broker_url
+from edge_agent.mqtt.profiles import link_settings
+from edge_agent.mqtt.reconnect import TAKEN_OVER, ReconnectPolicy
+from edge_agent.mqtt.server import MqttServerTransport
+from edge_agent.testing.broker import LocalBroker, free_port
 
 from .agent_process import AgentProcess, write_config
 
@@ -242,7 +242,7 @@ def test_reason_0x8e_backs_off_and_is_logged_once(caplog):
         await transport.stop()
         return link
 
-    with caplog.at_level(logging.DEBUG, logger="edge_agent.transport.mqtt_server"):
+    with caplog.at_level(logging.DEBUG, logger="edge_agent.mqtt.server"):
         try:
             link = asyncio.run(go())
         finally:
@@ -293,7 +293,7 @@ def test_single_agent_after_a_stable_connection_retries_at_once_and_reports_no_c
             await agent.stop()
         return first_attempt, back, link
 
-    with caplog.at_level(logging.INFO, logger="edge_agent.transport.mqtt_server"):
+    with caplog.at_level(logging.INFO, logger="edge_agent.mqtt.server"):
         try:
             first_attempt, back, link = asyncio.run(go())
         finally:

@@ -31,7 +31,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent import __version__
-from edge_agent.local_broker import free_port
+from edge_agent.testing.broker import free_port
 
 from .agent_process import RawSubscriber, write_config
 
@@ -399,7 +399,7 @@ def test_broker_password_from_a_systemd_credential(tmp_path, notify_socket):
     """``LoadCredential=broker-password:...`` in the unit: systemd puts the file in
     ``$CREDENTIALS_DIRECTORY``; the agent uses it when the config gives no password. Proven
     against a Mosquitto that refuses anonymous clients."""
-    from edge_agent.local_broker import LocalBroker
+    from edge_agent.testing.broker import LocalBroker
 
     passwd = tmp_path / "mosquitto.passwd"
     passwd.touch(mode=0o600)
@@ -598,7 +598,7 @@ def test_install_sh_into_a_scratch_root(tmp_path):
     python = str(venv / "bin/python")
     version = subprocess.run([python, str(script), "--version"], capture_output=True, text=True, timeout=60, env=env)
     assert version.returncode == 0 and version.stdout.strip() == f"edge-agent {__version__}", version
-    where = subprocess.run([python, "-c", "import edge_agent, drivers, gpiozero, serial; print(edge_agent.__file__)"],
+    where = subprocess.run([python, "-c", "import edge_agent, edge_agent.drivers, gpiozero, serial; print(edge_agent.__file__)"],
                            capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
     assert where.returncode == 0, where.stderr
     assert where.stdout.strip().startswith(str(venv)), f"imported {where.stdout} instead of the staged copy"

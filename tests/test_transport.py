@@ -9,12 +9,11 @@ import socket
 import pytest
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.reasoncodes import ReasonCode
 
+from edge_agent.core import topics
 from edge_agent.errors import TransportError
-from edge_agent.transport import topics
-from edge_agent.transport.broker_url import parse_broker_url
-from edge_agent.transport.mqtt_server import MqttServerTransport
+from edge_agent.mqtt.broker_url import parse_broker_url
+from edge_agent.mqtt.server import MqttServerTransport
 
 from .agent_process import RawSubscriber
 
@@ -107,7 +106,7 @@ def test_broker_assigned_server_name_is_used(broker):
 
 def test_unreachable_broker_times_out_clearly():
     async def go():
-        from edge_agent.local_broker import free_port
+        from edge_agent.testing.broker import free_port
 
         t = make_transport(f"mqtt://127.0.0.1:{free_port()}", asyncio.get_running_loop())
         with pytest.raises(TransportError, match="did not accept a connection within 1"):

@@ -14,13 +14,13 @@ import time
 import anyio
 import pytest
 
-from edge_agent import config as cfg
 from edge_agent.cloud import connect
-from edge_agent.local_broker import LocalBroker, free_port
-from edge_agent.runtime import Agent
-from edge_agent.store import Store
-from edge_agent.transport.outbox import Outbox
-from edge_agent.transport.profiles import link_settings
+from edge_agent.device import config as cfg
+from edge_agent.device.runtime import Agent
+from edge_agent.device.store import Store
+from edge_agent.mqtt.outbox import Outbox
+from edge_agent.mqtt.profiles import link_settings
+from edge_agent.testing.broker import LocalBroker, free_port
 
 from .agent_process import AgentProcess, write_config
 from .faults import BlackholeProxy

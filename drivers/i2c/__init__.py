@@ -23,9 +23,8 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError("the I2C drivers need smbus2: pip install 'edge-agent-mcp[i2c]'") from exc
 
+from edge_agent.drivers.base import Driver, DriverContext, PinUse
 from edge_agent.errors import DriverError
-
-from ..base import Driver, DriverContext, PinUse
 
 __all__ = ["I2CDriver", "address_option", "bus_option", "i2c_msg"]
 

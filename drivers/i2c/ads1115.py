@@ -16,10 +16,9 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from edge_agent.drivers.base import SensorSpec
+from edge_agent.drivers.i2c import I2CDriver, address_option, bus_option
 from edge_agent.errors import DriverError
-
-from ..base import SensorSpec
-from . import I2CDriver, address_option, bus_option
 
 REG_CONVERSION, REG_CONFIG = 0x00, 0x01
 FULL_SCALE = {6.144: 0b000, 4.096: 0b001, 2.048: 0b010, 1.024: 0b011, 0.512: 0b100, 0.256: 0b101}

@@ -12,8 +12,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from ..base import SensorSpec
-from . import I2CDriver, address_option, bus_option, i2c_msg
+from edge_agent.drivers.base import SensorSpec
+from edge_agent.drivers.i2c import I2CDriver, address_option, bus_option, i2c_msg
 
 POWER_ON = 0x01
 ONE_TIME = {"high": 0x20, "high2": 0x21}

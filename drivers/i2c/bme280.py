@@ -13,10 +13,9 @@ import time
 from dataclasses import astuple, dataclass, fields
 from typing import Any
 
+from edge_agent.drivers.base import SensorSpec
+from edge_agent.drivers.i2c import I2CDriver, address_option, bus_option
 from edge_agent.errors import DriverError
-
-from ..base import SensorSpec
-from . import I2CDriver, address_option, bus_option
 
 CHIP_ID = 0x60
 REG_CALIB1, CALIB1_LEN = 0x88, 26  # dig_T1..dig_P9, (0xA0 unused), dig_H1

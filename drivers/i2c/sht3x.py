@@ -12,10 +12,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from edge_agent.drivers.base import SensorSpec
+from edge_agent.drivers.i2c import I2CDriver, address_option, bus_option, i2c_msg
 from edge_agent.errors import DriverError
-
-from ..base import SensorSpec
-from . import I2CDriver, address_option, bus_option, i2c_msg
 
 SINGLE_SHOT = {"high": 0x2400, "medium": 0x240B, "low": 0x2416}  # clock stretching disabled
 DURATION = {"high": 0.015, "medium": 0.006, "low": 0.004}  # s, maximum

@@ -21,8 +21,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from . import bh1750, bme280, sht3x
-from .ads1115 import (
+from edge_agent.drivers.i2c import bh1750, bme280, sht3x
+from edge_agent.drivers.i2c.ads1115 import (
     DATA_RATE,
     FULL_SCALE,
     MODE_SINGLE,

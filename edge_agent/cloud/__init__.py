@@ -4,10 +4,12 @@
   ``(read_stream, write_stream)`` for ``mcp.ClientSession``.
 - :func:`connect` — the same, yielding an initialized ``mcp.ClientSession``.
 - :func:`discover` / :class:`ServerPresence` — list the servers online at a broker.
-- :mod:`edge_agent.cloud.cli` — the ``devices | tools | call | read | watch ...`` commands.
+- :mod:`edge_agent.client.cli` — the ``devices | tools | call | read | watch ...`` commands.
+
+This package is the public face of :mod:`edge_agent.client` (where the code lives).
 
 Needs the ``[cloud]`` extra (``mcp``, ``anyio``). The names above are imported lazily, so
-``import edge_agent.cloud.cli`` works on a device without the extra.
+``import edge_agent.client.cli`` works on a device without the extra.
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 __all__ = ["ServerPresence", "connect", "discover", "mqtt_client"]
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .discovery import ServerPresence, discover
-    from .session import connect
-    from .transport import mqtt_client
+    from edge_agent.client.discovery import ServerPresence, discover
+    from edge_agent.client.session import connect
+    from edge_agent.client.transport import mqtt_client
 
 _LAZY = {
     "mqtt_client": ("transport", "mqtt_client"),
@@ -35,7 +37,7 @@ def __getattr__(name: str) -> Any:
     from importlib import import_module
 
     module, attr = _LAZY[name]
-    value = getattr(import_module(f".{module}", __name__), attr)
+    value = getattr(import_module(f"edge_agent.client.{module}"), attr)
     globals()[name] = value
     return value
 

@@ -1,6 +1,6 @@
 # MCP over MQTT for the board: the server core on the MQTT 5 client, with the topics and the
 # lifecycle of mqtt-ai/mcp-over-mqtt (specification/2025-03-26/basic/mqtt_transport.md), as
-# the Pi agent does them (edge_agent/endpoint.py, edge_agent/transport/mqtt_server.py).
+# the Pi agent does them (edge_agent/device/endpoint.py, edge_agent/mqtt/server.py).
 import asyncio
 import json
 

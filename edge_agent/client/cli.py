@@ -40,9 +40,9 @@ import sys
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
-from ..errors import EdgeAgentError, ServerNotFound, TransportError
-from ..termio import ProgressLine, is_terminal, safe, safe_json, stdout_gone
-from ..transport.broker_url import ENV_BROKER, default_broker
+from edge_agent.errors import EdgeAgentError, ServerNotFound, TransportError
+from edge_agent.mqtt.broker_url import ENV_BROKER, default_broker
+from edge_agent.termio import ProgressLine, is_terminal, safe, safe_json, stdout_gone
 
 for _needed in ("mcp", "anyio"):
     if importlib.util.find_spec(_needed) is None:
@@ -62,7 +62,7 @@ DISCOVERY_TIMEOUT = 3.0
 """Default seconds to wait for the server's presence message."""
 DEVICES_WINDOW = 5.0
 """Default cap, in seconds, on how long ``devices`` waits for the broker's retained presences
-(it returns as soon as they are in: :func:`~edge_agent.cloud.discovery.discover`, ``until_retained``)."""
+(it returns as soon as they are in: :func:`~edge_agent.client.discovery.discover`, ``until_retained``)."""
 KNOWN_NAMES_WINDOW = 0.5
 """Cap, in seconds, on listing the online server-names after a ServerNotFound."""
 INTERRUPTED = 130
@@ -396,7 +396,7 @@ def reading_json(uri: str, contents: list[Any]) -> dict[str, Any]:
 
 def _connect(args: argparse.Namespace, *, read_timeout: float | None = None, **kw: Any):
     """``connect()`` with the command's broker, server-name, server-id and request timeout."""
-    from . import connect
+    from edge_agent.cloud import connect
 
     return connect(args.broker, args.server_name, server_id=args.server_id,
                    discovery_timeout=args.discovery_timeout, read_timeout_seconds=read_timeout or args.timeout, **kw)
@@ -416,7 +416,7 @@ async def _list_all(fetch: Callable[..., Awaitable[Any]], attr: str) -> list[Any
 
 
 async def _devices(args: argparse.Namespace) -> int:
-    from . import discover
+    from edge_agent.cloud import discover
 
     found = await discover(args.broker, args.filter, timeout=args.timeout, until_retained=True)
     if args.json:
@@ -620,7 +620,7 @@ def _leaf(exc: BaseException) -> BaseException:
 
 
 async def _known_names(broker: str) -> list[str]:
-    from . import discover
+    from edge_agent.cloud import discover
 
     try:
         return sorted({p.server_name for p in await discover(broker, timeout=KNOWN_NAMES_WINDOW,
@@ -787,7 +787,7 @@ def _positive_int(text: str) -> int:
 
 
 def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
-    """Register ``devices``, ``tools``, ``call``, ``read``, ``watch``, ``resources``, ``prompts``, ``gateway``.
+    """Register ``devices``, ``tools``, ``call``, ``read``, ``watch``, ``resources``, ``prompts``.
 
     Each subparser sets ``func`` to a callable ``(argparse.Namespace) -> int`` (the exit code).
     """
@@ -833,99 +833,10 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
                         f"(default {POLL_INTERVAL:g})")
     add("resources", _resources, "list a server's resources and resource templates", server, answer, REQUEST_TIMEOUT)
     add("prompts", _prompts, "list a server's prompts", server, answer, REQUEST_TIMEOUT)
-    add_gateway_command(subparsers)
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    from .gateway import parse_host_port
-
-    try:
-        return parse_host_port(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if value < 0 or not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be 0 or a positive number of seconds, not {text}")
-    return value
-
-
-def _gateway(args: argparse.Namespace) -> int:
-    """``edge-agent gateway``: run until the client closes stdin (stdio) or SIGINT/SIGTERM (HTTP)."""
-    import asyncio
-
-    from .gateway import GatewayOptions, run
-    from .gateway_fleet import Timeouts
-
-    # stderr only: on stdio, stdout is the MCP channel. Warnings by default, -v info, -vv debug.
-    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    broker = args.broker or default_broker()
-    levels = args.filter.split("/")
-    if not args.filter or any(("+" in lv and lv != "+") or ("#" in lv and lv != "#") for lv in levels) \
-            or "#" in levels[:-1]:
-        print(f"edge-agent gateway: bad --filter {args.filter!r}: use whole-level wildcards, '#' last "
-              "(e.g. 'devices/#', 'devices/+/pi-01')", file=sys.stderr)
-        return 2
-    options = GatewayOptions(
-        broker=broker, server_name_filter=args.filter, http=args.http, eager=args.eager, strategy=args.strategy,
-        timeouts=Timeouts(initialize=args.timeout_initialize, ping=args.timeout_ping, call=args.timeout_call,
-                          request=args.timeout_request),
-        ping_interval=args.ping_interval, page_size=args.page_size)
-    try:
-        run(options)
-    except KeyboardInterrupt:
-        return 0
-    except BaseException as group:
-        exc = _leaf(group)
-        if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
-            return 0
-        if isinstance(exc, (TransportError, OSError, ValueError)):
-            print(f"edge-agent gateway: {exc}", file=sys.stderr)
-            return 1 if not isinstance(exc, ValueError) else 2
-        raise
-    return 0
-
-
-def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Register ``gateway``: one MCP endpoint (stdio or Streamable HTTP) for every device."""
-    from .gateway_balance import STRATEGIES  # pure: keeps building the parser free of ``mcp``
-
-    t = argparse.Namespace(initialize=INITIALIZE_TIMEOUT, ping=PING_TIMEOUT, call=CALL_TIMEOUT, request=REQUEST_TIMEOUT)
-    help_ = "serve every MCP server at the broker as one MCP server (stdio, or Streamable HTTP with --http)"
-    p = subparsers.add_parser("gateway", help=help_, description=help_ + ". See docs/gateway.md.")
-    p.add_argument("--broker", metavar="URL", default=None,
-                   help=f"broker URL (default: ${ENV_BROKER} or mqtt://localhost:1883)")
-    p.add_argument("--filter", default="#", metavar="FILTER",
-                   help="server-name filter with MQTT wildcards, e.g. 'devices/#' (default: #)")
-    p.add_argument("--http", metavar="HOST:PORT", type=_host_port, default=None,
-                   help="serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio")
-    p.add_argument("--eager", action="store_true",
-                   help="initialize a session with each server as soon as it is online (default: on first use)")
-    p.add_argument("--strategy", choices=STRATEGIES, default="least-outstanding",
-                   help="how a client session is put on one of several replicas of a server-name "
-                        "(default: least-outstanding)")
-    p.add_argument("--timeout-initialize", metavar="S", type=_positive_float, default=t.initialize,
-                   help=f"seconds a device may take to answer initialize (default {t.initialize:g})")
-    p.add_argument("--timeout-ping", metavar="S", type=_positive_float, default=t.ping,
-                   help=f"seconds a device may take to answer ping (default {t.ping:g})")
-    p.add_argument("--timeout-call", metavar="S", type=_positive_float, default=t.call,
-                   help=f"seconds a tools/call may take (default {t.call:g})")
-    p.add_argument("--timeout-request", metavar="S", type=_positive_float, default=t.request,
-                   help=f"seconds any other request may take (default {t.request:g})")
-    p.add_argument("--ping-interval", metavar="S", type=_non_negative_float, default=30.0,
-                   help="ping each open device session this often; 0: never (default 30)")
-    p.add_argument("--page-size", metavar="N", type=_positive_int, default=500,
-                   help="items per page of the aggregated lists (default 500)")
-    p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
-    p.set_defaults(func=_gateway, cmd_name="gateway")
-    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """A stand-alone parser with just the cloud commands (``python -m edge_agent.cloud.cli``)."""
+    """A stand-alone parser with just the cloud commands (``python -m edge_agent.client.cli``)."""
     parser = argparse.ArgumentParser(prog="edge-agent", description="Talk to MCP servers on devices over MQTT.")
     add_client_commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
     return parser

@@ -10,10 +10,10 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
-from .protocol import Prompt, PromptArgument
+from edge_agent.server import Prompt, PromptArgument
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runtime import Agent
+    from edge_agent.device.runtime import Agent
 
 
 def _text(role: str, text: str) -> dict[str, Any]:

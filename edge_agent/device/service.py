@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .runtime import Agent
+    from edge_agent.device.runtime import Agent
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +156,7 @@ def stderr_is_journal(stream: Any = None, env: Mapping[str, str] | None = None) 
 
 
 class JournalFormatter(logging.Formatter):
-    """``<3>ERROR edge_agent.runtime: message``: no timestamp (journald adds one) and the
+    """``<3>ERROR edge_agent.device.runtime: message``: no timestamp (journald adds one) and the
     syslog priority prefix journald turns into the entry's priority (``journalctl -p err``)."""
 
     def __init__(self) -> None:
@@ -208,7 +208,7 @@ def agent_status(agent: "Agent", *, link_down_since: float | None = None) -> str
 
     ``link_down_since``: Unix time since when the MQTT link is down (``None`` = up).
     """
-    from .transport.broker_url import parse_broker_url
+    from edge_agent.mqtt.broker_url import parse_broker_url
 
     transport = agent.endpoint.transport if agent.endpoint else None
     link = transport.link_health() if transport is not None else {}
@@ -233,7 +233,7 @@ def agent_status(agent: "Agent", *, link_down_since: float | None = None) -> str
 
 
 def _connecting_status(agent: "Agent", elapsed: float) -> str:
-    from .transport.broker_url import parse_broker_url
+    from edge_agent.mqtt.broker_url import parse_broker_url
 
     transport = agent.endpoint.transport if agent.endpoint else None
     link = transport.link_health() if transport is not None else {}

@@ -20,9 +20,9 @@ from typing import Any
 import anyio
 import paho.mqtt.client as mqtt
 
-from ..errors import TransportError
-from ..transport import topics
-from .link import Incoming, MqttLink, suggested_filters
+from edge_agent.client.link import Incoming, MqttLink, suggested_filters
+from edge_agent.core import topics
+from edge_agent.errors import TransportError
 
 log = logging.getLogger(__name__)
 

@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 import anyio
 
-from .gateway_fleet import Fleet, Timeouts
-from .gateway_server import Gateway
+from edge_agent.gateway.fleet import Fleet, Timeouts
+from edge_agent.gateway.server import Gateway
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import EdgeAgentError
+from edge_agent.errors import EdgeAgentError
 
 
 class BrokerUnavailable(EdgeAgentError, FileNotFoundError):

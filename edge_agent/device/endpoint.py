@@ -1,5 +1,5 @@
-"""An MCP server endpoint: the protocol core (:mod:`edge_agent.protocol`) bound to the MQTT
-transport (:mod:`edge_agent.transport.mqtt_server`).
+"""An MCP server endpoint: the protocol core (:mod:`edge_agent.server`) bound to the MQTT
+transport (:mod:`edge_agent.mqtt.server`).
 
 It owns the mapping mcp-client-id → session and the lifecycle rules of the MQTT binding:
 ``initialize`` arrives on the control topic and opens (or re-opens) a session; the client's
@@ -8,7 +8,7 @@ topics are subscribed before the answer; later traffic comes on the RPC topic;
 presence closes the session. Source: mqtt-ai/mcp-over-mqtt ``mqtt_transport.md``,
 "Initialization" and "Shutdown".
 
-With a :class:`~edge_agent.store.Store` and ``persist_sessions``, initialized sessions (with
+With a :class:`~edge_agent.device.store.Store` and ``persist_sessions``, initialized sessions (with
 their subscriptions, log level and payload encoding) are written to SQLite and restored at
 start, so a client keeps calling across an agent restart without a new ``initialize``.
 """
@@ -19,13 +19,12 @@ import asyncio
 import logging
 from typing import Any
 
-from .core import binding
-from .protocol import jsonrpc
-from .protocol.jsonrpc import PARSE_ERROR, RpcError
-from .protocol.server import McpServer, Session
-from .store import Store
-from .transport import codec
-from .transport.mqtt_server import Incoming, MqttServerTransport
+from edge_agent.core import binding, jsonrpc
+from edge_agent.core.jsonrpc import PARSE_ERROR, RpcError
+from edge_agent.device.store import Store
+from edge_agent.mqtt import codec
+from edge_agent.mqtt.server import Incoming, MqttServerTransport
+from edge_agent.server.mcp import McpServer, Session
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The gateway's MCP server: the whole fleet behind one endpoint, built on the official ``mcp`` SDK.
 
 :class:`Gateway` is an ``mcp.server.lowlevel.Server`` whose handlers aggregate and route to a
-:class:`~edge_agent.cloud.gateway_fleet.Fleet`:
+:class:`~edge_agent.gateway.fleet.Fleet`:
 
 - ``tools/list``, ``resources/list``, ``resources/templates/list``, ``prompts/list``: every
   online server-name's items, renamed by :mod:`.gateway_names`, in server-name order, paged
@@ -47,9 +47,14 @@ from mcp.server.lowlevel import NotificationOptions, Server
 from mcp.server.models import InitializationOptions
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
-from .. import __version__
-from .gateway_fleet import DeviceGone, DeviceUnavailable, Fleet, Replica
-from .gateway_names import Namer, resource_uri, split_resource_uri, template_uri
+from edge_agent import __version__
+from edge_agent.gateway.fleet import DeviceGone, DeviceUnavailable, Fleet, Replica
+from edge_agent.gateway.names import (
+    Namer,
+    resource_uri,
+    split_resource_uri,
+    template_uri,
+)
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +149,7 @@ def _is_lost_session(exc: MCPError) -> bool:
 
 class Gateway:
     """The gateway MCP server over a :class:`Fleet`. Use as ``async with Gateway(fleet) as gw:``
-    then serve ``gw.server`` (see :mod:`edge_agent.cloud.gateway`)."""
+    then serve ``gw.server`` (see :mod:`edge_agent.gateway.command`)."""
 
     def __init__(self, fleet: Fleet, *, page_size: int = 500):
         self.fleet = fleet

@@ -21,7 +21,7 @@ import time
 from collections import Counter
 from typing import Iterable
 
-from ..store import OutboxRow, Store
+from edge_agent.device.store import OutboxRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,7 @@ DROP_ORDER = ("telemetry", "notification")
 
 
 class Outbox:
-    """Bounded outbox over a :class:`~edge_agent.store.Store`."""
+    """Bounded outbox over a :class:`~edge_agent.device.store.Store`."""
 
     def __init__(self, store: Store, *, max_messages: int, max_bytes: int):
         self.store = store

@@ -47,10 +47,16 @@ import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
 
-from ..errors import ServerNotFound, TransportError
-from ..transport import codec, topics
-from .discovery import PresenceTable, ServerPresence, new_client_id, presence_subscriptions
-from .link import Incoming, MqttLink, Will, suggested_filters
+from edge_agent.client.discovery import (
+    PresenceTable,
+    ServerPresence,
+    new_client_id,
+    presence_subscriptions,
+)
+from edge_agent.client.link import Incoming, MqttLink, Will, suggested_filters
+from edge_agent.core import topics
+from edge_agent.errors import ServerNotFound, TransportError
+from edge_agent.mqtt import codec
 
 log = logging.getLogger(__name__)
 

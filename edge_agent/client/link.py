@@ -35,10 +35,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .. import __version__
-from ..errors import TransportError
-from ..transport import topics
-from ..transport.broker_url import BrokerURL, parse_broker_url
+from edge_agent import __version__
+from edge_agent.core import topics
+from edge_agent.errors import TransportError
+from edge_agent.mqtt.broker_url import BrokerURL, parse_broker_url
 
 log = logging.getLogger(__name__)
 

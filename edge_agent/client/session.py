@@ -10,8 +10,8 @@ import mcp_types as types
 from mcp import ClientSession
 from mcp.client.session import MessageHandlerFnT
 
-from .. import __version__
-from .transport import mqtt_client
+from edge_agent import __version__
+from edge_agent.client.transport import mqtt_client
 
 CLIENT_INFO = types.Implementation(name="edge-agent", version=__version__)
 
@@ -29,7 +29,7 @@ async def connect(broker_url: str, server_name: str, *, message_handler: Message
     for subscribed URIs, ``*/list_changed``) and transport exceptions (``TransportError`` when
     the server goes offline). ``read_timeout_seconds`` bounds every request (``call_tool``
     takes its own ``read_timeout_seconds``; the spec recommends 60 s for ``tools/call``).
-    Other keyword arguments go to :func:`~edge_agent.cloud.transport.mqtt_client`
+    Other keyword arguments go to :func:`~edge_agent.client.transport.mqtt_client`
     (``server_id``, ``client_id``, ``qos``, ``discovery_timeout``, ``connect_timeout``,
     ``username``, ``password``, ``meta``).
 

@@ -1,8 +1,8 @@
 """One MCP session to one server instance, multiplexed on the gateway's single MQTT connection.
 
-:func:`~edge_agent.cloud.transport.mqtt_client` opens one MQTT connection per session, which
+:func:`~edge_agent.client.transport.mqtt_client` opens one MQTT connection per session, which
 is right for a CLI command but not for a gateway talking to a thousand devices. Here one
-:class:`~edge_agent.cloud.link.MqttLink` carries every session: the RPC topic
+:class:`~edge_agent.client.link.MqttLink` carries every session: the RPC topic
 ``$mcp-rpc/{mcp-client-id}/{server-id}/{server-name}`` already names the server, so one
 mcp-client-id can hold one session per server instance (spec "Message Topics"). The gateway's
 router hands each :class:`DeviceChannel` the messages of its server (:meth:`DeviceChannel.feed`);
@@ -33,10 +33,10 @@ import anyio
 import mcp_types as types
 from mcp.shared.message import SessionMessage
 
-from ..errors import TransportError
-from ..transport import topics
-from .discovery import ServerPresence
-from .link import Incoming, MqttLink
+from edge_agent.client.discovery import ServerPresence
+from edge_agent.client.link import Incoming, MqttLink
+from edge_agent.core import topics
+from edge_agent.errors import TransportError
 
 log = logging.getLogger(__name__)
 

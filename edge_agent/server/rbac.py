@@ -14,8 +14,8 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
-from ..core.jsonrpc import FORBIDDEN
-from ..core.methods import KNOWN, LIFECYCLE_NOTIFICATIONS, OPEN, READ
+from edge_agent.core.jsonrpc import FORBIDDEN
+from edge_agent.core.methods import KNOWN, LIFECYCLE_NOTIFICATIONS, OPEN, READ
 
 # The methods of the READ access class in the core's method table (what the viewer role gets
 # when it lists no methods). A server that adds a READ method extends it without an edit here.

@@ -3,9 +3,17 @@
 It sees decoded messages and calls ``send``/``broadcast`` callables the transport provides.
 """
 
-from .jsonrpc import RpcError
-from .registry import Prompt, PromptArgument, Registry, Resource, ResourceTemplate, Tool, ToolContext
-from .server import McpServer, ServerInfo, Session
+from edge_agent.core.jsonrpc import RpcError
+from edge_agent.server.mcp import McpServer, ServerInfo, Session
+from edge_agent.server.registry import (
+    Prompt,
+    PromptArgument,
+    Registry,
+    Resource,
+    ResourceTemplate,
+    Tool,
+    ToolContext,
+)
 
 __all__ = [
     "McpServer", "Prompt", "PromptArgument", "Registry", "Resource", "ResourceTemplate",

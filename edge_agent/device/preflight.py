@@ -5,7 +5,7 @@
 - a GPIO used twice, whatever each driver calls it (``17``, ``"GPIO17"``, ``"BOARD11"``), or a
   pin a kernel interface a driver needs reserves (1-Wire, UART, I2C, SPI), and a serial port
   (or any exclusive ``PinUse.port``) opened by two real drivers (:meth:`drivers.Driver.pin_uses`,
-  :mod:`edge_agent.pins`);
+  :mod:`edge_agent.drivers.pins`);
 - what a driver's constructor would refuse (:meth:`drivers.Driver.check_options`: a servo
   with an empty range; GPIO drivers are built once on a private gpiozero ``MockFactory``);
 - no usable gpiozero pin factory for drivers on real pins (lgpio missing), naming the fix;
@@ -22,9 +22,9 @@ import ssl
 import warnings
 from typing import Any, Callable
 
-from . import pins
-from .config import Config, DriverConfig
-from .config_files import dir_problem, file_target_problem
+from edge_agent.device.config import Config, DriverConfig
+from edge_agent.device.config_files import dir_problem, file_target_problem
+from edge_agent.drivers import pins
 
 Problem = tuple[str, str, str]
 LGPIO_FIX = ("on Raspberry Pi OS: sudo apt install python3-lgpio, and make the venv with "
@@ -121,7 +121,7 @@ def _dkey(dc: DriverConfig) -> str:
 
 
 def _driver_class(dc: DriverConfig):
-    from drivers import driver_class
+    from edge_agent.drivers import driver_class
 
     try:
         return driver_class(dc.kind)

@@ -3,9 +3,9 @@
 Each :class:`SimDevice` is a real MCP server instance on the wire — its own MQTT 5 connection
 (client id = server-id), retained ``notifications/server/online`` presence with an empty
 retained will, control topic, per-client RPC topics with No Local, capability topic — and
-serves this project's protocol core (:class:`~edge_agent.protocol.server.McpServer`) with a
+serves this project's protocol core (:class:`~edge_agent.server.mcp.McpServer`) with a
 small simulated registry. It is deliberately leaner than the agent's
-:class:`~edge_agent.transport.mqtt_server.MqttServerTransport` (no outbox, no SQLite, no
+:class:`~edge_agent.mqtt.server.MqttServerTransport` (no outbox, no SQLite, no
 reconnection): a thousand of them must fit in one process.
 
 Threads: none. paho's ``loop_start`` costs one thread per client; instead a
@@ -37,12 +37,19 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .. import __version__
-from ..core import binding, jsonrpc
-from ..protocol.registry import Prompt, PromptArgument, Registry, Resource, ResourceTemplate, Tool, ToolContext
-from ..protocol.server import McpServer, ServerInfo
-from ..transport import topics
-from ..transport.broker_url import BrokerURL, parse_broker_url
+from edge_agent import __version__
+from edge_agent.core import binding, jsonrpc, topics
+from edge_agent.mqtt.broker_url import BrokerURL, parse_broker_url
+from edge_agent.server.mcp import McpServer, ServerInfo
+from edge_agent.server.registry import (
+    Prompt,
+    PromptArgument,
+    Registry,
+    Resource,
+    ResourceTemplate,
+    Tool,
+    ToolContext,
+)
 
 log = logging.getLogger(__name__)
 

@@ -22,19 +22,24 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from ..core import args as core_args
-from ..core import lifecycle
-from ..core import tools as core_tools
-from ..core.dispatch import Dispatcher
-from ..core.lifecycle import LOG_LEVELS, VERSIONS as SUPPORTED_VERSIONS
-from ..core.results import resource_updated
-from ..core.results import tool_error as _tool_error
-from ..errors import ToolInputError
-from . import jsonrpc
-from ..core.jsonrpc import resource_not_found
-from .jsonrpc import FORBIDDEN, INVALID_PARAMS, RESOURCE_NOT_FOUND, RpcError
-from .rbac import Policy, Role
-from .registry import Registry, ToolContext
+from edge_agent.core import args as core_args
+from edge_agent.core import jsonrpc, lifecycle
+from edge_agent.core import tools as core_tools
+from edge_agent.core.dispatch import Dispatcher
+from edge_agent.core.jsonrpc import (
+    FORBIDDEN,
+    INVALID_PARAMS,
+    RESOURCE_NOT_FOUND,
+    RpcError,
+    resource_not_found,
+)
+from edge_agent.core.lifecycle import LOG_LEVELS
+from edge_agent.core.lifecycle import VERSIONS as SUPPORTED_VERSIONS
+from edge_agent.core.results import resource_updated
+from edge_agent.core.results import tool_error as _tool_error
+from edge_agent.errors import ToolInputError
+from edge_agent.server.rbac import Policy, Role
+from edge_agent.server.registry import Registry, ToolContext
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,10 @@
 """The gateway's view of the fleet: presence, replicas, and one MCP session per server instance.
 
-A :class:`Fleet` owns one MQTT connection (:class:`~edge_agent.cloud.link.MqttLink`, a fresh
+A :class:`Fleet` owns one MQTT connection (:class:`~edge_agent.client.link.MqttLink`, a fresh
 mcp-client-id per connection, will ``notifications/disconnected`` on its client presence
 topic), subscribes to ``$mcp-server/presence/+/{filter}``, and keeps a :class:`Replica` per
 online server instance. A replica's MCP session (the official ``mcp.ClientSession`` over a
-:class:`~edge_agent.cloud.gateway_channel.DeviceChannel`) is opened on first use, or at once
+:class:`~edge_agent.gateway.channel.DeviceChannel`) is opened on first use, or at once
 with ``eager=True``, and shared by every gateway client that the balancer put on that
 replica. Everything runs on one event loop; paho's thread only posts events (see :mod:`.link`).
 
@@ -32,13 +32,18 @@ import paho.mqtt.client as mqtt
 from mcp import ClientSession, MCPError
 from pydantic import TypeAdapter, ValidationError
 
-from .. import __version__
-from ..errors import TransportError
-from ..transport import topics
-from .discovery import ServerPresence, new_client_id, parse_presence, presence_subscriptions
-from .gateway_balance import Balancer
-from .gateway_channel import DeviceChannel
-from .link import Incoming, MqttLink, Will, suggested_filters
+from edge_agent import __version__
+from edge_agent.client.discovery import (
+    ServerPresence,
+    new_client_id,
+    parse_presence,
+    presence_subscriptions,
+)
+from edge_agent.client.link import Incoming, MqttLink, Will, suggested_filters
+from edge_agent.core import topics
+from edge_agent.errors import TransportError
+from edge_agent.gateway.balance import Balancer
+from edge_agent.gateway.channel import DeviceChannel
 
 log = logging.getLogger(__name__)
 

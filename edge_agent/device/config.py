@@ -31,15 +31,21 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from . import identity
-from .config_files import CONFIG_LIMIT, SECRET_LIMIT, FileProblem, pem_problem, read_small
-from .config_locate import Locator
-from .config_messages import did_you_mean, plain
-from .errors import ConfigError
-from .transport import topics
-from .transport.broker_url import parse_broker_url
-from .protocol.rbac import OPERATOR, READ_METHODS, VIEWER, Policy, Role
-from .transport.profiles import LinkSettings, link_settings
+from edge_agent.core import topics
+from edge_agent.device import identity
+from edge_agent.device.config_files import (
+    CONFIG_LIMIT,
+    SECRET_LIMIT,
+    FileProblem,
+    pem_problem,
+    read_small,
+)
+from edge_agent.device.config_locate import Locator
+from edge_agent.device.config_messages import did_you_mean, plain
+from edge_agent.errors import ConfigError
+from edge_agent.mqtt.broker_url import parse_broker_url
+from edge_agent.mqtt.profiles import LinkSettings, link_settings
+from edge_agent.server.rbac import OPERATOR, VIEWER, Policy, Role
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 COMMON_DRIVER_KEYS = {"kind", "name", "description", "poll_interval", "deadband", "enabled", "simulate", "rate_limit"}
@@ -216,7 +222,7 @@ class Config:
 
 
 def default_server_id() -> str:
-    """The default ``[device] server_id``: see :func:`edge_agent.identity.default_server_id`
+    """The default ``[device] server_id``: see :func:`edge_agent.device.identity.default_server_id`
     (``edge-<hostname>-<8 hex digits from /etc/machine-id>``)."""
     return identity.default_server_id()
 
@@ -431,7 +437,7 @@ def _secret(path: str) -> str:
 
 
 def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
-    from drivers import DRIVER_KINDS, driver_class
+    from edge_agent.drivers import DRIVER_KINDS, driver_class
 
     known = sorted(DRIVER_KINDS)
     out: list[DriverConfig] = []

@@ -35,15 +35,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .. import identity
-from ..core import binding
-from ..errors import TransportError
-from ..store import OutboxRow, Store
-from . import codec, topics
-from .broker_url import BrokerURL
-from .outbox import Outbox
-from .profiles import LinkSettings
-from .reconnect import Loss, ReconnectPolicy
+from edge_agent.core import binding, topics
+from edge_agent.device import identity
+from edge_agent.device.store import OutboxRow, Store
+from edge_agent.errors import TransportError
+from edge_agent.mqtt import codec
+from edge_agent.mqtt.broker_url import BrokerURL
+from edge_agent.mqtt.outbox import Outbox
+from edge_agent.mqtt.profiles import LinkSettings
+from edge_agent.mqtt.reconnect import Loss, ReconnectPolicy
 
 log = logging.getLogger(__name__)
 

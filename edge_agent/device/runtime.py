@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import gc
 import functools
+import gc
 import json
 import logging
 import os
@@ -18,20 +18,28 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from drivers import Driver, DriverContext, driver_class
-from drivers.base import SensorSpec, ToolSpec
-
-from . import __version__, prompts
-from .config import Config, DriverConfig
-from .endpoint import Endpoint
-from .errors import ToolInputError
-from .protocol import McpServer, Registry, Resource, ResourceTemplate, ServerInfo, Tool, ToolContext
-from .protocol.server import stale_message
-from .sensors import SensorChannel, iso
-from .transport.broker_url import parse_broker_url
-from .ratelimit import TokenBucket
-from .store import Store
-from .transport.mqtt_server import TlsSettings
+from edge_agent import __version__
+from edge_agent.device import prompts
+from edge_agent.device.config import Config, DriverConfig
+from edge_agent.device.endpoint import Endpoint
+from edge_agent.device.ratelimit import TokenBucket
+from edge_agent.device.sensors import SensorChannel, iso
+from edge_agent.device.store import Store
+from edge_agent.drivers import Driver, DriverContext, driver_class
+from edge_agent.drivers.base import SensorSpec, ToolSpec
+from edge_agent.errors import ToolInputError
+from edge_agent.mqtt.broker_url import parse_broker_url
+from edge_agent.mqtt.server import TlsSettings
+from edge_agent.server import (
+    McpServer,
+    Registry,
+    Resource,
+    ResourceTemplate,
+    ServerInfo,
+    Tool,
+    ToolContext,
+)
+from edge_agent.server.mcp import stale_message
 
 log = logging.getLogger(__name__)
 
@@ -206,7 +214,7 @@ class Agent:
         return value
 
     async def _read_resource(self, ch: SensorChannel) -> str:
-        from .protocol.jsonrpc import INTERNAL_ERROR, RpcError
+        from edge_agent.core.jsonrpc import INTERNAL_ERROR, RpcError
 
         try:
             reading, updated = await ch.get(fresh=True)
@@ -441,7 +449,7 @@ def _driver_context(config: Config) -> DriverContext:
     pin_factory = None
     if dev.simulate or any(d.simulate for d in config.drivers):
         try:
-            from drivers.gpio import simulated_factory
+            from edge_agent.drivers.gpio import simulated_factory
         except ImportError:  # no gpiozero on this install
             pass
         else:

@@ -1,0 +1,111 @@
+"""The ``edge-agent gateway`` command line: its flags, defaults and exit codes (0 stopped, 1 a
+broker or transport failure, 2 a bad flag). The gateway itself is :mod:`.command`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import sys
+
+from edge_agent.client.cli import (
+    CALL_TIMEOUT,
+    INITIALIZE_TIMEOUT,
+    PING_TIMEOUT,
+    REQUEST_TIMEOUT,
+    _leaf,
+    _positive_float,
+    _positive_int,
+)
+from edge_agent.errors import TransportError
+from edge_agent.mqtt.broker_url import ENV_BROKER, default_broker
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    from edge_agent.gateway.command import parse_host_port
+
+    try:
+        return parse_host_port(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if value < 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be 0 or a positive number of seconds, not {text}")
+    return value
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    """``edge-agent gateway``: run until the client closes stdin (stdio) or SIGINT/SIGTERM (HTTP)."""
+    import asyncio
+
+    from edge_agent.gateway.command import GatewayOptions, run
+    from edge_agent.gateway.fleet import Timeouts
+
+    # stderr only: on stdio, stdout is the MCP channel. Warnings by default, -v info, -vv debug.
+    level = logging.DEBUG if args.verbose > 1 else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    broker = args.broker or default_broker()
+    levels = args.filter.split("/")
+    if not args.filter or any(("+" in lv and lv != "+") or ("#" in lv and lv != "#") for lv in levels) \
+            or "#" in levels[:-1]:
+        print(f"edge-agent gateway: bad --filter {args.filter!r}: use whole-level wildcards, '#' last "
+              "(e.g. 'devices/#', 'devices/+/pi-01')", file=sys.stderr)
+        return 2
+    options = GatewayOptions(
+        broker=broker, server_name_filter=args.filter, http=args.http, eager=args.eager, strategy=args.strategy,
+        timeouts=Timeouts(initialize=args.timeout_initialize, ping=args.timeout_ping, call=args.timeout_call,
+                          request=args.timeout_request),
+        ping_interval=args.ping_interval, page_size=args.page_size)
+    try:
+        run(options)
+    except KeyboardInterrupt:
+        return 0
+    except BaseException as group:
+        exc = _leaf(group)
+        if isinstance(exc, KeyboardInterrupt | asyncio.CancelledError):
+            return 0
+        if isinstance(exc, (TransportError, OSError, ValueError)):
+            print(f"edge-agent gateway: {exc}", file=sys.stderr)
+            return 1 if not isinstance(exc, ValueError) else 2
+        raise
+    return 0
+
+
+def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Register ``gateway``: one MCP endpoint (stdio or Streamable HTTP) for every device."""
+    from edge_agent.gateway.balance import (
+        STRATEGIES,  # pure: keeps building the parser free of ``mcp``
+    )
+
+    t = argparse.Namespace(initialize=INITIALIZE_TIMEOUT, ping=PING_TIMEOUT, call=CALL_TIMEOUT, request=REQUEST_TIMEOUT)
+    help_ = "serve every MCP server at the broker as one MCP server (stdio, or Streamable HTTP with --http)"
+    p = subparsers.add_parser("gateway", help=help_, description=help_ + ". See docs/gateway.md.")
+    p.add_argument("--broker", metavar="URL", default=None,
+                   help=f"broker URL (default: ${ENV_BROKER} or mqtt://localhost:1883)")
+    p.add_argument("--filter", default="#", metavar="FILTER",
+                   help="server-name filter with MQTT wildcards, e.g. 'devices/#' (default: #)")
+    p.add_argument("--http", metavar="HOST:PORT", type=_host_port, default=None,
+                   help="serve Streamable HTTP at http://HOST:PORT/mcp instead of stdio")
+    p.add_argument("--eager", action="store_true",
+                   help="initialize a session with each server as soon as it is online (default: on first use)")
+    p.add_argument("--strategy", choices=STRATEGIES, default="least-outstanding",
+                   help="how a client session is put on one of several replicas of a server-name "
+                        "(default: least-outstanding)")
+    p.add_argument("--timeout-initialize", metavar="S", type=_positive_float, default=t.initialize,
+                   help=f"seconds a device may take to answer initialize (default {t.initialize:g})")
+    p.add_argument("--timeout-ping", metavar="S", type=_positive_float, default=t.ping,
+                   help=f"seconds a device may take to answer ping (default {t.ping:g})")
+    p.add_argument("--timeout-call", metavar="S", type=_positive_float, default=t.call,
+                   help=f"seconds a tools/call may take (default {t.call:g})")
+    p.add_argument("--timeout-request", metavar="S", type=_positive_float, default=t.request,
+                   help=f"seconds any other request may take (default {t.request:g})")
+    p.add_argument("--ping-interval", metavar="S", type=_non_negative_float, default=30.0,
+                   help="ping each open device session this often; 0: never (default 30)")
+    p.add_argument("--page-size", metavar="N", type=_positive_int, default=500,
+                   help="items per page of the aggregated lists (default 500)")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
+    p.set_defaults(func=_gateway, cmd_name="gateway")
+    return p
