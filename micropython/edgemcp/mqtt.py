@@ -2,8 +2,10 @@
 # (packets, acknowledgements, keepalive) below a resilience layer (network, reconnect with
 # backoff). The byte stream is injected: ``opener(host, port)`` returns ``(reader, writer)``
 # with ``await reader.readinto(buf)``, ``writer.write(buf)``, ``await writer.drain()`` and
-# ``writer.close()``: what ``asyncio.open_connection`` gives on a board, and what a
-# JavaScript-backed stream gives under the WebAssembly port in the tests.
+# ``writer.close()`` + ``await writer.wait_closed()``: what ``asyncio.open_connection`` gives on
+# a board, and what a JavaScript-backed stream gives under the WebAssembly port in the tests.
+# On MicroPython ``close()`` does nothing; only ``wait_closed()`` closes the socket
+# (extmod/asyncio/stream.py), so every lost link goes through ``_close``.
 import asyncio
 import time
 
@@ -14,7 +16,8 @@ class MQTTClient:
     """One MQTT 5 connection that keeps itself up.
 
     ``run()`` (a task) connects, and after a lost link or a failed attempt reconnects with
-    exponential backoff (1 s .. 30 s, jittered); ``network`` (optional, ``async``) brings the
+    exponential backoff (``min_delay`` .. ``max_delay`` ms, default 1 s .. 30 s, plus 0..511 ms
+    of jitter); ``network`` (optional, ``async``) brings the
     network up first (Wi-Fi). After each CONNACK it calls ``await on_up()`` (subscribe and
     announce there). Received PUBLISHes wait in a bounded queue (``queue_len``; beyond it the
     oldest is dropped and counted in ``drops``): ``await get()`` returns ``(topic, payload,
@@ -24,13 +27,15 @@ class MQTTClient:
     """
 
     def __init__(self, client_id, host, port=1883, opener=None, keepalive=30, publish_user=None,
-                 qos=1, queue_len=8, max_packet=2048, timeout=10, network=None, log=print, **connect_args):
+                 qos=1, queue_len=8, max_packet=2048, timeout=10, network=None, log=print, min_delay=1000,
+                 max_delay=30000, **connect_args):
         self.client_id = client_id
         self.host = host
         self.port = port
         self.keepalive = keepalive
         self.qos = qos
         self.timeout = timeout * 1000
+        self.delays = (min_delay, max_delay)
         self.connect_args = connect_args
         self.connack = b""  # property block of the last CONNACK (read it with mqtt5.prop)
         self.connects = self.drops = self.too_big = self.received = 0
@@ -55,13 +60,14 @@ class MQTTClient:
         self._tx = self._rx = 0
 
     async def run(self):
-        delay = 1000
+        lo, hi = self.delays
+        delay = lo
         while not self._stop:
             try:
                 if self._network:
                     await self._network()
                 await self._connect()
-                delay = 1000
+                delay = lo
                 rt = asyncio.create_task(self._reader())
                 kt = asyncio.create_task(self._pinger())
                 self.up = True
@@ -77,18 +83,26 @@ class MQTTClient:
                 self._log("mqtt: %s; retry in %d ms" % (self.error, delay))
             self.up = False
             self._upev.clear()
-            try:
-                self._w.close()
-            except Exception:
-                pass
-            self._w = self._r = None
+            await self._close()
             for a in self._acks.values():  # wake every waiter: its packet is lost with the link
                 a[0].set()
             self._acks = {}
             if self._stop:
                 return
             await asyncio.sleep_ms(delay + (time.ticks_ms() & 511))
-            delay = min(delay * 2, 30000)
+            delay = min(delay * 2, hi)
+
+    async def _close(self):
+        # the socket of the lost link: close() alone leaves it open on MicroPython, and lwIP has
+        # a handful of sockets (a board that leaks one per outage dies after a few)
+        w = self._w
+        self._w = self._r = None
+        if w is not None:
+            try:
+                w.close()
+                await asyncio.wait_for_ms(w.wait_closed(), 1000)
+            except Exception:
+                pass
 
     async def _connect(self):
         self._gone = asyncio.Event()

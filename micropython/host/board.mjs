@@ -35,11 +35,16 @@ function parseArgs(argv) {
   return out;
 }
 
+const openSockets = new Set();
+
 // A byte stream over a Node duplex (socket or tty): read(n) / readline() resolve with a
 // Uint8Array (empty at end of stream), write(u8) queues, drain() waits for the kernel.
 class ByteStream {
   constructor(sock, out = sock) {
     this.sock = out;
+    // TCP sockets the board holds (host.sockets_open()): as with lwIP on an ESP32, a socket the
+    // peer closed stays allocated until the board closes it itself
+    if (sock instanceof net.Socket) openSockets.add(this);
     this.buf = Buffer.alloc(0);
     this.eof = false;
     this.waiter = null;
@@ -74,10 +79,12 @@ class ByteStream {
     if (this.sock.destroyed || !this.sock.writableNeedDrain) return Promise.resolve(0);
     return new Promise((r) => { this.sock.once("drain", () => r(0)); this.sock.once("close", () => r(0)); });
   }
-  close() { this.sock.destroy(); }
+  close() { openSockets.delete(this); this.sock.destroy(); }
 }
 
 const host = {
+  // TCP sockets the board has opened and not yet closed: lwIP on an ESP32 has only a handful.
+  sockets_open() { return openSockets.size; },
   tcp_open(hostname, port) {
     return new Promise((resolve, reject) => {
       const sock = net.createConnection({ host: hostname, port, noDelay: true });

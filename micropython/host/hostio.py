@@ -34,10 +34,12 @@ class Stream:
         await self.j.drain()
 
     def close(self):
-        self.j.close()
+        # What MicroPython's asyncio Stream.close() does (extmod/asyncio/stream.py, 1.27): nothing.
+        # Only wait_closed() closes the socket; code that forgets it leaks one per connection.
+        pass
 
     async def wait_closed(self):
-        pass
+        self.j.close()
 
 
 async def open_connection(hostname, port):
