@@ -99,7 +99,7 @@ async def walkthrough(url: str, server_name: str = "devices/greenhouse/gh3-pi", 
         _step("tools")
         tools = (await session.list_tools()).tools
         for t in tools:
-            print(f"  {t.name:<26} {t.description.splitlines()[0][:90]}")
+            print(f"  {t.name:<26} {(t.description or '').splitlines()[0][:90] if t.description else ''}")
 
         _step("reading a sensor: sensor://soil_temp/temperature")
         reading = _reading(await session.read_resource("sensor://soil_temp/temperature"))

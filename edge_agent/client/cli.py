@@ -115,13 +115,13 @@ def _convert_one(json_type: str, raw: str) -> Any:
     if json_type in ("array", "object"):
         want = list if json_type == "array" else dict
         try:
-            value = json.loads(raw)
+            parsed: Any = json.loads(raw)
         except ValueError:
-            value = None
-        if not isinstance(value, want):
+            parsed = None
+        if not isinstance(parsed, want):
             example = "[1, 2]" if want is list else '{"a": 1}'
             raise ValueError(f"a JSON {json_type} (e.g. {example})")
-        return value
+        return parsed
     raise ValueError(f"a value of unsupported type {json_type!r}")
 
 

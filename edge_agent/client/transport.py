@@ -287,31 +287,32 @@ class _Bridge:
             pass
 
     def _publish(self, msg: types.JSONRPCMessage) -> None:
-        is_request = isinstance(msg, types.JSONRPCRequest)
+        req = msg if isinstance(msg, types.JSONRPCRequest) else None
         if self.dead is not None:
-            if is_request:
-                self._answer_with_error(msg.id, self.dead)
+            if req is not None:
+                self._answer_with_error(req.id, self.dead)
             else:
                 log.debug("dropped %s: %s", type(msg).__name__, self.dead)
             return
         topic = self.rpc_topic
-        if is_request:
-            params = msg.params or {}
-            uri = params.get("uri") if msg.method in ("resources/subscribe", "resources/unsubscribe") else None
-            if msg.method == "resources/subscribe" and uri:
+        if req is not None:
+            params = req.params or {}
+            uri = params.get("uri") if req.method in ("resources/subscribe", "resources/unsubscribe") else None
+            if req.method == "resources/subscribe" and uri:
                 self.subscribed_uris.add(uri)
-            elif msg.method == "resources/unsubscribe" and uri:
+            elif req.method == "resources/unsubscribe" and uri:
                 self.subscribed_uris.discard(uri)
-            self.pending[_key(msg.id)] = (msg.id, msg.method, uri)
-            if msg.method == "initialize":
+            self.pending[_key(req.id)] = (req.id, req.method, uri)
+            if req.method == "initialize":
                 topic = self.control_topic
         elif isinstance(msg, types.JSONRPCNotification) and msg.method == "notifications/cancelled":
             self.pending.pop(_key((msg.params or {}).get("requestId")), None)
-        if self.encoding == codec.CBOR or (is_request and self.call_deadline and msg.method == "tools/call"):
+        deadline = self.call_deadline if req is not None and req.method == "tools/call" else None
+        if self.encoding == codec.CBOR or deadline:
             data = msg.model_dump(by_alias=True, exclude_unset=True, mode="json")
-            if is_request and self.call_deadline and msg.method == "tools/call":
+            if deadline:
                 meta = data.setdefault("params", {}).setdefault("_meta", {})
-                meta.setdefault("io.edge-agent/deadline", round(time.time() + self.call_deadline, 3))
+                meta.setdefault("io.edge-agent/deadline", round(time.time() + deadline, 3))
             payload = codec.encode(data, self.encoding)
         else:
             payload = msg.model_dump_json(by_alias=True, exclude_unset=True).encode()

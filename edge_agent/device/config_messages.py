@@ -62,9 +62,9 @@ def expected(schema: Any) -> str:
     for alt in ("anyOf", "oneOf"):
         if alt in schema:
             return " or ".join(expected(s) for s in schema[alt])
-    types = schema.get("type")
+    types: Any = schema.get("type")
     if isinstance(types, list):
-        words = " or ".join(_TYPES.get(t, t) for t in types)
+        words = " or ".join(_TYPES.get(t) or str(t) for t in types)
     else:
         words = _TYPES.get(types, "a valid value")
     lo = schema.get("minimum", schema.get("exclusiveMinimum"))

@@ -174,9 +174,9 @@ def _pin_problems(config: Config, bad, where) -> set[str]:
             elif i:
                 bad(key, f"{label} is used in multiple places: {where(gpio[0][0])} uses it too; "
                          "a GPIO drives one device: wire this to a free pin")
-    for group in ports.values():
-        for key, port in group[1:]:
-            bad(key, f"{port} is used in multiple places: {where(group[0][0])} opens {group[0][1]} too; "
+    for opened in ports.values():
+        for key, port in opened[1:]:
+            bad(key, f"{port} is used in multiple places: {where(opened[0][0])} opens {opened[0][1]} too; "
                      "it serves one driver")
     return refused
 

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import base64
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 import anyio
@@ -190,18 +190,23 @@ class Gateway:
             tg.cancel_scope.cancel()
             await tg.__aexit__(None, None, None)
 
-    def _spawn(self, func: Callable[..., Awaitable[Any]], *args: Any) -> None:
+    def _spawn(self, func: Callable[..., Coroutine[Any, Any, Any]], *args: Any) -> None:
         if self._tg is not None:
             self._tg.start_soon(func, *args)
 
     def _build_server(self) -> Server[Any]:
-        return _GatewayServer(
-            "edge-agent-gateway", version=__version__, title="edge-agent gateway", instructions=INSTRUCTIONS,
+        # The handlers return the devices' results as plain dicts, passed through unchanged. The
+        # SDK takes a dict result at run time (mcp.server.runner: "expected BaseModel, dict, or
+        # None") but its handler annotations name only the result models: hence dict[str, Any].
+        handlers: dict[str, Any] = dict(
             on_list_tools=self._list_tools, on_call_tool=self._call_tool,
             on_list_resources=self._list_resources, on_list_resource_templates=self._list_templates,
             on_read_resource=self._read_resource, on_subscribe_resource=self._subscribe,
             on_unsubscribe_resource=self._unsubscribe, on_list_prompts=self._list_prompts,
             on_get_prompt=self._get_prompt, on_completion=self._complete)
+        return _GatewayServer(
+            "edge-agent-gateway", version=__version__, title="edge-agent gateway", instructions=INSTRUCTIONS,
+            **handlers)
 
     # -- client sessions ------------------------------------------------------------------------
 

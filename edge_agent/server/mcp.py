@@ -433,22 +433,23 @@ class McpServer(Dispatcher):
         if not isinstance(ref, dict) or not isinstance(argument, dict):
             raise RpcError(INVALID_PARAMS, "completion/complete: ref and argument must be objects")
         arg_name, prefix = argument.get("name"), str(argument.get("value", ""))
-        if not isinstance(ref.get("name", ""), str) or not isinstance(ref.get("uri", ""), str) \
+        ref_name, ref_uri = ref.get("name"), ref.get("uri")
+        if not isinstance(ref_name, (str, type(None))) or not isinstance(ref_uri, (str, type(None))) \
                 or not isinstance(arg_name, (str, type(None))):
             raise RpcError(INVALID_PARAMS, "completion/complete: ref.name, ref.uri and argument.name must be strings")
         values: list[str] = []
         if ref.get("type") == "ref/prompt":
-            prompt = self.registry.prompts.get(ref.get("name"))
+            prompt = self.registry.prompts.get(ref_name) if ref_name is not None else None
             if prompt is None:
-                raise RpcError(INVALID_PARAMS, f"Unknown prompt: {ref.get('name')}")
+                raise RpcError(INVALID_PARAMS, f"Unknown prompt: {ref_name}")
             for arg in prompt.arguments:
                 if arg.name == arg_name and arg.complete:
                     values = arg.complete(prefix)
         elif ref.get("type") == "ref/resource":
-            template = next((t for t in self.registry.templates if t.uri_template == ref.get("uri")), None)
+            template = next((t for t in self.registry.templates if t.uri_template == ref_uri), None)
             if template is None:
-                raise RpcError(INVALID_PARAMS, f"Unknown resource template: {ref.get('uri')}")
-            if template.complete:
+                raise RpcError(INVALID_PARAMS, f"Unknown resource template: {ref_uri}")
+            if template.complete and arg_name is not None:
                 values = template.complete(arg_name, prefix)
         else:
             raise RpcError(INVALID_PARAMS, "completion/complete: ref.type must be ref/prompt or ref/resource")

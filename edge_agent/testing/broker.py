@@ -102,8 +102,8 @@ class LocalBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
-                log = (self.workdir / "mosquitto.log").read_text(errors="replace")
-                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {log[-500:]}")
+                tail = (self.workdir / "mosquitto.log").read_text(errors="replace")[-500:]
+                raise RuntimeError(f"mosquitto exited with {self.proc.returncode}: {tail}")
             try:
                 with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
                     return self

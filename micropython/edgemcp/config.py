@@ -62,8 +62,9 @@ def _site(module):
 
 def default_id():
     try:
-        import machine
         import binascii
+
+        import machine
         return "esp32-" + binascii.hexlify(machine.unique_id()).decode()
     except ImportError:
         return "mpy-device"

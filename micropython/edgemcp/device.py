@@ -17,6 +17,7 @@ import time
 
 from . import __version__, mcp
 
+
 class Device:
     """One MCP server on the board. ``options`` are config keys (see ``config.DEFAULTS``);
     the board's ``site_config`` overrides them (Wi-Fi and broker secrets live there).

@@ -15,7 +15,6 @@ from .core.lifecycle import VERSIONS
 from .core.results import resource_updated
 
 
-
 def dumps(msg):
     """Compact JSON for the wire (and how client input is quoted in the board's own messages)."""
     return json.dumps(msg, separators=(",", ":"))

@@ -3,8 +3,7 @@
 # Wi-Fi and broker settings come from site_config.py (see site_config.example.py).
 import asyncio
 
-from edgemcp import Device
-from edgemcp import hw
+from edgemcp import Device, hw
 
 app = Device(server_name="devices/greenhouse/esp32-01", description="Greenhouse 3 vent and soil node")
 

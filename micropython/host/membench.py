@@ -14,7 +14,6 @@
 import asyncio
 import gc
 import json
-import time
 
 ROWS = []
 
@@ -128,10 +127,10 @@ async def main():
     fb.want = 1
     a0 = await settled()
     row("interpreter + asyncio + this benchmark (before edgemcp)", a0, "not counted below")
-    from edgemcp.device import Device
+    from edgemcp import hw
     from edgemcp import link as _link  # noqa: F401 (what a board with MQTT over Wi-Fi imports)
     from edgemcp import net as _net  # noqa: F401
-    from edgemcp import hw
+    from edgemcp.device import Device
     imports = await settled() - a0
     row("import edgemcp (device, mcp, link, mqtt, mqtt5, net, hw)", imports, "bytecode in RAM (.mpy)")
     from edgemcp import mqtt5 as m
