@@ -1,6 +1,7 @@
 """RPC benchmark: the real agent, through a real broker, with the official MCP client.
 
     python bench/rpc.py [--broker URL] [--calls N] [--rss-calls N] [--duration S]
+                        [--clients N] [--idle S] [--device-runs N] [--targets-only]
 
 1. Starts a throw-away local Mosquitto (unless ``--broker`` is given) and the agent as a child
    process (``python -m edge_agent run --demo``: the simulated greenhouse device
@@ -13,7 +14,15 @@
    sessions at once (each its own MQTT connection, anyio tasks in this one process).
 4. The agent's memory (VmRSS, VmHWM from /proc/<pid>/status) after start, and before and after
    ``--rss-calls`` mixed calls, to show there is no leak.
-5. Prints markdown tables and exits 0; exits 1 with a message naming the failed step.
+5. The issue-11 targets, with raw paho clients (``bench/rawmqtt.py``, no MCP SDK): the echo
+   floor (a raw requester publishing to a topic a second raw client echoes back, same broker,
+   QoS 1 as RPC), a raw requester's ``tools/call status_led_toggle`` (no arguments) after
+   ``initialize`` on the control topic, its ratio to the floor, ``--clients`` (32) raw requesters
+   calling at once for ``--duration`` s, and the minimal device (one simulated LED, ``python -m
+   edge_agent run --config``): process start to retained online presence, VmRSS after ``--idle``
+   s idle (median of ``--device-runs`` starts, made before the demo agent starts). Each figure
+   is printed with its target and whether it is met. ``--targets-only`` skips steps 2-4.
+6. Prints markdown tables and exits 0; exits 1 with a message naming the failed step.
 
 Everything runs on one machine: the client (this process), the broker and the agent share
 the CPUs, so the CPU-time-per-call columns say where the time goes.
@@ -40,6 +49,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from benchlib import machine, table  # noqa: E402
 
+import rawmqtt  # noqa: E402
+
 try:
     import anyio
 except ImportError:  # pragma: no cover
@@ -51,6 +62,13 @@ SENSOR_URI = "sensor://soil_temp/temperature"
 HEALTH_URI = "device://health"
 WARMUP = 100
 CONCURRENT_CLIENTS = 8
+RAW_TOOL = "status_led_toggle"  # no arguments
+RAW_CLIENTS = 32
+# issue 11 "Proof"
+TARGET_RATIO = 2.0  # agent p50 / echo floor p50
+TARGET_CONCURRENT_P50_MS = 10.0
+TARGET_RSS_MB = 30.0
+TARGET_ONLINE_S = 0.5
 ONLINE_TIMEOUT = 30.0
 CALL_TIMEOUT = 30.0
 
@@ -224,6 +242,11 @@ class Results:
     memory: list[list[str]] = field(default_factory=list)
     rss_trend: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    floor: list[float] = field(default_factory=list)
+    raw_call: list[float] = field(default_factory=list)
+    concurrent: list[float] = field(default_factory=list)
+    concurrent_s: float = math.nan
+    devices: list[rawmqtt.DeviceRun] = field(default_factory=list)
 
 
 class Agent:
@@ -265,15 +288,17 @@ class Agent:
                 self.proc.wait()
 
 
-async def wait_online(url: str, agent: Agent) -> float:
+async def wait_online(url: str, agent: Agent) -> tuple[float, str]:
+    """Seconds from the agent's start to its presence seen (polled), and its server-id."""
     from edge_agent.cloud import discover
 
     deadline = time.monotonic() + ONLINE_TIMEOUT
     while time.monotonic() < deadline:
         agent.check_alive("waiting for the agent's presence")
         found = await discover(url, SERVER_NAME, timeout=0.2)
-        if any(s.server_name == SERVER_NAME for s in found):
-            return time.monotonic() - agent.started
+        for s in found:
+            if s.server_name == SERVER_NAME:
+                return time.monotonic() - agent.started, s.server_id
     raise BenchError(f"the agent did not come online ({SERVER_NAME} presence not seen at {url} within "
                      f"{ONLINE_TIMEOUT:.0f} s); its log:\n{agent.log_tail() or '(empty)'}")
 
@@ -284,9 +309,15 @@ async def run(args: argparse.Namespace, url: str, agent: Agent, broker_pid: int 
         from edge_agent.cloud import connect
 
         step = "waiting for the agent's presence"
-        res.online_s = await wait_online(url, agent)
+        res.online_s, server_id = await wait_online(url, agent)
         rss_start = proc_status_mb(agent.pid, "VmRSS")
         res.memory.append(["VmRSS after start (presence online)", f"{rss_start:.1f}", "MB"])
+
+        # -- raw paho: echo floor, tools/call, concurrent clients ----------------------------------
+        step = "raw paho measurements"
+        await anyio.to_thread.run_sync(raw_section, args, url, server_id, agent, res)
+        if args.targets_only:
+            return
 
         # -- latency -----------------------------------------------------------------------------
         step = "latency"
@@ -354,6 +385,76 @@ async def run(args: argparse.Namespace, url: str, agent: Agent, broker_pid: int 
         raise BenchError(f"{step}: {type(exc).__name__}: {exc}") from exc
 
 
+def raw_section(args: argparse.Namespace, url: str, server_id: str, agent: Agent, res: Results) -> None:
+    """The raw-paho rows of the targets table (blocking; run in a worker thread)."""
+    probe = rawmqtt.tools_call_payload(1, RAW_TOOL, {})
+    try:
+        agent.check_alive("raw echo floor")
+        res.floor = rawmqtt.echo_floor(url, args.calls, WARMUP, len(probe))
+        agent.check_alive("raw tools/call")
+        r = rawmqtt.mcp_requester(url, server_id, SERVER_NAME, RAW_TOOL)
+        try:
+            r.timed(WARMUP)
+            res.raw_call = r.timed(args.calls)
+        finally:
+            rawmqtt.mcp_goodbye(r)
+        agent.check_alive(f"{args.clients} concurrent raw clients")
+        res.concurrent, res.concurrent_s = rawmqtt.concurrent_calls(
+            url, server_id, SERVER_NAME, RAW_TOOL, args.clients, args.duration, 20)
+    except rawmqtt.RawError as exc:
+        raise BenchError(str(exc)) from None
+
+
+def targets_table(args: argparse.Namespace, res: Results) -> list[str]:
+    """The issue-11 table: figures, targets, met or not."""
+    rows: list[list[str]] = []
+
+    def p(ms: list[float], q: float) -> float:
+        return percentile(sorted(ms), q)
+
+    def met(ok: bool) -> str:
+        return "yes" if ok else "NO"
+
+    floor50 = p(res.floor, 50) if res.floor else math.nan
+    if res.floor:
+        rows.append([f"echo floor: raw paho -> broker -> raw paho echo -> back, QoS 1, {len(res.floor)} calls",
+                     f"{floor50:.3f} ms", f"{p(res.floor, 95):.3f} ms", "(the floor)", ""])
+    if res.raw_call:
+        call50 = p(res.raw_call, 50)
+        ratio = call50 / floor50
+        rows.append([f"tools/call {RAW_TOOL} (no args), raw paho requester -> agent, {len(res.raw_call)} calls",
+                     f"{call50:.3f} ms", f"{p(res.raw_call, 95):.3f} ms",
+                     f"p50 <= {TARGET_RATIO:g}x floor ({TARGET_RATIO * floor50:.3f} ms)", ""])
+        rows.append(["  ratio to the floor (p50 / floor p50)", f"{ratio:.2f}x",
+                     f"{p(res.raw_call, 95) / p(res.floor, 95):.2f}x", f"<= {TARGET_RATIO:g}x",
+                     met(ratio <= TARGET_RATIO)])
+    if res.concurrent:
+        c50 = p(res.concurrent, 50)
+        rate = len(res.concurrent) / res.concurrent_s
+        rows.append([f"{args.clients} concurrent raw clients, tools/call {RAW_TOOL}, {args.duration:g} s "
+                     f"({len(res.concurrent)} calls, {rate:.0f}/s)",
+                     f"{c50:.2f} ms", f"{p(res.concurrent, 95):.2f} ms", f"p50 <= {TARGET_CONCURRENT_P50_MS:g} ms",
+                     met(c50 <= TARGET_CONCURRENT_P50_MS)])
+    if res.devices:
+        rss = sorted(d.rss_mb for d in res.devices)
+        online = sorted(d.online_s for d in res.devices)
+        mid = len(rss) // 2
+        runs = f"median of {len(rss)} starts"
+        rows.append([f"minimal device (1 simulated LED) VmRSS after {args.idle:g} s idle, {runs}",
+                     f"{rss[mid]:.1f} MB", f"max {rss[-1]:.1f} MB", f"<= {TARGET_RSS_MB:g} MB",
+                     met(rss[mid] <= TARGET_RSS_MB)])
+        rows.append([f"minimal device: process start -> retained online presence at the broker, {runs}",
+                     f"{online[mid]:.3f} s", f"max {online[-1]:.3f} s", f"<= {TARGET_ONLINE_S:g} s",
+                     met(online[mid] <= TARGET_ONLINE_S)])
+    if not rows:
+        return []
+    return ["## Issue 11 targets (raw paho clients, no MCP SDK)", "",
+            table(["measurement", "p50", "p95", "target", "met"], rows), "",
+            "minimal device VmHWM (peak RSS) per start: "
+            + " ".join(f"{d.hwm_mb:.1f}" for d in res.devices) + " MB; start -> online per start: "
+            + " ".join(f"{d.online_s:.3f}" for d in res.devices) + " s" if res.devices else "", ""]
+
+
 async def throughput(url: str, clients: int, duration: float, agent_pid: int, broker_pid: int | None) -> Throughput:
     from edge_agent.cloud import connect
 
@@ -400,6 +501,7 @@ def report(args: argparse.Namespace, url: str, res: Results, local: bool) -> str
            "gc.freeze() after warm-up",
            f"load average before the run: {res.loadavg}",
            f"agent start -> retained presence seen: {res.online_s:.2f} s (polled every ~0.2 s)", ""]
+    out += targets_table(args, res)
     if res.latency:
         out += [f"## Latency, 1 session, sequential calls (after {WARMUP} warm-up calls each)", "",
                 table(["request", "calls", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"],
@@ -430,9 +532,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-calls", type=int, default=10000,
                    help="mixed calls between the two RSS readings of the leak check (default 10000)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per throughput run (default 5)")
+    p.add_argument("--clients", type=int, default=RAW_CLIENTS,
+                   help=f"raw paho clients calling at once (default {RAW_CLIENTS})")
+    p.add_argument("--idle", type=float, default=3.0,
+                   help="seconds the minimal device idles before its VmRSS is read (default 3)")
+    p.add_argument("--device-runs", type=int, default=3,
+                   help="starts of the minimal device; the median is reported (default 3)")
+    p.add_argument("--targets-only", action="store_true",
+                   help="only the issue-11 targets table (raw clients, minimal device): skip the SDK steps")
     args = p.parse_args(argv)
     if args.calls < 1 or args.rss_calls < 1 or args.duration <= 0:
         p.error("--calls and --rss-calls must be >= 1, --duration > 0")
+    if args.clients < 1 or args.device_runs < 0 or args.idle < 0:
+        p.error("--clients must be >= 1, --device-runs and --idle >= 0")
 
     # SIGTERM -> the same clean-up path as Ctrl-C.
     def on_sigterm(*_: Any) -> None:
@@ -466,7 +578,12 @@ def main(argv: list[str] | None = None) -> int:
             if already:
                 raise BenchError(f"{SERVER_NAME} is already online at {url} (server-id "
                                  f"{already[0].server_id}); stop it first, the bench starts its own agent")
-        print(f"bench: broker {url}; starting the agent; ~{_estimate(args)} s", file=sys.stderr, flush=True)
+        print(f"bench: broker {url}; ~{_estimate(args)} s", file=sys.stderr, flush=True)
+        for i in range(args.device_runs):
+            try:
+                res.devices.append(rawmqtt.minimal_device(url, workdir / f"minimal-{i}", args.idle))
+            except rawmqtt.RawError as exc:
+                raise BenchError(f"minimal device: {exc}") from None
         agent = Agent(url, workdir)
         anyio.run(run, args, url, agent, broker.proc.pid if broker and broker.proc else None, res)
         warnings = [ln for ln in agent.log_tail(100_000).splitlines() if ln.strip()]
@@ -497,7 +614,10 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _estimate(args: argparse.Namespace) -> int:
-    return int(5 + 2 * args.duration + (4 * (args.calls + WARMUP) + args.rss_calls) * 0.002)
+    targets = args.device_runs * (args.idle + 1) + args.duration + 2 * (args.calls + WARMUP) * 0.001 + 3
+    if args.targets_only:
+        return int(5 + targets)
+    return int(5 + targets + 2 * args.duration + (4 * (args.calls + WARMUP) + args.rss_calls) * 0.002)
 
 
 if __name__ == "__main__":
