@@ -47,9 +47,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from benchlib import machine, table  # noqa: E402
-
 import rawmqtt  # noqa: E402
+from benchlib import machine, table  # noqa: E402
 
 try:
     import anyio
