@@ -51,8 +51,14 @@ def run_pi(transcript: dict[str, Any]) -> list[dict[str, Any]]:
         session = server.open_session("c1", out.append)
         for step in transcript["steps"]:
             await server.handle(session, step.encode() if isinstance(step, str) else step)
-            await asyncio.sleep(0.01)
-        await asyncio.sleep(0.2)
+            await settled()  # each step answered before the next, as on the board
+
+    async def settled() -> None:
+        """Until every task but this one has finished (the transcripts' tools never block)."""
+        me = asyncio.current_task()
+        async with asyncio.timeout(10):
+            while pending := [t for t in asyncio.all_tasks() if t is not me and not t.done()]:
+                await asyncio.wait(pending)
 
     asyncio.run(main())
     return out

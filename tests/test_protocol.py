@@ -70,28 +70,45 @@ def make_server(page_size: int = 50):
 
 
 class Wire:
+    """One client session of ``server``: what the server sends it lands in :attr:`out`, and
+    :meth:`request` waits for the reply (on an event set by each message, not by polling)."""
+
     def __init__(self, server):
         self.server = server
         self.out: list[dict] = []
-        self.session = server.open_session("c1", self.out.append)
+        self._arrived = asyncio.Event()
+        self.session = server.open_session("c1", self.deliver)
 
-    async def send(self, msg, settle: float = 0.02):
+    def deliver(self, msg: dict) -> None:
+        self.out.append(msg)
+        self._arrived.set()
+
+    async def send(self, msg):
+        """Hand one message to the server. Notifications and refusals of malformed messages are
+        handled before this returns; a request runs on as a task (see :meth:`request`)."""
         payload = msg if isinstance(msg, (str, bytes)) else json.dumps(msg)
         await self.server.handle(self.session, payload)
-        await asyncio.sleep(settle)
+
+    async def wait_for(self, predicate, after: int = 0, timeout: float = 5.0) -> dict:
+        """The first message from index ``after`` on that ``predicate`` accepts, waiting for it."""
+        async with asyncio.timeout(timeout):
+            while True:
+                self._arrived.clear()
+                found = [m for m in self.out[after:] if predicate(m)]
+                if found:
+                    return found[0]
+                await self._arrived.wait()
 
     async def request(self, method, params=None, id=1):
         msg = {"jsonrpc": "2.0", "id": id, "method": method}
         if params is not None:
             msg["params"] = params
         before = len(self.out)
-        await self.send(msg, settle=0)
-        for _ in range(200):
-            replies = [m for m in self.out[before:] if m.get("id") == id and ("result" in m or "error" in m)]
-            if replies:
-                return replies[-1]
-            await asyncio.sleep(0.01)
-        raise AssertionError(f"no reply to {method} within 2 s")
+        await self.send(msg)
+        try:
+            return await self.wait_for(lambda m: m.get("id") == id and ("result" in m or "error" in m), before)
+        except TimeoutError:
+            raise AssertionError(f"no reply to {method} within 5 s") from None
 
     async def init(self, version="2025-11-25"):
         r = await self.request("initialize", {"protocolVersion": version, "capabilities": {},
@@ -174,14 +191,18 @@ def test_progress_and_cancellation():
         w = Wire(make_server()[0])
         await w.init()
         r = await w.request("tools/call", {"name": "slow_sweep", "_meta": {"progressToken": "p1"}}, id=2)
-        await asyncio.sleep(0.1)
+        assert r["result"]["content"][0]["text"] == "done"
+        # the progress notifications were sent before the response: all here already
         progress = [m["params"] for m in w.out if m.get("method") == "notifications/progress"]
         assert [p["progress"] for p in progress] == [1, 2, 3] and progress[0]["progressToken"] == "p1"
         assert progress[0]["total"] == 3
         await w.send({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "slow_sweep", "arguments": {"forever": True}}})
         assert 3 in w.session.inflight
-        await w.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 3, "reason": "user"}}, settle=0.1)
-        assert 3 not in w.session.inflight
+        task, req = w.session.inflight[3]
+        await w.send({"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 3, "reason": "user"}})
+        assert 3 not in w.session.inflight and req.cancelled.is_set()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)  # the call has ended
+        assert task.done()
         assert not [m for m in w.out if m.get("id") == 3]  # no response after cancellation
     run(go())
 
@@ -259,10 +280,11 @@ def test_reinitialize_replaces_session_and_close_cancels():
         await w.send({"jsonrpc": "2.0", "id": 3, "method": "tools/call", "params": {"name": "slow_sweep", "arguments": {"forever": True}}})
         task, req = w.session.inflight[3]
         event = req.cancelled
-        w.session = server.open_session("c1", w.out.append)  # a second initialize from the same id
+        w.session = server.open_session("c1", w.deliver)  # a second initialize from the same id
         await w.init()
-        await asyncio.sleep(0.05)
-        assert task.done() and event.is_set()
+        assert event.is_set()
+        await asyncio.wait_for(asyncio.gather(task, return_exceptions=True), 5)  # the old call has ended
+        assert task.done()
         assert not [m for m in w.out if m.get("id") == 3]
         assert not server.subscribed("sensor://t0/temperature")
         assert server.close_session("c1") and not server.close_session("c1")
