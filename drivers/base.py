@@ -3,8 +3,8 @@
 Drivers never import MQTT or MCP. A driver is a plain class that
 
 - takes its instance ``name``, its validated ``options`` (the config table) and a
-  :class:`DriverContext` (the backend: gpiozero pin factory, whether hardware is simulated,
-  where sysfs is), keyword-only;
+  :class:`DriverContext` (the backend: gpiozero pin factory, sysfs, I2C buses, serial ports,
+  simulated device models), keyword-only;
 - declares :class:`ToolSpec` (actions, with JSON Schemas carrying units and ranges from the
   datasheet) and :class:`SensorSpec` (readings, with units and the fastest rate the hardware
   allows);
@@ -26,51 +26,200 @@ from typing import Any, Callable, ClassVar, Mapping
 # progress(progress, total=None, message=None): progress must increase on each call.
 ProgressFn = Callable[..., None]
 
+# model name -> factory(context, **where) -> an object with close(); see simulated_model().
+SIMULATED_MODELS: dict[str, Callable[..., Any]] = {}
+
+
+def simulated_model(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register ``factory(context, **where)`` as the simulated device ``name`` (a decorator).
+
+    A simulated context's :meth:`DriverContext.attach` calls it; the factory builds a software
+    model of the device behind the driver's interface (it drives a mock pin, rewrites a sysfs
+    file, feeds a pty, answers on a simulated I2C bus) and returns an object with ``close()``
+    (stops the model; called twice must be safe) and whatever attributes the driver reads
+    (the same names :class:`Attachment` echoes from ``where`` on hardware). Registering a name
+    twice replaces the model. Returns the factory unchanged.
+    """
+    def register(factory: Callable[..., Any]) -> Callable[..., Any]:
+        SIMULATED_MODELS[name] = factory
+        return factory
+    return register
+
+
+class Attachment:
+    """What :meth:`DriverContext.attach` returns on hardware: the real device is wired, so
+    nothing is modelled. Its attributes are the keyword arguments ``attach`` got (``where``)
+    and ``close()`` does nothing."""
+
+    def __init__(self, **where: Any):
+        self.__dict__.update(where)
+
+    def __getattr__(self, name: str) -> Any:  # typed access to the echoed keywords
+        raise AttributeError(f"{type(self).__name__} has no {name!r} (not given to attach)")
+
+    def close(self) -> None:
+        """Nothing to release: the device is real."""
+
+
+class Backend:
+    """The hardware backend: what a context reaches on a real device.
+
+    ``simulated`` is False; gpiozero's default pin factory, the real ``/sys``, ``smbus2``, pyserial,
+    and :meth:`attach` models nothing. :class:`edge_agent.drivers.simulation.SimulatedBackend`
+    replaces each part by a model. A backend is chosen once, where the context is built.
+    """
+
+    simulated: ClassVar[bool] = False
+
+    def default_sysfs_root(self, state_dir: str) -> str:
+        """The folder that stands for ``/sys``: ``/sys`` itself."""
+        return "/sys"
+
+    def pin_factory(self) -> Any:
+        """The gpiozero pin factory: ``None``, i.e. gpiozero's default (lgpio on a Pi 5)."""
+        return None
+
+    def open_i2c(self, number: int) -> Any:
+        """``smbus2.SMBus(number)``, opened (the caller closes it). Raises ``OSError``
+        (``FileNotFoundError``: no ``/dev/i2c-<number>``; ``PermissionError``) and
+        ``ImportError`` (smbus2 not installed)."""
+        import smbus2
+
+        return smbus2.SMBus(number)
+
+    def open_serial(self, port: str, **settings: Any) -> Any:
+        """An unopened ``serial.Serial`` for ``port`` with pyserial ``settings`` (``baudrate``,
+        ``timeout`` in s, ``exclusive``...): set ``dtr``/``rts`` if needed, then ``open()`` it or
+        use it in ``with``. Raises ``ImportError`` (pyserial not installed)."""
+        import serial
+
+        port_obj = serial.Serial(**settings)
+        port_obj.port = port
+        return port_obj
+
+    def attach(self, context: DriverContext, model: str, where: dict[str, Any]) -> Any:
+        """The device ``model`` at ``where``: on hardware, an :class:`Attachment` echoing ``where``."""
+        return Attachment(**where)
+
+    def close(self) -> None:
+        """Release what the backend opened (nothing on hardware)."""
+
 
 @dataclass
 class DriverContext:
-    """The backend a driver runs on.
+    """The backend a driver runs on, chosen once where the context is built.
 
-    ``simulate``: True on a machine without the hardware: gpiozero's MockFactory, a pty that
-    emits NMEA sentences, a temporary sysfs folder. ``pin_factory``: the gpiozero pin factory
-    shared by all GPIO drivers (a ``MockFactory`` when simulating, else gpiozero's default,
-    ``None``). ``sysfs_root``: the folder that stands for ``/sys`` (``/sys`` on a real device).
-    ``proc_root``: the folder that stands for ``/proc``. ``state_dir``: a writable folder the
-    driver may use for simulator files. ``i2c_opener``: ``bus number -> SMBus-like object``
-    overriding :meth:`i2c_bus` (tests pass a simulated bus); ``i2c_sim_buses``: the simulated
-    buses, shared by every driver on this context (and on copies made with
-    ``dataclasses.replace``).
+    Build one with :meth:`hardware` or :meth:`simulated` (or ``DriverContext(simulate=...)``:
+    the same). A driver never asks whether it is simulated: it reaches the world through the
+    context, and the backend decides what answers:
+
+    ======================  ==============================  ==================================
+    driver asks             hardware                         simulated
+    ======================  ==============================  ==================================
+    :meth:`gpio_factory`    gpiozero's default (lgpio)      a shared ``MockFactory``
+    ``sysfs_root``          ``/sys``                        ``<state_dir>/simulated/sys``
+    ``proc_root``           ``/proc``                       ``/proc`` (the host's own)
+    :meth:`i2c_bus`         ``smbus2.SMBus(n)``             a bus with a BME280, SHT3x,
+                                                            BH1750 and ADS1115 on it
+    :meth:`serial_port`     pyserial                        pyserial (a model's pty)
+    :meth:`attach`          :class:`Attachment` (nothing)   the registered model: a PIR that
+                                                            sees motion, a DS18B20 sysfs file
+                                                            that changes, a GPS on a pty...
+    ======================  ==============================  ==================================
+
+    Fields: ``simulate`` (which backend ``__post_init__`` picks when ``backend`` is not given;
+    read it only for hardware no backend here covers), ``pin_factory`` (a gpiozero pin factory
+    shared by all GPIO drivers; ``None`` = the backend's), ``sysfs_root`` (the folder that
+    stands for ``/sys``; empty = the backend's), ``proc_root`` (stands for ``/proc``),
+    ``state_dir`` (a writable folder for simulator files), ``i2c_opener`` (``bus number ->
+    SMBus-like``, overrides the backend: tests pass a simulated bus), ``serial_opener``
+    (``(port, **pyserial settings) -> unopened Serial``, overrides the backend).
+    ``dataclasses.replace`` keeps the backend (and so its simulated buses and pin factory).
     """
 
     simulate: bool = False
     pin_factory: Any = None
-    sysfs_root: str = "/sys"
+    sysfs_root: str = ""
     proc_root: str = "/proc"
     state_dir: str = "/tmp"
     i2c_opener: Callable[[int], Any] | None = None
-    i2c_sim_buses: dict[int, Any] = field(default_factory=dict, repr=False)
+    serial_opener: Callable[..., Any] | None = None
+    backend: Backend | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.backend is None:
+            if self.simulate:
+                from edge_agent.drivers.simulation import SimulatedBackend
+
+                self.backend = SimulatedBackend(self.state_dir)
+            else:
+                self.backend = Backend()
+        self.simulate = self.backend.simulated
+        if not self.sysfs_root:
+            self.sysfs_root = self.backend.default_sysfs_root(self.state_dir)
+
+    @classmethod
+    def hardware(cls, **fields: Any) -> DriverContext:
+        """A context on the real devices (``fields``: any of the dataclass fields)."""
+        return cls(backend=Backend(), **fields)
+
+    @classmethod
+    def simulated(cls, state_dir: str = "/tmp", **fields: Any) -> DriverContext:
+        """A context on simulated devices; simulator files go under ``state_dir``."""
+        from edge_agent.drivers.simulation import SimulatedBackend
+
+        return cls(backend=SimulatedBackend(state_dir), state_dir=state_dir, **fields)
+
+    @property
+    def _backend(self) -> Backend:
+        assert self.backend is not None  # set by __post_init__
+        return self.backend
+
+    def gpio_factory(self) -> Any:
+        """The gpiozero pin factory GPIO devices are built on: ``pin_factory`` if set, else the
+        backend's (``None`` = gpiozero's default on hardware; a shared ``MockFactory`` with
+        PWM-capable pins when simulated)."""
+        return self.pin_factory if self.pin_factory is not None else self._backend.pin_factory()
 
     def i2c_bus(self, number: int) -> Any:
         """An open I2C bus ``/dev/i2c-<number>`` with smbus2's ``SMBus`` interface.
 
-        ``i2c_opener(number)`` when set; else, when simulating, the simulated bus ``number``
-        (one per context, populated with a simulated BME280, SHT3x, BH1750 and ADS1115 at each of
-        their addresses; its ``close()`` does nothing); else ``smbus2.SMBus(number)``, which
-        the caller closes. Raises ``OSError`` (``FileNotFoundError``: no such bus, I2C not
-        enabled; ``PermissionError``: the user is not in the ``i2c`` group) and ``ImportError``
-        (smbus2 not installed).
+        ``i2c_opener(number)`` when set; else the backend's: ``smbus2.SMBus(number)`` on
+        hardware (the caller closes it), the simulated bus ``number`` when simulated (one per
+        backend, populated with a simulated BME280, SHT3x, BH1750 and ADS1115 at each of their
+        addresses; its ``close()`` does nothing). Raises ``OSError`` (``FileNotFoundError``: no
+        such bus, I2C not enabled; ``PermissionError``: the user is not in the ``i2c`` group)
+        and ``ImportError`` (smbus2 not installed).
         """
         if self.i2c_opener is not None:
             return self.i2c_opener(number)
-        if self.simulate:
-            from edge_agent.drivers.i2c.sim import SimulatedBus
+        return self._backend.open_i2c(number)
 
-            if number not in self.i2c_sim_buses:
-                self.i2c_sim_buses.setdefault(number, SimulatedBus.populated())
-            return self.i2c_sim_buses[number]
-        import smbus2
+    def serial_port(self, port: str, **settings: Any) -> Any:
+        """An unopened pyserial ``Serial`` on ``port`` (a device path) with ``settings``
+        (``baudrate`` bit/s, ``timeout``/``write_timeout`` s, ``exclusive``): ``serial_opener``
+        when set, else the backend's. Use it in ``with`` or call ``open()``, which raises
+        ``serial.SerialException`` when the port is missing or busy. Raises ``ImportError``
+        (pyserial not installed)."""
+        if self.serial_opener is not None:
+            return self.serial_opener(port, **settings)
+        return self._backend.open_serial(port, **settings)
 
-        return smbus2.SMBus(number)
+    def attach(self, model: str, **where: Any) -> Any:
+        """The device ``model`` the driver talks to, at ``where`` (pins, paths, ids, ranges).
+
+        Hardware: an :class:`Attachment` whose attributes are ``where`` (the real device is
+        there). Simulated: the model registered with :func:`simulated_model` under ``model``,
+        built as ``factory(self, **where)``, or an :class:`Attachment` when none is registered
+        (e.g. a MicroPython board: the real one is used). Either way the driver reads the same
+        attributes and calls ``close()`` when it closes. Models raise ``DriverError`` when
+        ``where`` cannot be simulated.
+        """
+        return self._backend.attach(self, model, where)
+
+    def close(self) -> None:
+        """Release the backend's shared parts (a simulated pin factory). Safe to call twice."""
+        self._backend.close()
 
 
 @dataclass(frozen=True)

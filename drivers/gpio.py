@@ -1,9 +1,10 @@
 """GPIO drivers on gpiozero: LEDs, relays, a button, a servo, an HC-SR04 and a PIR.
 
-Each driver owns gpiozero devices built on ``context.pin_factory``: gpiozero's default factory
-(lgpio on a Pi 5 / bookworm) on a device, a shared ``MockFactory(pin_class=MockPWMPin)`` when
-``context.simulate`` is true. Simulated inputs behave like the hardware: the PIR sees motion now
-and then, the HC-SR04 echo answers for a slowly drifting distance. Pins are BCM numbers (``17``)
+Each driver owns gpiozero devices built on ``context.gpio_factory()``: gpiozero's default
+factory (lgpio on a Pi 5 / bookworm) on a device, a shared ``MockFactory`` with PWM-capable pins
+on a simulated context. Simulated inputs behave like the hardware, through the backend's models
+registered here: ``pir`` (:class:`PirSimulator`: the PIR sees motion now and then) and
+``hcsr04`` (:class:`EchoSimulator`: the echo answers for a slowly drifting distance). Pins are BCM numbers (``17``)
 or gpiozero pin names (``"GPIO17"``, ``"BOARD11"``); gpiozero reserves them, so two drivers
 cannot own one line (``GPIOPinInUse``).
 """
@@ -37,6 +38,7 @@ from edge_agent.drivers.base import (
     SensorSpec,
     ToolSpec,
     no_arguments,
+    simulated_model,
     wait_or_cancel,
 )
 from edge_agent.errors import DriverError, ToolInputError
@@ -80,11 +82,9 @@ def simulated_factory() -> MockFactory:
 
 
 def pin_factory(context: DriverContext):
-    """The gpiozero pin factory for ``context``: its own, or a private MockFactory when simulating
-    without one (``None`` = gpiozero's default factory)."""
-    if context.pin_factory is None and context.simulate:
-        return simulated_factory()
-    return context.pin_factory
+    """The gpiozero pin factory for ``context`` (``context.gpio_factory()``; ``None`` =
+    gpiozero's default factory)."""
+    return context.gpio_factory()
 
 
 def _options_schema(properties: dict[str, Any], required: list[str]) -> dict[str, Any]:
@@ -528,27 +528,14 @@ class UltrasonicDistance(_GpioDriver):
         self.max_distance = self.options.get("max_distance", 2)
         trigger, echo = self.options["trigger"], self.options["echo"]
         self._t0 = time.monotonic()
+        # hardware: the sensor itself; simulated: an EchoSimulator on the mock trigger pin
+        self.target = context.attach("hcsr04", factory=self.factory, trigger=trigger, echo=echo,
+                                     max_distance=self.max_distance, owner=name)
         with warnings.catch_warnings():
-            if context.simulate:
-                self._attach_simulator(trigger, echo)
-                warnings.simplefilter("ignore", PWMSoftwareFallback)
+            # gpiozero falls back to software timing on pins without PWM: harmless here
+            warnings.simplefilter("ignore", PWMSoftwareFallback)
             self.sensor = self._open(_HCSR04(echo, trigger, queue_len=5, partial=True,
                                              max_distance=self.max_distance, pin_factory=self.factory))
-
-    def simulated_distance(self, now: float | None = None) -> float:
-        """The simulated target distance (m) at monotonic time ``now``: a slow 5-minute swing."""
-        t = (time.monotonic() if now is None else now) - self._t0
-        return self.max_distance * (0.5 + 0.2 * math.sin(2 * math.pi * t / 300))
-
-    def _attach_simulator(self, trigger, echo) -> None:
-        if not isinstance(self.factory, MockFactory):
-            raise DriverError(f"distance {self.name}: simulation needs a gpiozero MockFactory")
-        pwm = issubclass(self.factory.pin_class, MockPWMPin)
-        pin = self.factory.pin(trigger, pin_class=_SimEchoPWMPin if pwm else _SimEchoPin,
-                               echo_pin=self.factory.pin(echo))
-        if not isinstance(pin, _SimEchoPin):
-            raise DriverError(f"distance {self.name}: trigger pin {trigger} is already used by another device")
-        pin.distance = self.simulated_distance
 
     def _distance(self) -> float:
         deadline = time.monotonic() + self.ECHO_TIMEOUT
@@ -568,15 +555,54 @@ class UltrasonicDistance(_GpioDriver):
                            value_schema={"type": "number", "minimum": 0, "maximum": self.max_distance})]
 
 
+class EchoSimulator:
+    """An HC-SR04 in front of a slowly moving target, on a gpiozero ``MockFactory``: the trigger
+    pin becomes a mock trigger pin whose echo pulse lasts as long as sound takes to travel to
+    :meth:`distance` (m) and back. Raises ``DriverError`` when ``factory`` is not a
+    ``MockFactory`` or the trigger pin is already in use."""
+
+    def __init__(self, factory: Any, trigger: Any, echo: Any, max_distance: float = 2.0, owner: str = "distance"):
+        if not isinstance(factory, MockFactory):
+            raise DriverError(f"distance {owner}: simulation needs a gpiozero MockFactory")
+        self.max_distance = max_distance
+        self._t0 = time.monotonic()
+        pwm = issubclass(factory.pin_class, MockPWMPin)
+        pin = factory.pin(trigger, pin_class=_SimEchoPWMPin if pwm else _SimEchoPin, echo_pin=factory.pin(echo))
+        if not isinstance(pin, _SimEchoPin):
+            raise DriverError(f"distance {owner}: trigger pin {trigger} is already used by another device")
+        pin.distance = self.distance
+
+    def distance(self, now: float | None = None) -> float:
+        """The target distance (m) at monotonic time ``now``: a slow 5-minute swing around half
+        ``max_distance``."""
+        t = (time.monotonic() if now is None else now) - self._t0
+        return self.max_distance * (0.5 + 0.2 * math.sin(2 * math.pi * t / 300))
+
+    def close(self) -> None:
+        """Nothing to stop: the pin closes with the sensor."""
+
+
+@simulated_model("hcsr04")
+def _simulated_hcsr04(context: DriverContext, **where: Any) -> EchoSimulator:
+    return EchoSimulator(where["factory"], where["trigger"], where["echo"], where.get("max_distance", 2.0),
+                         where.get("owner", "distance"))
+
+
 class PirSimulator:
     """Drives a mock input pin like an HC-SR501 PIR: idle for ``idle`` (s, uniform range), then
-    high for ``hold`` (s, the module's hold time), repeatedly, on a daemon thread until ``stop``."""
+    high for ``hold`` (s, the module's hold time), repeatedly, on a daemon thread until ``stop``
+    is set or :meth:`close` is called."""
 
-    def __init__(self, pin, stop: threading.Event, idle=(5.0, 30.0), hold=(3.0, 6.0), seed=None):
-        self.pin, self.stop, self.idle, self.hold = pin, stop, idle, hold
+    def __init__(self, pin, stop: threading.Event | None = None, idle=(5.0, 30.0), hold=(3.0, 6.0), seed=None):
+        self.pin, self.idle, self.hold = pin, idle, hold
+        self.stop = stop if stop is not None else threading.Event()
         self.random = random.Random(seed)
         self.thread = threading.Thread(target=self._run, name="pir-sim", daemon=True)
         self.thread.start()
+
+    def close(self) -> None:
+        """Stop driving the pin. Safe to call twice."""
+        self.stop.set()
 
     def _run(self) -> None:
         while not self.stop.wait(self.random.uniform(*self.idle)):
@@ -584,6 +610,11 @@ class PirSimulator:
             if self.stop.wait(self.random.uniform(*self.hold)):
                 break
             self.pin.drive_low()
+
+
+@simulated_model("pir")
+def _simulated_pir(context: DriverContext, **where: Any) -> PirSimulator:
+    return PirSimulator(where["pin"])
 
 
 class Motion(_GpioDriver):
@@ -601,8 +632,8 @@ class Motion(_GpioDriver):
     def __init__(self, name, options, *, context):
         super().__init__(name, options, context=context)
         self.sensor = self._open(MotionSensor(self.options["pin"], pull_up=False, pin_factory=self.factory))
-        if context.simulate:
-            PirSimulator(self.sensor.pin, self._stop)
+        # hardware: the PIR drives the pin; simulated: a PirSimulator does
+        self._open(context.attach("pir", pin=self.sensor.pin))
 
     def sensors(self) -> list[SensorSpec]:
         return [SensorSpec("motion", "true while the PIR reports motion", lambda: bool(self.sensor.motion_detected),

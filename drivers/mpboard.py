@@ -125,8 +125,10 @@ class MpBoard(Driver):
     def _open(self) -> serial.Serial:
         if self._closed:
             raise DriverError(f"board on {self.port}: driver closed")
-        port = serial.Serial(timeout=READ_SLICE, write_timeout=self.timeout, exclusive=True)
-        port.port, port.baudrate = self.port, self.baudrate
+        # the board itself on the context's serial backend (no simulated board: a real one, even
+        # on a simulated device)
+        port = self.context.serial_port(self.port, baudrate=self.baudrate, timeout=READ_SLICE,
+                                        write_timeout=self.timeout, exclusive=True)
         port.dtr = port.rts = False  # an ESP32 dev board's auto-reset circuit: opening must not reset it
         try:
             port.open()

@@ -19,10 +19,11 @@ import hashlib
 import math
 import os
 import random
-import threading
 import time
+from typing import Any
 
-from edge_agent.drivers.base import Driver, PinUse, SensorSpec
+from edge_agent.drivers.base import Driver, DriverContext, PinUse, SensorSpec, simulated_model
+from edge_agent.drivers.simulation import FileModel
 from edge_agent.errors import DriverError
 
 # Maximum conversion time per resolution (s), DS18B20 datasheet table "Thermometer resolution".
@@ -89,8 +90,9 @@ class DS18B20(Driver):
     sensor's own resolution with the kernel's ``resolution`` sysfs file).
     Sensor ``temperature`` (°C, 0.0625 °C steps at 12 bit, deadband 0.1 °C, polled every 10 s).
     Errors (``DriverError``): sensor not found (with the overlay hint), CRC failed, bus fault,
-    85 °C power-on value. Simulated: a thread rewrites a ``w1_slave`` file under
-    ``context.state_dir`` with a temperature that drifts around 20 °C.
+    85 °C power-on value. Simulated (:class:`SimulatedDS18B20`, the backend's ``ds18b20`` model):
+    a thread rewrites a ``w1_slave`` file under the context's simulated sysfs with a
+    temperature that drifts around 20 °C; the driver reads it like the kernel's.
     """
 
     kind = "ds18b20"
@@ -116,18 +118,12 @@ class DS18B20(Driver):
     def __init__(self, name, options, *, context):
         super().__init__(name, options, context=context)
         self.resolution_bits = self.options.get("resolution_bits", 12)
-        self.device_id = self.options.get("device_id")
-        self._stop = threading.Event()
-        self._sim = None
-        sysfs_root = context.sysfs_root
-        if context.simulate:
-            sysfs_root = os.path.join(context.state_dir, f"ds18b20-{name}", "sys")
-            self.device_id = self.device_id or "28-" + hashlib.sha1(name.encode()).hexdigest()[:12]
-            self._sim = threading.Thread(target=self._simulate, args=(sysfs_root,), daemon=True,
-                                         name=f"ds18b20-sim-{name}")
-            self._write_sim(sysfs_root, self.simulated_celsius())
-            self._sim.start()
-        self.devices_dir = os.path.join(sysfs_root, "bus", "w1", "devices")
+        # hardware: the configured id (None: the first found); simulated: a DS18B20 model
+        # writing its w1_slave file under the context's sysfs root, and its id
+        self.device = context.attach("ds18b20", sysfs_root=context.sysfs_root, device_id=self.options.get("device_id"),
+                                     owner=name, resolution_bits=self.resolution_bits)
+        self.device_id: str | None = self.device.device_id
+        self.devices_dir = os.path.join(context.sysfs_root, "bus", "w1", "devices")
 
     def _device(self) -> str:
         if self.device_id:
@@ -151,29 +147,34 @@ class DS18B20(Driver):
                               "check the wiring and the 4.7 kΩ pull-up") from exc
         return parse_w1_slave(text, device)
 
-    def simulated_celsius(self) -> float:
-        """The simulated soil temperature (°C): a slow swing around 20 °C plus sensor noise."""
-        return 20 + 2 * math.sin(2 * math.pi * time.time() / 3600) + random.gauss(0, 0.03)
-
-    def _write_sim(self, sysfs_root: str, celsius: float) -> None:
-        folder = os.path.join(sysfs_root, "bus", "w1", "devices", self.device_id)
-        os.makedirs(folder, exist_ok=True)
-        tmp = os.path.join(folder, ".w1_slave.tmp")
-        with open(tmp, "w", encoding="ascii") as f:
-            f.write(w1_slave_text(celsius, self.resolution_bits))
-        os.replace(tmp, os.path.join(folder, "w1_slave"))
-
-    def _simulate(self, sysfs_root: str) -> None:
-        while not self._stop.wait(1.0):
-            self._write_sim(sysfs_root, self.simulated_celsius())
-
     def sensors(self) -> list[SensorSpec]:
         return [SensorSpec("temperature", "temperature (°C)", self._temperature, unit="°C",
                            min_interval=CONVERSION_TIME[self.resolution_bits], poll_interval=10.0, deadband=0.1,
                            value_schema={"type": "number", "minimum": -55, "maximum": 125})]
 
     def close(self) -> None:
-        self._stop.set()
-        if self._sim is not None:
-            self._sim.join(timeout=2)
-            self._sim = None
+        self.device.close()
+
+
+class SimulatedDS18B20(FileModel):
+    """A DS18B20 in a simulated sysfs: ``<sysfs_root>/bus/w1/devices/<device_id>/w1_slave``
+    rewritten every second (as ``w1_therm`` shows it, valid CRC, ``resolution_bits``) with
+    :meth:`celsius`. ``device_id``: as configured, else ``28-`` + 12 hex digits from ``owner``
+    (one sensor per driver)."""
+
+    def __init__(self, sysfs_root: str, device_id: str | None, owner: str, resolution_bits: int = 12):
+        self.device_id = device_id or "28-" + hashlib.sha1(owner.encode()).hexdigest()[:12]
+        self.resolution_bits = resolution_bits
+        super().__init__(os.path.join(sysfs_root, "bus", "w1", "devices", self.device_id, "w1_slave"),
+                         lambda: w1_slave_text(self.celsius(), self.resolution_bits), name=f"ds18b20-sim-{owner}")
+
+    @staticmethod
+    def celsius() -> float:
+        """The simulated soil temperature (°C): a slow swing around 20 °C plus sensor noise."""
+        return 20 + 2 * math.sin(2 * math.pi * time.time() / 3600) + random.gauss(0, 0.03)
+
+
+@simulated_model("ds18b20")
+def _simulated_ds18b20(context: DriverContext, **where: Any) -> SimulatedDS18B20:
+    return SimulatedDS18B20(where["sysfs_root"], where.get("device_id"), where["owner"],
+                            where.get("resolution_bits", 12))

@@ -2,9 +2,10 @@
 
 A daemon thread owns the port: it reads lines, drops those with a bad checksum (counted), keeps
 the latest GGA/RMC data, and when the port fails (USB GPS unplugged) records the error and tries
-to reopen it every few seconds. Sensor reads only look at that state. Simulated: a pty whose
-master a thread feeds with GGA + RMC sentences once per second for a position slowly circling
-a greenhouse; pyserial opens the pty's slave like a real port.
+to reopen it every few seconds. Sensor reads only look at that state. Simulated (the backend's
+``nmea_gps`` model, :class:`GpsSimulator`): a pty whose master a thread feeds with GGA + RMC
+sentences once per second for a position slowly circling a greenhouse; the driver opens the
+pty's slave like a real port.
 """
 
 from __future__ import annotations
@@ -15,11 +16,12 @@ import os
 import threading
 import time
 import tty
+from typing import Any
 
 import serial
 
 from edge_agent.drivers import nmea
-from edge_agent.drivers.base import Driver, PinUse, SensorSpec
+from edge_agent.drivers.base import Driver, DriverContext, PinUse, SensorSpec, simulated_model
 from edge_agent.errors import DriverError
 
 METRES_PER_DEGREE = 111_320  # of latitude (and of longitude at the equator)
@@ -80,6 +82,11 @@ class GpsSimulator:
         os.close(self.slave)
 
 
+@simulated_model("nmea_gps")
+def _simulated_gps(context: DriverContext, **where: Any) -> GpsSimulator:
+    return GpsSimulator()  # ``port`` (the configured one) is replaced by the pty's
+
+
 class NmeaGps(Driver):
     """A GPS receiver speaking NMEA-0183 on a serial port (``/dev/serial0``, ``/dev/ttyUSB0``).
 
@@ -90,7 +97,8 @@ class NmeaGps(Driver):
     and lines dropped for a bad checksum or framing).
     Reads raise ``DriverError`` "GPS on <port>: no data for N s ..." when nothing valid arrived
     for ``stale_after`` s, naming the port error ("port closed ...") if the port failed; the
-    reader keeps reopening the port every 3 s. Simulated: ``port`` is ignored; a pty is used.
+    reader keeps reopening the port every 3 s. Simulated: ``port`` is ignored; the GPS model's pty
+    is opened instead (``device.port``).
     """
 
     kind = "nmea_gps"
@@ -121,8 +129,9 @@ class NmeaGps(Driver):
         super().__init__(name, options, context=context)
         self.baudrate = self.options.get("baudrate", 9600)
         self.stale_after = self.options.get("stale_after", 5)
-        self.simulator = GpsSimulator() if context.simulate else None
-        self.port = self.simulator.port if self.simulator else self.options.get("port", "/dev/serial0")
+        # hardware: the configured port; simulated: a GpsSimulator and its pty
+        self.device = context.attach("nmea_gps", port=self.options.get("port", "/dev/serial0"))
+        self.port: str = self.device.port
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._got_data = threading.Event()
@@ -141,7 +150,8 @@ class NmeaGps(Driver):
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                with serial.Serial(self.port, self.baudrate, timeout=0.5, exclusive=True) as port:
+                with self.context.serial_port(self.port, baudrate=self.baudrate, timeout=0.5,
+                                              exclusive=True) as port:
                     self._serial = port
                     self._read_lines(port)
             except (serial.SerialException, OSError, ValueError, TypeError) as exc:
@@ -262,5 +272,4 @@ class NmeaGps(Driver):
             except (OSError, AttributeError, TypeError, ValueError):
                 pass
         self._thread.join(timeout=3)
-        if self.simulator is not None:
-            self.simulator.close()
+        self.device.close()

@@ -10,8 +10,10 @@ from __future__ import annotations
 import math
 import os
 import time
+from typing import Any
 
-from edge_agent.drivers.base import Driver, SensorSpec
+from edge_agent.drivers.base import Driver, DriverContext, SensorSpec, simulated_model
+from edge_agent.drivers.simulation import FileModel
 from edge_agent.errors import DriverError
 
 PERCENT = {"type": "number", "minimum": 0, "maximum": 100}
@@ -49,8 +51,8 @@ def parse_net_dev(text: str) -> dict[str, tuple[int, int]]:
 class System(Driver):
     """Health of the device the agent runs on.
 
-    Sensors: ``cpu_temperature`` (°C; declared only if the thermal zone file exists, or simulated
-    when ``context.simulate``), ``load_1m`` (1-minute load average, unitless), ``memory_used``
+    Sensors: ``cpu_temperature`` (°C; declared only if the thermal zone file exists: when
+    simulated, the backend's ``soc_thermal`` model writes it), ``load_1m`` (1-minute load average, unitless), ``memory_used``
     (%: (MemTotal - MemAvailable) / MemTotal), ``disk_used`` (% of ``disk_path``'s file system, as
     ``df`` computes it), ``uptime`` (s), ``network`` (B: flat dict
     ``{"<iface>_rx_bytes": int, "<iface>_tx_bytes": int}`` for ``interfaces``, default all but
@@ -76,11 +78,10 @@ class System(Driver):
         self.interfaces = self.options.get("interfaces")
         self.proc = context.proc_root
         self.thermal = os.path.join(context.sysfs_root, "class", "thermal", "thermal_zone0", "temp")
+        self.soc = context.attach("soc_thermal", path=self.thermal, proc_root=self.proc)
 
     def cpu_temperature(self) -> float:
-        """SoC temperature (°C), or a simulated one (45 °C + load-dependent, no file needed)."""
-        if self.context.simulate and not os.path.exists(self.thermal):
-            return round(45 + 5 * min(self.load_1m(), 4) + math.sin(time.time() / 60), 1)
+        """SoC temperature (°C) from the thermal zone (millidegrees)."""
         return round(int(_read(self.thermal).strip()) / 1000, 1)
 
     def load_1m(self) -> float:
@@ -119,7 +120,7 @@ class System(Driver):
 
     def sensors(self) -> list[SensorSpec]:
         specs = []
-        if self.context.simulate or os.path.exists(self.thermal):
+        if os.path.exists(self.thermal):
             specs.append(SensorSpec("cpu_temperature", "SoC temperature (°C)", self.cpu_temperature, unit="°C",
                                     poll_interval=10.0, deadband=0.5))
         return specs + [
@@ -135,3 +136,29 @@ class System(Driver):
                        poll_interval=30.0, value_schema={"type": "object",
                                                          "additionalProperties": {"type": "integer", "minimum": 0}}),
         ]
+
+    def close(self) -> None:
+        self.soc.close()
+
+
+class SimulatedThermalZone(FileModel):
+    """A SoC thermal zone file (``path``, millidegrees Celsius) rewritten every second: 45 °C
+    plus 5 °C per unit of the host's 1-minute load (``<proc_root>/loadavg``, at most 4) and a
+    slow ±1 °C swing."""
+
+    def __init__(self, path: str, proc_root: str = "/proc"):
+        self.proc_root = proc_root
+        super().__init__(path, lambda: f"{round(self.celsius() * 1000)}\n", name="soc-thermal-sim")
+
+    def celsius(self) -> float:
+        """The simulated SoC temperature (°C) now."""
+        try:
+            load = float(_read(os.path.join(self.proc_root, "loadavg")).split()[0])
+        except (DriverError, ValueError, IndexError):
+            load = 0.0
+        return 45 + 5 * min(load, 4) + math.sin(time.time() / 60)
+
+
+@simulated_model("soc_thermal")
+def _simulated_thermal_zone(context: DriverContext, **where: Any) -> SimulatedThermalZone:
+    return SimulatedThermalZone(where["path"], where.get("proc_root", "/proc"))

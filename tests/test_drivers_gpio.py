@@ -262,7 +262,7 @@ def test_distance_simulated_echo(ctx):
     distance = sensor(water, "distance")
     assert distance.unit == "m" and distance.min_interval == 0.06
     value = distance.read()
-    assert value == pytest.approx(water.simulated_distance(), abs=0.1)
+    assert value == pytest.approx(water.target.distance(), abs=0.1)
     assert 0 <= value <= 2
     water.close()
     water.close()

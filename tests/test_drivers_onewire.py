@@ -94,14 +94,30 @@ def test_garbage_is_an_error():
 
 
 def test_simulated_sensor_writes_valid_files_that_change(tmp_path):
+    """The simulated backend's DS18B20 model writes the sysfs file the kernel would, under the
+    context's sysfs root, and keeps rewriting it; the driver reads it like the real one."""
     driver = thermometer(tmp_path, simulate=True)
     assert driver.device_id.startswith("28-")
-    path = tmp_path / "state" / "ds18b20-soil_temp" / "sys" / "bus" / "w1" / "devices" / driver.device_id / "w1_slave"
+    path = tmp_path / "sys" / "bus" / "w1" / "devices" / driver.device_id / "w1_slave"
     first_inode = path.stat().st_ino
     assert path.read_text().splitlines()[0].endswith("YES")
     first = temperature(driver)
-    assert 17 < first < 23 and not (tmp_path / "sys").exists()
+    assert 17 < first < 23
     time.sleep(1.2)
-    assert path.stat().st_ino != first_inode  # replaced by the simulator thread
+    assert path.stat().st_ino != first_inode  # replaced by the model's thread
     driver.close()
     driver.close()
+    inode = path.stat().st_ino
+    time.sleep(1.2)
+    assert path.stat().st_ino == inode  # closed: the model stopped
+
+
+def test_simulated_context_defaults_to_a_sysfs_under_state_dir(tmp_path):
+    ctx = DriverContext.simulated(state_dir=str(tmp_path / "state"))
+    driver = DS18B20("soil_temp", {"device_id": DEVICE}, context=ctx)
+    try:
+        assert driver.device_id == DEVICE
+        assert (tmp_path / "state" / "simulated" / "sys" / "bus" / "w1" / "devices" / DEVICE / "w1_slave").exists()
+        assert 17 < temperature(driver) < 23
+    finally:
+        driver.close()

@@ -142,10 +142,10 @@ def test_port_that_appears_later_is_opened(gps, pty_pair, tmp_path):
 def test_simulated_receiver(gps):
     driver = gps(None, simulate=True)
     port = driver.port
-    assert port.startswith("/dev/pts/")
+    assert port.startswith("/dev/pts/") and port == driver.device.port  # the model's pty
     wait_for(lambda: read(driver, "stats")["sentences"] >= 2)
     position = read(driver, "position")
-    lat, lon, speed, _ = driver.simulator.position(time.time())
+    lat, lon, speed, _ = driver.device.position(time.time())
     assert position["lat"] == pytest.approx(lat, abs=1e-4) and position["lon"] == pytest.approx(lon, abs=1e-4)
     assert position["altitude_m"] == 2.0
     fix = read(driver, "fix")

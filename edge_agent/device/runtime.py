@@ -8,7 +8,6 @@ blocks on hardware); tool calls of one driver run one at a time.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import functools
 import gc
 import json
@@ -89,7 +88,8 @@ class Agent:
             page_size=dev.page_size, on_tool_error=self._tool_failed, reply_cache=config.link.reply_cache,
             policy=config.rbac,
         )
-        self.context = _driver_context(config)
+        self.context = _driver_context(config, config.device.simulate)
+        self._contexts = {config.device.simulate: self.context}  # simulated? -> context (a driver may differ)
         self.endpoint: Endpoint | None = None
         self._tasks: list[asyncio.Task] = []
 
@@ -105,11 +105,10 @@ class Agent:
     def _start_driver(self, state: DriverState) -> bool:
         dc = state.config
         try:
-            context = self.context
-            if dc.simulate is not None and dc.simulate != context.simulate:
-                context = dataclasses.replace(context, simulate=dc.simulate,
-                                              pin_factory=self.context.pin_factory if dc.simulate else None)
-            state.driver = driver_class(dc.kind)(dc.name, dc.options, context=context)
+            simulated = self.config.device.simulate if dc.simulate is None else dc.simulate
+            if simulated not in self._contexts:
+                self._contexts[simulated] = _driver_context(self.config, simulated)
+            state.driver = driver_class(dc.kind)(dc.name, dc.options, context=self._contexts[simulated])
             tools, sensors = state.driver.tools(), state.driver.sensors()
         except Exception as exc:
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
@@ -419,8 +418,8 @@ class Agent:
         for state in self.drivers.values():
             if state.driver is not None:
                 _close_quietly(state.driver)
-        if self.context.pin_factory is not None:
-            _close_quietly(self.context.pin_factory)
+        for context in self._contexts.values():
+            _close_quietly(context)  # a simulated backend's shared pin factory
         if self.store is not None:
             self.store.close()
 
@@ -437,7 +436,8 @@ def _close_quietly(obj: Any) -> None:
         log.warning("closing %r failed: %s", obj, exc)
 
 
-def _driver_context(config: Config) -> DriverContext:
+def _driver_context(config: Config, simulated: bool) -> DriverContext:
+    """The drivers' context: the simulated backend or the hardware one, chosen here once."""
     dev = config.device
     state_dir = dev.state_dir
     try:
@@ -446,15 +446,9 @@ def _driver_context(config: Config) -> DriverContext:
         import tempfile
         state_dir = tempfile.mkdtemp(prefix="edge-agent-")
         log.warning("state_dir %s is not writable; using %s", dev.state_dir, state_dir)
-    pin_factory = None
-    if dev.simulate or any(d.simulate for d in config.drivers):
-        try:
-            from edge_agent.drivers.gpio import simulated_factory
-        except ImportError:  # no gpiozero on this install
-            pass
-        else:
-            pin_factory = simulated_factory()
-    return DriverContext(simulate=dev.simulate, pin_factory=pin_factory, state_dir=state_dir)
+    if simulated:
+        return DriverContext.simulated(state_dir=state_dir)
+    return DriverContext.hardware(state_dir=state_dir)
 
 
 def _instructions(config: Config) -> str:
