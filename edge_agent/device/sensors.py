@@ -38,7 +38,8 @@ def iso(ts: float) -> str:
 def exceeds_deadband(old: Any, new: Any, deadband: float) -> bool:
     """True if ``new`` differs from ``old`` enough to count as an update.
 
-    Numbers: ``|new - old| >= deadband`` (and any change when deadband is 0). Dicts: any field
+    Numbers: ``|new - old| >= deadband`` (and any change when deadband is 0); a change to or
+    from NaN always counts, NaN after NaN does not. Dicts: any field
     that does; fields added or removed always count. Anything else: inequality.
     """
     if old is None:
@@ -48,6 +49,8 @@ def exceeds_deadband(old: Any, new: Any, deadband: float) -> bool:
     if isinstance(new, (int, float)) and isinstance(old, (int, float)):
         if isinstance(new, float) and math.isnan(new):
             return not (isinstance(old, float) and math.isnan(old))
+        if isinstance(old, float) and math.isnan(old):
+            return True  # back from NaN (|new - NaN| >= deadband is never true)
         return abs(new - old) >= deadband if deadband > 0 else new != old
     if isinstance(new, dict) and isinstance(old, dict):
         if new.keys() != old.keys():
@@ -61,16 +64,18 @@ class SensorChannel:
 
     ``read_hw`` is an async callable doing the actual (threaded) hardware read. ``poll_interval``
     (s, or None for on-demand only), ``deadband`` (in the sensor's unit), ``history_size``
-    (updates kept). ``min_interval`` (s): the hardware's fastest allowed read rate.
+    (updates kept). ``min_interval`` (s): the hardware's fastest allowed read rate. ``clock``:
+    the time source of reading timestamps and ages (Unix s; tests pass their own).
     """
 
     def __init__(self, *, driver: str, name: str, unit: str, description: str,
                  read_hw: Callable[[], Awaitable[Any]], min_interval: float,
                  poll_interval: float | None, deadband: float, history_size: int,
-                 value_schema: dict[str, Any] | None = None):
+                 value_schema: dict[str, Any] | None = None, clock: Callable[[], float] = time.time):
         self.driver, self.name, self.unit, self.description = driver, name, unit, description
         self.uri = f"sensor://{driver}/{name}"
         self.read_hw = read_hw
+        self.clock = clock
         self.min_interval = max(0.0, min_interval)
         self.poll_interval = poll_interval
         self.deadband = deadband
@@ -80,7 +85,7 @@ class SensorChannel:
         self.history: deque[Reading] = deque(maxlen=history_size)
         self.reads = 0
         self.last_error: str | None = None
-        self._inflight: asyncio.Future | None = None
+        self._inflight: asyncio.Future[tuple[Reading, bool]] | None = None
 
     async def get(self, *, fresh: bool = False) -> tuple[Reading, bool]:
         """The current reading and whether it was an update.
@@ -89,7 +94,7 @@ class SensorChannel:
         younger than the poll interval); otherwise reads the hardware once, sharing that read
         with concurrent callers. Raises what the driver raised (``DriverError``/``OSError``).
         """
-        now = time.time()
+        now = self.clock()
         if self.last is not None:
             age = now - self.last.ts
             max_age = self.min_interval if fresh or not self.poll_interval else max(self.min_interval, self.poll_interval)
@@ -113,7 +118,7 @@ class SensorChannel:
         finally:
             self.reads += 1
         self.last_error = None
-        reading = Reading(value, self.unit, time.time())
+        reading = Reading(value, self.unit, self.clock())
         self.last = reading
         updated = exceeds_deadband(self.reported.value if self.reported else None, value, self.deadband)
         if updated:
