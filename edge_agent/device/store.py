@@ -7,19 +7,39 @@ Holds what must survive a crash or a power cut:
   so a cloud client keeps calling across an agent restart without a new ``initialize``;
 - ``counters``: drop counters by reason (they are reported in ``device://link``).
 
-Used from the asyncio thread only (one connection). ``synchronous=NORMAL`` in WAL mode: a
-power cut may lose the last transactions but never corrupts the file; ``FULL`` (config
-``store.synchronous``) fsyncs every commit, slower on SD cards.
+Writes never block the caller (the asyncio thread): they go, in call order, to one writer
+thread that applies whatever has queued up in one transaction (an outbox row acknowledged
+before it reached the file is neither written nor deleted; the id sequence still advances on
+disk). Outbox ids are handed out at once by the caller's thread, so they still increase
+strictly and are never reused, across restarts too. Reads (``outbox_rows``, ``outbox_stats``,
+``outbox_oldest``, ``sessions``, ``counters``) first wait until every queued write is in the
+file: they run at start, at a reconnect and when the outbox is full, not per message.
+
+Durability: :meth:`Store.close` (a clean stop) writes everything queued. A crash loses only what
+was queued in the last moment (the writer normally drains the queue within a millisecond).
+``synchronous=NORMAL`` in WAL mode: a power cut may lose the last transactions but never
+corrupts the file; ``FULL`` (config ``store.synchronous``) fsyncs every commit, slower on SD
+cards (that wait is the writer thread's).
+
+The file is created at the first write; a device whose link never dropped (QoS 0 telemetry,
+``durable_outbox`` off, no persisted sessions) never creates it, nor loads ``sqlite3``.
 """
 
 from __future__ import annotations
 
+import collections
 import json
+import logging
 import os
-import sqlite3
+import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
+
+if TYPE_CHECKING:
+    import sqlite3
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -68,46 +88,157 @@ class OutboxRow:
 class Store:
     """SQLite state store. ``path=":memory:"`` for a throw-away store.
 
+    Thread use: write methods are called from one thread (the asyncio loop's) and return at
+    once; one writer thread owns the file's writes. See the module docstring.
+
     Raises:
-        sqlite3.Error: the file cannot be opened or is not a database.
+        sqlite3.Error: an existing file cannot be opened or is not a database (at construction).
     """
 
     def __init__(self, path: str, *, synchronous: str = "NORMAL"):
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
-        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute(f"PRAGMA synchronous={synchronous if synchronous in ('NORMAL', 'FULL', 'OFF') else 'NORMAL'}")
-        self.db.executescript(SCHEMA)
+        self.synchronous = synchronous if synchronous in ("NORMAL", "FULL", "OFF") else "NORMAL"
+        self.write_errors = 0  # batches the writer could not commit (each logged)
+        self._db: sqlite3.Connection | None = None
+        self._db_lock = threading.Lock()  # one user of the connection at a time
+        self._cond = threading.Condition()  # guards the queue, _busy and _closed
+        self._queue: collections.deque[tuple[str, tuple[Any, ...]]] = collections.deque()
+        self._busy = False
+        self._closed = False
+        self._writer: threading.Thread | None = None
+        self._last_id = 0
+        if path != ":memory:" and os.path.exists(path):
+            with self._db_lock:
+                self._last_id = self._last_id_on_disk(self._open())
+
+    # ------------------------------------------------------------------ connection, writer
+    def _open(self) -> sqlite3.Connection:
+        """The connection (opened, and the schema made, on first use). Call with ``_db_lock``."""
+        if self._db is None:
+            import sqlite3
+
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.executescript(SCHEMA)
+            self._db = db
+        return self._db
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The SQLite connection, after every queued write (for inspection; not thread-safe)."""
+        self.flush()
+        with self._db_lock:
+            return self._open()
+
+    @staticmethod
+    def _last_id_on_disk(db: sqlite3.Connection) -> int:
+        row = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
+        top = db.execute("SELECT MAX(id) FROM outbox").fetchone()
+        return max(int(row[0]) if row else 0, int(top[0] or 0))
+
+    def _write(self, op: str, args: tuple[Any, ...]) -> None:
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("store closed")
+            self._queue.append((op, args))
+            if self._writer is None:
+                self._writer = threading.Thread(target=self._write_loop, name="edge-agent-store", daemon=True)
+                self._writer.start()
+            self._cond.notify_all()
+
+    def _write_loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closed:
+                    self._cond.wait()
+                if not self._queue:
+                    return  # closed and drained
+                batch = list(self._queue)
+                self._queue.clear()
+                self._busy = True
+            try:
+                self._apply(batch)
+            except Exception as exc:  # the writer must survive a full disk or a broken file
+                self.write_errors += 1
+                log.error("state store %s: %d write(s) lost: %s: %s", self.path, len(batch), type(exc).__name__, exc)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _apply(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
+        """One transaction for ``batch``, in order; an outbox row added and deleted within the
+        batch is skipped both ways (it was acknowledged before it reached the file)."""
+        added = {args[0] for op, args in batch if op == "outbox_add"}
+        gone = added & {args[0] for op, args in batch if op == "outbox_delete"}
+        with self._db_lock:
+            db = self._open()
+            db.execute("BEGIN")
+            try:
+                for op, args in batch:
+                    if op in ("outbox_add", "outbox_delete") and args[0] in gone:
+                        continue
+                    db.execute(_SQL[op], args)
+                if gone:  # ids on the wire are never reused: keep the sequence past them
+                    top = max(gone)
+                    if db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'outbox'",
+                                  (top,)).rowcount == 0:
+                        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (top,))
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every write queued so far is in the file. False on ``timeout`` (s)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def _read(self, sql: str, args: Any = ()) -> list[Any]:
+        self.flush()
+        with self._db_lock:
+            if self._db is None and self.path != ":memory:" and not os.path.exists(self.path):
+                return []  # never written: nothing to read, no file to create
+            return self._open().execute(sql, args).fetchall()
 
     def close(self) -> None:
-        self.db.close()
+        """Write everything queued, stop the writer, close the file. Blocks until done."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+            writer = self._writer
+        if writer is not None:
+            writer.join()
+        with self._db_lock:
+            if self._db is not None:
+                self._db.close()
+                self._db = None
 
     # ------------------------------------------------------------------ outbox
     def outbox_add(self, topic: str, payload: bytes, *, qos: int, retain: bool, kind: str,
                    content_type: str | None = None, expires: float | None = None) -> int:
-        """Store a publication; returns its id (strictly increasing, never reused)."""
-        cur = self.db.execute(
-            "INSERT INTO outbox (topic, payload, qos, retain, kind, content_type, created, expires)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (topic, payload, qos, int(retain), kind, content_type, time.time(), expires))
-        return int(cur.lastrowid)
+        """Store a publication; returns its id (strictly increasing, never reused) at once."""
+        self._last_id += 1
+        row_id = self._last_id
+        self._write("outbox_add", (row_id, topic, payload, qos, int(retain), kind, content_type, time.time(), expires))
+        return row_id
 
     def outbox_delete(self, row_id: int) -> None:
-        self.db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+        self._write("outbox_delete", (row_id,))
 
     def outbox_rows(self, after: int = 0, limit: int = 1000) -> list[OutboxRow]:
         """Rows with ``id > after``, oldest first."""
-        cur = self.db.execute(
-            "SELECT id, topic, payload, qos, retain, kind, content_type, created, expires FROM outbox"
-            " WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
-        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6], r[7], r[8]) for r in cur]
+        rows = self._read("SELECT id, topic, payload, qos, retain, kind, content_type, created, expires FROM outbox"
+                          " WHERE id > ? ORDER BY id LIMIT ?", (after, limit))
+        return [OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6], r[7], r[8]) for r in rows]
 
     def outbox_stats(self) -> tuple[int, int]:
         """``(rows, bytes)`` in the outbox."""
-        n, size = self.db.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(topic)), 0) FROM outbox").fetchone()
-        return int(n), int(size)
+        rows = self._read("SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(topic)), 0) FROM outbox")
+        return (int(rows[0][0]), int(rows[0][1])) if rows else (0, 0)
 
     def outbox_oldest(self, kind: str, exclude: Any = ()) -> OutboxRow | None:
         """The oldest row of ``kind`` whose id is not in ``exclude``."""
@@ -115,27 +246,30 @@ class Store:
         sql = "SELECT id, topic, payload, qos, retain, kind, content_type, created, expires FROM outbox WHERE kind = ?"
         if ids:
             sql += f" AND id NOT IN ({','.join('?' * len(ids))})"
-        r = self.db.execute(sql + " ORDER BY id LIMIT 1", [kind, *ids]).fetchone()
-        return OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6], r[7], r[8]) if r else None
+        rows = self._read(sql + " ORDER BY id LIMIT 1", [kind, *ids])
+        if not rows:
+            return None
+        r = rows[0]
+        return OutboxRow(r[0], r[1], bytes(r[2]), r[3], bool(r[4]), r[5], r[6], r[7], r[8])
 
     def last_id(self) -> int:
-        row = self.db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'outbox'").fetchone()
-        return int(row[0]) if row else 0
+        """The last outbox id handed out (0 if none ever)."""
+        return self._last_id
 
     # ------------------------------------------------------------------ sessions
     def session_put(self, client_id: str, data: dict[str, Any]) -> None:
-        self.db.execute("INSERT INTO sessions (client_id, data, updated) VALUES (?, ?, ?)"
-                        " ON CONFLICT(client_id) DO UPDATE SET data = excluded.data, updated = excluded.updated",
-                        (client_id, json.dumps(data), time.time()))
+        self._write("session_put", (client_id, json.dumps(data), time.time()))
 
     def session_delete(self, client_id: str) -> None:
-        self.db.execute("DELETE FROM sessions WHERE client_id = ?", (client_id,))
+        self._write("session_delete", (client_id,))
 
     def sessions(self, max_age: float | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """Stored sessions; those older than ``max_age`` seconds are deleted, not returned."""
-        if max_age is not None:
-            self.db.execute("DELETE FROM sessions WHERE updated < ?", (time.time() - max_age,))
-        for client_id, data in self.db.execute("SELECT client_id, data FROM sessions ORDER BY updated").fetchall():
+        cutoff = time.time() - max_age if max_age is not None else None
+        for client_id, data, updated in self._read("SELECT client_id, data, updated FROM sessions ORDER BY updated"):
+            if cutoff is not None and updated < cutoff:
+                self.session_delete(client_id)
+                continue
             try:
                 yield client_id, json.loads(data)
             except ValueError:
@@ -143,8 +277,19 @@ class Store:
 
     # ------------------------------------------------------------------ counters
     def count(self, name: str, by: int = 1) -> None:
-        self.db.execute("INSERT INTO counters (name, value) VALUES (?, ?)"
-                        " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value", (name, by))
+        self._write("count", (name, by))
 
     def counters(self) -> dict[str, int]:
-        return {k: int(v) for k, v in self.db.execute("SELECT name, value FROM counters ORDER BY name")}
+        return {k: int(v) for k, v in self._read("SELECT name, value FROM counters ORDER BY name")}
+
+
+_SQL = {
+    "outbox_add": "INSERT INTO outbox (id, topic, payload, qos, retain, kind, content_type, created, expires)"
+                  " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    "outbox_delete": "DELETE FROM outbox WHERE id = ?",
+    "session_put": "INSERT INTO sessions (client_id, data, updated) VALUES (?, ?, ?)"
+                   " ON CONFLICT(client_id) DO UPDATE SET data = excluded.data, updated = excluded.updated",
+    "session_delete": "DELETE FROM sessions WHERE client_id = ?",
+    "count": "INSERT INTO counters (name, value) VALUES (?, ?)"
+             " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
+}

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import cbor2
+# cbor2 (~1 MB of RSS) is imported by the first CBOR session, not by every device at start.
 
 JSON = "application/json"
 CBOR = "application/cbor"
@@ -21,6 +21,8 @@ def encode(message: dict[str, Any], content_type: str | None = None) -> bytes:
     """Encode a JSON-RPC message; compact JSON unless ``content_type`` is CBOR. A lone
     surrogate (echoed from bad input) becomes a ``\\uXXXX`` escape in JSON and U+FFFD in CBOR."""
     if content_type == CBOR:
+        import cbor2
+
         try:
             return cbor2.dumps(message)
         except UnicodeEncodeError:
@@ -52,6 +54,8 @@ def decode(payload: bytes, content_type: str | None = None) -> Any:
         except RecursionError:
             raise ValueError("JSON nested too deeply") from None
     if content_type == CBOR:
+        import cbor2
+
         try:
             return cbor2.loads(payload)
         except Exception as exc:  # cbor2 raises several types for garbage; normalise
