@@ -51,7 +51,7 @@ def _type_ok(t, v):
     if t == "number":
         return is_number(v)
     if t == "integer":
-        return is_number(v) and (isinstance(v, int) or v == int(v))
+        return is_number(v) and (isinstance(v, int) or finite(v) and v == int(v))  # int(inf) raises
     if t == "string":
         return isinstance(v, str)
     if t == "boolean":
