@@ -18,6 +18,9 @@ PIP_FLAGS ?= -q
 DEMO_EXTRAS = gpio,serial,i2c,cloud
 # e.g. make test PYTEST_ARGS="tests/test_config.py -x" (default: the whole suite)
 PYTEST_ARGS ?=
+# what `make lint` checks (settings in pyproject.toml: [tool.ruff], [tool.mypy])
+RUFF_PATHS = edge_agent drivers tests bench micropython
+MYPY_PATHS = edge_agent
 
 VPY := $(VENV)/bin/python
 # Recipes run with the venv "activated": its bin/ first on PATH (tests look up `edge-agent`).
@@ -25,7 +28,7 @@ RUN = PATH="$(abspath $(VENV))/bin:$$PATH" VIRTUAL_ENV="$(abspath $(VENV))"
 SUDO = $$( [ "$$(id -u)" = 0 ] || echo sudo )
 APT_GET = $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: setup demo test bench check-demo clean distclean venv-note
+.PHONY: setup demo lint test bench check-demo clean distclean venv-note
 
 venv-note:
 	@echo "make: using the project venv $(VENV) (made with $(PYTHON) -m venv; PEP 668: nothing is pip-installed into the system Python)"
@@ -75,6 +78,13 @@ setup: venv-note $(VENV)/.stamp-test
 
 demo: venv-note $(VENV)/.stamp-demo
 	@$(RUN) $(VPY) -m edge_agent demo
+
+# ruff and mypy, both must be silent; mypy sees drivers/ only as edge_agent.drivers (the symlink)
+lint: venv-note $(VENV)/.stamp-test
+	@echo "lint: ruff check $(RUFF_PATHS)"
+	@$(RUN) $(VPY) -m ruff check --quiet $(RUFF_PATHS)
+	@echo "lint: mypy $(MYPY_PATHS)"
+	@$(RUN) $(VPY) -m mypy $(MYPY_PATHS)
 
 test: venv-note $(VENV)/.stamp-test
 	@$(RUN) $(VPY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
