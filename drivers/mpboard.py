@@ -287,7 +287,7 @@ class MpBoard(Driver):
             if name in seen:
                 continue
             seen.add(name)
-            meta = r.get("_meta") if isinstance(r.get("_meta"), dict) else {}
+            meta: dict[str, Any] = r["_meta"] if isinstance(r.get("_meta"), dict) else {}
             poll = meta.get("poll_interval_s")
             specs.append(SensorSpec(
                 name=name, description=f"{r.get('description') or r.get('name') or uri} (board {uri})",

@@ -141,10 +141,11 @@ def _gga(s: Sentence) -> GGA:
 def _rmc(s: Sentence) -> RMC:
     f = s.fields
     when = None
-    if f[0] and f[8]:
+    clock = _time(f[0])
+    if clock is not None and f[8]:
         day, month, yy = int(f[8][:2]), int(f[8][2:4]), int(f[8][4:6])
         year = (1900 if yy >= 80 else 2000) + yy  # two-digit year; GPS time starts in 1980
-        when = dt.datetime.combine(dt.date(year, month, day), _time(f[0]), tzinfo=dt.timezone.utc)
+        when = dt.datetime.combine(dt.date(year, month, day), clock, tzinfo=dt.timezone.utc)
     speed = _float(f[6])
     return RMC(s.talker, when, f[1] == "A", degrees(f[2], f[3]), degrees(f[4], f[5]),
                None if speed is None else speed * KNOT, _float(f[7]))

@@ -33,7 +33,7 @@ OVERLAY_HINT = ("is the 1-Wire overlay enabled (dtoverlay=w1-gpio in /boot/firmw
                 "sensor wired (data to GPIO4 with a 4.7 kΩ pull-up to 3.3 V)?")
 
 
-def crc8(data: bytes) -> int:
+def crc8(data: bytes | bytearray) -> int:
     """Dallas/Maxim 1-Wire CRC-8 (polynomial x^8 + x^5 + x^4 + 1, reflected 0x8C) of ``data``."""
     crc = 0
     for byte in data:

@@ -65,6 +65,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             print(line, file=sys.stderr)
         print(f"{len(exc.problems)} problem(s) found", file=sys.stderr)
         return 2
+    for warning in preflight.plugin_warnings(config):  # installed driver plugins this config does not use
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{config.path}: OK: {config.device.server_name} (server-id {config.device.server_id}), "
           f"{len(config.drivers)} driver(s), broker {', '.join(str(parse_broker_url(u)) for u in config.broker.urls)}")
     return 0

@@ -14,7 +14,7 @@ Shape (see ``docs/configuration.md`` for every key)::
     password_file = "/etc/edge-agent/password" # or password = "...", or $EDGE_AGENT_PASSWORD
 
     [[drivers]]
-    kind = "ds18b20"                           # see drivers.DRIVER_KINDS
+    kind = "ds18b20"                           # see drivers.known_kinds()
     name = "soil_temp"                         # tools are soil_temp_*, resources sensor://soil_temp/*
     poll_interval = 5                          # s
     deadband = 0.1                             # in the sensor's unit
@@ -435,18 +435,18 @@ def _secret(path: str) -> str:
 
 
 def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
-    from edge_agent.drivers import DRIVER_KINDS, driver_class
+    from edge_agent.drivers import DriverPluginError, driver_class, is_known, known_kinds
 
-    known = sorted(DRIVER_KINDS)
     out: list[DriverConfig] = []
     seen: dict[str, int] = {}
     for i, table in enumerate(tables):
         where = driver_key(i, tables)
         kind, name = table.get("kind"), table.get("name")
         if not isinstance(kind, str):
-            bad(f"{where}.kind", f"required; one of {', '.join(known)}")
+            bad(f"{where}.kind", f"required; one of {', '.join(known_kinds())}")
             continue
-        if kind not in DRIVER_KINDS:
+        if not is_known(kind):  # built-in, or declared by an installed package (entry point)
+            known = known_kinds()
             bad(f"{where}.kind", f"unknown driver kind {kind!r}{did_you_mean(kind, known)} (known: {', '.join(known)})")
             continue
         if not isinstance(name, str) or not NAME.match(name):
@@ -478,10 +478,12 @@ def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
         options = {k: v for k, v in table.items() if k not in COMMON_DRIVER_KEYS}
         try:
             cls = driver_class(kind)
+        except DriverPluginError:
+            cls = None  # a broken plugin fails this driver at run (check reports it), not the config
         except ImportError as exc:
             bad(f"{where}.kind", missing_library(kind, exc))
             continue
-        for err in _schema_errors(cls.options_schema, options):
+        for err in _schema_errors(cls.options_schema, options) if cls is not None else []:
             for key, message in _explain([where, *err.absolute_path], err, also=COMMON_DRIVER_KEYS):
                 bad(key, message)
         out.append(DriverConfig(kind=kind, name=name, options=options, poll_interval=table.get("poll_interval"),

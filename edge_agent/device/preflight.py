@@ -10,7 +10,11 @@
   with an empty range; GPIO drivers are built once on a private gpiozero ``MockFactory``);
 - no usable gpiozero pin factory for drivers on real pins (lgpio missing), naming the fix;
 - a state folder or SQLite store the current user could not create or write;
-- a client certificate and key that do not load together.
+- a client certificate and key that do not load together;
+- a driver kind from an installed package (entry point ``edge_agent.drivers``) that cannot be
+  used: it does not import, is not a ``Driver``, or its name clashes (the message names the
+  distribution). :func:`plugin_warnings` tells the same of installed kinds the config does
+  not use.
 
 Each problem is ``(file, key, message)`` like :class:`edge_agent.errors.ConfigError`'s.
 """
@@ -24,7 +28,7 @@ from typing import Any, Callable
 
 from edge_agent.device.config import Config, DriverConfig
 from edge_agent.device.config_files import dir_problem, file_target_problem
-from edge_agent.drivers import pins
+from edge_agent.drivers import pins, plugin_problems
 
 Problem = tuple[str, str, str]
 LGPIO_FIX = ("on Raspberry Pi OS: sudo apt install python3-lgpio, and make the venv with "
@@ -65,6 +69,10 @@ def problems(config: Config, *, pin_factory_probe: Callable[[], str | None] | No
         if why:
             bad("broker.key_file", why)
 
+    broken = plugin_problems({dc.kind for dc in config.drivers})
+    for dc in config.drivers:
+        if dc.kind in broken:
+            bad(f"{_dkey(dc)}.kind", broken[dc.kind])
     refused = _pin_problems(config, bad, where)
     gpio_drivers = []
     for dc in config.drivers:
@@ -83,6 +91,13 @@ def problems(config: Config, *, pin_factory_probe: Callable[[], str | None] | No
             bad(_dkey(gpio_drivers[0]), f"no gpiozero pin factory works on this machine, so run cannot open the "
                                         f"GPIO pins of {names} ({why}); {LGPIO_FIX}")
     return out
+
+
+def plugin_warnings(config: Config) -> list[str]:
+    """What is wrong with installed driver plugins the config does not use (one message each,
+    naming the distribution): ``run`` is not affected, but a config using them would be."""
+    used = {dc.kind for dc in config.drivers}
+    return [message for kind, message in plugin_problems().items() if kind not in used]
 
 
 def pin_factory_problem() -> str | None:
@@ -125,7 +140,7 @@ def _driver_class(dc: DriverConfig):
 
     try:
         return driver_class(dc.kind)
-    except (ImportError, KeyError):  # reported by config.load
+    except (ImportError, LookupError):  # reported by config.load, or a broken plugin (reported above)
         return None
 
 
