@@ -494,7 +494,7 @@ def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
     return out
 
 
-def _schema_errors(schema: dict[str, Any], value: Any) -> list[Any]:
+def _schema_errors(schema: Any, value: Any) -> list[Any]:
     """``jsonschema`` Draft 2020-12 errors of ``value``; ``[]`` at once, without importing
     ``jsonschema`` (~4 MB of RSS and ~0.1 s of start-up on a Pi), when :func:`surely_valid` says
     the value fits. Only a config with a problem pays for the full validator, whose errors
@@ -524,13 +524,13 @@ def surely_valid(schema: Any, v: Any) -> bool:
     ``jsonschema`` judges it). Checks the keywords config schemas use (type, enum, const,
     minimum, maximum, exclusiveMinimum/Maximum, minLength, maxLength, pattern, minItems,
     maxItems, uniqueItems, items, required, properties, additionalProperties, anyOf; annotations
-    ignored); any other keyword, a NaN, or a doubt gives False, and the caller asks ``jsonschema``."""
+    and ``x-*`` keywords ignored, as ``jsonschema`` ignores them); any other keyword, a NaN, or a doubt gives False, and the caller asks ``jsonschema``."""
     if isinstance(schema, bool):
         return schema
     if not isinstance(schema, dict):
         return False
     for key, want in schema.items():
-        if key in _ANNOTATIONS:
+        if key in _ANNOTATIONS or key.startswith("x-"):  # x-*: our own annotations (x-unit, x-addresses)
             continue
         number = isinstance(v, (int, float)) and not isinstance(v, bool)
         if key == "type":

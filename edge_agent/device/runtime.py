@@ -94,35 +94,36 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
 
     # ---------------------------------------------------------------- build
-    def _build(self) -> None:
+    async def _build(self) -> None:
         self._add_device_resources()
         prompts.register(self)
         for dc in self.config.drivers:
             state = DriverState(dc, lock=asyncio.Lock())
             self.drivers[dc.name] = state
-            self._start_driver(state)
+            await self._start_driver(state)
 
-    def _start_driver(self, state: DriverState) -> bool:
+    async def _start_driver(self, state: DriverState) -> bool:
+        """Construct the driver and list its tools and sensors in a worker thread (opening
+        hardware blocks: a serial handshake, a 1-Wire scan), then register them on the loop."""
         dc = state.config
         try:
             simulated = self.config.device.simulate if dc.simulate is None else dc.simulate
             if simulated not in self._contexts:
                 self._contexts[simulated] = _driver_context(self.config, simulated)
-            state.driver = driver_class(dc.kind)(dc.name, dc.options, context=self._contexts[simulated])
-            tools, sensors = state.driver.tools(), state.driver.sensors()
+            context = self._contexts[simulated]
+            state.driver, tools, sensors = await asyncio.get_running_loop().run_in_executor(
+                None, lambda: _construct(driver_class(dc.kind), dc, context))
         except Exception as exc:
             state.status, state.error = "failed", f"{type(exc).__name__}: {exc}"
             state.failures += 1
             state.last_error_at = time.time()
             log.error("driver %s (%s) could not start: %s", dc.name, dc.kind, state.error)
-            if state.driver is not None:
-                _close_quietly(state.driver)
-                state.driver = None
+            state.driver = None  # _construct closed it
             return False
         for spec in tools:
             self.registry.add_tool(self._tool(state, spec))
-        for spec in sensors:
-            self._add_sensor(state, spec)
+        for sensor in sensors:
+            self._add_sensor(state, sensor)
         state.status, state.error = "ok", None
         state.last_ok = time.time()
         return True
@@ -364,7 +365,7 @@ class Agent:
         while True:
             await asyncio.sleep(DRIVER_RETRY_S)
             for state in self.drivers.values():
-                if state.status == "failed" and self._start_driver(state):
+                if state.status == "failed" and await self._start_driver(state):
                     log.info("driver %s started after %d failure(s)", state.config.name, state.failures)
                     for ch in self.channels.values():
                         if ch.driver == state.config.name and ch.poll_interval:
@@ -380,7 +381,7 @@ class Agent:
             TransportError: the broker refused us or did not answer within ``connect_timeout`` s.
         """
         loop = asyncio.get_running_loop()
-        self._build()
+        await self._build()
         dev = self.config.device
         meta: dict[str, Any] = {"version": __version__, "implementation": "edge-agent"}
         if dev.location:
@@ -389,8 +390,12 @@ class Agent:
         if rbac is not None:
             meta["rbac"] = rbac
         store_cfg = self.config.store
-        self.store = Store(store_cfg.path if store_cfg else ":memory:",
-                           synchronous=store_cfg.synchronous if store_cfg else "NORMAL")
+        # write-behind (off the loop) unless a stored message or session must be on disk before
+        # it is sent or answered (the transport does not wait for the writer yet)
+        durable = self.config.link.durable_outbox or self.config.link.persist_sessions
+        self.store = await asyncio.to_thread(Store, store_cfg.path if store_cfg else ":memory:",
+                                             synchronous=store_cfg.synchronous if store_cfg else "NORMAL",
+                                             write_behind=not durable)
         self.endpoint = Endpoint.create(
             self.server, store=self.store, server_id=dev.server_id, server_name=dev.server_name,
             description=dev.description, meta=meta, brokers=[parse_broker_url(u) for u in self.broker_urls],
@@ -415,18 +420,31 @@ class Agent:
             task.cancel()
         if self.endpoint is not None:
             await self.endpoint.stop()
+        # closing hardware and the store's last writes block: in a worker thread, in this order
         for state in self.drivers.values():
             if state.driver is not None:
-                _close_quietly(state.driver)
+                await asyncio.to_thread(_close_quietly, state.driver)
         for context in self._contexts.values():
-            _close_quietly(context)  # a simulated backend's shared pin factory
+            await asyncio.to_thread(_close_quietly, context)  # a simulated backend's shared pin factory
         if self.store is not None:
-            self.store.close()
+            await asyncio.to_thread(self.store.close)
 
 
 def _label(dc: DriverConfig) -> str:
     """How a driver introduces itself in tool and resource descriptions."""
     return f"{dc.description} ({dc.name}, {dc.kind})" if dc.description else f"{dc.name} ({dc.kind})"
+
+
+def _construct(cls: type[Driver], dc: DriverConfig, context: DriverContext) -> tuple[Driver, list[ToolSpec],
+                                                                                  list[SensorSpec]]:
+    """A driver and its tool and sensor specs (worker thread). A driver that fails after its
+    constructor is closed before the exception goes on."""
+    driver = cls(dc.name, dc.options, context=context)
+    try:
+        return driver, list(driver.tools()), list(driver.sensors())
+    except BaseException:
+        _close_quietly(driver)
+        raise
 
 
 def _close_quietly(obj: Any) -> None:

@@ -7,8 +7,9 @@ Holds what must survive a crash or a power cut:
   so a cloud client keeps calling across an agent restart without a new ``initialize``;
 - ``counters``: drop counters by reason (they are reported in ``device://link``).
 
-Writes never block the caller (the asyncio thread): they go, in call order, to one writer
-thread that applies whatever has queued up in one transaction (an outbox row acknowledged
+With ``write_behind`` (the default; the agent uses it unless the link profile promises
+durability: ``durable_outbox`` or ``persist_sessions``, see below) writes never block the caller
+(the asyncio thread): they go, in call order, to one writer thread that applies whatever has queued up in one transaction (an outbox row acknowledged
 before it reached the file is neither written nor deleted; the id sequence still advances on
 disk). Outbox ids are handed out at once by the caller's thread, so they still increase
 strictly and are never reused, across restarts too. Reads (``outbox_rows``, ``outbox_stats``,
@@ -16,7 +17,10 @@ strictly and are never reused, across restarts too. Reads (``outbox_rows``, ``ou
 file: they run at start, at a reconnect and when the outbox is full, not per message.
 
 Durability: :meth:`Store.close` (a clean stop) writes everything queued. A crash loses only what
-was queued in the last moment (the writer normally drains the queue within a millisecond).
+was queued in the last moment (the writer normally drains the queue within a millisecond), so
+write-behind must not be used where a write has to be on disk before the caller goes on (a
+QoS 1 message written before it is sent, a session before its answer): there
+``write_behind=False`` writes on the caller's thread, as before.
 ``synchronous=NORMAL`` in WAL mode: a power cut may lose the last transactions but never
 corrupts the file; ``FULL`` (config ``store.synchronous``) fsyncs every commit, slower on SD
 cards (that wait is the writer thread's).
@@ -65,6 +69,9 @@ CREATE TABLE IF NOT EXISTS counters (
 """
 
 
+WRITE_ATTEMPTS = 3  # a batch the writer cannot commit is retried (0.5 s apart), then logged as lost
+
+
 @dataclass(frozen=True)
 class OutboxRow:
     """One stored publication. ``id`` increases strictly (it is also the message's sequence
@@ -88,18 +95,20 @@ class OutboxRow:
 class Store:
     """SQLite state store. ``path=":memory:"`` for a throw-away store.
 
-    Thread use: write methods are called from one thread (the asyncio loop's) and return at
-    once; one writer thread owns the file's writes. See the module docstring.
+    Thread use: write methods are called from one thread (the asyncio loop's); with
+    ``write_behind`` they return at once and one writer thread owns the file's writes, without
+    it they return once committed. See the module docstring.
 
     Raises:
         sqlite3.Error: an existing file cannot be opened or is not a database (at construction).
     """
 
-    def __init__(self, path: str, *, synchronous: str = "NORMAL"):
+    def __init__(self, path: str, *, synchronous: str = "NORMAL", write_behind: bool = True):
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
         self.synchronous = synchronous if synchronous in ("NORMAL", "FULL", "OFF") else "NORMAL"
+        self.write_behind = write_behind
         self.write_errors = 0  # batches the writer could not commit (each logged)
         self._db: sqlite3.Connection | None = None
         self._db_lock = threading.Lock()  # one user of the connection at a time
@@ -140,6 +149,11 @@ class Store:
         return max(int(row[0]) if row else 0, int(top[0] or 0))
 
     def _write(self, op: str, args: tuple[Any, ...]) -> None:
+        if not self.write_behind:
+            if self._closed:
+                raise RuntimeError("store closed")
+            self._apply([(op, args)])  # on the caller's thread, committed when this returns
+            return
         with self._cond:
             if self._closed:
                 raise RuntimeError("store closed")
@@ -160,10 +174,18 @@ class Store:
                 self._queue.clear()
                 self._busy = True
             try:
-                self._apply(batch)
-            except Exception as exc:  # the writer must survive a full disk or a broken file
-                self.write_errors += 1
-                log.error("state store %s: %d write(s) lost: %s: %s", self.path, len(batch), type(exc).__name__, exc)
+                for attempt in range(WRITE_ATTEMPTS):
+                    try:
+                        self._apply(batch)
+                        break
+                    except Exception as exc:  # the writer must survive a locked or full disk, a broken file
+                        if attempt + 1 < WRITE_ATTEMPTS:
+                            log.warning("state store %s: write failed (%s), retrying", self.path, exc)
+                            time.sleep(0.5)
+                            continue
+                        self.write_errors += 1
+                        log.error("state store %s: %d write(s) lost: %s: %s", self.path, len(batch),
+                                  type(exc).__name__, exc)
             finally:
                 with self._cond:
                     self._busy = False
