@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import os
+import site as pysite
 import subprocess
 import sys
 import tomllib
@@ -191,6 +192,14 @@ def venv(tmp_path_factory) -> Path:
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(env)], check=True,
                    timeout=120)
     python = env / "bin" / "python"
+    # --system-site-packages reaches the base interpreter's packages; when the tests run in a
+    # venv themselves (make test: .venv), its site-packages (edge-agent, pip, setuptools) are
+    # added after the new venv's own, .pth files included (the editable install is one).
+    purelib = subprocess.run([str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+                             capture_output=True, text=True, check=True, timeout=60).stdout.strip()
+    parents = [d for d in pysite.getsitepackages() if os.path.isdir(d)]
+    Path(purelib, "zz_parent_site.pth").write_text(
+        "".join(f"import site; site.addsitedir({d!r})\n" for d in parents))
     broken = base / "broken"
     broken.mkdir()
     (broken / "pyproject.toml").write_text(BROKEN_PYPROJECT)
