@@ -16,7 +16,7 @@ PKG = ROOT / "edge_agent"
 FORBIDDEN = {
     "core": {"server", "mqtt", "device", "client", "gateway", "testing", "drivers", "cloud", "cli", "demo"},
     "server": {"mqtt", "device", "client", "gateway", "testing", "drivers", "cloud", "cli", "demo"},
-    "mqtt": {"server", "client", "gateway", "testing", "drivers", "cloud", "cli", "demo"},
+    "mqtt": {"server", "device", "client", "gateway", "testing", "drivers", "cloud", "cli", "demo"},
     "drivers": {"core", "server", "mqtt", "device", "client", "gateway", "testing", "cloud", "cli", "demo"},
     "device": {"client", "gateway", "testing", "cloud", "cli", "demo"},
     "client": {"device", "gateway", "testing", "drivers", "server", "demo"},

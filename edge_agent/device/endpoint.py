@@ -21,6 +21,7 @@ from typing import Any
 
 from edge_agent.core import binding, jsonrpc
 from edge_agent.core.jsonrpc import PARSE_ERROR, RpcError
+from edge_agent.device import identity
 from edge_agent.device.store import Store
 from edge_agent.mqtt import codec
 from edge_agent.mqtt.server import Incoming, MqttServerTransport
@@ -49,6 +50,7 @@ class Endpoint:
         settings = transport_kwargs.get("settings")
         ep = cls(server, store, persist_sessions=bool(settings and settings.persist_sessions),
                  session_max_age=settings.session_max_age if settings else 86400)
+        transport_kwargs.setdefault("collision_hint", identity.collision_hint)
         ep.transport = MqttServerTransport(on_control=ep.on_control, on_rpc=ep.on_rpc,
                                            on_client_gone=ep.on_client_gone, store=store, **transport_kwargs)
         server.broadcast = ep.transport.send_capability

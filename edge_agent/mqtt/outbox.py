@@ -19,19 +19,107 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from typing import Iterable
-
-from edge_agent.device.store import OutboxRow, Store
+from dataclasses import dataclass
+from typing import Any, Iterable, Protocol
 
 log = logging.getLogger(__name__)
 
 DROP_ORDER = ("telemetry", "notification")
 
 
-class Outbox:
-    """Bounded outbox over a :class:`~edge_agent.device.store.Store`."""
+class StoredRow(Protocol):
+    """One stored publication as a store returns it (``edge_agent.device.store.OutboxRow`` is one)."""
 
-    def __init__(self, store: Store, *, max_messages: int, max_bytes: int):
+    @property
+    def id(self) -> int: ...
+    @property
+    def topic(self) -> str: ...
+    @property
+    def payload(self) -> bytes: ...
+    @property
+    def qos(self) -> int: ...
+    @property
+    def retain(self) -> bool: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def content_type(self) -> str | None: ...
+    @property
+    def expires(self) -> float | None: ...
+    @property
+    def size(self) -> int: ...
+
+
+class OutboxStore(Protocol):
+    """What the outbox needs of a store: ``edge_agent.device.store.Store`` (SQLite) in the
+    agent, :class:`MemoryStore` otherwise. Ids increase strictly and are never reused."""
+
+    def outbox_add(self, topic: str, payload: bytes, *, qos: int, retain: bool, kind: str,
+                   content_type: str | None = None, expires: float | None = None) -> int: ...
+    def outbox_delete(self, row_id: int) -> None: ...
+    def outbox_rows(self, after: int = 0, limit: int = 1000) -> list[Any]: ...
+    def outbox_stats(self) -> tuple[int, int]: ...
+    def outbox_oldest(self, kind: str, exclude: Any = ()) -> Any: ...
+    def count(self, name: str, by: int = 1) -> None: ...
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """A publication as :class:`Outbox` and :class:`MemoryStore` hand it out (same shape as the
+    SQLite store's rows). ``expires``: Unix time (s) or None."""
+
+    id: int
+    topic: str
+    payload: bytes
+    qos: int
+    retain: bool
+    kind: str
+    content_type: str | None
+    created: float
+    expires: float | None
+
+    @property
+    def size(self) -> int:
+        return len(self.payload) + len(self.topic)
+
+
+class MemoryStore:
+    """An :class:`OutboxStore` in memory: nothing survives the process."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, OutboxRow] = {}
+        self.counters: Counter[str] = Counter()
+        self._last = 0
+
+    def outbox_add(self, topic: str, payload: bytes, *, qos: int, retain: bool, kind: str,
+                   content_type: str | None = None, expires: float | None = None) -> int:
+        self._last += 1
+        self.rows[self._last] = OutboxRow(self._last, topic, payload, qos, retain, kind, content_type, time.time(),
+                                          expires)
+        return self._last
+
+    def outbox_delete(self, row_id: int) -> None:
+        self.rows.pop(row_id, None)
+
+    def outbox_rows(self, after: int = 0, limit: int = 1000) -> list[OutboxRow]:
+        return [self.rows[i] for i in sorted(i for i in self.rows if i > after)[:limit]]
+
+    def outbox_stats(self) -> tuple[int, int]:
+        return len(self.rows), sum(r.size for r in self.rows.values())
+
+    def outbox_oldest(self, kind: str, exclude: Any = ()) -> OutboxRow | None:
+        skip = set(exclude)
+        ids = [i for i, r in self.rows.items() if r.kind == kind and i not in skip]
+        return self.rows[min(ids)] if ids else None
+
+    def count(self, name: str, by: int = 1) -> None:
+        self.counters[name] += by
+
+
+class Outbox:
+    """Bounded outbox over an :class:`OutboxStore`."""
+
+    def __init__(self, store: OutboxStore, *, max_messages: int, max_bytes: int):
         self.store = store
         self.max_messages = max(1, max_messages)
         self.max_bytes = max(1, max_bytes)
@@ -54,7 +142,7 @@ class Outbox:
         self.store.count(reason)
 
     def add(self, topic: str, payload: bytes, *, qos: int, retain: bool, kind: str,
-            content_type: str | None, expires: float | None, in_flight: Iterable[int] = ()) -> OutboxRow | None:
+            content_type: str | None, expires: float | None, in_flight: Iterable[int] = ()) -> StoredRow | None:
         """Store a publication, applying the bounds. Returns the row, or None when this
         (telemetry) message was dropped because nothing older could make room."""
         size = len(payload) + len(topic)
@@ -86,12 +174,12 @@ class Outbox:
         self._count -= 1
         self._bytes -= size
 
-    def pending(self, exclude: Iterable[int] = ()) -> list[OutboxRow]:
+    def pending(self, exclude: Iterable[int] = ()) -> list[StoredRow]:
         """Rows to (re)send, oldest first, without those in ``exclude`` (in flight). Expired
         rows are dropped and counted here."""
         skip = set(exclude)
         now = time.time()
-        out: list[OutboxRow] = []
+        out: list[StoredRow] = []
         after = 0
         while True:
             rows = self.store.outbox_rows(after)

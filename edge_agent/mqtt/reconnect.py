@@ -19,13 +19,14 @@ Bookworm, close the old connection without a word; then ``suspect_after`` early 
 each a connection the broker accepted at the first attempt and closed without a DISCONNECT
 packet, are reported as a suspected duplicate.
 
-Pure and single-threaded (the transport's network thread owns it); times are monotonic seconds.
+Pure and single-threaded (the adapter's ``Connection`` owns it, on the event loop); times are monotonic seconds.
 """
 
 from __future__ import annotations
 
 import types
 from dataclasses import dataclass
+from typing import Any, cast
 
 import tenacity
 
@@ -86,7 +87,7 @@ class ReconnectPolicy:
         """Seconds to wait now: 0 when the streak is 0, else full jitter at attempt ``streak``."""
         if self.streak <= 0:
             return 0.0
-        return self._wait(types.SimpleNamespace(attempt_number=self.streak))
+        return self._wait(cast(Any, types.SimpleNamespace(attempt_number=self.streak)))
 
     def attempt_failed(self) -> None:
         """A connection attempt failed (refused, unreachable, no CONNACK)."""

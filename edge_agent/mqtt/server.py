@@ -5,13 +5,14 @@ the retained empty will, the retained online presence, the control topic, per-cl
 subscriptions (RPC with No Local), the server capability topic, reconnection and
 store-and-forward. It moves bytes; it does not know what a tool is.
 
-Threads: one network thread runs paho's ``loop()`` and the connection attempts (tenacity:
-exponential backoff with full jitter, capped; broker URLs tried in turn). A connection that dies
-soon after it was made counts as a loss in the same backoff (``reconnect.ReconnectPolicy``), so a
-flapping link or a second agent with the same server-id (the broker takes the session over,
-reason 0x8E) cannot make it reconnect in a tight loop; the duplicate is logged once. Every paho callback
-only hands its data to the asyncio loop with ``loop.call_soon_threadsafe``; all state lives
-on the asyncio thread.
+Threads: none of its own. The MQTT adapter (:mod:`edge_agent.mqtt.loop`) drives paho from the
+asyncio event loop, so every paho callback below runs on the loop thread and all state lives
+there; only paho's blocking DNS/TCP/TLS connect runs in the default thread pool. The adapter's
+:class:`~edge_agent.mqtt.loop.Connection` makes the attempts (broker URLs tried in turn, CONNACK
+timeout, tenacity's full-jitter backoff) and a connection that dies soon after it was made counts
+as a loss in the same backoff (``reconnect.ReconnectPolicy``), so a flapping link or a second
+agent with the same server-id (the broker takes the session over, reason 0x8E) cannot make it
+reconnect in a tight loop; the duplicate is logged once.
 
 Source: mqtt-ai/mcp-over-mqtt ``specification/2025-03-26/basic/mqtt_transport.md``
 (topics, user properties, service registration/unregistration, initialization, shutdown).
@@ -22,26 +23,22 @@ from __future__ import annotations
 import asyncio
 import collections
 import logging
-import socket
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import paho.mqtt.client as mqtt
-import tenacity
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.core import binding, topics
-from edge_agent.device import identity
-from edge_agent.device.store import OutboxRow, Store
 from edge_agent.errors import TransportError
 from edge_agent.mqtt import codec
 from edge_agent.mqtt.broker_url import BrokerURL
-from edge_agent.mqtt.outbox import Outbox
+from edge_agent.mqtt.loop import Connection, LoopDriver
+from edge_agent.mqtt.outbox import MemoryStore, Outbox, OutboxStore, StoredRow
 from edge_agent.mqtt.profiles import LinkSettings
 from edge_agent.mqtt.reconnect import Loss, ReconnectPolicy
 
@@ -115,8 +112,11 @@ class MqttServerTransport:
     presence says ``notifications/disconnected`` (or is empty), ``on_connected()`` after every
     (re)connect once presence is online and the outbox is being drained.
 
-    ``brokers``: tried in turn (failover); all must share one TLS mode. ``store``: the SQLite
-    state store for the outbox (an in-memory one when None: nothing survives a restart).
+    ``brokers``: tried in turn (failover); all must share one TLS mode. ``store``: the state
+    store for the outbox (the device's SQLite ``Store``; a :class:`~edge_agent.mqtt.outbox.MemoryStore`
+    when None: nothing survives a restart). ``collision_hint(server_id)``: the "Fix: ..." sentence
+    of the duplicate server-id warning. ``driver``: the loop driver to share (one of its own
+    when None).
     """
 
     def __init__(self, *, server_id: str, server_name: str, description: str, meta: dict[str, Any],
@@ -125,7 +125,8 @@ class MqttServerTransport:
                  on_client_gone: Callable[[str], Any], on_connected: Callable[[], Any] | None = None,
                  broker: BrokerURL | None = None, brokers: list[BrokerURL] | None = None,
                  settings: LinkSettings | None = None, username: str | None = None,
-                 password: str | None = None, store: Store | None = None, tls: TlsSettings | None = None):
+                 password: str | None = None, store: OutboxStore | None = None, tls: TlsSettings | None = None,
+                 collision_hint: Callable[[str], str] | None = None, driver: LoopDriver | None = None):
         self.server_id = topics.check_id(server_id, "server-id")
         self.server_name = topics.check_server_name(server_name)
         self.description = description
@@ -145,38 +146,23 @@ class MqttServerTransport:
         self.encodings: dict[str, str] = {}  # mcp-client-id -> content type of its session
         self.stats = LinkStats(broker=str(self.broker))
         self.connected = asyncio.Event()
-        self.store = store or Store(":memory:")
+        self.store: OutboxStore = store if store is not None else MemoryStore()
+        self.collision_hint = collision_hint or (lambda sid: "give each agent its own server-id")
         self.outbox = Outbox(self.store, max_messages=self.settings.outbox_max_messages,
                              max_bytes=self.settings.outbox_max_bytes)
         self._inflight: dict[int, tuple[int, int, float]] = {}  # mid -> (row id, size, sent monotonic)
         self._qos0: collections.deque[tuple[str, bytes, str | None]] = collections.deque()
         self._pending_sub: dict[int, asyncio.Future] = {}
+        self._published: dict[int, asyncio.Future] = {}  # mid -> waiter for its PUBACK (stop())
         self._stopping = False
-        self._closing = threading.Event()
-        self._connack = threading.Event()
-        self._connack_result: tuple[Any, Any] | None = None
-        self._broker_index = 0
-        self._thread: threading.Thread | None = None
         self.policy = ReconnectPolicy(self.settings.reconnect_min, self.settings.reconnect_max)
-        self._disconnect_reason: tuple[int | None, bool, str] | None = None  # (code, DISCONNECT from broker, text)
-        self._dropped_dead_link = False  # we shut the socket down ourselves (half-open link)
 
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.server_id, protocol=mqtt.MQTTv5)
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         c.on_unsubscribe = self._on_subscribe
         c.on_publish = self._on_publish
-        c.on_socket_open = _nodelay
-        # Only the network thread may touch the socket: without loop_start() paho writes a
-        # packet from whichever thread calls publish(), and two threads on one TLS socket
-        # corrupt it ("bad record mac"). With a write-registration hook set, publish() only
-        # queues the packet and wakes our thread's select().
-        c.on_socket_register_write = _queued_only
-        c.on_socket_unregister_write = _queued_only
         c.max_inflight_messages_set(self.settings.max_inflight)
-        c.connect_timeout = self.settings.connack_timeout
         self.tls = tls or TlsSettings()
         if self.brokers[0].tls:
             import ssl
@@ -186,6 +172,15 @@ class MqttServerTransport:
             if self.tls.insecure:
                 c.tls_insecure_set(True)
         self.client = c
+        # keepalive sweep: fine enough for the half-open check at 1.5x keepalive
+        self.driver = driver or LoopDriver(loop, misc_interval=min(1.0, self.settings.keepalive / 10))
+        self.connection = Connection(
+            c, self.brokers, driver=self.driver, keepalive=self.settings.keepalive,
+            connack_timeout=self.settings.connack_timeout, policy=self.policy, clean_start=self.settings.clean_start,
+            connect_properties=self._connect_properties, username=self.username, password=self.password,
+            tls_insecure=self.tls.insecure, logger=log, on_connected=self._connected,
+            on_disconnected=self._disconnected, on_attempt=self._attempting, on_attempt_failed=self._attempt_failed,
+            on_loss=self._count_loss, takeover_message=self._takeover_message)
         self._base_props = [("MCP-COMPONENT-TYPE", topics.COMPONENT_SERVER), ("MCP-MQTT-CLIENT-ID", self.server_id)]
         self._pub_props = Properties(PacketTypes.PUBLISH)
         self._pub_props.UserProperty = list(self._base_props)
@@ -225,16 +220,15 @@ class MqttServerTransport:
 
     # ----------------------------------------------------------------- lifecycle
     async def start(self, timeout: float | None = 30.0) -> None:
-        """Start the network thread (it keeps trying, with backoff, until a broker answers)
-        and wait until the presence is online. ``timeout=None`` waits forever.
+        """Start connecting (it keeps trying, with backoff, until a broker answers) and wait
+        until the presence is online. ``timeout=None`` waits forever.
 
         Raises:
             TransportError: not connected within ``timeout`` seconds (the message gives the
-                last error: refused, unreachable, no CONNACK). The thread keeps trying until
+                last error: refused, unreachable, no CONNACK). The attempts go on until
                 :meth:`stop`.
         """
-        self._thread = threading.Thread(target=self._network_main, name=f"mqtt-{self.server_id}", daemon=True)
-        self._thread.start()
+        self.connection.start()
         try:
             await asyncio.wait_for(self.connected.wait(), timeout)
         except asyncio.TimeoutError:
@@ -243,93 +237,27 @@ class MqttServerTransport:
 
     async def stop(self, *, notify_clients: bool = True, timeout: float = 5.0) -> None:
         """Clean shutdown: optionally tell clients ``notifications/disconnected``, clear the
-        retained presence (empty payload), DISCONNECT (no will on a clean disconnect), stop the
-        network thread. Unacknowledged QoS 1 messages stay in the outbox for the next start."""
+        retained presence (empty payload), wait up to ``timeout`` s for their PUBACKs, DISCONNECT
+        (no will on a clean disconnect), stop reconnecting. Unacknowledged QoS 1 messages stay in
+        the outbox for the next start."""
         self._stopping = True
-        if self.client.is_connected():
+        if self.connection.up:
             infos = []
             if notify_clients:
                 for cid in list(self.clients):
                     infos.append(self.client.publish(self.rpc_topic(cid), self._encode(cid, DISCONNECTED),
                                                       qos=self.settings.qos_notifications, properties=self._pub_props))
             infos.append(self.client.publish(self.presence_topic, b"", qos=1, retain=True, properties=self._pub_props))
-            await asyncio.to_thread(_wait_all, infos, timeout)
-            self.client.disconnect()  # written by the network thread, which then sees the link end
-        else:
-            self._closing.set()  # nothing to flush: wake the thread from a backoff sleep now
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, timeout)  # it does not reconnect once stopping
-        self._closing.set()
-        if self._thread is not None and self._thread.is_alive():
-            await asyncio.to_thread(self._thread.join, timeout)
+            self.driver.flush(self.client)
+            waiters = []
+            for info in infos:
+                if info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS and not info.is_published():
+                    waiters.append(self._published.setdefault(info.mid, self.loop.create_future()))
+            if waiters:
+                await asyncio.wait(waiters, timeout=timeout)
+        await self.connection.stop(timeout)
+        self._published.clear()
         self.connected.clear()
-
-    # ----------------------------------------------------------------- network thread
-    def _network_main(self) -> None:
-        # One backoff for failed attempts and short-lived connections (see reconnect.py):
-        # tenacity's own attempt counter would restart at 1 after every successful connect.
-        retrying = tenacity.Retrying(
-            wait=lambda state: self.policy.delay(),
-            stop=lambda state: self._closing.is_set() or self._stopping,
-            sleep=self._closing.wait,
-            before_sleep=self._log_retry,
-            retry=tenacity.retry_if_exception_type((OSError, TransportError)),
-        )
-        while not self._closing.is_set() and not self._stopping:
-            try:
-                retrying(self._connect_once)
-            except tenacity.RetryError:
-                break
-            except Exception:  # a bug must not kill the link thread
-                log.exception("unexpected error while connecting")
-                self._closing.wait(self.settings.reconnect_max)
-                continue
-            self.policy.connected(time.monotonic())
-            self._disconnect_reason = None
-            self._dropped_dead_link = False
-            overdue = 0.5 * self.settings.keepalive
-            while not self._closing.is_set():
-                rc = self.client.loop(timeout=0.2)
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                    break
-                # Half-open link (no RST, packets silently dropped): paho sends PINGREQ after
-                # one keepalive without traffic but waits another whole keepalive for the
-                # PINGRESP. Like a broker (MQTT 5 §3.1.2.10), give up at 1.5x keepalive: when the
-                # PINGRESP is half a keepalive late. (paho's private ``_ping_t``: monotonic time
-                # of the unanswered PINGREQ, 0 when none; present in paho 1.x and 2.x.)
-                ping_t = getattr(self.client, "_ping_t", 0)
-                if ping_t and time.monotonic() - ping_t > overdue and self.client.is_connected():
-                    log.warning("no PINGRESP %.1f s after PINGREQ: the link to the broker is dead; reconnecting",
-                                time.monotonic() - ping_t)
-                    self._dropped_dead_link = True
-                    sock = self.client.socket()
-                    try:
-                        sock.shutdown(socket.SHUT_RDWR)
-                    except (OSError, AttributeError):
-                        pass
-            if self._closing.is_set() or self._stopping:
-                break
-            self._connection_ended()
-
-    def _connection_ended(self) -> None:
-        """Network thread, after a connection that had been accepted ended: judge the loss,
-        log it (a takeover loudly once, then quietly), wait the backoff delay."""
-        code, from_broker, text = self._disconnect_reason or (None, False, "connection closed")
-        loss = self.policy.lost(time.monotonic(), reason_code=code, from_broker=from_broker,
-                                self_inflicted=self._dropped_dead_link)
-        self.loop.call_soon_threadsafe(self._count_loss, loss)
-        broker = self.brokers[self._broker_index % len(self.brokers)]
-        if loss.first_takeover:
-            log.warning("%s", self._takeover_message(loss, broker))
-        elif loss.takeover:
-            log.debug("session %s taken over again (%d times); reconnecting in %.1f s",
-                      self.server_id, self.policy.takeovers_seen, loss.delay)
-        else:
-            log.warning("lost the broker %s (%s) after %.1f s; reconnecting%s", broker,
-                        _reason_text(code, from_broker, text, self._dropped_dead_link), loss.uptime,
-                        f" in {loss.delay:.1f} s" if loss.delay else "")
-        if loss.delay:
-            self._closing.wait(loss.delay)
 
     def _takeover_message(self, loss: Loss, broker: BrokerURL) -> str:
         if loss.takeover == "reported":
@@ -341,7 +269,7 @@ class MqttServerTransport:
         return (f"another agent uses the same server-id {self.server_id!r} on {broker}: {how}. The two disconnect each "
                 f"other; this agent now waits a random backoff of up to {self.settings.reconnect_max:g} s before "
                 f"each reconnect and logs no further takeovers (they are counted in device://link \"takeovers\"). "
-                f"Fix: {identity.collision_hint(self.server_id)}")
+                f"Fix: {self.collision_hint(self.server_id)}")
 
     def _count_loss(self, loss: Loss) -> None:
         if loss.early:
@@ -350,45 +278,8 @@ class MqttServerTransport:
             self.stats.takeovers += 1
             self.stats.server_id_conflict = loss.takeover
 
-    def _connect_once(self) -> None:
-        url = self.brokers[self._broker_index % len(self.brokers)]
-        if url.tls and self.tls.insecure:
-            log.warning("TLS VERIFICATION IS OFF for %s (tls_insecure = true): anyone on the path can read and "
-                        "forge this device's traffic", url)
-        user = self.username or url.username
-        if user:
-            self.client.username_pw_set(user, self.password or url.password)
-        self._connack.clear()
-        self._connack_result = None
-        self.loop.call_soon_threadsafe(setattr, self.stats, "broker", str(url))
-        try:
-            self.client.connect(url.host, url.port, keepalive=self.settings.keepalive,
-                                clean_start=self.settings.clean_start, properties=self._connect_properties())
-            deadline = time.monotonic() + self.settings.connack_timeout
-            while not self._connack.is_set():
-                if self._closing.is_set():
-                    raise TransportError("stopping")
-                rc = self.client.loop(timeout=0.1)
-                if rc != MQTTErrorCode.MQTT_ERR_SUCCESS and not self._connack.is_set():
-                    raise TransportError(f"{url}: connection closed before CONNACK ({mqtt.error_string(rc)})")
-                if time.monotonic() > deadline:
-                    self.client.disconnect()
-                    self.client.loop(timeout=0.05)
-                    raise TransportError(f"{url}: no CONNACK within {self.settings.connack_timeout:g} s")
-            reason, _ = self._connack_result or (None, None)
-            if reason is not None and reason.is_failure:
-                raise TransportError(f"{url} refused the connection: {reason}")
-        except (OSError, TransportError):
-            self._broker_index += 1  # fail over to the next URL
-            self.policy.attempt_failed()
-            raise
-
-    def _log_retry(self, state: tenacity.RetryCallState) -> None:
-        exc = state.outcome.exception() if state.outcome else None
-        delay = state.next_action.sleep if state.next_action else 0
-        text = f"{type(exc).__name__}: {exc}" if exc else "?"
-        self.loop.call_soon_threadsafe(self._attempt_failed, text)
-        log.warning("MQTT connection attempt %d failed (%s); retrying in %.1f s", state.attempt_number, text, delay)
+    def _attempting(self, url: BrokerURL) -> None:
+        self.stats.broker = str(url)
 
     def _attempt_failed(self, text: str) -> None:
         self.stats.failed_attempts += 1
@@ -446,10 +337,11 @@ class MqttServerTransport:
             if expires is not None:
                 props.MessageExpiryInterval = max(1, int(expires - time.time()))
         info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
+        self.driver.flush(self.client)  # out now, not on the next loop iteration
         self.stats.published += 1
         return info
 
-    def _send_row(self, row: OutboxRow) -> None:
+    def _send_row(self, row: StoredRow) -> None:
         if row.expires is not None and row.expires <= time.time():
             self.outbox.ack(row.id, row.size)
             self.outbox.drops["expired"] += 1
@@ -497,7 +389,7 @@ class MqttServerTransport:
             return
         fut = self.loop.create_future()
         rc, mid = self.client.subscribe(self._client_filters(client_id))
-        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             raise TransportError(f"subscribe for client {client_id} failed: {mqtt.error_string(rc)}")
         self._pending_sub[mid] = fut
         try:
@@ -539,13 +431,7 @@ class MqttServerTransport:
             "keepalive_s": self.settings.keepalive, "session_expiry_s": self.settings.session_expiry,
         }
 
-    # ----------------------------------------------------------------- paho callbacks (network thread)
-    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:
-        self._connack_result = (reason_code, properties)
-        self._connack.set()
-        if not reason_code.is_failure:
-            self.loop.call_soon_threadsafe(self._connected, flags, properties)
-
+    # ----------------------------------------------------------------- paho callbacks (event loop)
     def _connected(self, flags, properties) -> None:
         self.stats.connects += 1
         if self.stats.outage_started is not None:
@@ -575,12 +461,6 @@ class MqttServerTransport:
         if self.on_connected:
             self.on_connected()
 
-    def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:
-        from_broker = bool(getattr(flags, "is_disconnect_packet_from_server", False))
-        self._disconnect_reason = (getattr(reason_code, "value", None) if from_broker else None, from_broker,
-                                   str(reason_code))
-        self.loop.call_soon_threadsafe(self._disconnected, reason_code)
-
     def _disconnected(self, reason_code) -> None:
         was = self.connected.is_set()
         self.connected.clear()
@@ -588,12 +468,15 @@ class MqttServerTransport:
             self.stats.disconnects += 1
             self.stats.outage_started = time.monotonic()
             self.stats.last_error = str(reason_code)
-        # logged by the network thread (_connection_ended), which knows how the loss is judged
+        # logged by the Connection, which knows how the loss is judged
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
-        self.loop.call_soon_threadsafe(self._acked, mid, reason_code)
+        self._acked(mid, reason_code)
 
     def _acked(self, mid: int, reason_code: Any) -> None:
+        waiter = self._published.pop(mid, None)
+        if waiter is not None and not waiter.done():
+            waiter.set_result(reason_code)
         entry = self._inflight.pop(mid, None)
         if entry is None:
             return
@@ -606,7 +489,7 @@ class MqttServerTransport:
         self.outbox.ack(row_id, size)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
-        self.loop.call_soon_threadsafe(self._subacked, mid, reason_codes)
+        self._subacked(mid, reason_codes)
 
     def _subacked(self, mid, reason_codes) -> None:
         fut = self._pending_sub.get(mid)
@@ -614,7 +497,7 @@ class MqttServerTransport:
             fut.set_result(list(reason_codes or []))
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self.loop.call_soon_threadsafe(self._route, message.topic, message.payload, message.properties, time.time())
+        self._route(message.topic, bytes(message.payload), message.properties, time.time())
 
     def _route(self, topic: str, payload: bytes, properties: Any, received: float) -> None:
         """Route by topic prefix (interop checklist), not by our subscription table."""
@@ -635,7 +518,7 @@ class MqttServerTransport:
                 self.stats.malformed += 1
                 log.warning("control message without a valid MCP-MQTT-CLIENT-ID user property dropped: %s", exc)
                 return
-            self.on_control(sender, payload, incoming)
+            self.on_control(sender or "", payload, incoming)
         elif parsed.kind == "rpc":
             if parsed.server_id == self.server_id and parsed.client_id:
                 self.on_rpc(parsed.client_id, payload, incoming)
@@ -645,38 +528,7 @@ class MqttServerTransport:
         # client-capability: roots/list_changed; this server does not use roots.
 
 
-def _reason_text(code: int | None, from_broker: bool, text: str, dropped_dead_link: bool) -> str:
-    """Why a connection ended, for the log: ``no PINGRESP``, ``DISCONNECT 0x8B Server shutting down``, or
-    ``connection closed`` (socket closed or reset without a DISCONNECT packet)."""
-    if dropped_dead_link:
-        return "no PINGRESP"
-    if from_broker:
-        return f"DISCONNECT 0x{code:02X} {text}" if code is not None else f"DISCONNECT {text}"
-    return "connection closed"
-
-
 def _is_disconnected(payload: bytes) -> bool:
     """Empty payload or exactly a ``notifications/disconnected`` notification (the binding's
     rule: :func:`edge_agent.core.binding.client_gone`), in JSON or CBOR."""
     return binding.client_gone(payload, codec.decode)
-
-
-def _queued_only(client, userdata, sock) -> None:
-    """See the comment where it is installed: leave writing to the network thread."""
-
-
-def _nodelay(client, userdata, sock) -> None:
-    """Disable Nagle: a QoS 1 round trip on loopback drops from ~40 ms to well under 1 ms."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):  # a TLS/websocket wrapper without setsockopt
-        pass
-
-
-def _wait_all(infos: list[mqtt.MQTTMessageInfo], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    for info in infos:
-        try:
-            info.wait_for_publish(max(0.01, deadline - time.monotonic()))
-        except (RuntimeError, ValueError):
-            pass
