@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
 import os
@@ -288,22 +289,25 @@ def echo_floor(url: str, n: int, warmup: int, request_size: int, *, qos: int = 1
 
 
 def concurrent_calls(url: str, server_id: str, server_name: str, tool: str, clients: int, duration: float,
-                     warmup: int, *, qos: int = 1) -> tuple[list[float], float]:
+                     warmup: int, *, qos: int = 1,
+                     span: Callable[[], Any] = contextlib.nullcontext) -> tuple[list[float], float]:
     """``clients`` raw MCP requesters, each its own MQTT connection and network thread, calling
-    ``tool`` back to back for ``duration`` s, all at once. Returns (latencies in ms, wall s)."""
+    ``tool`` back to back for ``duration`` s, all at once. Returns (latencies in ms, wall s).
+    ``span()`` is a context manager entered around the timed part only (CPU accounting)."""
     rs: list[RawRequester] = []
     try:
         for _ in range(clients):
             rs.append(mcp_requester(url, server_id, server_name, tool, qos=qos))
         for r in rs:
             r.timed(warmup)
-        start = time.perf_counter()
-        runs = [_Run(remaining=float("inf"), stop_at=start + duration) for _ in rs]
-        for r, run in zip(rs, runs):
-            r.start(run)
-        for r, run in zip(rs, runs):
-            r.finish(run, duration + 60)
-        wall = time.perf_counter() - start
+        with span():
+            start = time.perf_counter()
+            runs = [_Run(remaining=float("inf"), stop_at=start + duration) for _ in rs]
+            for r, run in zip(rs, runs):
+                r.start(run)
+            for r, run in zip(rs, runs):
+                r.finish(run, duration + 60)
+            wall = time.perf_counter() - start
         return [x for run in runs for x in run.ms], wall
     finally:
         for r in rs:
@@ -352,6 +356,16 @@ def _status_kb(pid: int, key: str) -> int:
         if line.startswith(key + ":"):
             return int(line.split()[1])
     raise RawError(f"no {key} in /proc/{pid}/status")
+
+
+def bare_interpreter_rss_mb() -> float:
+    """VmRSS (MB) of this Python doing nothing (``python -c``): the floor under every figure."""
+    out = subprocess.run([sys.executable, "-c", "print(open('/proc/self/status').read())"],
+                         capture_output=True, text=True, timeout=30).stdout
+    for line in out.splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def minimal_device(url: str, workdir: Path, idle: float, *, timeout: float = 30.0) -> DeviceRun:

@@ -245,6 +245,9 @@ class Results:
     raw_call: list[float] = field(default_factory=list)
     concurrent: list[float] = field(default_factory=list)
     concurrent_s: float = math.nan
+    concurrent_cpu: tuple[str, ...] = ()
+    broker_pid: int | None = None
+    bare_rss_mb: float = math.nan
     devices: list[rawmqtt.DeviceRun] = field(default_factory=list)
 
 
@@ -398,8 +401,10 @@ def raw_section(args: argparse.Namespace, url: str, server_id: str, agent: Agent
         finally:
             rawmqtt.mcp_goodbye(r)
         agent.check_alive(f"{args.clients} concurrent raw clients")
+        span = CpuSpan(agent.pid, res.broker_pid)
         res.concurrent, res.concurrent_s = rawmqtt.concurrent_calls(
-            url, server_id, SERVER_NAME, RAW_TOOL, args.clients, args.duration, 20)
+            url, server_id, SERVER_NAME, RAW_TOOL, args.clients, args.duration, 20, span=lambda: span)
+        res.concurrent_cpu = span.per_call_ms(len(res.concurrent))
     except rawmqtt.RawError as exc:
         raise BenchError(str(exc)) from None
 
@@ -447,11 +452,17 @@ def targets_table(args: argparse.Namespace, res: Results) -> list[str]:
                      met(online[mid] <= TARGET_ONLINE_S)])
     if not rows:
         return []
-    return ["## Issue 11 targets (raw paho clients, no MCP SDK)", "",
-            table(["measurement", "p50", "p95", "target", "met"], rows), "",
-            "minimal device VmHWM (peak RSS) per start: "
-            + " ".join(f"{d.hwm_mb:.1f}" for d in res.devices) + " MB; start -> online per start: "
-            + " ".join(f"{d.online_s:.3f}" for d in res.devices) + " s" if res.devices else "", ""]
+    out = ["## Issue 11 targets (raw paho clients, no MCP SDK)", "",
+           table(["measurement", "p50", "p95", "target", "met"], rows), ""]
+    if res.concurrent_cpu:
+        agent_ms, broker_ms, bench_ms, others = res.concurrent_cpu
+        out.append(f"{args.clients} concurrent clients, CPU ms per call: agent {agent_ms}, broker {broker_ms}, "
+                   f"bench (all clients) {bench_ms}; other load {others} CPUs")
+    if res.devices:
+        out.append("minimal device VmHWM (peak RSS) per start: " + " ".join(f"{d.hwm_mb:.1f}" for d in res.devices)
+                   + " MB; start -> online per start: " + " ".join(f"{d.online_s:.3f}" for d in res.devices)
+                   + f" s; a bare `python -c` on this machine: {res.bare_rss_mb:.1f} MB VmRSS")
+    return out + [""]
 
 
 async def throughput(url: str, clients: int, duration: float, agent_pid: int, broker_pid: int | None) -> Throughput:
@@ -578,6 +589,9 @@ def main(argv: list[str] | None = None) -> int:
                 raise BenchError(f"{SERVER_NAME} is already online at {url} (server-id "
                                  f"{already[0].server_id}); stop it first, the bench starts its own agent")
         print(f"bench: broker {url}; ~{_estimate(args)} s", file=sys.stderr, flush=True)
+        res.broker_pid = broker.proc.pid if broker and broker.proc else None
+        if args.device_runs:
+            res.bare_rss_mb = rawmqtt.bare_interpreter_rss_mb()
         for i in range(args.device_runs):
             try:
                 res.devices.append(rawmqtt.minimal_device(url, workdir / f"minimal-{i}", args.idle))
