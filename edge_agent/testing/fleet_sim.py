@@ -8,10 +8,10 @@ small simulated registry. It is deliberately leaner than the agent's
 :class:`~edge_agent.mqtt.server.MqttServerTransport` (no outbox, no SQLite, no
 reconnection): a thousand of them must fit in one process.
 
-Threads: none. paho's ``loop_start`` costs one thread per client; instead a
-:class:`LoopDriver` drives every paho client from the asyncio event loop (``add_reader`` /
-``add_writer`` on each socket, one ``loop_misc`` sweep per second for keepalives), so paho's
-callbacks run on the event loop itself.
+Threads: none. paho's ``loop_start`` costs one thread per client; instead the MQTT adapter's
+:class:`~edge_agent.mqtt.loop.LoopDriver` (the one the agent uses) drives every paho client
+from the asyncio event loop (``add_reader`` / ``add_writer`` on each socket, one ``loop_misc``
+sweep per second for keepalives), so paho's callbacks run on the event loop itself.
 
 What a simulated device offers:
 
@@ -40,6 +40,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge_agent import __version__
 from edge_agent.core import binding, jsonrpc, topics
 from edge_agent.mqtt.broker_url import BrokerURL, parse_broker_url
+from edge_agent.mqtt.loop import LoopDriver
 from edge_agent.server.mcp import McpServer, ServerInfo
 from edge_agent.server.registry import (
     Prompt,
@@ -59,72 +60,6 @@ COMPONENT = topics.COMPONENT_SERVER
 
 def _user_properties(props: Any) -> dict[str, str]:
     return dict(getattr(props, "UserProperty", None) or [])
-
-
-def _nodelay(sock: Any) -> None:
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (OSError, AttributeError):
-        pass
-
-
-class LoopDriver:
-    """Drives paho clients from an asyncio loop, without a thread per client.
-
-    Follows paho's own ``examples/loop_asyncio.py``: the socket callbacks register the socket
-    with the loop (read always, write while paho has data queued) and :meth:`run_misc` calls
-    ``loop_misc()`` (keepalive PINGREQs, timeouts) on every attached client once a second.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop = loop
-        self.clients: set[mqtt.Client] = set()
-        self._misc: asyncio.Task | None = None
-
-    def attach(self, client: mqtt.Client) -> None:
-        loop = self.loop
-
-        def on_open(c: mqtt.Client, userdata: Any, sock: Any) -> None:
-            _nodelay(sock)
-            loop.add_reader(sock, c.loop_read)
-
-        def on_close(c: mqtt.Client, userdata: Any, sock: Any) -> None:
-            loop.remove_reader(sock)
-            loop.remove_writer(sock)
-
-        def register_write(c: mqtt.Client, userdata: Any, sock: Any) -> None:
-            if c in self.clients and sock.fileno() >= 0:
-                loop.add_writer(sock, c.loop_write)
-
-        def unregister_write(c: mqtt.Client, userdata: Any, sock: Any) -> None:
-            if sock.fileno() >= 0:
-                loop.remove_writer(sock)
-
-        client.on_socket_open = on_open
-        client.on_socket_close = on_close
-        client.on_socket_register_write = register_write
-        client.on_socket_unregister_write = unregister_write
-        self.clients.add(client)
-        if self._misc is None or self._misc.done():
-            self._misc = loop.create_task(self.run_misc())
-
-    def detach(self, client: mqtt.Client) -> None:
-        self.clients.discard(client)
-        sock = client.socket()
-        if sock is not None and sock.fileno() >= 0:
-            self.loop.remove_reader(sock)
-            self.loop.remove_writer(sock)
-
-    async def run_misc(self) -> None:
-        while self.clients:
-            await asyncio.sleep(1.0)
-            for client in list(self.clients):
-                if client.loop_misc() == MQTTErrorCode.MQTT_ERR_NO_CONN:
-                    self.clients.discard(client)
-
-    def close(self) -> None:
-        if self._misc is not None:
-            self._misc.cancel()
 
 
 def sim_registry(device: "SimDevice") -> Registry:
@@ -290,7 +225,7 @@ class SimDevice:
     def kill(self) -> None:
         """Drop the TCP connection without DISCONNECT, like a crash or a pulled plug."""
         self.killed = True
-        sock = self.client.socket()
+        sock: Any = self.client.socket()
         self.driver.detach(self.client)
         if sock is not None:
             try:
@@ -397,7 +332,7 @@ class SimDevice:
         rpc_topic = topics.rpc(cid, self.server_id, self.server_name)
         session = self.server.open_session(cid, lambda msg: self._publish(rpc_topic, msg))
         rc, mid = self.client.subscribe(self._client_filters(cid))
-        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+        if rc == MQTTErrorCode.MQTT_ERR_SUCCESS and mid is not None:
             fut = self._subacks[mid] = asyncio.get_running_loop().create_future()
             try:
                 await asyncio.wait_for(fut, 10.0)
