@@ -181,6 +181,35 @@ def test_store_acked_rows_skip_the_file_but_ids_are_never_reused(tmp_path):
     store.close()
 
 
+def test_store_after_write_runs_once_the_row_is_on_disk(tmp_path):
+    path = str(tmp_path / "s.sqlite3")
+    store = Store(path)
+    store.count("warm-up")  # creates the file
+    assert store.flush(5)
+    other = sqlite3.connect(path, isolation_level=None)
+    seen: list[list[int]] = []
+    done = threading.Event()
+
+    def on_disk():  # what a reader of the file sees when the callback runs
+        with sqlite3.connect(path) as reader:
+            seen.append([r[0] for r in reader.execute("SELECT id FROM outbox")])
+        done.set()
+
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        row = store.outbox_add("a/b", b"x", qos=1, retain=False, kind="response")
+        store.after_write(on_disk)
+        assert not done.wait(0.3)  # not before the row is committed
+    finally:
+        other.execute("COMMIT")
+        other.close()
+    assert done.wait(10) and seen == [[row]]
+    store.close()
+    called: list[int] = []
+    Store(":memory:", write_behind=False).after_write(lambda: called.append(1))  # write-through: at once
+    assert called == [1]
+
+
 def test_store_never_written_creates_no_file(tmp_path):
     path = tmp_path / "state" / "s.sqlite3"
     store = Store(str(path))

@@ -38,7 +38,7 @@ import os
 import threading
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 if TYPE_CHECKING:
     import sqlite3
@@ -148,6 +148,20 @@ class Store:
         top = db.execute("SELECT MAX(id) FROM outbox").fetchone()
         return max(int(row[0]) if row else 0, int(top[0] or 0))
 
+    def after_write(self, callback: Callable[[], Any]) -> None:
+        """Call ``callback()`` once every write queued before this call is committed: from the
+        writer thread (hand it to the loop with ``call_soon_threadsafe``), or at once on this
+        thread without write-behind, when nothing is queued, or after :meth:`close`. A batch the
+        writer gives up on (logged) still calls its callbacks. This is how a sender can make
+        "on disk before it is sent" hold without waiting on the loop: add the row, then send
+        it from the callback."""
+        with self._cond:
+            if self.write_behind and not self._closed and (self._queue or self._busy):
+                self._queue.append(("callback", (callback,)))
+                self._cond.notify_all()
+                return
+        callback()
+
     def _write(self, op: str, args: tuple[Any, ...]) -> None:
         if not self.write_behind:
             if self._closed:
@@ -173,8 +187,10 @@ class Store:
                 batch = list(self._queue)
                 self._queue.clear()
                 self._busy = True
+            callbacks = [args[0] for op, args in batch if op == "callback"]
+            batch = [item for item in batch if item[0] != "callback"]
             try:
-                for attempt in range(WRITE_ATTEMPTS):
+                for attempt in range(WRITE_ATTEMPTS if batch else 0):
                     try:
                         self._apply(batch)
                         break
@@ -186,6 +202,11 @@ class Store:
                         self.write_errors += 1
                         log.error("state store %s: %d write(s) lost: %s: %s", self.path, len(batch),
                                   type(exc).__name__, exc)
+                for callback in callbacks:
+                    try:
+                        callback()
+                    except Exception:  # a caller's bug must not stop the writer
+                        log.exception("state store %s: after_write callback failed", self.path)
             finally:
                 with self._cond:
                     self._busy = False
