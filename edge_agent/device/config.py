@@ -39,7 +39,6 @@ from edge_agent.device.config_files import (
     read_small,
 )
 from edge_agent.device.config_locate import Locator
-from edge_agent.device.config_messages import did_you_mean, plain
 from edge_agent.errors import ConfigError
 from edge_agent.mqtt.broker_url import parse_broker_url
 from edge_agent.mqtt.profiles import LinkSettings, link_settings
@@ -447,6 +446,8 @@ def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
             continue
         if not is_known(kind):  # built-in, or declared by an installed package (entry point)
             known = known_kinds()
+            from edge_agent.device.config_messages import did_you_mean  # error path only (difflib)
+
             bad(f"{where}.kind", f"unknown driver kind {kind!r}{did_you_mean(kind, known)} (known: {', '.join(known)})")
             continue
         if not isinstance(name, str) or not NAME.match(name):
@@ -611,6 +612,8 @@ def missing_library(kind: str, exc: ImportError) -> str:
 def _explain(path, err, also=()) -> list[tuple[str, str]]:
     """(key, plain message) for one schema error; an unknown-keys error gives one per key, with
     a "did you mean" among the known keys (and ``also``, keys valid elsewhere in the table)."""
+    from edge_agent.device.config_messages import did_you_mean, plain  # error path only (difflib)
+
     if err.validator == "additionalProperties" and isinstance(err.instance, dict):
         known = list(err.schema.get("properties", {}))
         out = []
