@@ -109,8 +109,9 @@ class MpBoard(Driver):
         self.reconnects = 0
         self._tools: list[dict[str, Any]] = []
         self._resources: list[dict[str, Any]] = []
-        # The runtime builds drivers on its event loop: wait at most START_TIMEOUT here (a
-        # board that is still booting is retried by the runtime every 15 s).
+        # The runtime builds drivers in a worker thread (the loop keeps serving), but before the
+        # agent comes online: wait at most START_TIMEOUT per answer here (a board that is still
+        # booting is retried by the runtime every 15 s).
         self.timeout, timeout = min(self.timeout, START_TIMEOUT), self.timeout
         try:
             self._tools = self._list("tools/list", "tools")
