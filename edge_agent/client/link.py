@@ -1,17 +1,13 @@
-"""One paho-mqtt 2.x client (MQTT 5) bridged into anyio: the cloud side's only MQTT code.
+"""One paho-mqtt 2.x client (MQTT 5) for anyio code on asyncio: the cloud side's only MQTT code.
 
-Concurrency model: paho runs its network loop in its own thread (``loop_start``). Its callbacks
-do one thing only: put an event on a thread-safe ``queue.SimpleQueue`` and write one byte to a
-socketpair. A single pump task on the event loop waits for that socket to become readable
-(``anyio.wait_readable``), drains the queue and handles each event **on the event loop**, in
-arrival order. So every piece of state the cloud side keeps (pending SUBACKs and PUBACKs,
-discovered servers, pending requests) is touched by the event loop only, and nothing here
-shares a lock with paho. The hand-off never blocks paho's thread (a blocking hand-off such as
-``anyio.from_thread.run_sync`` can deadlock: paho holds its callback lock while it calls us,
-and ``publish()`` from the event loop may take the same lock). Works on asyncio and trio.
-
-Calls into paho from the event loop (``publish``, ``subscribe``, ``disconnect``) only queue a
-packet and return. The blocking ones (``connect``, ``loop_stop``) run in a worker thread.
+Concurrency model: the MQTT adapter (:class:`edge_agent.mqtt.loop.LoopDriver`) drives paho from
+the event loop itself (``add_reader``/``add_writer`` on the socket, a keepalive timer), so
+paho's callbacks run **on the event loop**, in arrival order, and hand their event straight to
+the link's handler: no thread, no queue, no wake-up socket. Every piece of state the cloud
+side keeps (pending SUBACKs and PUBACKs, discovered servers, pending requests) is touched by
+the event loop only. Calls into paho (``publish``, ``subscribe``, ``disconnect``) queue a packet
+that the loop writes; only paho's blocking DNS/TCP/TLS connect runs in a worker thread. The
+event loop must be asyncio's (anyio's default backend): trio has no ``add_reader``.
 
 Source for the CONNECT / PUBLISH user properties: mqtt-ai/mcp-over-mqtt
 ``specification/2025-03-26/basic/mqtt_transport.md``, "User Property".
@@ -19,13 +15,12 @@ Source for the CONNECT / PUBLISH user properties: mqtt-ai/mcp-over-mqtt
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
-import queue
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.abc
@@ -39,6 +34,7 @@ from edge_agent import __version__
 from edge_agent.core import topics
 from edge_agent.errors import TransportError
 from edge_agent.mqtt.broker_url import BrokerURL, parse_broker_url
+from edge_agent.mqtt.loop import LoopDriver
 
 log = logging.getLogger(__name__)
 
@@ -126,21 +122,13 @@ def suggested_filters(connack: dict[str, str]) -> list[str] | None:
     return value
 
 
-def _set_nodelay(client: mqtt.Client, userdata: Any, sock: Any) -> None:
-    """``on_socket_open``: disable Nagle, or a QoS 1 round trip costs ~40 ms instead of <1 ms."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except (AttributeError, OSError) as exc:  # websockets wrapper, unix socket
-        log.debug("TCP_NODELAY not set: %s", exc)
-
-
 class MqttLink:
     """An MQTT 5 connection of one MCP component, usable from anyio code.
 
     Use as ``async with MqttLink(url, client_id=...) as link:``. Entering connects (clean
     start, Session Expiry Interval 0, CONNECT user properties, ``TCP_NODELAY``) and waits for
-    CONNACK; leaving disconnects cleanly (so the will is *not* published) and stops paho's
-    thread.
+    CONNACK; leaving disconnects cleanly (so the will is *not* published). ``TCP_NODELAY`` is
+    set by the adapter.
 
     Set ``on_message`` (a plain callable, run on the event loop, in arrival order) and
     ``on_lost`` (called once with a reason string if the broker connection drops while the
@@ -174,9 +162,8 @@ class MqttLink:
         self._username = username if username is not None else self.url.username
         self._password = password if password is not None else self.url.password
         self._publish_props = publish_properties(component, self.client_id)
-        self._queue: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
-        self._wake_r: socket.socket | None = None  # the wake-up socketpair, open while entered
-        self._wake_w: socket.socket | None = None
+        self._driver: LoopDriver | None = None  # while entered
+        self._gone: anyio.Event | None = None  # set by paho's on_disconnect
         self._connack: anyio.Event | None = None
         self._connack_rc: Any = None
         self._subacks: dict[int, tuple[anyio.Event, list[Any]]] = {}
@@ -185,20 +172,19 @@ class MqttLink:
         self._task_group: anyio.abc.TaskGroup | None = None
         self._client = self._make_client()
 
-    # -- paho side (network thread): post an event, never block ------------------------------
+    # -- paho side (runs on the event loop, inside paho's callbacks) -------------------------
 
     def _post(self, *event: Any) -> None:
-        self._queue.put(event)
         try:
-            self._wake_w.send(b"\0")  # type: ignore[union-attr]
-        except (AttributeError, OSError):  # a wake-up is already pending (BlockingIOError), or closed
-            pass
+            self._handle(event)
+        except Exception:  # a bug in one handler must not stop the link
+            log.exception("error handling MQTT event %s", event[0])
 
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                              protocol=mqtt.MQTTv5, reconnect_on_failure=False)
         client.connect_timeout = self.connect_timeout
-        client.suppress_exceptions = True  # a bug in a callback must not kill paho's thread
+        client.suppress_exceptions = True  # a bug in a callback must not break paho's read loop
         if self.url.tls:
             client.tls_set()
         if self._username:
@@ -206,7 +192,6 @@ class MqttLink:
         if self._will is not None:
             client.will_set(self._will.topic, self._will.payload, qos=self.qos, retain=self._will.retain,
                             properties=publish_properties(self.component, self.client_id, PacketTypes.WILLMESSAGE))
-        client.on_socket_open = _set_nodelay
         client.on_connect = lambda c, u, flags, rc, props: self._post("connack", rc, user_properties(props))
         client.on_subscribe = lambda c, u, mid, rcs, props: self._post("suback", mid, list(rcs))
         client.on_publish = lambda c, u, mid, rc, props: self._post("puback", mid)
@@ -220,13 +205,11 @@ class MqttLink:
     # -- event-loop side -----------------------------------------------------------------------
 
     async def __aenter__(self) -> "MqttLink":
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
+        self._driver = LoopDriver(asyncio.get_running_loop(), misc_interval=min(1.0, self.keepalive / 10))
+        self._driver.attach(self._client)
         self._task_group = anyio.create_task_group()
         await self._task_group.__aenter__()
         try:
-            self._task_group.start_soon(self._pump)
             await self._connect()
         except BaseException:
             await self._shutdown()
@@ -240,16 +223,13 @@ class MqttLink:
         self._connack = anyio.Event()
         props = connect_properties(self.component, self._meta)
 
-        def blocking_connect() -> None:
-            self._client.connect(self.url.host, self.url.port, keepalive=self.keepalive,
-                                 clean_start=True, properties=props)
-
+        assert self._driver is not None
         try:  # bounded by paho's connect_timeout on the socket
-            await anyio.to_thread.run_sync(blocking_connect)
+            await self._driver.connect(self._client, self.url.host, self.url.port, keepalive=self.keepalive,
+                                       clean_start=True, properties=props)
         except OSError as exc:
             reason = exc.strerror or str(exc) or type(exc).__name__
             raise TransportError(f"cannot reach broker {self.url}: {reason}") from exc
-        self._client.loop_start()
         with anyio.move_on_after(self.connect_timeout):
             await self._connack.wait()
         if not self._connack.is_set():
@@ -258,26 +238,6 @@ class MqttLink:
         if getattr(rc, "is_failure", False):
             raise TransportError(f"broker {self.url} refused the connection: {rc}")
         log.debug("connected to %s as %s (CONNACK properties %s)", self.url, self.client_id, self.connack_properties)
-
-    async def _pump(self) -> None:
-        """Handle paho's events on the event loop, in arrival order (see the module docstring)."""
-        assert self._wake_r is not None
-        while True:
-            await anyio.wait_readable(self._wake_r)
-            try:  # read the wake-up bytes *before* draining, so no event is left behind
-                while self._wake_r.recv(4096):
-                    pass
-            except (BlockingIOError, InterruptedError):
-                pass
-            while True:
-                try:
-                    event = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                try:
-                    self._handle(event)
-                except Exception:  # a bug in one handler must not stop the link
-                    log.exception("error handling MQTT event %s", event[0])
 
     def _handle(self, event: tuple[Any, ...]) -> None:
         kind = event[0]
@@ -298,6 +258,8 @@ class MqttLink:
             if done is not None:
                 done.set()
         elif kind == "disconnect":
+            if self._gone is not None:
+                self._gone.set()
             if self._closing or self.lost is not None:
                 return
             self.lost = f"lost connection to broker {self.url}: {event[1]}"
@@ -316,7 +278,7 @@ class MqttLink:
         the caller's code passes through unwrapped, not as an ``ExceptionGroup``.)
         """
         assert self._task_group is not None, "the link is not open"
-        self._task_group.start_soon(func, *args)
+        self._task_group.start_soon(cast(Any, func), *args)
 
     async def subscribe(self, subscriptions: Iterable[tuple[str, bool]]) -> None:
         """Subscribe to ``(topic_filter, no_local)`` pairs at the link's QoS; wait for the SUBACK.
@@ -328,9 +290,9 @@ class MqttLink:
         subs = [(t, SubscribeOptions(qos=self.qos, noLocal=no_local)) for t, no_local in subscriptions]
         self._check_alive()
         rc, mid = self._client.subscribe(subs)
-        if rc != mqtt.MQTT_ERR_SUCCESS:
+        if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:
             raise TransportError(f"cannot subscribe at {self.url}: {mqtt.error_string(rc)}")
-        done, codes = anyio.Event(), []
+        done, codes = anyio.Event(), cast(list[Any], [])
         self._subacks[mid] = (done, codes)
         with anyio.move_on_after(self.connect_timeout):
             await done.wait()
@@ -386,22 +348,24 @@ class MqttLink:
             raise TransportError(self.lost)
 
     async def _shutdown(self) -> None:
-        """Disconnect cleanly (no will), stop paho's thread, stop the pump. Safe twice."""
+        """Disconnect cleanly (no will) and wait (up to 2 s) until the DISCONNECT is written,
+        stop driving paho, cancel the link's tasks. Safe twice."""
         if self._closing:
             return
         self._closing = True
         with anyio.CancelScope(shield=True):
             try:
-                if self._client.is_connected():
+                if self._client.is_connected() and self._driver is not None:
+                    self._gone = anyio.Event()
                     self._client.disconnect()
+                    self._driver.flush(self._client)
+                    with anyio.move_on_after(2.0):
+                        await self._gone.wait()
             except Exception:  # pragma: no cover - paho raises nothing here in practice
                 log.debug("disconnect failed", exc_info=True)
-            await anyio.to_thread.run_sync(self._client.loop_stop)
-        if self._wake_w is not None:
-            self._wake_w.close()
-        if self._task_group is not None:  # stop the pump (exited outside the shield: LIFO)
+        if self._driver is not None:
+            self._driver.close()
+        if self._task_group is not None:  # (exited outside the shield: LIFO)
             self._task_group.cancel_scope.cancel()
             await self._task_group.__aexit__(None, None, None)
             self._task_group = None
-        if self._wake_r is not None:
-            self._wake_r.close()
