@@ -323,7 +323,10 @@ class MqttLink:
         if content_type:
             props = publish_properties(self.component, self.client_id)
             props.ContentType = content_type
-        return self._client.publish(topic, payload, qos=self.qos, retain=retain, properties=props)
+        info = self._client.publish(topic, payload, qos=self.qos, retain=retain, properties=props)
+        if self._driver is not None:
+            self._driver.flush(self._client)  # out now, not on the next loop iteration
+        return info
 
     async def publish_and_wait(self, topic: str, payload: bytes, *, retain: bool = False,
                                timeout: float = 2.0) -> bool:

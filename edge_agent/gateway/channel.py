@@ -132,13 +132,12 @@ class DeviceChannel:
     # -- gateway -> server ---------------------------------------------------------------------
 
     def publish(self, msg: types.JSONRPCMessage) -> None:
-        is_request = isinstance(msg, types.JSONRPCRequest)
         if self.dead is not None:
-            if is_request:
+            if isinstance(msg, types.JSONRPCRequest):
                 self._answer_with_error(msg.id, self.dead)
             return
         topic = self.rpc_topic
-        if is_request:
+        if isinstance(msg, types.JSONRPCRequest):
             self.pending[str(msg.id)] = msg.id
             if msg.method == "initialize":
                 topic = self.control_topic

@@ -6,12 +6,14 @@ topic), subscribes to ``$mcp-server/presence/+/{filter}``, and keeps a :class:`R
 online server instance. A replica's MCP session (the official ``mcp.ClientSession`` over a
 :class:`~edge_agent.gateway.channel.DeviceChannel`) is opened on first use, or at once
 with ``eager=True``, and shared by every gateway client that the balancer put on that
-replica. Everything runs on one event loop; paho's thread only posts events (see :mod:`.link`).
+replica. Everything runs on one event loop, paho included (see :mod:`.link`).
 
 Events go to a :class:`FleetListener` (the gateway server): a server-name appeared or
 vanished, a device's list changed, a subscribed resource was updated, a replica's session was
-lost. If the broker connection drops, every replica is lost and the fleet reconnects with
-backoff (1 s doubling to 30 s) under a new mcp-client-id.
+lost. If the broker connection drops, every replica is lost and the fleet reconnects under a
+new mcp-client-id with the backoff every link of ours uses
+(:class:`~edge_agent.mqtt.reconnect.ReconnectPolicy`: tenacity's full jitter, 1 s growing to a
+30 s cap, across failed attempts and short-lived connections).
 
 Timeouts (spec "Timeouts": initialize 30 s, ping 10 s, tools/call 60 s, others 30 s) are
 :class:`Timeouts`; an expired one is an ``MCPError`` (``REQUEST_TIMEOUT``) naming the device.
@@ -44,6 +46,7 @@ from edge_agent.core import topics
 from edge_agent.errors import TransportError
 from edge_agent.gateway.balance import Balancer
 from edge_agent.gateway.channel import DeviceChannel
+from edge_agent.mqtt.reconnect import ReconnectPolicy
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,7 @@ SETTLE_QUIET = 0.25
 SETTLE_MAX = 5.0
 """At most this many seconds are spent waiting for the retained presence burst."""
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 30.0
+"""Seconds: the bounds of the reconnect backoff (full jitter)."""
 FAILED_BACKOFF = 30.0
 """Seconds a replica whose initialize failed, or that dropped its session, is passed over while
 other replicas are available."""
@@ -199,7 +203,7 @@ class Fleet:
 
     async def _connection_loop(self, *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Hold the MQTT connection; reconnect with backoff when it drops."""
-        delay = RECONNECT_MIN
+        policy = ReconnectPolicy(RECONNECT_MIN, RECONNECT_MAX)
         first = True
         while True:
             cid = new_client_id()
@@ -215,22 +219,24 @@ class Fleet:
                     await link.subscribe((f, False) for f in presence_subscriptions(broker_filters, self.server_name_filter))
                     log.info("gateway connected to %s as %s; watching $mcp-server/presence/+/%s",
                              link.url, cid, self.server_name_filter)
+                    policy.connected(anyio.current_time())
                     if first:
                         task_status.started()
                         first = False
-                    delay = RECONNECT_MIN
                     await self._settle()
                     self.ready.set()
                     await lost.wait()  # the broker sends our will: every device drops our sessions
-                    log.warning("%s; reconnecting", link.lost)
+                    delay = policy.lost(anyio.current_time(), reason_code=None, from_broker=False).delay
+                    log.warning("%s; reconnecting%s", link.lost, f" in {delay:.1f} s" if delay else "")
             except TransportError as exc:
                 if first:
                     raise
-                log.warning("%s; retrying in %g s", exc, delay)
+                policy.attempt_failed()
+                delay = policy.delay()
+                log.warning("%s; retrying in %.1f s", exc, delay)
             finally:
                 self._link_gone("the gateway lost its broker connection")
             await anyio.sleep(delay)
-            delay = min(delay * 2, RECONNECT_MAX)
 
     async def _settle(self) -> None:
         """Wait for the retained presence burst: until SETTLE_QUIET s pass without a new one."""
