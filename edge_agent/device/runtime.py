@@ -134,7 +134,7 @@ class Agent:
         async def handler(arguments: dict[str, Any], ctx: ToolContext) -> Any:
             return await self._call_tool(state, spec, arguments, ctx)
 
-        meta = {"driver": state.config.name, "kind": state.config.kind}
+        meta: dict[str, Any] = {"driver": state.config.name, "kind": state.config.kind}
         rate = state.config.rate_limit
         if rate is not None and not spec.annotations.get("readOnlyHint"):
             bucket = TokenBucket(*rate)
@@ -301,7 +301,7 @@ class Agent:
 
     def _tool_failed(self, tool_name: str, exc: BaseException) -> None:
         tool = self.registry.tools.get(tool_name)
-        state = self.drivers.get(tool.meta.get("driver")) if tool else None
+        state = self.drivers.get(tool.meta.get("driver", "")) if tool else None
         if state is not None:
             self._driver_error(state, exc)
 
