@@ -298,12 +298,14 @@ class Connection:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.connect_timeout = connack_timeout
-        driver.attach(client, tick=self._tick)
 
     # -- control -------------------------------------------------------------------------------
     def start(self) -> None:
-        """Start connecting (in a task on the loop); it keeps trying until :meth:`stop`."""
+        """Start connecting (in a task on the loop); it keeps trying until :meth:`stop`. A
+        stopped connection may be started again."""
         if self._task is None:
+            self._stopping = False
+            self.driver.attach(self.client, tick=self._tick)
             self._task = self.driver.loop.create_task(self._run(), name="mqtt-connection")
 
     async def stop(self, timeout: float = 5.0) -> None:

@@ -173,6 +173,7 @@ class MqttServerTransport:
                 c.tls_insecure_set(True)
         self.client = c
         # keepalive sweep: fine enough for the half-open check at 1.5x keepalive
+        self._own_driver = driver is None
         self.driver = driver or LoopDriver(loop, misc_interval=min(1.0, self.settings.keepalive / 10))
         self.connection = Connection(
             c, self.brokers, driver=self.driver, keepalive=self.settings.keepalive,
@@ -256,6 +257,8 @@ class MqttServerTransport:
             if waiters:
                 await asyncio.wait(waiters, timeout=timeout)
         await self.connection.stop(timeout)
+        if self._own_driver:
+            self.driver.close()
         self._published.clear()
         self.connected.clear()
 
