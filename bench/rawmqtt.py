@@ -269,22 +269,31 @@ def mcp_goodbye(r: RawRequester) -> None:
     r.close()
 
 
-def echo_floor(url: str, n: int, warmup: int, request_size: int, *, qos: int = 1) -> list[float]:
-    """Latencies (ms) of ``n`` raw echo round trips of a ``request_size``-byte payload."""
+def echo_requester(url: str, request_size: int, *, qos: int = 1) -> tuple[RawRequester, Echoer]:
+    """A raw requester whose requests (``request_size`` bytes) an :class:`Echoer` sends back:
+    ``r.timed(n)`` measures the floor. Close both."""
     prefix = f"bench/echo/{uuid.uuid4().hex[:8]}"
     echoer = Echoer(url, prefix, qos)
     try:
         cid = f"bench-req-{uuid.uuid4().hex[:8]}"
         r = RawRequester(url, cid, f"{prefix}/resp/{cid}", qos=qos)
-        try:
-            payload = b"x" * request_size
-            r.make_request = lambda: (f"{prefix}/req/{cid}", payload)
-            r.check = lambda p: None if p == payload else "echo payload differs"
-            r.timed(warmup)
-            return r.timed(n)
-        finally:
-            r.close()
+    except BaseException:
+        echoer.close()
+        raise
+    payload = b"x" * request_size
+    r.make_request = lambda: (f"{prefix}/req/{cid}", payload)
+    r.check = lambda p: None if p == payload else "echo payload differs"
+    return r, echoer
+
+
+def echo_floor(url: str, n: int, warmup: int, request_size: int, *, qos: int = 1) -> list[float]:
+    """Latencies (ms) of ``n`` raw echo round trips of a ``request_size``-byte payload."""
+    r, echoer = echo_requester(url, request_size, qos=qos)
+    try:
+        r.timed(warmup)
+        return r.timed(n)
     finally:
+        r.close()
         echoer.close()
 
 

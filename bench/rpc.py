@@ -63,6 +63,7 @@ WARMUP = 100
 CONCURRENT_CLIENTS = 8
 RAW_TOOL = "status_led_toggle"  # no arguments
 RAW_CLIENTS = 32
+RAW_BLOCKS = 10  # the floor and the raw tools/call alternate in this many blocks of calls
 # issue 11 "Proof"
 TARGET_RATIO = 2.0  # agent p50 / echo floor p50
 TARGET_CONCURRENT_P50_MS = 10.0
@@ -391,15 +392,25 @@ def raw_section(args: argparse.Namespace, url: str, server_id: str, agent: Agent
     """The raw-paho rows of the targets table (blocking; run in a worker thread)."""
     probe = rawmqtt.tools_call_payload(1, RAW_TOOL, {})
     try:
-        agent.check_alive("raw echo floor")
-        res.floor = rawmqtt.echo_floor(url, args.calls, WARMUP, len(probe))
-        agent.check_alive("raw tools/call")
-        r = rawmqtt.mcp_requester(url, server_id, SERVER_NAME, RAW_TOOL)
+        agent.check_alive("raw echo floor and raw tools/call")
+        # Floor and agent alternate in blocks, so both see the same load on the shared machine.
+        echo, echoer = rawmqtt.echo_requester(url, len(probe))
         try:
-            r.timed(WARMUP)
-            res.raw_call = r.timed(args.calls)
+            r = rawmqtt.mcp_requester(url, server_id, SERVER_NAME, RAW_TOOL)
+            try:
+                echo.timed(WARMUP)
+                r.timed(WARMUP)
+                left = args.calls
+                while left > 0:
+                    n = min(left, max(1, args.calls // RAW_BLOCKS))
+                    res.floor += echo.timed(n)
+                    res.raw_call += r.timed(n)
+                    left -= n
+            finally:
+                rawmqtt.mcp_goodbye(r)
         finally:
-            rawmqtt.mcp_goodbye(r)
+            echo.close()
+            echoer.close()
         agent.check_alive(f"{args.clients} concurrent raw clients")
         span = CpuSpan(agent.pid, res.broker_pid)
         res.concurrent, res.concurrent_s = rawmqtt.concurrent_calls(
