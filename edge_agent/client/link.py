@@ -34,7 +34,7 @@ from edge_agent import __version__
 from edge_agent.core import topics
 from edge_agent.errors import TransportError
 from edge_agent.mqtt.broker_url import BrokerURL, parse_broker_url
-from edge_agent.mqtt.loop import LoopDriver
+from edge_agent.mqtt.loop import LoopDriver, PackedProperties
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,8 @@ class MqttLink:
         self._meta = meta
         self._username = username if username is not None else self.url.username
         self._password = password if password is not None else self.url.password
-        self._publish_props = publish_properties(component, self.client_id)
+        self._publish_props: Properties = PackedProperties(PacketTypes.PUBLISH)  # same for every message: packed once
+        self._publish_props.UserProperty = [(PROP_COMPONENT_TYPE, component), (PROP_CLIENT_ID, self.client_id)]
         self._driver: LoopDriver | None = None  # while entered
         self._gone: anyio.Event | None = None  # set by paho's on_disconnect
         self._connack: anyio.Event | None = None

@@ -37,7 +37,7 @@ from edge_agent.core import binding, topics
 from edge_agent.errors import TransportError
 from edge_agent.mqtt import codec
 from edge_agent.mqtt.broker_url import BrokerURL
-from edge_agent.mqtt.loop import Connection, LoopDriver
+from edge_agent.mqtt.loop import Connection, LoopDriver, PackedProperties
 from edge_agent.mqtt.outbox import MemoryStore, Outbox, OutboxStore, StoredRow
 from edge_agent.mqtt.profiles import LinkSettings
 from edge_agent.mqtt.reconnect import Loss, ReconnectPolicy
@@ -183,7 +183,7 @@ class MqttServerTransport:
             on_disconnected=self._disconnected, on_attempt=self._attempting, on_attempt_failed=self._attempt_failed,
             on_loss=self._count_loss, takeover_message=self._takeover_message)
         self._base_props = [("MCP-COMPONENT-TYPE", topics.COMPONENT_SERVER), ("MCP-MQTT-CLIENT-ID", self.server_id)]
-        self._pub_props = Properties(PacketTypes.PUBLISH)
+        self._pub_props: Properties = PackedProperties(PacketTypes.PUBLISH)  # packed once
         self._pub_props.UserProperty = list(self._base_props)
         self._set_will()
 

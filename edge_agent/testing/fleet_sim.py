@@ -40,7 +40,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge_agent import __version__
 from edge_agent.core import binding, jsonrpc, topics
 from edge_agent.mqtt.broker_url import BrokerURL, parse_broker_url
-from edge_agent.mqtt.loop import LoopDriver
+from edge_agent.mqtt.loop import LoopDriver, PackedProperties
 from edge_agent.server.mcp import McpServer, ServerInfo
 from edge_agent.server.registry import (
     Prompt,
@@ -177,7 +177,7 @@ class SimDevice:
         c.on_connect = self._on_connect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
-        self._props = Properties(PacketTypes.PUBLISH)
+        self._props = PackedProperties(PacketTypes.PUBLISH)
         self._props.UserProperty = [("MCP-COMPONENT-TYPE", COMPONENT), ("MCP-MQTT-CLIENT-ID", self.server_id)]
         return c
 
