@@ -86,7 +86,9 @@ class LoopDriver:
         self.misc_interval = misc_interval
         self.clients: dict[mqtt.Client, Callable[[], None] | None] = {}
         self._fds: dict[mqtt.Client, int] = {}  # the socket registered for each client
-        self._connecting: set[mqtt.Client] = set()  # paho.connect() runs in a worker thread
+        # clients whose paho.connect() runs in a worker thread (a count: a cancelled connect's
+        # worker may still run while the next connect() waits for it)
+        self._connecting: dict[mqtt.Client, int] = {}
         self._workers: dict[mqtt.Client, asyncio.Future[Any]] = {}  # the last connect() worker of each
         self._timer: asyncio.TimerHandle | None = None
 
@@ -132,40 +134,52 @@ class LoopDriver:
         Raises:
             OSError: DNS, TCP or TLS failed (``ssl.SSLError`` is an ``OSError``).
         """
-        self._unregister(client)
-        prior = self._workers.get(client)
-        if prior is not None and not prior.done():
-            await asyncio.wait([prior])
-        self._unregister(client)
-        self._connecting.add(client)
-        call = functools.partial(client.connect, host, port, keepalive=keepalive, clean_start=clean_start,
-                                 properties=properties)
-        fut = self._workers[client] = self.loop.run_in_executor(None, call)
+        self._unregister(client)  # nothing of the old socket is read from now on
+        self._busy(client)
+        fut: asyncio.Future[Any] | None = None
         try:
+            prior = self._workers.get(client)
+            if prior is not None and not prior.done():
+                await asyncio.wait([prior])
+            call = functools.partial(client.connect, host, port, keepalive=keepalive, clean_start=clean_start,
+                                     properties=properties)
+            fut = self._workers[client] = self.loop.run_in_executor(None, call)
             await asyncio.shield(fut)
         except asyncio.CancelledError:
-            if fut.done():
+            if fut is not None and not fut.done():
+                fut.add_done_callback(lambda f: self._orphaned(client, f))  # still busy until the worker ends
+            elif fut is not None:
                 self._orphaned(client, fut)
             else:
-                fut.add_done_callback(lambda f: self._orphaned(client, f))
+                self._idle(client)
             raise
         except BaseException:
-            self._connecting.discard(client)
+            self._idle(client)
             raise
-        self._connecting.discard(client)
+        self._idle(client)
         sock = client.socket()
         if sock is None:
             raise OSError("paho opened no socket")
         self._register(client, sock)
         self._add_writer(client)  # the CONNECT packet is queued
 
+    def _busy(self, client: mqtt.Client) -> None:
+        self._connecting[client] = self._connecting.get(client, 0) + 1
+
+    def _idle(self, client: mqtt.Client) -> None:
+        n = self._connecting.get(client, 0) - 1
+        if n > 0:
+            self._connecting[client] = n
+        else:
+            self._connecting.pop(client, None)
+
     def _orphaned(self, client: mqtt.Client, fut: asyncio.Future[Any]) -> None:
-        self._connecting.discard(client)
+        self._idle(client)
         if fut.cancelled() or fut.exception() is not None:
             return
         sock = client.socket()
-        if sock is not None and client not in self._fds:
-            sock.close()  # paho closes it again (harmlessly) at its next connect
+        if sock is not None and client not in self._fds and client not in self._connecting:
+            sock.close()  # no CONNECT went out on it; paho closes it again (harmlessly) at its next connect
 
     # -- I/O -----------------------------------------------------------------------------------
     def flush(self, client: mqtt.Client) -> None:
@@ -394,12 +408,13 @@ class Connection:
         self._reason = None
         self._dropped_dead_link = False
         try:
-            await asyncio.wait_for(self.driver.connect(self.client, url.host, url.port, keepalive=self.keepalive,
-                                                       clean_start=self.clean_start,
-                                                       properties=self.connect_properties()),
-                                   self.connack_timeout)
-            reason, _ = await asyncio.wait_for(asyncio.shield(self._connack), max(0.0, deadline - loop.time()))
-        except asyncio.TimeoutError:
+            # asyncio.timeout, not wait_for: connect() must start in this step (it stops reading the
+            # old socket at once, so no stale disconnect can reach the new attempt's future)
+            async with asyncio.timeout_at(deadline):
+                await self.driver.connect(self.client, url.host, url.port, keepalive=self.keepalive,
+                                          clean_start=self.clean_start, properties=self.connect_properties())
+                reason, _ = await asyncio.shield(self._connack)
+        except TimeoutError:
             self.driver.drop(self.client)
             raise TransportError(f"{url}: no CONNACK within {self.connack_timeout:g} s") from None
         finally:
