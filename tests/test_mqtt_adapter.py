@@ -195,3 +195,49 @@ def test_connection_rejects_an_empty_broker_list():
 
     asyncio.run(go())
 
+
+
+# ---------------------------------------------------------------------------- the links on it
+def _paho_threads() -> list[str]:
+    """Threads paho's loop_start() or our old network thread would have started."""
+    return [t.name for t in threading.enumerate() if t.name.startswith(("paho-mqtt-client-", "mqtt-"))]
+
+
+def test_device_link_and_cloud_link_run_without_a_network_thread(broker):
+    """The device transport and the cloud client's MqttLink talk to each other through the
+    broker with every callback on the event loop's thread and no network thread anywhere."""
+    from edge_agent.client.link import MqttLink
+    from edge_agent.core import topics
+    from edge_agent.mqtt.server import MqttServerTransport
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        seen: list[tuple[str, int]] = []
+        answered = asyncio.Event()
+
+        def on_rpc(client_id, payload, incoming):
+            seen.append(("device", threading.get_ident()))
+            t.publish(t.rpc_topic(client_id), payload, kind="response")
+
+        t = MqttServerTransport(server_id="adapter-dev", server_name="adapter/dev", description="d", meta={},
+                                broker=parse_broker_url(broker.url), loop=loop, on_control=lambda *a: None,
+                                on_rpc=on_rpc, on_client_gone=lambda *a: None)
+        await t.start(5)
+        try:
+            async with MqttLink(broker.url, client_id="adapter-cli") as link:
+                def on_message(m):
+                    seen.append(("client", threading.get_ident()))
+                    answered.set()
+
+                link.on_message = on_message
+                await t.serve_client("adapter-cli")
+                rpc = topics.rpc("adapter-cli", "adapter-dev", "adapter/dev")
+                await link.subscribe([(rpc, True)])
+                assert not _paho_threads(), _paho_threads()
+                link.publish(rpc, b'{"jsonrpc":"2.0","id":1,"method":"ping"}')
+                await asyncio.wait_for(answered.wait(), 5)
+        finally:
+            await t.stop()
+        assert seen == [("device", threading.get_ident()), ("client", threading.get_ident())]
+
+    asyncio.run(go())
