@@ -324,10 +324,9 @@ class MqttLink:
         if content_type:
             props = publish_properties(self.component, self.client_id)
             props.ContentType = content_type
-        info = self._client.publish(topic, payload, qos=self.qos, retain=retain, properties=props)
-        if self._driver is not None:
-            self._driver.flush(self._client)  # out now, not on the next loop iteration
-        return info
+        if self._driver is None:
+            return self._client.publish(topic, payload, qos=self.qos, retain=retain, properties=props)
+        return self._driver.publish(self._client, topic, payload, qos=self.qos, retain=retain, properties=props)
 
     async def publish_and_wait(self, topic: str, payload: bytes, *, retain: bool = False,
                                timeout: float = 2.0) -> bool:

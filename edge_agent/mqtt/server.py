@@ -339,8 +339,7 @@ class MqttServerTransport:
                 props.ContentType = content_type
             if expires is not None:
                 props.MessageExpiryInterval = max(1, int(expires - time.time()))
-        info = self.client.publish(topic, payload, qos=qos, retain=retain, properties=props)
-        self.driver.flush(self.client)  # out now, not on the next loop iteration
+        info = self.driver.publish(self.client, topic, payload, qos=qos, retain=retain, properties=props)
         self.stats.published += 1
         return info
 
