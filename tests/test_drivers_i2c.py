@@ -221,6 +221,34 @@ def test_sht3x_read_before_the_measurement_is_nacked():
     assert exc.value.errno == errno.EREMOTEIO
 
 
+@pytest.mark.parametrize("kind,address", [("sht3x", 0x44), ("bme280", 0x76)])
+def test_sensors_of_one_chip_read_from_two_threads_never_interleave(kind, address):
+    """The runtime reads each sensor in a worker thread: temperature and humidity of one chip
+    at the same moment. A command-wait-read sequence interleaved with the other's command makes
+    the chip NACK (the demo's canopy SHT3x failed with "no answer" this way)."""
+    import threading
+
+    ctx = DriverContext.simulated("/tmp")
+    driver = driver_class(kind)("chip", {"address": address}, context=ctx)
+    errors: list[BaseException] = []
+    start = threading.Barrier(2)
+
+    def read(name: str) -> None:
+        start.wait()
+        for _ in range(30):
+            try:
+                sensor(driver, name).read()
+            except BaseException as exc:  # noqa: BLE001 - collected and asserted below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=read, args=(n,)) for n in ("temperature", "humidity")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert not errors, errors[:3]
+
+
 # --------------------------------------------------------------------------- BH1750
 
 

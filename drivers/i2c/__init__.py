@@ -15,6 +15,7 @@ next read, never a crash.
 from __future__ import annotations
 
 import errno
+import threading
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -66,6 +67,10 @@ class I2CDriver(Driver):
         self.address: int = self.options.get("address", props["address"]["default"])
         self._bus: Any = None
         self._ready = False
+        # one transaction at a time on this chip: a command, the conversion wait and the read
+        # must not interleave with another sensor's (temperature and humidity are read from two
+        # worker threads; a chip asked for a new measurement mid-conversion NACKs the read)
+        self._lock = threading.Lock()
 
     @property
     def where(self) -> str:
@@ -105,6 +110,10 @@ class I2CDriver(Driver):
         ``DriverError`` (bad CRC, wrong chip). After any failure the next call opens the bus and
         sets the chip up again, so a replugged sensor recovers on its own.
         """
+        with self._lock:
+            return self._transfer(work)
+
+    def _transfer(self, work: Callable[[Any], T]) -> T:
         if self._bus is None:
             try:
                 self._bus = self.context.i2c_bus(self.bus_number)
@@ -135,6 +144,7 @@ class I2CDriver(Driver):
             raise
 
     def close(self) -> None:
-        bus, self._bus, self._ready = self._bus, None, False
+        with self._lock:
+            bus, self._bus, self._ready = self._bus, None, False
         if bus is not None:
             bus.close()
