@@ -8,27 +8,16 @@
 import asyncio
 
 from . import jsonrpc, lifecycle
-from .jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, RpcError
+from .jsonrpc import INTERNAL_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, TOO_MANY_REQUESTS, RpcError
 from .methods import MethodTable
 
-
-class Flag:
-    """A request's cancelled flag (the Pi server uses a ``threading.Event`` instead, so tools
-    running in worker threads can see it)."""
-
-    def __init__(self):
-        self._set = False
-
-    def set(self):
-        self._set = True
-
-    def is_set(self):
-        return self._set
+Flag = asyncio.Event  # a request's cancelled flag: set() / is_set()
 
 
 class Request:
     """One request being answered: ``id``, ``method``, ``params`` (dict), ``cancelled`` (a
-    flag with ``set()``/``is_set()``), ``deadline`` (Unix s after which the transport says it
+    flag with ``set()``/``is_set()``: an ``asyncio.Event``, on the Pi a ``threading.Event``
+    so tools running in worker threads can see it), ``deadline`` (Unix s after which the transport says it
     expired, or None)."""
 
     __slots__ = ("id", "method", "params", "cancelled", "deadline")
@@ -51,6 +40,10 @@ class Dispatcher:
 
     server_info = {"name": "edge-agent", "version": "0"}
     instructions = None
+    # Requests one session may have in flight (being answered, or their answer being sent:
+    # the entries of session.inflight); one more is answered at once with TOO_MANY_REQUESTS
+    # (-32004). None: unbounded.
+    max_inflight = None  # type: int | None
 
     def __init__(self):
         self.table = MethodTable()
@@ -117,6 +110,11 @@ class Dispatcher:
             return  # a QoS 1 redelivery of a request being answered: its answer is on its way
         if await self.replay(session, msg):
             return
+        n = self.max_inflight
+        if n is not None and len(session.inflight) >= n:
+            await self.emit(session, jsonrpc.error(mid, RpcError(
+                TOO_MANY_REQUESTS, "Too many requests in flight (%d): retry after an answer" % n)))
+            return
         req = Request(mid, msg["method"], msg.get("params") or {}, self.new_flag(), deadline)
         session.inflight[mid] = (asyncio.create_task(self._run(session, msg, req)), req)
 
@@ -141,17 +139,22 @@ class Dispatcher:
             reply = await self.answer(session, req)
         except asyncio.CancelledError:
             reply = None
-        entry = session.inflight.get(req.id)
-        if entry is not None and entry[1] is req:
-            del session.inflight[req.id]  # before replying: the client may reuse the id at once
+        finally:  # (a MemoryError out of answer() must not keep the request in flight forever)
+            entry = session.inflight.get(req.id)
+            if entry is not None and entry[1] is req:
+                del session.inflight[req.id]  # before replying: the client may reuse the id at once
         if reply is None or req.cancelled.is_set():
             return  # cancelled: no response (basic/utilities/cancellation)
         self.answered(session, msg, reply)
+        # while its answer is sent it still counts for max_inflight, under a key that is no id
+        session.inflight[req] = entry
         try:
             await self.emit(session, reply)
         except Exception as exc:  # a send failure is the transport's to report
             self.log_error("send", exc)
             return
+        finally:
+            session.inflight.pop(req, None)
         if self.table.durable(req.method):
             self.changed(session)
 

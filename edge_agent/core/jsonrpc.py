@@ -10,6 +10,11 @@ INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 RESOURCE_NOT_FOUND = -32002  # MCP 2025-11-25: resources/read of an unknown URI
 FORBIDDEN = -32003  # ours, in the implementation-defined range -32000..-32099: a role refuses
+# ours too: a session already has Dispatcher.max_inflight requests in flight (no SDK uses it)
+TOO_MANY_REQUESTS = -32004
+# Nesting limit of loads/decode (0: none). The board sets 32: MicroPython's json.loads
+# recurses on the C stack and 1,000 brackets cost it 37 KB of heap.
+MAX_DEPTH = 0
 
 
 class RpcError(Exception):
@@ -33,17 +38,51 @@ def is_id(value):
     return isinstance(value, (str, int)) and not isinstance(value, bool)
 
 
+def too_deep(data, limit):
+    """True if the JSON text ``data`` (bytes or str) nests ``[``/``{`` deeper than ``limit``
+    (brackets inside strings do not count). A byte scan, and none at all while the text holds
+    no more than ``limit`` brackets: cheap enough to run before every ``json.loads``."""
+    if isinstance(data, str):
+        data = data.encode()
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    d = 0
+    s = esc = False
+    for c in data:
+        if esc:
+            esc = False
+        elif s:
+            esc = c == 92  # backslash
+            s = c != 34  # the closing quote
+        elif c == 34:
+            s = True
+        elif c in b"[{":
+            d += 1
+            if d > limit:
+                return True
+        elif c in b"]}":
+            d -= 1
+    return False
+
+
+def loads(payload):
+    """UTF-8 JSON (bytes or str) -> value. Raises RpcError(-32700) when it is not JSON, or
+    nests deeper than :data:`MAX_DEPTH` (then without parsing it at all)."""
+    if MAX_DEPTH and too_deep(payload, MAX_DEPTH):
+        raise RpcError(PARSE_ERROR, "Parse error: nested deeper than %d" % MAX_DEPTH)
+    try:
+        return json.loads(payload)
+    except Exception:  # ValueError, UnicodeDecodeError, RecursionError / RuntimeError
+        # One wording on every interpreter (CPython's and MicroPython's decoders word it apart).
+        raise RpcError(PARSE_ERROR, "Parse error: not UTF-8 JSON")
+
+
 def decode(payload):
     """One JSON-RPC message from UTF-8 JSON (bytes or str) -> dict, checked by :func:`check`.
 
     Raises RpcError(-32700) when it is not JSON (or nested too deeply to parse), else as
     :func:`check`."""
-    try:
-        msg = json.loads(payload)
-    except Exception:  # ValueError, UnicodeDecodeError, RecursionError / RuntimeError
-        # One wording on every interpreter (CPython's and MicroPython's decoders word it apart).
-        raise RpcError(PARSE_ERROR, "Parse error: not UTF-8 JSON")
-    return check(msg)
+    return check(loads(payload))
 
 
 def check(msg):

@@ -102,6 +102,8 @@ class McpServer(Dispatcher):
     a :class:`ToolInputError` (the runtime uses it to mark the driver failed).
     """
 
+    max_inflight = 64  # requests per session being answered; more: -32004 (core.dispatch)
+
     def __init__(self, registry: Registry, info: ServerInfo, *, page_size: int = 50,
                  broadcast: Send | None = None,
                  on_tool_error: Callable[[str, BaseException], None] | None = None,

@@ -31,14 +31,9 @@ def load(overrides=None, site="site_config"):
     for key in cfg:
         if key not in DEFAULTS:
             raise ValueError("unknown config key %r (known: %s)" % (key, ", ".join(sorted(DEFAULTS))))
-    name = cfg["server_name"]
-    if not name or "/" not in name or name[0] == "/" or name[-1] == "/" or "+" in name or "#" in name or "//" in name:
-        raise ValueError("server_name %r: hierarchical, like devices/greenhouse/esp32-01 (no +, #, //)" % name)
-    if not cfg["server_id"]:
-        cfg["server_id"] = default_id()
-    sid = cfg["server_id"]
-    if "/" in sid or "+" in sid or "#" in sid:
-        raise ValueError("server_id %r must not contain /, + or #" % sid)
+    from .core import topics  # the shared rules (ValueError naming the one broken)
+    topics.check_server_name(cfg["server_name"])
+    cfg["server_id"] = topics.check_id(cfg["server_id"] or default_id(), "server-id")
     if not cfg["broker"] and not cfg["serial"]:
         raise ValueError("nothing to serve on: set broker (MQTT) and/or serial, e.g. in site_config.py")
     return cfg

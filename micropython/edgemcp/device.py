@@ -35,14 +35,14 @@ class Device:
         delattr(sys.modules["edgemcp"], "config")
         self.server = mcp.Server("edgemcp", __version__, title=cfg["server_name"],
                                  instructions=cfg["description"] + ". Actuators are tools; readings are resources "
-                                 "(JSON with value, unit, timestamp; subscribe for updates).")
+                                 "(JSON: value, unit, timestamp; subscribable).")
         self.server.after_call = self._refresh
         self.server.log = self.log
         self.links = []
         self._updates = {}
         self._t0 = time.ticks_ms()
         self.resource("device://health", "health", "", self.health, poll=0,
-                      description="Board health: uptime, heap, sessions, MQTT link counters (drops: inbound messages lost)")
+                      description="Board health: uptime, heap, sessions, MQTT counters (drops: messages lost)")
 
     def log(self, text):
         if self.cfg["log"]:

@@ -2,10 +2,9 @@
 # lifecycle of mqtt-ai/mcp-over-mqtt (specification/2025-03-26/basic/mqtt_transport.md), as
 # the Pi agent does them (edge_agent/device/endpoint.py, edge_agent/mqtt/server.py).
 import asyncio
-import json
 
 from . import mcp
-from .core import binding, topics
+from .core import binding, jsonrpc, topics
 from .mqtt import MQTTClient
 from .mqtt5 import USER_PROPERTY, prop
 
@@ -84,13 +83,8 @@ class MqttLink:
                 self.server.log("dropped a message on %s: %r" % (topic, e))
 
     async def _route(self, topic, payload, props):
-        cid = prop(props, USER_PROPERTY, _CID)
         if topic == self.control:
-            if cid:
-                await self._control(cid, payload)
-            else:
-                self.server.log("initialize without " + _CID + " dropped: no topic to answer on")
-            return
+            return await self._control(prop(props, USER_PROPERTY, _CID), payload)
         t = topics.parse(topic)  # by prefix, not by our subscriptions (interop checklist)
         if t is None:
             return
@@ -109,12 +103,14 @@ class MqttLink:
             await self.gone(t.client_id)
 
     async def _control(self, cid, payload):
+        # without a valid client id (none, empty, a wildcard, a "/") there is no topic to answer
+        # on, and subscribing its topics would hear other clients (or make the broker drop us)
+        if binding.valid_client_id(cid) is None:
+            return self.server.log("initialize with a bad " + _CID + " dropped: " + mcp.dumps(cid))
         try:
-            msg = json.loads(payload)
+            msg = jsonrpc.loads(payload)
         except Exception:
             msg = None
-        if binding.valid_client_id(cid) is None:
-            return self.server.log("initialize with an invalid " + _CID + " dropped: " + mcp.dumps(cid))
         if not binding.opens_session(msg):
             return await self._refuse(cid, msg if msg is not None else payload, binding.control_refusal)
         s = self.server.open_session(cid, self)
@@ -128,9 +124,9 @@ class MqttLink:
     async def _refuse(self, cid, payload, refusal):
         """Answer ``payload`` with ``refusal(msg)`` (a core binding rule), -32700 if not JSON."""
         try:
-            msg = json.loads(payload) if not isinstance(payload, dict) else payload
-        except Exception:
-            return await self.send(cid, mcp.error(None, -32700, "Parse error: not UTF-8 JSON"))
+            msg = jsonrpc.loads(payload) if not isinstance(payload, dict) else payload
+        except jsonrpc.RpcError as e:
+            return await self.send(cid, jsonrpc.error(None, e))
         answer = refusal(msg)
         if answer:
             await self.send(cid, answer)

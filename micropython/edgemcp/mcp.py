@@ -4,6 +4,7 @@
 # board adds: its declarative tool and resource tables, sensor polling with a deadband, and the
 # ``{"value", "unit", "timestamp"}`` reading. Sources: MCP 2025-11-25 server/tools,
 # server/resources. Every kilobyte of bytecode is a kilobyte of an ESP32's heap: keep it small.
+import gc
 import json
 import time
 
@@ -13,6 +14,8 @@ from .core.dispatch import Dispatcher
 from .core.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 from .core.lifecycle import VERSIONS
 from .core.results import resource_updated
+
+jsonrpc.MAX_DEPTH = 32  # json.loads recurses on the C stack: deeper input is -32700 unparsed
 
 
 def dumps(msg):
@@ -77,6 +80,8 @@ class Server(Dispatcher):
     has ``async send(session_id, msg)`` and ``async broadcast(msg)``.
     """
 
+    max_inflight = 4  # per session: one more is answered -32004 at once (core.dispatch)
+
     def __init__(self, name, version, title=None, instructions=None):
         Dispatcher.__init__(self)
         self.server_info = {"name": name, "version": version}
@@ -124,7 +129,12 @@ class Server(Dispatcher):
         return s is not None
 
     async def emit(self, s, msg):
-        await s.t.send(s.id, msg)
+        try:
+            await s.t.send(s.id, msg)
+        except MemoryError:  # too big to encode: this answer is lost, not the link
+            gc.collect()
+            self.log("no memory to answer")
+            await s.t.send(s.id, error(msg.get("id"), INTERNAL_ERROR, "Out of memory"))
 
     def log_error(self, method, exc):
         self.log("%s: %r" % (method, exc))

@@ -21,8 +21,11 @@ class MQTTClient:
     network up first (Wi-Fi). After each CONNACK it calls ``await on_up()`` (subscribe and
     announce there). Received PUBLISHes wait in a bounded queue (``queue_len``; beyond it the
     oldest is dropped and counted in ``drops``): ``await get()`` returns ``(topic, payload,
-    property block)``. ``max_packet``: bytes of the preallocated input buffer; a longer packet is
-    skipped and counted in ``too_big``. ``publish``/``subscribe`` wait out an outage.
+    property block)``. ``max_packet``: bytes of the preallocated input buffer, sent in CONNECT
+    as the Maximum Packet Size; a longer packet (from a broker that ignores it) is skipped
+    unparsed and counted in ``too_big``. ``timeout`` (s): for the connection, the CONNACK,
+    each write to drain and each acknowledgement; a write that cannot drain in time fails
+    the link. ``publish``/``subscribe`` wait out an outage.
     ``connect_args``: CONNECT's user properties, will, credentials (``mqtt5.connect``).
     """
 
@@ -114,7 +117,7 @@ class MQTTClient:
         except Exception:
             pass
         self._r, self._w = r, w
-        await self._send(m.connect(self.client_id, self.keepalive, **self.connect_args))
+        await self._send(m.connect(self.client_id, self.keepalive, max_packet=len(self._mv), **self.connect_args))
         first, n = await asyncio.wait_for_ms(self._read_packet(), self.timeout)
         _, rc, props = m.dec_connack(self._mv[:n]) if first >> 4 == m.CONNACK else (0, -1, 0)
         if rc:
@@ -134,6 +137,7 @@ class MQTTClient:
         if not self._gone.is_set():
             self.error = why
             self._gone.set()
+            self._upev.clear()  # senders wait for the next link, never retry on this one
 
     async def _pinger(self):
         # keepalive (PINGREQ when idle, a silent broker is a lost link) and the deadline of
@@ -155,19 +159,19 @@ class MQTTClient:
                 except Exception as e:
                     return self._fail(repr(e))
 
-    def _write(self, head, payload):
-        w = self._w
-        if w is None:
-            raise OSError("not connected")
-        w.write(head)
-        if payload:
-            w.write(payload)
-        self._tx = time.ticks_ms()
-
     async def _send(self, head, payload=None):
         async with self._lock:  # packets from several tasks never interleave
-            self._write(head, payload)
-            await self._w.drain()
+            w = self._w
+            if w is None:
+                raise OSError("not connected")
+            w.write(head)
+            if payload:
+                w.write(payload)
+            self._tx = time.ticks_ms()
+            # A stalled socket never holds the lock (and every sender) longer than the timeout.
+            # MicroPython's drain only yields when the socket took every byte (out_buf empty).
+            d = w.drain()
+            await (asyncio.wait_for_ms(d, self.timeout) if getattr(w, "out_buf", 1) else d)
 
     async def _fill(self, mv):
         i = 0
@@ -212,14 +216,16 @@ class MQTTClient:
                 body = self._mv[:n]
                 if t == m.PUBLISH:
                     topic, qos, _, pid, props, i = m.dec_publish(first & 15, body)
-                    payload = bytes(body[i:])
                     if qos:
                         await self._send(m.puback(pid))
                     self.received += 1
                     if len(self._q) >= self._qlen:
                         self._q.pop(0)
                         self.drops += 1
-                    self._q.append((topic, payload, props))
+                    try:
+                        self._q.append((topic, bytes(body[i:]), props))
+                    except MemoryError:  # no room for this message: it is lost, not the link
+                        self.drops += 1
                     self._qev.set()
                 elif t in (m.PUBACK, m.SUBACK, m.UNSUBACK):
                     pid, codes = m.dec_ack(t, body)
@@ -242,9 +248,7 @@ class MQTTClient:
         # send, then wait for the acknowledgement: its reason codes, or None when the link
         # failed meanwhile (_pinger fails the link when an acknowledgement is overdue)
         try:
-            async with self._lock:
-                self._write(head, payload)
-                await self._w.drain()
+            await self._send(head, payload)
         except Exception as e:
             self._acks.pop(pid, None)
             self._fail(repr(e))

@@ -59,9 +59,10 @@ def _s(out, text):
     out.extend(text)
 
 
-def properties(user=None):
-    """A property block holding the user properties ``[(name, value)]`` (2.2.2, 3.1.2.11.8)."""
-    out = bytearray()
+def properties(user=None, head=b""):
+    """A property block: the encoded properties ``head``, then the user properties
+    ``[(name, value)]`` (2.2.2, 3.1.2.11.8)."""
+    out = bytearray(head)
     for k, v in user or ():
         out.append(USER_PROPERTY)
         _s(out, k)
@@ -137,16 +138,18 @@ def _packet(first, body):
 
 
 def connect(client_id, keepalive=60, user=None, clean=True, will_topic=None, will_payload=b"",
-            will_retain=False, will_qos=0, will_user=None, username=None, password=None):
+            will_retain=False, will_qos=0, will_user=None, username=None, password=None, max_packet=0):
     """CONNECT (3.1), MQTT 5, with the user properties ``user``; the will (if ``will_topic``)
-    carries ``will_user``. Session Expiry Interval is left out: 0, a clean session."""
+    carries ``will_user``. Session Expiry Interval is left out: 0, a clean session.
+    ``max_packet``: Maximum Packet Size (3.1.2.11.4, bytes; 0 leaves it out: no limit), so the
+    broker never sends a packet larger than the client can hold."""
     flags = (2 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
     if will_topic is not None:
         flags |= 4 | will_qos << 3 | (0x20 if will_retain else 0)
     body = bytearray(b"\x00\x04MQTT\x05")
     body.append(flags)
     body.extend(keepalive.to_bytes(2, "big"))
-    body.extend(properties(user))
+    body.extend(properties(user, b"\x27" + max_packet.to_bytes(4, "big") if max_packet else b""))
     _s(body, client_id)
     if will_topic is not None:
         body.extend(properties(will_user))

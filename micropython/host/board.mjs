@@ -8,13 +8,17 @@
 //
 // Usage:
 //   node micropython/host/board.mjs --main main.py [--site site_config.py] [--lib DIR]
-//        [--mpy DIR] [--serial-fd N] [--heap BYTES] [--exec CODE]
+//        [--mpy DIR] [--serial-fd N] [--heap BYTES [--fixed-heap 1]] [--exec CODE]
 //   --main    the board's main.py (run as the board runs it, after hostio.install())
 //   --site    copied to site_config.py beside main.py (Wi-Fi and broker settings)
 //   --lib     folder holding the edgemcp package as .py (default: ../ next to this file)
 //   --mpy     folder holding edgemcp as .mpy files (mpy-cross output) instead of --lib
 //   --serial-fd  an inherited fd (pty master): the board's serial line, hostio.serial()
 //   --heap    MicroPython heap in bytes (default 1 MiB; the port grows it when needed)
+//   --fixed-heap 1  keep the heap at --heap bytes, as on a board: a full heap is collected,
+//             then MemoryError (the port's heap grows from malloc: the WebAssembly memory
+//             may no longer grow, and what malloc has left is cut into 2 KB holes, enough
+//             for the port's own small buffers, never for a new heap area)
 //   --exec    Python code to run instead of a main file (the memory benchmark)
 // Stop with SIGTERM/SIGINT: the Device is stopped cleanly first (presence cleared).
 import fs from "node:fs";
@@ -118,6 +122,12 @@ const mp = await loadMicroPython({
   stderr: (line) => process.stderr.write(line + "\n"),
 });
 mp.registerJsModule("host", host);
+if (args.fixedHeap) {
+  WebAssembly.Memory.prototype.grow = () => { throw new RangeError("fixed heap"); };
+  const held = [];
+  for (let p; (p = mp._module._malloc(2048));) held.push(p);
+  for (let i = 0; i < held.length; i += 2) mp._module._free(held[i]);
+}
 if (args.mpy) copyTree(mp, path.resolve(args.mpy, "edgemcp"), "/lib/edgemcp", [".mpy"]);
 else copyTree(mp, path.resolve(args.lib, "edgemcp"), "/lib/edgemcp", [".py"]);
 for (const name of ["hostio.py", "machine.py"]) mp.FS.writeFile(`/lib/${name}`, fs.readFileSync(path.join(here, name)));

@@ -47,6 +47,7 @@ class FakeBroker:
         self.done = asyncio.Event()  # set when sent reaches want
         self.sample = False
         self.peak = 0
+        self.out_buf = b""  # as MicroPython's Stream after a write the socket took whole
 
     def _sample(self):
         if self.sample:
