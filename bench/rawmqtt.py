@@ -367,9 +367,10 @@ def _status_kb(pid: int, key: str) -> int:
     raise RawError(f"no {key} in /proc/{pid}/status")
 
 
-def bare_interpreter_rss_mb() -> float:
-    """VmRSS (MB) of this Python doing nothing (``python -c``): the floor under every figure."""
-    out = subprocess.run([sys.executable, "-c", "print(open('/proc/self/status').read())"],
+def bare_interpreter_rss_mb(python: str | None = None) -> float:
+    """VmRSS (MB) of ``python`` (default: this one) doing nothing (``python -c``): the floor
+    under every figure."""
+    out = subprocess.run([python or sys.executable, "-c", "print(open('/proc/self/status').read())"],
                          capture_output=True, text=True, timeout=30).stdout
     for line in out.splitlines():
         if line.startswith("VmRSS:"):
@@ -377,11 +378,14 @@ def bare_interpreter_rss_mb() -> float:
     return float("nan")
 
 
-def minimal_device(url: str, workdir: Path, idle: float, *, timeout: float = 30.0) -> DeviceRun:
+def minimal_device(url: str, workdir: Path, idle: float, *, timeout: float = 30.0,
+                   python: str | None = None) -> DeviceRun:
     """Start ``python -m edge_agent run --config <one LED, simulated>`` and time from just
     before the process is spawned to its retained ``notifications/server/online`` arriving at a
     raw watcher already subscribed to its presence topic; then let it idle ``idle`` s and read
-    its VmRSS and VmHWM. The device is stopped (SIGTERM) before returning.
+    its VmRSS and VmHWM. The device is stopped (SIGTERM) before returning. ``python``: the
+    interpreter that runs the device (default: this one), e.g. a venv made from Debian's
+    ``/usr/bin/python3`` as on a Pi, with edge-agent-mcp[gpio] installed in it.
 
     Raises:
         RawError: it did not come online within ``timeout`` s (its log is in the message).
@@ -404,7 +408,7 @@ def minimal_device(url: str, workdir: Path, idle: float, *, timeout: float = 30.
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     with open(log_path, "wb") as log:
         t0 = time.monotonic()
-        proc = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config", str(config),
+        proc = subprocess.Popen([python or sys.executable, "-m", "edge_agent", "run", "--config", str(config),
                                  "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=log, env=env)
     try:
         deadline = t0 + timeout

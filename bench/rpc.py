@@ -561,6 +561,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="starts of the minimal device; the median is reported (default 3)")
     p.add_argument("--targets-only", action="store_true",
                    help="only the issue-11 targets table (raw clients, minimal device): skip the SDK steps")
+    p.add_argument("--device-python", metavar="PATH", default=None,
+                   help="run the minimal device with this interpreter (e.g. a venv made from Debian's "
+                        "/usr/bin/python3, as on a Pi, with edge-agent-mcp[gpio] installed; default: this one)")
     args = p.parse_args(argv)
     if args.calls < 1 or args.rss_calls < 1 or args.duration <= 0:
         p.error("--calls and --rss-calls must be >= 1, --duration > 0")
@@ -602,10 +605,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: broker {url}; ~{_estimate(args)} s", file=sys.stderr, flush=True)
         res.broker_pid = broker.proc.pid if broker and broker.proc else None
         if args.device_runs:
-            res.bare_rss_mb = rawmqtt.bare_interpreter_rss_mb()
+            res.bare_rss_mb = rawmqtt.bare_interpreter_rss_mb(args.device_python)
         for i in range(args.device_runs):
             try:
-                res.devices.append(rawmqtt.minimal_device(url, workdir / f"minimal-{i}", args.idle))
+                res.devices.append(rawmqtt.minimal_device(url, workdir / f"minimal-{i}", args.idle,
+                                                            python=args.device_python))
             except rawmqtt.RawError as exc:
                 raise BenchError(f"minimal device: {exc}") from None
         agent = Agent(url, workdir)
