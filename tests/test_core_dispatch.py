@@ -271,6 +271,33 @@ def test_hooks_authorize_replay_notifications_deadline_and_durable():
     run(go())
 
 
+def test_a_durable_method_is_persisted_before_its_answer_leaves():
+    """A client that holds the answer to a durable request (initialize, a subscription) may
+    see the server killed right after: the session must already be persisted by then
+    (tests/test_unreliable.py kills the agent right after subscribe_resource)."""
+    async def go():
+        server = Server()
+        order: list[str] = []
+        emit, changed = server.emit, server.changed
+
+        async def emit_logged(session: Any, msg: Any) -> None:
+            if "id" in msg:
+                order.append(f"answer {msg['id']}")
+            await emit(session, msg)
+
+        def changed_logged(session: Any, closed: bool = False) -> None:
+            order.append("persisted")
+            changed(session, closed)
+
+        server.emit, server.changed = emit_logged, changed_logged  # type: ignore[method-assign]
+        s = await ready(server)
+        order.clear()
+        await server.request(s, "test/remember", mid=5)
+        await server.request(s, "test/echo", mid=6)
+        assert order == ["persisted", "answer 5", "answer 6"]
+    run(go())
+
+
 def test_a_send_failure_is_logged_not_raised():
     async def go():
         server = Server()

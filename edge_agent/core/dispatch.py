@@ -146,17 +146,18 @@ class Dispatcher:
         if reply is None or req.cancelled.is_set():
             return  # cancelled: no response (basic/utilities/cancellation)
         self.answered(session, msg, reply)
+        if self.table.durable(req.method):
+            # persisted BEFORE the answer leaves: a client holding the answer (a subscription,
+            # an initialized session) can count on it surviving a crash right after
+            self.changed(session)
         # while its answer is sent it still counts for max_inflight, under a key that is no id
         session.inflight[req] = entry
         try:
             await self.emit(session, reply)
         except Exception as exc:  # a send failure is the transport's to report
             self.log_error("send", exc)
-            return
         finally:
             session.inflight.pop(req, None)
-        if self.table.durable(req.method):
-            self.changed(session)
 
     async def answer(self, session, req):
         """The response to ``req`` (a dict), or None when it was cancelled."""
