@@ -25,7 +25,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import anyio
 import anyio.abc
@@ -518,8 +518,11 @@ class Fleet:
         replica.outstanding += 1
         replica.calls += 1
         try:
-            return await session.send_request(request, _RAW, request_read_timeout_seconds=timeout,
-                                              progress_callback=progress)
+            # a TypeAdapter of a plain dict: fine at run time, outside the SDK's BaseModel bound
+            result: dict[str, Any] = await session.send_request(request, cast(Any, _RAW),
+                                                                request_read_timeout_seconds=timeout,
+                                                                progress_callback=progress)
+            return result
         except MCPError as exc:
             raise self._name_error(replica, method, exc, timeout) from None
         except ValidationError as exc:
