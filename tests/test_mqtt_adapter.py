@@ -173,12 +173,17 @@ def test_stop_during_a_refused_attempt_ends_at_once():
     async def go():
         driver = LoopDriver(asyncio.get_running_loop())
         failures: list[str] = []
+        failed = asyncio.Event()
+
+        def on_failed(text: str) -> None:
+            failures.append(text)
+            failed.set()
+
         conn = Connection(_client("adapter-refused"), [parse_broker_url(f"mqtt://127.0.0.1:{free_port()}")],
                           driver=driver, keepalive=30, connack_timeout=1, policy=ReconnectPolicy(5, 10),
-                          on_attempt_failed=failures.append)
+                          on_attempt_failed=on_failed)
         conn.start()
-        while not failures:
-            await asyncio.sleep(0.01)
+        await asyncio.wait_for(failed.wait(), 5)
         t0 = time.monotonic()
         await conn.stop()
         assert time.monotonic() - t0 < 1.0
@@ -241,3 +246,54 @@ def test_device_link_and_cloud_link_run_without_a_network_thread(broker):
         assert seen == [("device", threading.get_ident()), ("client", threading.get_ident())]
 
     asyncio.run(go())
+
+
+def test_stop_while_the_connect_worker_is_blocked_returns_at_once_and_leaves_no_connection():
+    """paho's connect blocks in a worker thread (here: a TLS handshake the server never answers).
+    stop() does not wait for it; when the worker gives up, its socket is closed, unused."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    accepted: list[socket.socket] = []
+    closed = threading.Event()
+    inside: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = []
+
+    def serve() -> None:
+        conn, _ = silent.accept()
+        accepted.append(conn)
+        loop, event = inside[0]
+        loop.call_soon_threadsafe(event.set)
+        conn.settimeout(10)
+        try:
+            while conn.recv(4096):  # the ClientHello, then EOF when the client closes
+                pass
+        except OSError:
+            pass
+        closed.set()
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        inside.append((loop, asyncio.Event()))
+        threading.Thread(target=serve, daemon=True).start()
+        driver = LoopDriver(loop, misc_interval=0.1)
+        client = _client("adapter-blocked")
+        client.tls_set()
+        failures: list[str] = []
+        conn = Connection(client, [parse_broker_url(f"mqtts://127.0.0.1:{silent.getsockname()[1]}")], driver=driver,
+                          keepalive=30, connack_timeout=1.5, policy=ReconnectPolicy(1, 2),
+                          on_attempt_failed=failures.append)
+        conn.start()
+        await asyncio.wait_for(inside[0][1].wait(), 5)  # the worker is inside the handshake
+        t0 = time.monotonic()
+        await conn.stop()
+        assert time.monotonic() - t0 < 0.5, "stop() waited for the blocked worker"
+        assert await loop.run_in_executor(None, closed.wait, 5), "the worker's socket was never closed"
+        assert failures == []  # a stopped link reports no failed attempt
+        driver.close()
+
+    try:
+        asyncio.run(go())
+    finally:
+        silent.close()
+        for c in accepted:
+            c.close()
