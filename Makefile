@@ -5,7 +5,8 @@
 # ever pip-installed outside the venv. What is missing is installed first, once:
 #   make demo  the package with the extras the demo uses (gpio, serial, i2c, cloud) and Mosquitto
 #   make test  the rest: the dev extra, Mosquitto, systemd (systemd-analyze), and with node/npm
-#              the MCP Inspector and the MicroPython WebAssembly interpreter (npm ci)
+#              the MCP Inspector and the MicroPython WebAssembly interpreter (npm ci);
+#              then `make lint` (ruff and mypy, zero findings), then pytest
 # Stamp files in .venv make reruns fast; a changed pyproject.toml (or package-lock.json)
 # re-installs. `make distclean` removes the venv.
 #
@@ -86,7 +87,7 @@ lint: venv-note $(VENV)/.stamp-test
 	@echo "lint: mypy $(MYPY_PATHS)"
 	@$(RUN) $(VPY) -m mypy $(MYPY_PATHS)
 
-test: venv-note $(VENV)/.stamp-test
+test: venv-note $(VENV)/.stamp-test lint
 	@$(RUN) $(VPY) -m pytest -q $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: that is a failure" >&2; exit 1; fi; exit $$rc
 

@@ -43,3 +43,5 @@ def test_lint_settings():
     assert any(d.startswith("ruff") for d in dev) and any(d.startswith("mypy") for d in dev)
     makefile = (ROOT / "Makefile").read_text()
     assert "\nlint:" in makefile and "-m ruff check" in makefile and "-m mypy" in makefile
+    test_rule = next(line for line in makefile.splitlines() if line.startswith("test:"))
+    assert "lint" in test_rule.split(":", 1)[1].split()  # make test lints first
