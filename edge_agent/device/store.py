@@ -37,8 +37,9 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+from edge_agent.mqtt.outbox import OutboxRow  # the row shape the MQTT layer defines
 
 if TYPE_CHECKING:
     import sqlite3
@@ -70,26 +71,6 @@ CREATE TABLE IF NOT EXISTS counters (
 
 
 WRITE_ATTEMPTS = 3  # a batch the writer cannot commit is retried (0.5 s apart), then logged as lost
-
-
-@dataclass(frozen=True)
-class OutboxRow:
-    """One stored publication. ``id`` increases strictly (it is also the message's sequence
-    number on the wire); ``expires`` is Unix time (s) or None."""
-
-    id: int
-    topic: str
-    payload: bytes
-    qos: int
-    retain: bool
-    kind: str
-    content_type: str | None
-    created: float
-    expires: float | None
-
-    @property
-    def size(self) -> int:
-        return len(self.payload) + len(self.topic)
 
 
 class Store:

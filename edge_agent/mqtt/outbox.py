@@ -65,8 +65,9 @@ class OutboxStore(Protocol):
 
 @dataclass(frozen=True)
 class OutboxRow:
-    """A publication as :class:`Outbox` and :class:`MemoryStore` hand it out (same shape as the
-    SQLite store's rows). ``expires``: Unix time (s) or None."""
+    """One stored publication, as :class:`Outbox`, :class:`MemoryStore` and the device's SQLite
+    store hand it out. ``id`` increases strictly (it is also the message's sequence number on
+    the wire); ``expires``: Unix time (s) or None."""
 
     id: int
     topic: str
