@@ -9,7 +9,8 @@ Drivers never import MQTT or MCP. A driver is a plain class that
   datasheet) and :class:`SensorSpec` (readings, with units and the fastest rate the hardware
   allows);
 - implements them as plain, synchronous Python callables. The runtime calls them from a worker
-  thread, one call at a time per driver, so drivers need no locking of their own.
+  thread (on the event loop thread when a spec is declared ``fast``), one call at a time per
+  driver, so drivers need no locking of their own.
 
 Errors: a handler raises :class:`edge_agent.errors.ToolInputError` for an argument the
 hardware rejects (the caller sees an ``isError`` result with the message) and
@@ -235,6 +236,11 @@ class ToolSpec:
     ``idempotentHint``, ``openWorldHint``). ``long_running``: the handler also receives
     ``progress`` (a :data:`ProgressFn`) and ``cancel`` (a ``threading.Event`` it must poll and
     stop early on, returning what it did so far).
+    ``fast``: the handler returns within tens of microseconds and never waits (a GPIO line
+    write or read through gpiozero: no sleep, no bus transaction, no file or serial I/O); the
+    runtime then calls it on the event loop thread instead of a worker thread, which saves two
+    thread hand-offs per call. Still one call at a time per driver. Ignored with
+    ``long_running``. Default False: a worker thread.
     """
 
     name: str
@@ -245,6 +251,7 @@ class ToolSpec:
     title: str | None = None
     annotations: Mapping[str, Any] = field(default_factory=dict)
     long_running: bool = False
+    fast: bool = False
 
 
 @dataclass(frozen=True)
@@ -257,7 +264,9 @@ class SensorSpec:
     be read more often (DS18B20: 0.75 s at 12 bit). ``poll_interval``: default seconds between
     polls (config overrides; ``None`` = only on demand). ``deadband``: default absolute change
     below which a new reading does not count as an update (numbers only; config overrides).
-    ``value_schema``: JSON Schema of ``read()``'s value.
+    ``value_schema``: JSON Schema of ``read()``'s value. ``fast``: ``read()`` returns within tens
+    of microseconds and never waits (a GPIO level through gpiozero), so the runtime calls it on
+    the event loop thread (see :attr:`ToolSpec.fast`); default False: a worker thread.
     """
 
     name: str
@@ -268,6 +277,7 @@ class SensorSpec:
     poll_interval: float | None = 5.0
     deadband: float = 0.0
     value_schema: Mapping[str, Any] = field(default_factory=lambda: {"type": "number"})
+    fast: bool = False
 
 
 @dataclass(frozen=True)

@@ -201,11 +201,11 @@ class Led(_GpioDriver):
         }
         return [
             ToolSpec("on", "Turn the LED on.", no_arguments(), lambda: self._set(True), STATE_OUTPUT,
-                     annotations=SAFE_WRITE),
+                     annotations=SAFE_WRITE, fast=True),
             ToolSpec("off", "Turn the LED off.", no_arguments(), lambda: self._set(False), STATE_OUTPUT,
-                     annotations=SAFE_WRITE),
+                     annotations=SAFE_WRITE, fast=True),
             ToolSpec("toggle", "Invert the LED.", no_arguments(), self._toggle, STATE_OUTPUT,
-                     annotations={**SAFE_WRITE, "idempotentHint": False}),
+                     annotations={**SAFE_WRITE, "idempotentHint": False}, fast=True),
             ToolSpec("blink", "Blink the LED `times` times, then restore its state; reports progress per blink.",
                      blink_in, self._blink, blink_out, annotations={**SAFE_WRITE, "idempotentHint": False},
                      long_running=True),
@@ -213,7 +213,7 @@ class Led(_GpioDriver):
 
     def sensors(self) -> list[SensorSpec]:
         return [SensorSpec("state", "true when the LED is lit", lambda: bool(self.led.is_lit),
-                           poll_interval=1.0, value_schema=BOOL_VALUE)]
+                           poll_interval=1.0, value_schema=BOOL_VALUE, fast=True)]
 
 
 class PwmLed(_GpioDriver):
@@ -255,15 +255,15 @@ class PwmLed(_GpioDriver):
             "required": ["brightness"], "additionalProperties": False}
         return [
             ToolSpec("set", "Set the brightness (PWM duty fraction 0..1).", set_in, self._set, out,
-                     annotations=SAFE_WRITE),
+                     annotations=SAFE_WRITE, fast=True),
             ToolSpec("off", "Turn the light off (brightness 0).", no_arguments(), lambda: self._set(0.0), out,
-                     annotations=SAFE_WRITE),
+                     annotations=SAFE_WRITE, fast=True),
         ]
 
     def sensors(self) -> list[SensorSpec]:
         return [SensorSpec("brightness", "PWM duty fraction 0..1", self._brightness, unit="",
                            poll_interval=1.0, deadband=0.01,
-                           value_schema={"type": "number", "minimum": 0, "maximum": 1})]
+                           value_schema={"type": "number", "minimum": 0, "maximum": 1}, fast=True)]
 
 
 class DigitalOutput(_GpioDriver):
@@ -296,15 +296,16 @@ class DigitalOutput(_GpioDriver):
                   "required": ["state"], "additionalProperties": False}
         return [
             ToolSpec("on", "Switch on.", no_arguments(), lambda: self._set(True), STATE_OUTPUT,
-                     annotations=ACTUATOR_WRITE),
+                     annotations=ACTUATOR_WRITE, fast=True),
             ToolSpec("off", "Switch off.", no_arguments(), lambda: self._set(False), STATE_OUTPUT,
-                     annotations=ACTUATOR_WRITE),
-            ToolSpec("set", "Switch to `state`.", set_in, self._set, STATE_OUTPUT, annotations=ACTUATOR_WRITE),
+                     annotations=ACTUATOR_WRITE, fast=True),
+            ToolSpec("set", "Switch to `state`.", set_in, self._set, STATE_OUTPUT, annotations=ACTUATOR_WRITE,
+                     fast=True),
         ]
 
     def sensors(self) -> list[SensorSpec]:
         return [SensorSpec("state", "true when switched on", lambda: bool(self.output.value),
-                           poll_interval=1.0, value_schema=BOOL_VALUE)]
+                           poll_interval=1.0, value_schema=BOOL_VALUE, fast=True)]
 
 
 class Relay(DigitalOutput):
@@ -339,7 +340,7 @@ class PushButton(_GpioDriver):
 
     def sensors(self) -> list[SensorSpec]:
         return [SensorSpec("pressed", "true while the button is pressed", lambda: bool(self.button.is_pressed),
-                           poll_interval=0.2, value_schema=BOOL_VALUE)]
+                           poll_interval=0.2, value_schema=BOOL_VALUE, fast=True)]
 
 
 class Servo(_GpioDriver):

@@ -2,7 +2,8 @@
 
 Wires everything together and runs the loops: one poll task per sensor, a retry task for
 drivers that failed to start. Driver code runs in worker threads (the event loop never
-blocks on hardware); tool calls of one driver run one at a time.
+blocks on hardware), except handlers and reads a driver declares ``fast`` (a GPIO write or
+level: microseconds), which run on the loop; tool calls of one driver run one at a time.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import json
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent import __version__
@@ -58,6 +59,7 @@ class DriverState:
     last_ok: float | None = None
     last_error_at: float | None = None
     lock: asyncio.Lock | None = None
+    channels: list[SensorChannel] = field(default_factory=list)  # its sensors (refreshed after a call)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.config.kind, "status": self.status, "error": self.error, "failures": self.failures,
@@ -92,6 +94,8 @@ class Agent:
         self._contexts = {config.device.simulate: self.context}  # simulated? -> context (a driver may differ)
         self.endpoint: Endpoint | None = None
         self._tasks: list[asyncio.Task] = []
+        self._refreshing: set[asyncio.Task] = set()  # sensor refreshes after a tool call
+        self._refresh_due: set[str] = set()  # channel URIs with a refresh task not yet reading
 
     # ---------------------------------------------------------------- build
     async def _build(self) -> None:
@@ -120,6 +124,7 @@ class Agent:
             log.error("driver %s (%s) could not start: %s", dc.name, dc.kind, state.error)
             state.driver = None  # _construct closed it
             return False
+        state.channels = []
         for spec in tools:
             self.registry.add_tool(self._tool(state, spec))
         for sensor in sensors:
@@ -130,56 +135,81 @@ class Agent:
 
     def _tool(self, state: DriverState, spec: ToolSpec) -> Tool:
         name = f"{state.config.name}_{spec.name}"
-
-        async def handler(arguments: dict[str, Any], ctx: ToolContext) -> Any:
-            return await self._call_tool(state, spec, arguments, ctx)
-
+        handler: Any = functools.partial(self._call_tool, state, spec)  # (arguments, ctx) -> coroutine
         meta: dict[str, Any] = {"driver": state.config.name, "kind": state.config.kind}
         rate = state.config.rate_limit
         if rate is not None and not spec.annotations.get("readOnlyHint"):
             bucket = TokenBucket(*rate)
             meta["rateLimit"] = {"rate": rate[0], "burst": rate[1]}
 
-            async def handler(arguments: dict[str, Any], ctx: ToolContext) -> Any:
+            async def limited(arguments: dict[str, Any], ctx: ToolContext) -> Any:
                 wait = bucket.take()
                 if wait:
                     raise ToolInputError(f"{name} refused: rate limit of {rate[0]:g} call(s)/s (burst {rate[1]:g}) "
                                          f"reached; the actuator did not move; retry in {wait:.1f} s")
                 return await self._call_tool(state, spec, arguments, ctx)
 
+            handler = limited
+
         return Tool(name=name, description=f"{_label(state.config)}: {spec.description}", input_schema=spec.input_schema, handler=handler,
                     title=spec.title, output_schema=spec.output_schema, annotations=dict(spec.annotations),
                     meta=meta)
 
     async def _call_tool(self, state: DriverState, spec: ToolSpec, arguments: dict[str, Any], ctx: ToolContext) -> Any:
+        lock = state.lock
+        assert lock is not None
+        inline = spec.fast and not spec.long_running
+        if inline and not lock.locked():
+            # On the loop thread with no await until it returns: no other call of this driver
+            # can run meanwhile, so the lock is not needed (a fast handler takes microseconds).
+            _check_deadline(state, spec, ctx)
+            result = spec.handler(**arguments)
+        else:
+            async with lock:
+                _check_deadline(state, spec, ctx)
+                result = spec.handler(**arguments) if inline else await self._call_in_thread(spec, arguments, ctx)
+        self._driver_ok(state)
+        self._refresh(state)
+        return result
+
+    async def _call_in_thread(self, spec: ToolSpec, arguments: dict[str, Any], ctx: ToolContext) -> Any:
         loop = asyncio.get_running_loop()
         kwargs = dict(arguments)
         if spec.long_running:
             kwargs["progress"] = lambda *a, **k: loop.call_soon_threadsafe(functools.partial(ctx.progress, *a, **k))
             kwargs["cancel"] = ctx.cancelled
-        assert state.lock is not None
-        async with state.lock:
-            if ctx.deadline is not None and time.time() > ctx.deadline:
-                # it waited for the driver past its deadline: a stale actuation is worse than none
-                raise ToolInputError(stale_message(f"{state.config.name}_{spec.name}", ctx.deadline))
-            fut = loop.run_in_executor(None, functools.partial(spec.handler, **kwargs))
+        fut = loop.run_in_executor(None, functools.partial(spec.handler, **kwargs))
+        try:
+            return await asyncio.shield(fut)
+        except asyncio.CancelledError:
+            ctx.cancelled.set()  # the handler polls this and stops early
             try:
-                result = await asyncio.shield(fut)
-            except asyncio.CancelledError:
-                ctx.cancelled.set()  # the handler polls this and stops early
+                await fut
+            except Exception:
+                pass
+            raise
+
+    def _refresh(self, state: DriverState) -> None:
+        """An actuator moved: refresh its sensors now, so a read-back and subscribers see it.
+        A fast sensor is read at once; a threaded one gets one refresh task at a time (the calls
+        made before that task starts reading share it)."""
+        for ch in state.channels:
+            if ch.read_now is not None:
                 try:
-                    await fut
+                    _, updated = ch.get_now(fresh=True)
                 except Exception:
-                    pass
-                raise
-            except ToolInputError:
-                raise
-        self._driver_ok(state)
-        # An actuator moved: refresh its sensors now, so a read-back and subscribers see it.
-        for ch in self.channels.values():
-            if ch.driver == state.config.name:
-                loop.create_task(self._poll_once(ch, fresh=True))
-        return result
+                    continue  # recorded in the driver's health by _read_sensor_now
+                if updated:
+                    self.server.resource_updated(ch.uri)
+            elif ch.uri not in self._refresh_due:
+                self._refresh_due.add(ch.uri)
+                task = asyncio.get_running_loop().create_task(self._refresh_later(ch))
+                self._refreshing.add(task)
+                task.add_done_callback(self._refreshing.discard)
+
+    async def _refresh_later(self, ch: SensorChannel) -> None:
+        self._refresh_due.discard(ch.uri)  # a call from now on needs a read that starts after it
+        await self._poll_once(ch, fresh=True)
 
     def _add_sensor(self, state: DriverState, spec: SensorSpec) -> None:
         dc = state.config
@@ -190,8 +220,10 @@ class Agent:
             poll_interval=dc.poll_interval if dc.poll_interval is not None else spec.poll_interval,
             deadband=dc.deadband if dc.deadband is not None else spec.deadband,
             history_size=self.config.device.history_size, value_schema=dict(spec.value_schema),
+            read_now=functools.partial(self._read_sensor_now, state, spec) if spec.fast else None,
         )
         self.channels[ch.uri] = ch
+        state.channels.append(ch)
 
         async def read() -> str:
             return await self._read_resource(ch)
@@ -207,6 +239,16 @@ class Agent:
     async def _read_sensor(self, state: DriverState, spec: SensorSpec) -> Any:
         try:
             value = await asyncio.to_thread(spec.read)
+        except Exception as exc:
+            self._driver_error(state, exc)
+            raise
+        self._driver_ok(state)
+        return value
+
+    def _read_sensor_now(self, state: DriverState, spec: SensorSpec) -> Any:
+        """A fast sensor's read, on the loop thread (see :attr:`SensorSpec.fast`)."""
+        try:
+            value = spec.read()
         except Exception as exc:
             self._driver_error(state, exc)
             raise
@@ -428,6 +470,12 @@ class Agent:
             await asyncio.to_thread(_close_quietly, context)  # a simulated backend's shared pin factory
         if self.store is not None:
             await asyncio.to_thread(self.store.close)
+
+
+def _check_deadline(state: DriverState, spec: ToolSpec, ctx: ToolContext) -> None:
+    if ctx.deadline is not None and time.time() > ctx.deadline:
+        # it waited for the driver past its deadline: a stale actuation is worse than none
+        raise ToolInputError(stale_message(f"{state.config.name}_{spec.name}", ctx.deadline))
 
 
 def _label(dc: DriverConfig) -> str:

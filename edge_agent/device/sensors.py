@@ -62,7 +62,9 @@ def exceeds_deadband(old: Any, new: Any, deadband: float) -> bool:
 class SensorChannel:
     """One sensor reading exposed as a resource.
 
-    ``read_hw`` is an async callable doing the actual (threaded) hardware read. ``poll_interval``
+    ``read_hw`` is an async callable doing the actual (threaded) hardware read. ``read_now``: a
+    synchronous read cheap enough for the event loop (a ``fast`` sensor), or None; when given,
+    every read calls it directly (no task, no thread) and :meth:`get_now` may be used. ``poll_interval``
     (s, or None for on-demand only), ``deadband`` (in the sensor's unit), ``history_size``
     (updates kept). ``min_interval`` (s): the hardware's fastest allowed read rate. ``clock``:
     the time source of reading timestamps and ages (Unix s; tests pass their own).
@@ -71,10 +73,12 @@ class SensorChannel:
     def __init__(self, *, driver: str, name: str, unit: str, description: str,
                  read_hw: Callable[[], Awaitable[Any]], min_interval: float,
                  poll_interval: float | None, deadband: float, history_size: int,
-                 value_schema: dict[str, Any] | None = None, clock: Callable[[], float] = time.time):
+                 value_schema: dict[str, Any] | None = None, clock: Callable[[], float] = time.time,
+                 read_now: Callable[[], Any] | None = None):
         self.driver, self.name, self.unit, self.description = driver, name, unit, description
         self.uri = f"sensor://{driver}/{name}"
         self.read_hw = read_hw
+        self.read_now = read_now
         self.clock = clock
         self.min_interval = max(0.0, min_interval)
         self.poll_interval = poll_interval
@@ -94,12 +98,11 @@ class SensorChannel:
         younger than the poll interval); otherwise reads the hardware once, sharing that read
         with concurrent callers. Raises what the driver raised (``DriverError``/``OSError``).
         """
-        now = self.clock()
-        if self.last is not None:
-            age = now - self.last.ts
-            max_age = self.min_interval if fresh or not self.poll_interval else max(self.min_interval, self.poll_interval)
-            if age < max_age:
-                return self.last, False
+        if self.read_now is not None:
+            return self.get_now(fresh=fresh)
+        cached = self._cached(fresh)
+        if cached is not None:
+            return cached, False
         if self._inflight is None or self._inflight.done():
             self._inflight = asyncio.ensure_future(self._read())
         fut = self._inflight
@@ -109,6 +112,31 @@ class SensorChannel:
             if self._inflight is fut and fut.done():
                 self._inflight = None
 
+    def get_now(self, *, fresh: bool = False) -> tuple[Reading, bool]:
+        """:meth:`get` of a channel with ``read_now``, synchronously (same caching rules).
+        Raises what the driver raised, or ``RuntimeError`` without ``read_now``."""
+        if self.read_now is None:
+            raise RuntimeError(f"{self.uri}: no synchronous read")
+        cached = self._cached(fresh)
+        if cached is not None:
+            return cached, False
+        try:
+            value = self.read_now()
+        except BaseException as exc:
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self.reads += 1
+        return self._record(value)
+
+    def _cached(self, fresh: bool) -> Reading | None:
+        """The last reading if it is still young enough to be returned instead of a read."""
+        last = self.last
+        if last is None:
+            return None
+        max_age = self.min_interval if fresh or not self.poll_interval else max(self.min_interval, self.poll_interval)
+        return last if self.clock() - last.ts < max_age else None
+
     async def _read(self) -> tuple[Reading, bool]:
         try:
             value = await self.read_hw()
@@ -117,6 +145,9 @@ class SensorChannel:
             raise
         finally:
             self.reads += 1
+        return self._record(value)
+
+    def _record(self, value: Any) -> tuple[Reading, bool]:
         self.last_error = None
         reading = Reading(value, self.unit, self.clock())
         self.last = reading
