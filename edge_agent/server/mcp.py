@@ -79,7 +79,9 @@ class Session(lifecycle.Session):
         self.client_capabilities = client_capabilities or {}
         self.log_level = log_level
         self.subscriptions = set(subscriptions or ())
-        self.replies: OrderedDict[Any, tuple[str, dict[str, Any]]] = OrderedDict()
+        # request id -> (the request, its reply); the request is fingerprinted only when a
+        # request with the same id comes again
+        self.replies: OrderedDict[Any, tuple[dict[str, Any], dict[str, Any]]] = OrderedDict()
         self.role = role
 
     def snapshot(self) -> dict[str, Any]:
@@ -207,7 +209,7 @@ class McpServer(Dispatcher):
 
     async def replay(self, session: Session, msg: dict[str, Any]) -> bool:  # type: ignore[override]
         cached = session.replies.get(msg["id"])
-        if cached is not None and cached[0] == _fingerprint(msg):
+        if cached is not None and _fingerprint(cached[0]) == _fingerprint(msg):
             log.info("duplicate of request %r from %s answered from the reply cache", msg["id"], session.id)
             session.send(cached[1])
             return True
@@ -215,7 +217,7 @@ class McpServer(Dispatcher):
 
     def answered(self, session: Session, msg: dict[str, Any], reply: dict[str, Any]) -> None:  # type: ignore[override]
         if self.reply_cache and msg["method"] != "initialize":
-            session.replies[msg["id"]] = (_fingerprint(msg), reply)
+            session.replies[msg["id"]] = (msg, reply)
             while len(session.replies) > self.reply_cache:
                 session.replies.popitem(last=False)
 
