@@ -8,7 +8,9 @@ needs:
   for the half-open check at 1.5x keepalive;
 - whether paho is inside one of our callbacks right now (``Client._in_callback_mutex``, a
   ``threading.Lock`` held while paho calls ``on_message``, ``on_connect``, ...): a write from
-  inside a callback must be left to the event loop, a write from outside may go out at once.
+  inside a callback must be left to the event loop, a write from outside may go out at once;
+- which class its packet decoders build properties with (``paho.mqtt._packet.Properties``), so
+  the adapter can give them a cheaper one (:class:`edge_agent.mqtt.loop.DecodedProperties`).
 
 ``tests/test_mqtt_adapter.py`` checks both against a real broker and fails if a paho upgrade
 moves, renames or changes the meaning of either. Nothing else in ``edge_agent`` may touch an
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import paho.mqtt.client as mqtt
 
-__all__ = ["clock", "in_callback", "ping_sent_at"]
+__all__ = ["clock", "in_callback", "ping_sent_at", "use_properties_class"]
 
 clock = mqtt.time_func
 """paho's clock (``time.monotonic``), the one :func:`ping_sent_at` is measured on; seconds."""
@@ -36,3 +38,20 @@ def in_callback(client: mqtt.Client) -> bool:
     write: ``loop_write`` would take the same lock). Conservatively True if the lock is gone."""
     lock = getattr(client, "_in_callback_mutex", None)
     return lock is None or lock.locked()
+
+
+def use_properties_class(cls: type) -> bool:
+    """Make paho build the properties of every packet it decodes with ``cls``, a subclass of
+    ``paho.mqtt.properties.Properties`` (``paho.mqtt._packet.Properties``, the name its packet
+    decoders look up; process-wide). False, and nothing changed, if paho has no such name."""
+    from paho.mqtt.properties import Properties
+
+    try:
+        from paho.mqtt import _packet
+    except ImportError:
+        return False
+    current = getattr(_packet, "Properties", None)
+    if not (isinstance(current, type) and issubclass(current, Properties) and issubclass(cls, Properties)):
+        return False
+    setattr(_packet, "Properties", cls)  # noqa: B010 - a module global paho reads at call time
+    return True
