@@ -57,6 +57,20 @@ def nodelay(sock: Any) -> None:
         pass
 
 
+_TCP_CORK = getattr(socket, "TCP_CORK", None)  # Linux
+
+
+def _cork(sock: Any, on: bool) -> bool:
+    """Set TCP_CORK on a paho socket (True if it could be set: Linux, a TCP socket)."""
+    if _TCP_CORK is None or sock is None:
+        return False
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1 if on else 0)
+    except (OSError, AttributeError):
+        return False
+    return True
+
+
 class PackedProperties(Properties):
     """MQTT 5 properties that are packed once, for properties sent unchanged with every message
     (the MCP user properties). paho packs a packet's properties on every publish: ~18 µs for two
@@ -154,6 +168,8 @@ class LoopDriver:
         self._timer: asyncio.TimerHandle | None = None
         self._writers: set[mqtt.Client] = set()  # clients with a writer callback registered
         self._deferring: mqtt.Client | None = None  # queued packets of this client are flushed by the caller
+        self._batch: dict[mqtt.Client, int] = {}  # clients to write at the next step -> writes that joined
+        self._batch_handle: asyncio.Handle | None = None
 
     # -- attach / detach ------------------------------------------------------------------------
     def attach(self, client: mqtt.Client, *, tick: Callable[[], None] | None = None) -> None:
@@ -180,6 +196,10 @@ class LoopDriver:
         """Stop the keepalive timer and forget every client."""
         for client in list(self.clients):
             self.detach(client)
+        if self._batch_handle is not None:
+            self._batch_handle.cancel()
+            self._batch_handle = None
+        self._batch.clear()
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
@@ -249,18 +269,43 @@ class LoopDriver:
 
     # -- I/O -----------------------------------------------------------------------------------
     # Writes: a packet queued from a task (publish) or by a read (PUBACK, what callbacks send) is
-    # written at once, in the same loop step; only what the socket does not take then waits for
-    # a writer callback. That saves a loop iteration and two epoll_ctl calls per message.
+    # written by one callback at the start of the next loop step, with whatever else this step
+    # queued for the client (the answers of several requests, their PUBACKs): corked
+    # (TCP_CORK) when more than one write joined, so they leave in one TCP segment; one send
+    # per packet and one wake-up of the broker per batch instead of per packet. Only what the
+    # socket does not take then waits for a writer callback.
     def publish(self, client: mqtt.Client, topic: str, payload: bytes, *, qos: int = 0, retain: bool = False,
                 properties: Properties | None = None) -> mqtt.MQTTMessageInfo:
-        """``client.publish(...)``, then the packet is written at once (see :meth:`flush`)."""
+        """``client.publish(...)``; the packet is written at the start of the next loop step
+        (with the other packets queued until then), or at once by :meth:`flush`."""
         self._deferring = client
         try:
             info = client.publish(topic, payload, qos=qos, retain=retain, properties=properties)
         finally:
             self._deferring = None
-        self.flush(client)
+        self._write_soon(client)
         return info
+
+    def _write_soon(self, client: mqtt.Client) -> None:
+        joined = self._batch.get(client)
+        self._batch[client] = 1 if joined is None else joined + 1
+        if self._batch_handle is None:
+            self._batch_handle = self.loop.call_soon(self._write_batch)
+
+    def _write_batch(self) -> None:
+        self._batch_handle = None
+        batch, self._batch = self._batch, {}
+        for client, joined in batch.items():
+            if joined < 2 or not client.want_write():
+                self.flush(client)
+                continue
+            sock = client.socket()
+            corked = _cork(sock, True)
+            try:
+                self.flush(client)
+            finally:
+                if corked:
+                    _cork(sock, False)
 
     def flush(self, client: mqtt.Client) -> None:
         """Write what paho has queued now instead of on the next loop iteration. From inside a
@@ -294,7 +339,7 @@ class LoopDriver:
                 sock = client.socket()
         finally:
             self._deferring = None
-        self.flush(client)  # the PUBACK of what was read, and what the callbacks sent
+        self._write_soon(client)  # the PUBACK of what was read, and what the callbacks sent
 
     def _writable(self, client: mqtt.Client) -> None:
         client.loop_write()
