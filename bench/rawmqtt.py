@@ -326,6 +326,85 @@ def concurrent_calls(url: str, server_id: str, server_name: str, tool: str, clie
                 pass
 
 
+def _calls_in_child(url: str, server_id: str, server_name: str, tool: str, clients: int, duration: float,
+                    warmup: int, qos: int, barrier: Any, out: Any) -> None:
+    """One child process of :func:`concurrent_calls_procs`: its share of the clients, timed
+    from the barrier on; puts ``("ok", latencies ms, CPU s of the timed part)`` or ``("error", text)``."""
+    rs: list[RawRequester] = []
+    try:
+        for _ in range(clients):
+            rs.append(mcp_requester(url, server_id, server_name, tool, qos=qos))
+        for r in rs:
+            r.timed(warmup)
+        barrier.wait(120)
+        t0 = os.times()
+        start = time.perf_counter()
+        runs = [_Run(remaining=float("inf"), stop_at=start + duration) for _ in rs]
+        for r, run in zip(rs, runs):
+            r.start(run)
+        for r, run in zip(rs, runs):
+            r.finish(run, duration + 60)
+        t1 = os.times()
+        out.put(("ok", [x for run in runs for x in run.ms], t1.user + t1.system - t0.user - t0.system))
+    except Exception as exc:  # noqa: BLE001 - reported to the parent
+        with contextlib.suppress(Exception):
+            barrier.abort()
+        out.put(("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        for r in rs:
+            with contextlib.suppress(Exception):
+                mcp_goodbye(r)
+
+
+def concurrent_calls_procs(url: str, server_id: str, server_name: str, tool: str, clients: int, duration: float,
+                           warmup: int, procs: int, *, qos: int = 1,
+                           span: Callable[[], Any] = contextlib.nullcontext) -> tuple[list[float], float, float]:
+    """:func:`concurrent_calls` with the clients spread over ``procs`` child processes (each its
+    own interpreter, so the clients do not share one GIL). Returns (latencies in ms, wall s, the
+    children's CPU s in the timed part).
+
+    Raises:
+        RawError: a child failed (its message), or did not report within ``duration`` + 120 s.
+    """
+    import multiprocessing as mp
+    import queue
+
+    ctx = mp.get_context("spawn")  # this process has threads: no fork
+    barrier = ctx.Barrier(procs + 1)
+    out = ctx.Queue()
+    shares = [clients // procs + (1 if i < clients % procs else 0) for i in range(procs)]
+    children = [ctx.Process(target=_calls_in_child, args=(url, server_id, server_name, tool, n, duration, warmup,
+                                                          qos, barrier, out), daemon=True)
+                for n in shares if n]
+    for child in children:
+        child.start()
+    try:
+        try:
+            barrier.wait(120)
+        except threading.BrokenBarrierError:
+            pass  # a child failed: its message is in the queue
+        ms: list[float] = []
+        cpu = 0.0
+        with span():
+            start = time.perf_counter()
+            for _ in children:
+                try:
+                    item = out.get(timeout=duration + 120)
+                except queue.Empty:
+                    raise RawError(f"a client process did not report within {duration + 120:g} s") from None
+                if item[0] != "ok":
+                    raise RawError(f"client process: {item[1]}")
+                ms += item[1]
+                cpu += item[2]
+            wall = time.perf_counter() - start
+        return ms, wall, cpu
+    finally:
+        for child in children:
+            child.join(10)
+            if child.is_alive():
+                child.kill()
+
+
 # ---------------------------------------------------------------------------------------------
 # the minimal device
 # ---------------------------------------------------------------------------------------------
