@@ -95,7 +95,14 @@ def test_every_publish_property_decodes_as_with_paho(restore):
     raw_props(b"\x7f\x00"),  # no such property
     raw_props(b"\x26" + utf("k") + struct.pack("!H", 40) + b"v"),  # user property value too long
     raw_props(b"\x03" + utf("a\x00b")),  # null in a string
-], ids=["twice", "wrong-packet", "alias-0", "pfi-2", "unknown", "too-long", "null"])
+    raw_props(b"\x26" + utf("k") + utf("\ufeffv")),  # U+FEFF in a user property value
+    raw_props(b"\x03" + utf("a\ufeffb\x00")),  # U+FEFF before a null: paho names the first
+    raw_props(b"\x03" + utf("a\x00b\ufeff")),  # and the other way round
+    raw_props(b"\x03" + struct.pack("!H", 3) + b"\xed\xa0\x80"),  # an encoded surrogate
+    raw_props(b"\x03" + struct.pack("!H", 2) + b"\xff\xfe"),  # not UTF-8
+    raw_props(b"\x03\x00"),  # truncated string length
+], ids=["twice", "wrong-packet", "alias-0", "pfi-2", "unknown", "too-long", "null", "bom", "bom-then-null",
+        "null-then-bom", "surrogate", "not-utf8", "truncated"])
 def test_bad_properties_fail_as_with_paho(restore, props):
     packet = publish_packet(props)
     fast, slow = outcome(DecodedProperties, 0x32, packet), outcome(Properties, 0x32, packet)

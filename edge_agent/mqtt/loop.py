@@ -29,12 +29,13 @@ import asyncio
 import functools
 import logging
 import socket
+import struct
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.exception import MQTTException
+from paho.mqtt.exception import MalformedPacket, MQTTException
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties, VariableByteIntegers
 
@@ -98,6 +99,26 @@ _PLAIN = {2: "MessageExpiryInterval", 3: "ContentType", 8: "ResponseTopic", 9: "
           31: "ReasonString", 38: "UserProperty"}
 
 
+_UTF8, _UTF8_PAIR = _TYPES.index("UTF-8 Encoded String"), _TYPES.index("UTF-8 String Pair")
+
+
+def _read_utf(buffer: Any, maxlen: int) -> tuple[str, int]:
+    """paho's ``readUTF`` (same results, same errors) without its loop over every character: a
+    strict UTF-8 decode already refuses D800-DFFF, so only NUL and U+FEFF are looked for."""
+    if maxlen < 2:
+        raise MalformedPacket("Not enough data to read string length")
+    length = struct.unpack("!H", buffer[:2])[0]
+    if length > maxlen - 2:
+        raise MalformedPacket("Length delimited string too long")
+    text = buffer[2:2 + length].decode("utf-8")
+    nul, bom = text.find("\x00"), text.find("\ufeff")
+    if nul >= 0 and (bom < 0 or nul < bom):
+        raise MalformedPacket("[MQTT-1.5.4-2] Null found in UTF-8 data")
+    if bom >= 0:
+        raise MalformedPacket("[MQTT-1.5.4-3] U+FEFF in UTF-8 data")
+    return text, length + 2
+
+
 class DecodedProperties(Properties):
     """paho's ``Properties`` for the packets paho decodes, made cheap: the tables paho builds
     in every instance (two dicts, ~7 µs) are shared, and :meth:`unpack` maps identifiers to
@@ -126,7 +147,16 @@ class DecodedProperties(Properties):
             identifier, n = VariableByteIntegers.decode(buffer)
             buffer = buffer[n:]
             left -= n
-            value, valuelen = self.readProperty(buffer, _PROPERTIES[identifier][0], left)
+            kind = _PROPERTIES[identifier][0]
+            value: Any
+            if kind == _UTF8:
+                value, valuelen = _read_utf(buffer, left)
+            elif kind == _UTF8_PAIR:
+                key, keylen = _read_utf(buffer, left)
+                val, vallen = _read_utf(buffer[keylen:], left - keylen)
+                value, valuelen = (key, val), keylen + vallen
+            else:
+                value, valuelen = self.readProperty(buffer, kind, left)
             buffer = buffer[valuelen:]
             left -= valuelen
             name = _IDENT_NAME[identifier]

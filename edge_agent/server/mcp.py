@@ -390,7 +390,10 @@ class McpServer(Dispatcher):
 
     def subscribed(self, uri: str) -> bool:
         """True if any session subscribed to ``uri``."""
-        return any(uri in s.subscriptions for s in self.sessions.values())
+        for s in self.sessions.values():  # (a loop: called after every actuation, with many sessions)
+            if uri in s.subscriptions:
+                return True
+        return False
 
     def resource_updated(self, uri: str) -> bool:
         """Send ``notifications/resources/updated`` for ``uri`` if anyone subscribed; True if sent."""
