@@ -5,12 +5,13 @@
 Over stdio (the default) an MCP client starts the gateway as its server process; with
 ``--http HOST:PORT`` it serves Streamable HTTP at ``http://HOST:PORT/mcp``. The parts:
 
-- :mod:`.gateway_fleet` — presence, replicas, one MCP session per device (lazy or eager);
-- :mod:`.gateway_channel` — those sessions multiplexed on one MQTT connection;
-- :mod:`.gateway_balance` — choosing a replica (random, round-robin, least-outstanding);
-- :mod:`.gateway_names` — reversible tool/prompt names and resource URIs;
-- :mod:`.gateway_server` — the MCP server (official ``mcp`` SDK) that aggregates and routes;
-- :mod:`.gateway_sim` — simulated devices for tests and ``bench/fleet.py``.
+- :mod:`.fleet` — presence, replicas, one MCP session per device (lazy or eager);
+- :mod:`.channel` — those sessions multiplexed on one MQTT connection;
+- :mod:`.balance` — choosing a replica (random, round-robin, least-outstanding);
+- :mod:`.names` — reversible tool/prompt names and resource URIs;
+- :mod:`.server` — the MCP server (official ``mcp`` SDK) that aggregates and routes;
+- :mod:`.cli` — the command line (flags, defaults, exit codes);
+- :mod:`edge_agent.testing.fleet_sim` — simulated devices for tests and ``bench/fleet.py``.
 
 See ``docs/gateway.md`` for the naming scheme, the failover rules and the benchmark.
 """
