@@ -79,9 +79,7 @@ class Session(lifecycle.Session):
         self.client_capabilities = client_capabilities or {}
         self.log_level = log_level
         self.subscriptions = set(subscriptions or ())
-        # request id -> (the request, its reply); the request is fingerprinted only when a
-        # request with the same id comes again
-        self.replies: OrderedDict[Any, tuple[dict[str, Any], dict[str, Any]]] = OrderedDict()
+        self.replies: OrderedDict[Any, tuple[str, dict[str, Any]]] = OrderedDict()
         self.role = role
 
     def snapshot(self) -> dict[str, Any]:
@@ -209,7 +207,7 @@ class McpServer(Dispatcher):
 
     async def replay(self, session: Session, msg: dict[str, Any]) -> bool:  # type: ignore[override]
         cached = session.replies.get(msg["id"])
-        if cached is not None and _fingerprint(cached[0]) == _fingerprint(msg):
+        if cached is not None and cached[0] == _fingerprint(msg):
             log.info("duplicate of request %r from %s answered from the reply cache", msg["id"], session.id)
             session.send(cached[1])
             return True
@@ -217,7 +215,7 @@ class McpServer(Dispatcher):
 
     def answered(self, session: Session, msg: dict[str, Any], reply: dict[str, Any]) -> None:  # type: ignore[override]
         if self.reply_cache and msg["method"] != "initialize":
-            session.replies[msg["id"]] = (msg, reply)
+            session.replies[msg["id"]] = (_fingerprint(msg), reply)
             while len(session.replies) > self.reply_cache:
                 session.replies.popitem(last=False)
 
@@ -479,9 +477,13 @@ class McpServer(Dispatcher):
 
 
 
+# json.dumps(..., sort_keys=True, default=str) without building an encoder per call
+_fingerprint_encode = json.JSONEncoder(sort_keys=True, default=str).encode
+
+
 def _fingerprint(msg: dict[str, Any]) -> str:
     try:
-        return json.dumps([msg.get("method"), msg.get("params")], sort_keys=True, default=str)
+        return _fingerprint_encode([msg.get("method"), msg.get("params")])
     except (TypeError, ValueError):  # CBOR maps may have non-string keys
         return repr([msg.get("method"), msg.get("params")])
 
