@@ -28,8 +28,6 @@ import types
 from dataclasses import dataclass
 from typing import Any, cast
 
-import tenacity
-
 TAKEN_OVER = 0x8E  # MQTT 5 reason code "Session taken over" (§3.14.2.1)
 STABLE_AFTER_MIN = 60.0  # s; see ReconnectPolicy
 
@@ -77,7 +75,7 @@ class ReconnectPolicy:
         self.suspect_after = suspect_after
         self.streak = 0
         self.takeovers_seen = 0
-        self._wait = tenacity.wait_random_exponential(multiplier=self.reconnect_min, max=self.reconnect_max)
+        self._wait: Any = None  # tenacity's full jitter, made (and tenacity imported) at the first wait
         self._silent_closes = 0  # early closes in a row by the broker, each after a first-try connect
         self._attempts = 0  # failed connection attempts since the last successful one
         self._first_try = False  # the current connection succeeded at its first attempt
@@ -87,6 +85,10 @@ class ReconnectPolicy:
         """Seconds to wait now: 0 when the streak is 0, else full jitter at attempt ``streak``."""
         if self.streak <= 0:
             return 0.0
+        if self._wait is None:  # a device whose link never fails never loads tenacity (0.8 MB)
+            import tenacity
+
+            self._wait = tenacity.wait_random_exponential(multiplier=self.reconnect_min, max=self.reconnect_max)
         return self._wait(cast(Any, types.SimpleNamespace(attempt_number=self.streak)))
 
     def attempt_failed(self) -> None:
