@@ -103,11 +103,17 @@ def test_every_publish_property_decodes_as_with_paho(restore):
     raw_props(b"\x03\x00"),  # truncated string length
 ], ids=["twice", "wrong-packet", "alias-0", "pfi-2", "unknown", "too-long", "null", "bom", "bom-then-null",
         "null-then-bom", "surrogate", "not-utf8", "truncated"])
-def test_bad_properties_fail_as_with_paho(restore, props):
+def test_bad_properties_are_marked_where_paho_fails(restore, props):
+    """paho raises (and would close the connection); a PUBLISH decoded with ours is marked
+    ``malformed`` with paho's error text, and the rest of the packet is read as usual (the
+    adapter then drops it: tests/test_poison.py)."""
     packet = publish_packet(props)
-    fast, slow = outcome(DecodedProperties, 0x32, packet), outcome(Properties, 0x32, packet)
-    assert fast == slow
-    assert isinstance(fast[0], str)  # an error, not a decoded packet
+    slow = outcome(Properties, 0x32, packet)
+    assert isinstance(slow[0], str)  # paho: an error, not a decoded packet
+    fast = decode(DecodedProperties, 0x32, packet)
+    assert fast.properties.malformed and slow[1] in fast.properties.malformed
+    assert fast.payload == b'{"id":1}' and fast.mid == 7 and fast.topic == b"$mcp-rpc/c1/s1/a/b"
+    assert decode(DecodedProperties, 0x32, publish_packet(raw_props(b"\x03" + utf("a")))).properties.malformed is None
 
 
 def test_puback_with_reason_and_user_property_decodes_as_with_paho(restore):

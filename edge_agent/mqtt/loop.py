@@ -46,7 +46,7 @@ from edge_agent.mqtt.reconnect import Loss, ReconnectPolicy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Connection", "DecodedProperties", "LoopDriver", "PackedProperties", "nodelay"]
+__all__ = ["Connection", "DecodedProperties", "LoopDriver", "PackedProperties", "malformed_reason", "nodelay"]
 
 
 def nodelay(sock: Any) -> None:
@@ -100,6 +100,8 @@ _PLAIN = {2: "MessageExpiryInterval", 3: "ContentType", 8: "ResponseTopic", 9: "
 
 
 _UTF8, _UTF8_PAIR = _TYPES.index("UTF-8 Encoded String"), _TYPES.index("UTF-8 String Pair")
+# what paho's decoders may raise on bad input (paho.mqtt._packet.DECODE_ERRORS; UnicodeDecodeError is a ValueError)
+_DECODE_ERRORS = (struct.error, IndexError, KeyError, ValueError, MQTTException)
 
 
 def _read_utf(buffer: Any, maxlen: int) -> tuple[str, int]:
@@ -136,17 +138,39 @@ class DecodedProperties(Properties):
         d = self.__dict__
         for name in _IDENT_NAME.values():
             d.pop(name, None)
+        d.pop("malformed", None)
+
+    malformed: str | None = None
+    """Set on a PUBLISH whose properties paho would refuse: why (``"UserProperty: [MQTT-1.5.4-3]
+    U+FEFF in UTF-8 data"``); the other properties may be missing. None: well formed."""
 
     def unpack(self, buffer: Any) -> tuple[Properties, int]:
         self.clear()
-        d = self.__dict__
         propslen, vbi_len = VariableByteIntegers.decode(buffer)
-        buffer = buffer[vbi_len:]
-        left = propslen
+        if self.packetType != PacketTypes.PUBLISH:
+            self._unpack(buffer[vbi_len:], propslen)
+            return self, propslen + vbi_len
+        # A PUBLISH is relayed by the broker from any client: what paho would refuse (and then
+        # close the connection over: U+FEFF, NUL, invalid UTF-8 in a string, a duplicate or
+        # unknown property) is marked instead, and the adapter drops the message. The property
+        # block's length is known, so the rest of the packet is still read correctly.
+        at = [0]
+        try:
+            self._unpack(buffer[vbi_len:], propslen, at)
+        except _DECODE_ERRORS as exc:
+            where = _IDENT_NAME.get(at[0], f"property 0x{at[0]:02X}")
+            self.__dict__["malformed"] = f"{where}: {type(exc).__name__}: {exc}"[:200]
+        return self, propslen + vbi_len
+
+    def _unpack(self, buffer: Any, left: int, at: list[int] | None = None) -> None:
+        """Decode ``left`` bytes of properties from ``buffer``; ``at[0]``: the identifier being read."""
+        d = self.__dict__
         while left > 0:
             identifier, n = VariableByteIntegers.decode(buffer)
             buffer = buffer[n:]
             left -= n
+            if at is not None:
+                at[0] = identifier
             kind = _PROPERTIES[identifier][0]
             value: Any
             if kind == _UTF8:
@@ -170,7 +194,46 @@ class DecodedProperties(Properties):
                 d[plain] = [value] if pairs is None else pairs + [value]
             else:
                 d[plain] = value
-        return self, propslen + vbi_len
+
+
+def malformed_reason(message: mqtt.MQTTMessage) -> str | None:
+    """Why an incoming PUBLISH must be dropped unread, or None if it may be handled.
+
+    Reasons: a property paho's decoder refuses (:attr:`DecodedProperties.malformed`: invalid
+    UTF-8; U+0000, forbidden by MQTT 5 §1.5.4 [MQTT-1.5.4-2]; U+FEFF, which paho refuses
+    although [MQTT-1.5.4-3] only says a receiver must not strip it; a duplicate or unknown
+    property), or the same characters in the topic name (paho passes those through, and a
+    topic that is not UTF-8 raises ``UnicodeDecodeError`` on ``message.topic``). Mosquitto
+    forwards U+FEFF in both, so any client allowed to publish on a topic we subscribe can send
+    it."""
+    reason = getattr(message.properties, "malformed", None)
+    if reason:
+        return str(reason)
+    try:
+        topic = message.topic
+    except UnicodeDecodeError:
+        return "topic: not UTF-8"
+    if "\ufeff" in topic:
+        return "topic: U+FEFF in UTF-8 data"
+    if "\x00" in topic:
+        return "topic: [MQTT-1.5.4-2] Null found in UTF-8 data"
+    return None
+
+
+class _Guarded:
+    """A client's ``on_message``, behind the malformed-message check of its :class:`LoopDriver`."""
+
+    __slots__ = ("driver", "handler")
+
+    def __init__(self, handler: Callable[..., Any] | None, driver: LoopDriver):
+        self.handler, self.driver = handler, driver
+
+    def __call__(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        reason = malformed_reason(message)
+        if reason is not None:
+            self.driver._dropped(client, message, reason)
+        elif self.handler is not None:
+            self.handler(client, userdata, message)
 
 
 class LoopDriver:
@@ -181,7 +244,19 @@ class LoopDriver:
 
     Use :meth:`attach` before the client connects, :meth:`connect` (or paho's own ``connect``
     on the loop thread, for a local broker), :meth:`detach` when done, :meth:`close` at the end.
+
+    Malformed messages: an incoming PUBLISH that paho would refuse (a string with U+FEFF, NUL
+    or invalid UTF-8 in a property or in the topic; a duplicate or unknown property: see
+    :func:`malformed_reason`) would make paho close the connection, and, retained, again at
+    every reconnect. The driver puts every attached client's ``on_message`` behind a check (at
+    :meth:`attach` and again before each read, so a handler set later is covered too; paho's
+    per-topic ``message_callback_add`` handlers are not), which drops such a message before
+    the handler sees it (QoS 1/2 is still acknowledged), counts it (:meth:`malformed`) and logs
+    a warning with the reason: the first drop of each client at once, then at most one line
+    per ``MALFORMED_LOG_INTERVAL`` seconds with the count since.
     """
+
+    MALFORMED_LOG_INTERVAL = 60.0
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *, misc_interval: float = 1.0):
         if not misc_interval > 0:
@@ -200,6 +275,42 @@ class LoopDriver:
         self._deferring: mqtt.Client | None = None  # queued packets of this client are flushed by the caller
         self._batch: dict[mqtt.Client, int] = {}  # clients to write at the next step -> writes that joined
         self._batch_handle: asyncio.Handle | None = None
+        self._malformed: dict[mqtt.Client, int] = {}  # messages dropped as malformed, per client
+        self._malformed_logged: dict[mqtt.Client, tuple[float, int]] = {}  # last warning: (monotonic, count)
+
+    # -- malformed messages ---------------------------------------------------------------------
+    def malformed(self, client: mqtt.Client) -> int:
+        """How many incoming messages of ``client`` were dropped as malformed (since the driver
+        was made; kept across reconnects, detach and attach)."""
+        return self._malformed.get(client, 0)
+
+    def _guard(self, client: mqtt.Client) -> None:
+        handler = client.on_message
+        if type(handler) is _Guarded and handler.driver is self:
+            return
+        if isinstance(handler, _Guarded):
+            handler = handler.handler
+        client.on_message = _Guarded(handler, self)
+
+    def _dropped(self, client: mqtt.Client, message: mqtt.MQTTMessage, reason: str) -> None:
+        count = self._malformed[client] = self._malformed.get(client, 0) + 1
+        now = time.monotonic()
+        last = self._malformed_logged.get(client)
+        if last is not None and now - last[0] < self.MALFORMED_LOG_INTERVAL:
+            return
+        self._malformed_logged[client] = (now, count)
+        try:
+            topic = message.topic
+        except UnicodeDecodeError:
+            topic = "(not UTF-8)"
+        where = f"{topic[:120]!r}{' (retained)' if message.retain else ''}"
+        if last is None:
+            log.warning("dropped a malformed MQTT message on %s: %s (paho would have closed the connection); "
+                        "further drops are counted, and logged at most every %g s", where, reason,
+                        self.MALFORMED_LOG_INTERVAL)
+        else:
+            log.warning("dropped %d more malformed MQTT messages in %.0f s (%d in all); the last on %s: %s",
+                        count - last[1], now - last[0], count, where, reason)
 
     # -- attach / detach ------------------------------------------------------------------------
     def attach(self, client: mqtt.Client, *, tick: Callable[[], None] | None = None) -> None:
@@ -210,6 +321,7 @@ class LoopDriver:
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
         self.clients[client] = tick
+        self._guard(client)
         sock = client.socket()
         if sock is not None and client not in self._fds:
             self._register(client, sock)
@@ -358,6 +470,7 @@ class LoopDriver:
                 pass
 
     def _readable(self, client: mqtt.Client) -> None:
+        self._guard(client)  # on_message may have been set since attach()
         self._deferring = client
         try:
             rc = client.loop_read()

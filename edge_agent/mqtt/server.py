@@ -415,7 +415,10 @@ class MqttServerTransport:
             self.client.unsubscribe([t for t, _ in self._client_filters(client_id)])
 
     def link_health(self) -> dict[str, Any]:
-        """``device://link``: connected or not, reconnects, last outage, outbox, drops, RTT."""
+        """``device://link``: connected or not, reconnects, last outage, outbox, drops, RTT;
+        ``malformed``: control messages without a valid sender id; ``dropped_malformed``:
+        messages dropped unread because paho would have refused them (see
+        :meth:`edge_agent.mqtt.loop.LoopDriver.malformed`)."""
         s = self.stats
         outage = round(time.monotonic() - s.outage_started, 1) if s.outage_started is not None else None
         drops = dict(self.outbox.drops)
@@ -430,6 +433,9 @@ class MqttServerTransport:
             "qos0_queued": len(self._qos0), "drops": drops, "rtt_ms": s.rtt_ms,
             "early_losses": s.early_losses, "takeovers": s.takeovers, "server_id_conflict": s.server_id_conflict,
             "published": s.published, "received": s.received, "malformed": s.malformed,
+            # messages paho would have closed the connection over (U+FEFF, NUL, invalid UTF-8 in
+            # a property or the topic), dropped by the adapter (edge_agent.mqtt.loop.malformed_reason)
+            "dropped_malformed": self.driver.malformed(self.client),
             "keepalive_s": self.settings.keepalive, "session_expiry_s": self.settings.session_expiry,
         }
 
