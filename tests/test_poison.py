@@ -271,3 +271,44 @@ async def test_poison_and_poisoned_topics_reach_no_cloud_handler(broker):
             while link2._driver is None or link2._driver.malformed(link2._client) < 1:
                 await anyio.sleep(0.01)
         assert got == [] and link2.lost is None
+
+
+# ---------------------------------------------------------------------------- retained poison
+def test_retained_poison_and_initialize_on_the_control_topic_are_ignored(broker, tmp_path):
+    """A retained poison on the control topic would replay at every (re)connect; a retained
+    ``initialize`` would open a session at every agent start. The device subscribes its control
+    and RPC topics with Retain Handling 2 and drops retained requests anyway."""
+    control = f"$mcp-server/{SID}/{NAME}".encode()
+    planted = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                          "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                                     "clientInfo": {"name": "planted", "version": "0"}}}).encode()
+    hostile = Hostile(broker.url, "planter")
+    watcher = Hostile(broker.url, "watcher")
+    try:
+        watcher.subscribe(f"$mcp-rpc/planted/{SID}/{NAME}")  # where the device would answer the planted one
+        assert hostile.publish(control, _mcp("planted"), planted, retain=True)
+        # a retained request on the RPC topic the device subscribes when good-client initializes
+        assert hostile.publish(f"$mcp-rpc/good-client/{SID}/{NAME}".encode(), _mcp("good-client"),
+                               b'{"jsonrpc": "2.0", "id": "planted-ping", "method": "ping"}', retain=True)
+        # and a retained poison
+        assert hostile.publish(control, _mcp("x", b"\x03" + _str("\ufeff".encode())), b"{}", retain=True)
+    finally:
+        hostile.close()
+    agent = AgentProcess(write_config(tmp_path / "a.toml", server_name=NAME, server_id=SID, drivers=DRIVERS),
+                         broker.url, SID, NAME).start()
+    good = RawMcpClient(broker.url, "good-client", SID, NAME)
+    try:
+        good.initialize()
+        assert good.request("ping")["result"] == {}
+        link = _link(good)
+        assert link["connects"] == 1 and link["dropped_malformed"] == 0, link  # the broker kept them to itself
+        assert watcher.received == []  # no session was opened for the planted initialize
+        assert good.responses("planted-ping") == []  # the planted request was not answered
+        watcher.sock.settimeout(0.5)
+        with pytest.raises(OSError):  # (socket.timeout) nothing arrives later either
+            watcher._read()
+    finally:
+        watcher.close()
+        good.close()
+        agent.stop()
+    assert "planted" not in agent.log()

@@ -91,6 +91,7 @@ class LinkStats:
     published: int = 0
     received: int = 0
     malformed: int = 0
+    retained_dropped: int = 0  # retained messages on the control or an RPC topic (see _route)
     last_error: str | None = None
     outage_started: float | None = None  # monotonic
     last_outage_s: float | None = None
@@ -374,7 +375,8 @@ class MqttServerTransport:
         return [
             (topics.client_presence(client_id), SubscribeOptions(qos=q)),
             (topics.client_capability(client_id), SubscribeOptions(qos=q)),
-            (self.rpc_topic(client_id), SubscribeOptions(qos=q, noLocal=True)),
+            (self.rpc_topic(client_id), SubscribeOptions(qos=q, noLocal=True,
+                                                         retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND)),
         ]
 
     async def serve_client(self, client_id: str, timeout: float = 10.0) -> None:
@@ -435,7 +437,7 @@ class MqttServerTransport:
             "published": s.published, "received": s.received, "malformed": s.malformed,
             # messages paho would have closed the connection over (U+FEFF, NUL, invalid UTF-8 in
             # a property or the topic), dropped by the adapter (edge_agent.mqtt.loop.malformed_reason)
-            "dropped_malformed": self.driver.malformed(self.client),
+            "dropped_malformed": self.driver.malformed(self.client), "retained_dropped": s.retained_dropped,
             "keepalive_s": self.settings.keepalive, "session_expiry_s": self.settings.session_expiry,
         }
 
@@ -459,7 +461,9 @@ class MqttServerTransport:
                 self._set_will()
         log.info("connected to %s as %s (%s)%s", self.stats.broker, self.server_id, self.server_name,
                  " (session present)" if getattr(flags, "session_present", False) else "")
-        subs = [(self.control_topic, SubscribeOptions(qos=self.settings.qos_rpc))]
+        # Retain Handling 2: a message retained on the control topic is never sent to us
+        subs = [(self.control_topic, SubscribeOptions(qos=self.settings.qos_rpc,
+                                                      retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))]
         for cid in self.clients:
             subs.extend(self._client_filters(cid))
         self.client.subscribe(subs)
@@ -505,13 +509,25 @@ class MqttServerTransport:
             fut.set_result(list(reason_codes or []))
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self._route(message.topic, bytes(message.payload), message.properties, time.time())
+        self._route(message.topic, bytes(message.payload), message.properties, time.time(), message.retain)
 
-    def _route(self, topic: str, payload: bytes, properties: Any, received: float) -> None:
-        """Route by topic prefix (interop checklist), not by our subscription table."""
+    def _route(self, topic: str, payload: bytes, properties: Any, received: float, retain: bool = False) -> None:
+        """Route by topic prefix (interop checklist), not by our subscription table.
+
+        A retained message on the control topic or an RPC topic is dropped and counted
+        (``retained_dropped``): requests are never retained by a client, so one is planted (a
+        stale ``initialize`` or a poison that would replay at every reconnect). The control
+        topic is also subscribed with Retain Handling 2 (MQTT 5 §3.8.3.1: no retained messages
+        at subscribe), so the broker does not even send it; the check covers brokers that do."""
         self.stats.received += 1
         parsed = topics.parse(topic)
         if parsed is None:
+            return
+        if retain and parsed.kind in ("control", "rpc"):
+            self.stats.retained_dropped += 1
+            if self.stats.retained_dropped == 1:
+                log.warning("retained message on %r dropped: requests must not be retained (further ones are only "
+                            "counted in device://link retained_dropped)", topic[:120])
             return
         expiry = getattr(properties, "MessageExpiryInterval", None)
         incoming = Incoming(content_type=getattr(properties, "ContentType", None),
