@@ -51,7 +51,7 @@ def test_opens_session():
 
 @pytest.mark.parametrize("cid, ok", [("c1", True), ("my-cloud-client", True), ("", False), ("a/b", False),
                                      ("+", False), ("#", False), ("a\x00", False), (None, False), (5, False),
-                                     ("x" * 65536, False)])
+                                     ("x" * 256, True), ("x" * 257, False), ("x" * 65500, False)])
 def test_valid_client_id(cid, ok):
     assert binding.valid_client_id(cid) == (cid if ok else None)
 

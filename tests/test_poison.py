@@ -312,3 +312,53 @@ def test_retained_poison_and_initialize_on_the_control_topic_are_ignored(broker,
         good.close()
         agent.stop()
     assert "planted" not in agent.log()
+
+
+# ---------------------------------------------------------------------------- identifier length
+def test_too_long_client_id_gets_no_session_and_reconnects_stay_healthy(broker, tmp_path):
+    """A 65,500-byte MCP-MQTT-CLIENT-ID would make $mcp-rpc/{id}/{server-id}/{server-name}
+    longer than an MQTT string: once kept, the device could not subscribe (nor publish presence)
+    at any later reconnect. Ids are limited to 256 bytes (edge_agent.core.topics.MAX_ID)."""
+    fast = "\n[link]\nreconnect_min = 0.1\nreconnect_max = 0.5\n"
+    agent = AgentProcess(write_config(tmp_path / "a.toml", server_name=NAME, server_id=SID, drivers=DRIVERS + fast),
+                         broker.url, SID, NAME).start()
+    good: RawMcpClient | None = None
+    try:
+        long_id = "L" * 65500
+        hostile = Hostile(broker.url, "long-id")
+        try:
+            msg = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+                   "params": {"protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "l", "version": "0"}}}
+            assert hostile.publish(f"$mcp-server/{SID}/{NAME}".encode(), _mcp(long_id), json.dumps(msg).encode())
+        finally:
+            hostile.close()
+        good = RawMcpClient(broker.url, "good-client", SID, NAME)
+        good.initialize()
+        assert good.request("ping")["result"] == {}
+        link = _link(good)
+        assert link["malformed"] == 1 and link["connects"] == 1, link  # refused as an invalid sender id
+        good.close()
+        good = None
+
+        # a reconnect: the device subscribes its control topic again and publishes its presence
+        broker.stop()
+        watcher = None
+        broker.start()
+        try:
+            from .agent_process import RawSubscriber
+
+            watcher = RawSubscriber(broker.url, [f"$mcp-server/presence/{SID}/{NAME}"])
+            watcher.wait_for(lambda m: bool(m.payload) and json.loads(m.payload)["method"] == "notifications/server/online",
+                             20)
+        finally:
+            if watcher is not None:
+                watcher.close()
+        good = RawMcpClient(broker.url, "good-client-2", SID, NAME)
+        good.initialize()
+        link = _link(good)
+        assert link["connects"] == 2 and link["connected"], link
+    finally:
+        if good is not None:
+            good.close()
+        agent.stop()
+    assert "MCP-MQTT-CLIENT-ID is 65500 bytes; at most 256" in agent.log()

@@ -56,7 +56,8 @@ def opens_session(msg):
 
 def valid_client_id(cid):
     """``cid`` (the MCP-MQTT-CLIENT-ID user property) if it can name a session's topics, else
-    None: never a wildcard, a "/", NUL, empty or over 65535 bytes."""
+    None: never a wildcard, a "/", NUL, empty or over 256 bytes (``topics.MAX_ID``: every topic
+    built from it stays within MQTT's 65535 bytes)."""
     try:
         return topics.check_id(cid, "mcp-client-id")
     except ValueError:

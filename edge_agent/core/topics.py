@@ -6,7 +6,12 @@
 
 COMPONENT_SERVER = "mcp-server"
 COMPONENT_CLIENT = "mcp-client"
-MAX_STRING = 65535  # bytes in an MQTT UTF-8 string (MQTT 5 §1.5.4)
+# Byte limits, so that the longest topic, $mcp-rpc/{mcp-client-id}/{server-id}/{server-name},
+# stays within an MQTT string's 65535 bytes (MQTT 5 §1.5.4): 256 bytes per id is far beyond
+# any real client id (MQTT 5 §3.1.3.1 only promises 23; ours are names or UUIDs) and leaves
+# 65535 - 11 - 2 * 256 = 65012 bytes for the server-name. Checked before any state is kept.
+MAX_ID = 256
+MAX_NAME = 65012
 
 
 def _utf8_size(value, what):
@@ -20,12 +25,12 @@ def check_id(value, what="client id"):
     """``value`` if it is a valid server-id / mcp-client-id.
 
     Raises ValueError: empty, contains ``/``, ``+``, ``#`` or NUL, not valid UTF-8, longer than
-    65535 bytes, or a server-id that would make ``$mcp-server/{id}/...`` another topic."""
+    ``MAX_ID`` (256) bytes, or a server-id that would make ``$mcp-server/{id}/...`` another topic."""
     if not isinstance(value, str) or not value or any(c in value for c in "/+#\x00"):
         raise ValueError("%s %r must be non-empty and contain no '/', '+', '#' or NUL" % (what, value))
     size = _utf8_size(value, what)
-    if size > MAX_STRING:
-        raise ValueError("%s is %d bytes; MQTT strings hold at most %d" % (what, size, MAX_STRING))
+    if size > MAX_ID:
+        raise ValueError("%s is %d bytes; at most %d" % (what, size, MAX_ID))
     if what == "server-id" and value in ("presence", "capability"):
         raise ValueError("server-id %r is reserved: $mcp-server/%s/... is another topic" % (value, value))
     return value
@@ -44,8 +49,8 @@ def check_server_name(name):
     if "\x00" in name:
         raise ValueError("server-name %r must not contain NUL" % (name,))
     size = _utf8_size(name, "server-name")
-    if size > MAX_STRING:
-        raise ValueError("server-name is %d bytes; MQTT strings hold at most %d" % (size, MAX_STRING))
+    if size > MAX_NAME:
+        raise ValueError("server-name is %d bytes; at most %d" % (size, MAX_NAME))
     if "//" in name:
         raise ValueError("server-name %r must not contain an empty level ('//')" % (name,))
     return name
