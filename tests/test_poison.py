@@ -362,3 +362,40 @@ def test_too_long_client_id_gets_no_session_and_reconnects_stay_healthy(broker, 
             good.close()
         agent.stop()
     assert "MCP-MQTT-CLIENT-ID is 65500 bytes; at most 256" in agent.log()
+
+
+# ---------------------------------------------------------------------------- poisoned presence (cloud)
+def test_poisoned_retained_presence_does_not_break_edge_agent_devices(broker):
+    """``edge-agent devices`` lists the good servers and exits 0 when poisoned presences are
+    retained next to them (paho would have closed its connection: no listing at all)."""
+    import subprocess
+    import sys
+
+    online = json.dumps({"jsonrpc": "2.0", "method": "notifications/server/online",
+                         "params": {"server_name": "devices/good/pi-1", "description": "good one", "meta": {}}}).encode()
+    evil = json.dumps({"jsonrpc": "2.0", "method": "notifications/server/online",
+                       "params": {"server_name": "devices/evil/x", "description": "evil", "meta": {}}}).encode()
+    hostile = Hostile(broker.url, "presence-poisoner")
+    try:
+        server = _props(b"\x26" + _str(b"MCP-COMPONENT-TYPE") + _str(b"mcp-server"))
+        assert hostile.publish(b"$mcp-server/presence/good-1/devices/good/pi-1", server, online, retain=True)
+        assert hostile.publish(b"$mcp-server/presence/evil-1/devices/evil/x",  # U+FEFF in a user property
+                               _props(b"\x26" + _str(b"k") + _str("\ufeff".encode())), evil, retain=True)
+        assert hostile.publish(b"$mcp-server/presence/evil-2/devices/evil/x",  # in the content type
+                               _props(b"\x03" + _str("application/json\ufeff".encode())), evil, retain=True)
+        assert hostile.publish("$mcp-server/presence/evil-3\ufeff/devices/evil/x".encode(), server, evil, retain=True)
+        assert hostile.publish(f"$mcp-server/presence/{'E' * 300}/devices/evil/x".encode(), server, evil, retain=True)
+    finally:
+        hostile.close()
+    done = subprocess.run([sys.executable, "-m", "edge_agent", "devices", "--broker", broker.url, "--timeout", "5"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "devices/good/pi-1" in done.stdout and "good-1" in done.stdout
+    assert "evil" not in done.stdout
+    assert done.stderr == ""  # (warnings show with -v)
+    verbose = subprocess.run([sys.executable, "-m", "edge_agent", "devices", "--broker", broker.url, "-v"],
+                             capture_output=True, text=True, timeout=60)
+    assert verbose.returncode == 0 and "good-1" in verbose.stdout and "evil" not in verbose.stdout
+    # three dropped by the adapter (U+FEFF), one skipped by discovery (a 300-byte server-id)
+    assert "dropped 3 presence message(s)" in verbose.stderr, verbose.stderr
+    assert "skipping malformed presence: server-id is 300 bytes; at most 256" in verbose.stderr, verbose.stderr

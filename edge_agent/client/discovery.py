@@ -56,12 +56,17 @@ def parse_presence(topic: str, payload: bytes) -> ServerPresence | None:
     Returns ``None`` for an empty payload (that server-id went offline).
 
     Raises:
-        ValueError: ``topic`` is not a server presence topic, or the payload is not a JSON
-            ``notifications/server/online`` message.
+        ValueError: ``topic`` is not a server presence topic, its server-id or server-name is
+            invalid (:func:`edge_agent.core.topics.check_id`, ``check_server_name``), or the
+            payload is not a JSON ``notifications/server/online`` message.
     """
     parsed = topics.parse(topic)
     if parsed is None or parsed.kind != "server-presence":
         raise ValueError(f"{topic!r} is not a server presence topic")
+    # the ids come from whoever wrote the topic: checked like our own (no wildcard, NUL, or a
+    # length that would make $mcp-rpc/{client}/{server-id}/{server-name} too long)
+    topics.check_id(parsed.server_id or "", "server-id")
+    topics.check_server_name(parsed.server_name or "")
     if not payload:
         return None
     try:
@@ -118,12 +123,13 @@ class PresenceTable:
 
     Feed it every :class:`Incoming` message; it ignores anything that is not a presence
     message for a matching server-name, drops a server-id on an empty payload, and logs and
-    skips malformed online messages. Event-loop only (see :mod:`.link`).
+    skips malformed online messages (counted in ``skipped``). Event-loop only (see :mod:`.link`).
     """
 
     def __init__(self, server_name_filter: str = "#"):
         self.server_name_filter = server_name_filter
         self.servers: dict[tuple[str, str], ServerPresence] = {}
+        self.skipped = 0
         self.changed = anyio.Event()
 
     def feed(self, message: Incoming) -> ServerPresence | None:
@@ -137,7 +143,8 @@ class PresenceTable:
         try:
             presence = parse_presence(message.topic, message.payload)
         except ValueError as exc:
-            log.warning("skipping malformed presence: %s", exc)
+            self.skipped += 1
+            log.warning("skipping malformed presence: %s", str(exc)[:300])
             return None
         if presence is None:
             self.servers.pop(key, None)
@@ -173,7 +180,9 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
     Subscribes to ``$mcp-server/presence/+/{server_name_filter}`` (or to the broker's suggested
     ``MCP-SERVER-NAME-FILTERS``, narrowed locally) and collects retained and live presence
     messages for ``timeout`` seconds. Empty payloads (a server that went away) are ignored;
-    malformed online messages are logged and skipped.
+    malformed online messages are logged and skipped, and so are (by the MQTT adapter) messages
+    paho would refuse, which would otherwise close the connection: a poisoned retained presence
+    hides only itself.
 
     With ``until_retained``, it returns as soon as the broker has delivered the retained
     presences (``timeout`` is then only a cap): after the SUBACK it publishes a random marker,
@@ -230,4 +239,7 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
                 await anyio.sleep_forever()
         if link.lost is not None:
             raise TransportError(link.lost)
+        if link.dropped_malformed:
+            log.warning("dropped %d presence message(s) paho would have refused (U+FEFF, NUL or invalid UTF-8 "
+                        "in a property or the topic); the other servers are listed", link.dropped_malformed)
     return table.sorted()

@@ -205,6 +205,13 @@ class MqttLink:
 
     # -- event-loop side -----------------------------------------------------------------------
 
+    @property
+    def dropped_malformed(self) -> int:
+        """Incoming messages the adapter dropped unread because paho would have closed the
+        connection over them (U+FEFF, NUL or invalid UTF-8 in a property or the topic: see
+        :func:`edge_agent.mqtt.loop.malformed_reason`); 0 while not entered."""
+        return self._driver.malformed(self._client) if self._driver is not None else 0
+
     async def __aenter__(self) -> "MqttLink":
         self._driver = LoopDriver(asyncio.get_running_loop(), misc_interval=min(1.0, self.keepalive / 10))
         self._driver.attach(self._client)
