@@ -399,3 +399,47 @@ def test_poisoned_retained_presence_does_not_break_edge_agent_devices(broker):
     # three dropped by the adapter (U+FEFF), one skipped by discovery (a 300-byte server-id)
     assert "dropped 3 presence message(s)" in verbose.stderr, verbose.stderr
     assert "skipping malformed presence: server-id is 300 bytes; at most 256" in verbose.stderr, verbose.stderr
+
+
+@pytest.mark.anyio
+async def test_poisoned_retained_presence_does_not_loop_the_gateway(broker, tmp_path):
+    """The gateway (its MqttLink on the adapter) lists the good device's tools and keeps one
+    broker connection while poisoned presences are retained; before, paho closed its
+    connection at every subscribe and it reconnected in a loop."""
+    import asyncio
+
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    from edge_agent.testing.fleet_sim import LoopDriver, SimDevice
+
+    from .test_gateway_http import GatewayProcess
+
+    hostile = Hostile(broker.url, "presence-poisoner-2")
+    try:
+        evil = b'{"jsonrpc": "2.0", "method": "notifications/server/online", "params": {}}'
+        assert hostile.publish(b"$mcp-server/presence/evil-1/devices/evil/x",
+                               _props(b"\x26" + _str(b"k") + _str("\ufeff".encode())), evil, retain=True)
+        assert hostile.publish("$mcp-server/presence/evil-2\ufeff/devices/evil/x".encode(), _props(), evil, retain=True)
+    finally:
+        hostile.close()
+    driver = LoopDriver(asyncio.get_running_loop())
+    device = SimDevice(broker.url, "good-gw-1", "devices/good/gw1", driver=driver)
+    await device.start()
+    log_path = tmp_path / "gateway.log"
+    gateway = await GatewayProcess(broker.url, log_path, "-v").ready()
+    try:
+        async with streamable_http_client(gateway.url) as (read, write, *_), \
+                ClientSession(read, write, read_timeout_seconds=30) as session:
+            await session.initialize()
+            with anyio.fail_after(20):
+                while not any(t.name.startswith("devices.good.gw1__") for t in (await session.list_tools()).tools):
+                    await anyio.sleep(0.2)
+            assert not any("evil" in t.name for t in (await session.list_tools()).tools)
+    finally:
+        assert gateway.stop() == 0
+        await device.stop()
+        driver.close()
+    text = log_path.read_text()
+    assert text.count("gateway connected to") == 1, text  # never reconnected
+    assert text.count(WARNING) == 1, text
