@@ -10,7 +10,10 @@ needs:
   ``threading.Lock`` held while paho calls ``on_message``, ``on_connect``, ...): a write from
   inside a callback must be left to the event loop, a write from outside may go out at once;
 - which class its packet decoders build properties with (``paho.mqtt._packet.Properties``), so
-  the adapter can give them a cheaper one (:class:`edge_agent.mqtt.loop.DecodedProperties`).
+  the adapter can give them its own (:class:`edge_agent.mqtt.loop.DecodedProperties`): cheaper,
+  and for a PUBLISH it marks what paho would refuse (U+FEFF, NUL, invalid UTF-8) instead of
+  raising, which would make paho close the connection (``tests/test_poison.py`` fails if paho
+  stops refusing, or if the adapter stops dropping such a message).
 
 ``tests/test_mqtt_adapter.py`` checks both against a real broker and fails if a paho upgrade
 moves, renames or changes the meaning of either. Nothing else in ``edge_agent`` may touch an
