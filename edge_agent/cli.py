@@ -77,8 +77,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     try:
         config = _load_config(args)
     except ConfigError as exc:
-        for f, key, message in exc.problems:
-            log.error("config %s: %s: %s", f, key, message)
+        for line in exc.formatted():  # FILE:LINE: KEY: message, as `edge-agent check` prints it
+            log.error("config %s", line)
         return 2
     try:
         return asyncio.run(_run(config, args))

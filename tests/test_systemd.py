@@ -360,9 +360,9 @@ def test_bad_config_exits_2_with_a_status_naming_the_key(tmp_path):
         run = subprocess.run([sys.executable, "-m", "edge_agent", "run", "--config", str(config)],
                              capture_output=True, text=True, env=env, timeout=60)
         assert run.returncode == 2
-        assert "device.warp_drive" in run.stderr
+        assert f"{config}:3: device.warp_drive" in run.stderr  # FILE:LINE: KEY, as `check` prints it
         _, pid, msg = ns.wait_for("STATUS", timeout=5)
-        assert msg["STATUS"].startswith(f"bad config: {config}: device.warp_drive"), msg
+        assert msg["STATUS"].startswith(f"bad config: {config}:3: device.warp_drive"), msg
         assert "READY" not in msg
     finally:
         ns.close()

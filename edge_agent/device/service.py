@@ -17,7 +17,7 @@ What the agent sends (see :func:`supervise` and ``edge_agent.cli._run``):
   would only burn the unit's start limit; paho keeps reconnecting and ``STATUS=`` says so);
 - ``STATUS=online as devices/x (id) on mqtt://...; 2 sessions; drivers: 9 ok`` when it changes;
 - ``STOPPING=1`` on SIGTERM/SIGINT, before the clean stop;
-- ``STATUS=bad config: FILE: KEY: message`` before exiting 2 on a bad config
+- ``STATUS=bad config: FILE:LINE: KEY: message`` before exiting 2 on a bad config
   (:class:`StartupErrorStatus`).
 
 Source: ``sd_notify(3)``, ``systemd.service(5)`` (``WatchdogSec=``, ``NotifyAccess=``),
@@ -172,7 +172,7 @@ class JournalFormatter(logging.Formatter):
 class StartupErrorStatus(logging.Handler):
     """Until removed, sends every ERROR record as ``STATUS=`` so ``systemctl status`` tells why
     the agent exits before it runs (the only errors logged then are config problems:
-    ``config FILE: KEY: message`` becomes ``bad config: FILE: KEY: message``). With several
+    ``config FILE:LINE: KEY: message`` becomes ``bad config: FILE:LINE: KEY: message``). With several
     problems the first is shown and the rest counted."""
 
     def __init__(self, notifier: Notifier):
