@@ -89,3 +89,61 @@ class BlackholeProxy:
             for s in list(self._pairs):
                 self._close(s)
         self.listener.close()
+
+
+class CuttableProxy:
+    """A TCP proxy 127.0.0.1:<port> -> ``target_port`` that can cut every link at once
+    (``cut()``: the client sees its connection closed, as on a flaky network), or each link
+    ``hold`` seconds after it was accepted (an outage per connection). ``accepted`` counts the
+    connections made."""
+
+    def __init__(self, target_port: int, hold: float | None = None):
+        self.target_port = target_port
+        self.hold = hold
+        self.accepted = 0
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.socks: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self.server.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            try:
+                up = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                down.close()
+                continue
+            self.socks += [down, up]
+            for a, b in ((down, up), (up, down)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+            if self.hold is not None:
+                threading.Timer(self.hold, self._close, args=(down, up)).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+
+    @staticmethod
+    def _close(*socks: socket.socket) -> None:
+        for s in socks:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def cut(self) -> None:
+        self._close(*self.socks)
+
+    def close(self) -> None:
+        self.server.close()
+        self.cut()

@@ -32,6 +32,8 @@ from edge_agent.cloud import ServerPresence, connect, discover, mqtt_client
 from edge_agent.core import topics
 from edge_agent.errors import ServerNotFound, TransportError
 
+from .faults import CuttableProxy
+
 SERVER_NAME = "devices/greenhouse/pi-01"
 
 TOOLS = [
@@ -388,48 +390,6 @@ async def test_malformed_payload_is_an_exception_item_not_a_crash(broker, peer):
 # --------------------------------------------------------------------------------------------
 # The client's will: cut the TCP link under the client, as a flaky network would
 # --------------------------------------------------------------------------------------------
-
-class CuttableProxy:
-    """A TCP proxy 127.0.0.1:port -> broker that can cut every link at once."""
-
-    def __init__(self, target_port: int):
-        self.target_port = target_port
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                down, _ = self.server.accept()
-            except OSError:
-                return
-            up = socket.create_connection(("127.0.0.1", self.target_port))
-            self.socks += [down, up]
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    @staticmethod
-    def _pipe(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(65536):
-                dst.sendall(data)
-        except OSError:
-            pass
-
-    def cut(self) -> None:
-        for s in self.socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def close(self) -> None:
-        self.server.close()
-        self.cut()
-
 
 @pytest.mark.anyio
 async def test_link_loss_publishes_the_will_and_fails_requests(broker, peer):

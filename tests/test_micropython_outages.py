@@ -7,68 +7,16 @@ where lwIP has only a handful."""
 
 from __future__ import annotations
 
-import socket
 import subprocess
-import threading
 from pathlib import Path
 
 import pytest
 
+from tests.faults import CuttableProxy
 from tests.test_micropython_board import node_binary
 
 ROOT = Path(__file__).resolve().parents[1]
 BOARD = ROOT / "micropython" / "host" / "board.mjs"
-
-
-class CuttingProxy:
-    """Forwards 127.0.0.1:<port> to the broker and cuts every connection ``hold`` seconds
-    after it was accepted (an outage: the board sees its link closed and reconnects)."""
-
-    def __init__(self, target_port: int, hold: float = 0.3):
-        self.target_port = target_port
-        self.hold = hold
-        self.accepted = 0
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.port = self.listener.getsockname()[1]
-        self._stop = threading.Event()
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while not self._stop.is_set():
-            try:
-                down, _ = self.listener.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            try:
-                up = socket.create_connection(("127.0.0.1", self.target_port))
-            except OSError:
-                down.close()
-                continue
-            for a, b in ((down, up), (up, down)):
-                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
-            threading.Timer(self.hold, self._cut, args=(down, up)).start()
-
-    @staticmethod
-    def _pump(src: socket.socket, dst: socket.socket) -> None:
-        try:
-            while data := src.recv(4096):
-                dst.sendall(data)
-        except OSError:
-            pass
-
-    @staticmethod
-    def _cut(*socks: socket.socket) -> None:
-        for s in socks:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            s.close()
-
-    def close(self) -> None:
-        self._stop.set()
-        self.listener.close()
 
 
 CODE = """
@@ -94,7 +42,7 @@ asyncio.run(main())
 @pytest.mark.timeout(180)
 def test_twenty_outages_leave_at_most_one_socket_open(broker):
     node = node_binary()
-    proxy = CuttingProxy(broker.port)
+    proxy = CuttableProxy(broker.port, hold=0.3)  # every link cut 0.3 s after it opened
     outages = 20
     try:
         done = subprocess.run([node, str(BOARD), "--exec", CODE % {"port": proxy.port, "outages": outages}],
