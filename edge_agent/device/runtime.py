@@ -39,6 +39,8 @@ from edge_agent.server import (
     Tool,
     ToolContext,
 )
+from edge_agent.server.catalog import META_KEY as CATALOG_DIGEST
+from edge_agent.server.catalog import catalog_digest
 from edge_agent.server.mcp import stale_message
 
 log = logging.getLogger(__name__)
@@ -355,7 +357,13 @@ class Agent:
     def _health_changed(self, *, lists: bool) -> None:
         if lists:
             self.server.list_changed("tools", "resources")
+            self._catalog_changed()
         self.server.resource_updated("device://health")
+
+    def _catalog_changed(self) -> None:
+        """The lists changed: the retained presence carries the new ``catalogDigest``."""
+        if self.endpoint is not None and self.endpoint.transport is not None:
+            self.endpoint.transport.update_meta(CATALOG_DIGEST, catalog_digest(self.server))
 
     def health(self) -> dict[str, Any]:
         statuses = {s.status for s in self.drivers.values()}
@@ -431,6 +439,7 @@ class Agent:
         rbac = self.config.rbac.advertise((t.name, t.annotations) for t in self.registry.tools.values())
         if rbac is not None:
             meta["rbac"] = rbac
+        meta[CATALOG_DIGEST] = catalog_digest(self.server)
         store_cfg = self.config.store
         # write-behind (off the loop) unless a stored message or session must be on disk before
         # it is sent or answered (the transport does not wait for the writer yet)

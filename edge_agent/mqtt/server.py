@@ -369,6 +369,17 @@ class MqttServerTransport:
         self.client.publish(self.presence_topic, codec.encode(self.online_message()), qos=1, retain=True,
                             properties=self._pub_props)
 
+    def update_meta(self, key: str, value: Any) -> bool:
+        """Set ``meta[key]`` (e.g. ``catalogDigest``) and, if it changed while connected,
+        re-publish the retained presence with it (offline: the next connect publishes it).
+        True if the value changed."""
+        if self.meta.get(key) == value:
+            return False
+        self.meta[key] = value
+        if self.connected.is_set():
+            self.publish_presence()
+        return True
+
     # ----------------------------------------------------------------- per-client topics
     def _client_filters(self, client_id: str) -> list[tuple[str, SubscribeOptions]]:
         q = self.settings.qos_rpc

@@ -41,6 +41,8 @@ from edge_agent import __version__
 from edge_agent.core import binding, jsonrpc, topics
 from edge_agent.mqtt.broker_url import BrokerURL, parse_broker_url
 from edge_agent.mqtt.loop import LoopDriver, PackedProperties
+from edge_agent.server.catalog import META_KEY as CATALOG_DIGEST
+from edge_agent.server.catalog import catalog_digest
 from edge_agent.server.mcp import McpServer, ServerInfo
 from edge_agent.server.registry import (
     Prompt,
@@ -155,6 +157,8 @@ class SimDevice:
         self.killed = False
         self.server = McpServer(sim_registry(self), ServerInfo(name="edge-agent-sim", version=__version__),
                                 broadcast=lambda msg: self._publish(self.capability_topic, msg))
+        self.meta: dict[str, Any] = {"implementation": "edge-agent-sim",
+                                     CATALOG_DIGEST: catalog_digest(self.server)}
         self._connected: asyncio.Future | None = None
         self._subacks: dict[int, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -274,12 +278,29 @@ class SimDevice:
                 fut.set_exception(ConnectionError(f"{self.server_id}: broker refused the connection: {rc}"))
             return
         client.subscribe([(self.control_topic, SubscribeOptions(qos=self.qos))])
-        online = {"jsonrpc": "2.0", "method": "notifications/server/online",
-                  "params": {"server_name": self.server_name, "description": self.description,
-                             "meta": {"implementation": "edge-agent-sim"}}}
-        client.publish(self.presence_topic, json.dumps(online).encode(), qos=1, retain=True, properties=self._props)
+        self._publish_presence()
         if fut is not None and not fut.done():
             fut.set_result(None)
+
+    def online_message(self) -> dict[str, Any]:
+        """The retained ``notifications/server/online`` (meta with ``catalogDigest``)."""
+        return {"jsonrpc": "2.0", "method": "notifications/server/online",
+                "params": {"server_name": self.server_name, "description": self.description, "meta": self.meta}}
+
+    def _publish_presence(self) -> None:
+        self.client.publish(self.presence_topic, json.dumps(self.online_message()).encode(), qos=1, retain=True,
+                            properties=self._props)
+
+    def catalog_changed(self) -> None:
+        """Call after changing :attr:`server`'s registry: like the agent, the retained presence is
+        re-published with the new ``catalogDigest`` and ``notifications/{tools,resources,prompts}/list_changed``
+        go to the capability topic."""
+        digest = catalog_digest(self.server)
+        if digest != self.meta.get(CATALOG_DIGEST):
+            self.meta[CATALOG_DIGEST] = digest
+            if self.client.is_connected() and not self.killed:
+                self._publish_presence()
+        self.server.list_changed("tools", "resources", "prompts")
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, codes: Any, props: Any) -> None:
         fut = self._subacks.pop(mid, None)
