@@ -40,7 +40,7 @@ from edge_agent.device.config_files import (
 )
 from edge_agent.device.config_locate import Locator
 from edge_agent.errors import ConfigError
-from edge_agent.mqtt.broker_url import parse_broker_url
+from edge_agent.mqtt.broker_url import parse_broker_url, redacted
 from edge_agent.mqtt.profiles import LinkSettings, link_settings
 from edge_agent.server.rbac import OPERATOR, VIEWER, Policy, Role
 
@@ -114,6 +114,10 @@ _SCHEMA: dict[str, Any] = {
                 "session_max_age": {"type": "integer", "minimum": 1},
                 "reply_cache": {"type": "integer", "minimum": 0, "maximum": 10000},
                 "durable_outbox": {"type": "boolean"},
+                "max_sessions": {"type": "integer", "minimum": 1, "maximum": 100000},
+                "session_probe_idle": {"type": "number", "exclusiveMinimum": 0},
+                "session_probe_timeout": {"type": "number", "exclusiveMinimum": 0},
+                "session_init_grace": {"type": "number", "exclusiveMinimum": 0},
             },
         },
         "store": {
@@ -178,8 +182,8 @@ class BrokerConfig:
     key_file: str | None = None
     tls_insecure: bool = False
 
-    def __repr__(self) -> str:  # never show the password
-        return (f"BrokerConfig(urls={self.urls!r}, username={self.username!r}, password={'***' if self.password else None}, "
+    def __repr__(self) -> str:  # never show the password (nor one inside a URL)
+        return (f"BrokerConfig(urls={[redacted(u) for u in self.urls]!r}, username={self.username!r}, password={'***' if self.password else None}, "
                 f"keepalive={self.keepalive}, qos={self.qos}, ca_file={self.ca_file!r}, tls_insecure={self.tls_insecure})")
 
 
@@ -263,7 +267,7 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
 
     for err in _schema_errors(_SCHEMA, data):
         for key, message in _explain(_named(err.absolute_path, data), err):
-            bad(key, message)
+            bad(key, _secret_safe(key, message, err))
     if problems:
         raise ConfigError(problems)
 
@@ -353,6 +357,22 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
     if problems:
         raise ConfigError(problems)
     return Config(device=device, broker=broker, drivers=drivers, path=path, link=link, store=store, rbac=policy)
+
+
+SECRET_KEYS = frozenset({"broker.password"})
+
+
+def _secret_safe(key: str, message: str, err: Any) -> str:
+    """A schema message about a secret key without its value (``must be a string, got an
+    integer``): a wrongly typed password is still a password."""
+    if key not in SECRET_KEYS and not key.startswith(("broker.url", "auth.")):
+        return message
+    from edge_agent.device.config_messages import expected
+
+    got = type(err.instance).__name__ if err.instance is not None else "nothing"
+    shown = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+             "list": "a list", "dict": "a table"}.get(got, got)
+    return f"must be {expected(err.schema)}, got {shown} (the value is not shown: it may be a secret)"
 
 
 def _policy(table: dict[str, Any] | None, bad) -> Policy:

@@ -75,10 +75,19 @@ def register(agent: "Agent") -> None:
         )
         return f"Trend of {uri}", [_text("user", text)]
 
+    def health_reads(args: dict[str, str]) -> list[str]:
+        focus = args.get("focus", "all") or "all"
+        return ["device://health", *(u for u, ch in agent.channels.items() if focus == "all" or ch.driver == focus)]
+
+    def trend_reads(args: dict[str, str]) -> list[str]:
+        sensor = args.get("sensor", "")
+        uri = sensor if sensor.startswith("sensor://") else f"sensor://{sensor}"
+        return [uri, f"{uri}/history"]
+
     agent.registry.add_prompt(Prompt(
         name="device_health_report", title="Device health report",
         description="Ask for a health report of this device (or one driver), with live health and readings embedded.",
-        render=health_report,
+        render=health_report, reads=health_reads,
         arguments=[
             PromptArgument("focus", "'all' (default) or one driver name", complete=drivers_like),
             PromptArgument("detail", "'brief' (default) or 'full'", complete=lambda p: [v for v in ("brief", "full") if v.startswith(p)]),
@@ -86,7 +95,7 @@ def register(agent: "Agent") -> None:
     agent.registry.add_prompt(Prompt(
         name="sensor_trend", title="Sensor trend",
         description="Ask for an explanation of a sensor's recent history (e.g. soil_temp/temperature).",
-        render=sensor_trend,
+        render=sensor_trend, reads=trend_reads,
         arguments=[
             PromptArgument("sensor", "driver/sensor or sensor:// URI", required=True, complete=sensors_like),
             PromptArgument("samples", "how many recent updates (default 30)"),

@@ -27,14 +27,29 @@ class BrokerURL:
         return f"{'mqtts' if self.tls else 'mqtt'}://{user}{self.host}:{self.port}"
 
 
+def redacted(url: str) -> str:
+    """``url`` with the password of its user-info part replaced by ``***``
+    (``mqtt://u:***@host:1883``): how a broker URL is shown in any message or log line."""
+    scheme, sep, rest = url.rpartition("://") if "://" in url else ("", "", url)
+    authority, slash, path = rest.partition("/")
+    if "@" in authority:
+        userinfo, _, host = authority.rpartition("@")
+        if ":" in userinfo:
+            userinfo = userinfo.split(":", 1)[0] + ":***"
+        authority = f"{userinfo}@{host}"
+    return f"{scheme}{sep}{authority}{slash}{path}"
+
+
 def parse_broker_url(url: str) -> BrokerURL:
     """Parse a broker URL.
 
     Raises:
-        ValueError: an unknown scheme, a missing host or a port outside 1..65535.
+        ValueError: an unknown scheme, a missing host or a port outside 1..65535 (the message
+            shows the URL without its password, see :func:`redacted`).
     """
     if "://" not in url:
         url = "mqtt://" + url
+    shown = redacted(url)
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme in ("mqtt", "tcp"):
@@ -42,15 +57,15 @@ def parse_broker_url(url: str) -> BrokerURL:
     elif scheme in ("mqtts", "ssl", "tls"):
         tls = True
     else:
-        raise ValueError(f"broker URL {url!r}: scheme must be mqtt:// or mqtts://, not {scheme}://")
+        raise ValueError(f"broker URL {shown!r}: scheme must be mqtt:// or mqtts://, not {scheme}://")
     if not parts.hostname:
-        raise ValueError(f"broker URL {url!r} has no host")
+        raise ValueError(f"broker URL {shown!r} has no host")
     try:
         port = parts.port if parts.port is not None else (8883 if tls else 1883)
     except ValueError as exc:
-        raise ValueError(f"broker URL {url!r}: bad port ({exc})") from None
+        raise ValueError(f"broker URL {shown!r}: bad port ({exc})") from None
     if not 0 < port < 65536:
-        raise ValueError(f"broker URL {url!r}: port must be 1..65535")
+        raise ValueError(f"broker URL {shown!r}: port must be 1..65535")
     return BrokerURL(
         host=parts.hostname,
         port=port,

@@ -38,6 +38,7 @@ from edge_agent.core.lifecycle import VERSIONS as SUPPORTED_VERSIONS
 from edge_agent.core.results import resource_updated
 from edge_agent.core.results import tool_error as _tool_error
 from edge_agent.errors import ToolInputError
+from edge_agent.server.inputs import normalise
 from edge_agent.server.rbac import Policy, Role
 from edge_agent.server.registry import Registry, ToolContext
 
@@ -282,6 +283,10 @@ class McpServer(Dispatcher):
         refused = core_tools.refusal(name, problem, arguments)
         if refused is not None:
             return refused
+        try:  # 1.0 for an integer, a subnormal float: the caller's mistake, not a driver fault
+            arguments = normalise(tool.input_schema, arguments)
+        except ValueError as exc:
+            return _tool_error(f"{name}: {exc}")
         if tool.unavailable:
             return _tool_error(f"{name} is unavailable: {tool.unavailable}")
         meta = params.get("_meta") or {}
@@ -419,6 +424,14 @@ class McpServer(Dispatcher):
         arguments = params.get("arguments") or {}
         if not isinstance(arguments, dict) or not all(isinstance(v, str) for v in arguments.values()):
             raise RpcError(INVALID_PARAMS, "prompts/get: arguments must be an object of strings")
+        role = session.role
+        if role is not None and role.allowed_resources != "all":
+            # a prompt embeds what it reads: the role must be allowed every one of those resources
+            reads = prompt.reads(arguments) if prompt.reads is not None else None
+            denied = [u for u in reads if not role.allows_resource(u)] if reads is not None else ["(undeclared)"]
+            if denied:
+                raise RpcError(FORBIDDEN, f"Forbidden: role {role.name!r} may not read what prompt {name} embeds "
+                               f"({', '.join(denied[:5])})", {"role": role.name, "prompt": name, "uris": denied[:20]})
         missing = [a.name for a in prompt.arguments if a.required and a.name not in arguments]
         if missing:
             raise RpcError(INVALID_PARAMS, f"prompts/get {name}: missing required argument(s): {', '.join(missing)}")

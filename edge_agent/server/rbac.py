@@ -11,6 +11,7 @@ No I/O.
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
@@ -53,9 +54,14 @@ class Role:
         return any(fnmatch.fnmatchcase(name, pattern) for pattern in self.allowed_tools)
 
     def allows_resource(self, uri: str) -> bool:
+        """May this role read ``uri``? ``"all"``, or one of ``allowed_resources`` matches it as a
+        URI glob (:func:`uri_glob`: ``*`` within one path segment, ``**`` across segments,
+        never into a query or fragment). A URI with a query (``sensor://a/b/history?limit=5``, a
+        template instantiation) is allowed only if its part before ``?`` is."""
         if self.allowed_resources == "all":
             return True
-        return any(fnmatch.fnmatchcase(uri, pattern) for pattern in self.allowed_resources)
+        base = uri.split("#", 1)[0].split("?", 1)[0]
+        return any(uri_glob(pattern).fullmatch(base) is not None for pattern in self.allowed_resources)
 
     def advertise(self, tools: Iterable[tuple[str, Mapping[str, Any] | None]]) -> dict[str, Any]:
         """This role in the spec's ``meta.rbac.roles`` shape (``read_only`` expanded to names)."""
@@ -68,6 +74,23 @@ class Role:
         resources: Any = "all" if self.allowed_resources == "all" else list(self.allowed_resources)
         return {"name": self.name, "description": self.description, "allowed_methods": methods,
                 "allowed_tools": tools_out, "allowed_resources": resources}
+
+
+_GLOBS: dict[str, re.Pattern[str]] = {}
+
+
+def uri_glob(pattern: str) -> re.Pattern[str]:
+    """A resource-URI glob as a regex: ``**`` matches any characters but ``?`` and ``#``
+    (across ``/``), ``*`` any but ``/ ? #`` (one path segment); everything else, ``?``
+    included, is literal. ``sensor://*/temperature`` matches ``sensor://soil/temperature`` but
+    not ``sensor://soil/x/history?q=/temperature`` (before, ``*`` swallowed the query)."""
+    rx = _GLOBS.get(pattern)
+    if rx is None:
+        parts = re.split(r"(\*\*|\*)", pattern)
+        rx = re.compile("".join("[^?#]*" if p == "**" else "[^/?#]*" if p == "*" else re.escape(p) for p in parts))
+        if len(_GLOBS) < 1024:
+            _GLOBS[pattern] = rx
+    return rx
 
 
 VIEWER = Role("viewer", "Read-only: lists, reads, subscriptions and read-only tools", None, "read_only", "all")

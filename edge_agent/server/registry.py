@@ -165,6 +165,9 @@ class Prompt:
     """An MCP prompt. ``render(arguments)`` returns ``(description, messages)`` where messages
     are MCP ``PromptMessage`` dicts (``{"role": "user", "content": {"type": "text", ...}}``);
     it raises ``ValueError`` for a bad argument value (answered with -32602).
+    ``reads(arguments)``: the resource URIs the rendered prompt embeds; a role limited to some
+    resources may get the prompt only if it may read each of them (None: undeclared, so such
+    a role is refused).
     """
 
     name: str
@@ -172,6 +175,7 @@ class Prompt:
     render: Callable[[dict[str, str]], Awaitable[tuple[str, list[dict[str, Any]]]]]
     arguments: list[PromptArgument] = field(default_factory=list)
     title: str | None = None
+    reads: Callable[[dict[str, str]], list[str]] | None = None
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"name": self.name, "description": self.description,
