@@ -22,6 +22,7 @@ from typing import Any
 from edge_agent.core import binding, jsonrpc
 from edge_agent.core.jsonrpc import PARSE_ERROR, RpcError
 from edge_agent.device import identity
+from edge_agent.device.janitor import SessionJanitor
 from edge_agent.device.store import Store
 from edge_agent.mqtt import codec
 from edge_agent.mqtt.server import Incoming, MqttServerTransport
@@ -44,6 +45,8 @@ class Endpoint:
         self.session_max_age = session_max_age
         self.transport: MqttServerTransport | None = None
         self._tasks: set[asyncio.Task] = set()
+        self.janitor = SessionJanitor(sessions=lambda: self.server.sessions, close=self._reaped,
+                                      send=lambda cid, m: self._sender(cid)(m))
 
     @classmethod
     def create(cls, server: McpServer, *, store: Store | None = None, **transport_kwargs: Any) -> "Endpoint":
@@ -54,6 +57,13 @@ class Endpoint:
         ep.transport = MqttServerTransport(on_control=ep.on_control, on_rpc=ep.on_rpc,
                                            on_client_gone=ep.on_client_gone, store=store, **transport_kwargs)
         server.broadcast = ep.transport.send_capability
+        if settings is not None:
+            j = ep.janitor
+            j.max_sessions, j.init_grace = settings.max_sessions, settings.session_init_grace
+            j.probe_idle, j.probe_timeout = settings.session_probe_idle, settings.session_probe_timeout
+            j.interval = max(0.05, min(30.0, settings.session_probe_idle / 2, settings.session_init_grace / 2))
+        ep.transport.session_counters = lambda: ep.janitor.counters.as_dict(live=len(server.sessions),
+                                                                            bound=ep.janitor.max_sessions)
         if ep.persist:
             server.on_session_change = ep._persist
         return ep
@@ -73,6 +83,8 @@ class Endpoint:
         assert self.store is not None and self.transport is not None
         if closed:
             self.store.session_delete(session.id)
+        elif self.server.sessions.get(session.id) is not session:
+            return  # closed meanwhile (its client left): never written back
         elif session.initialized:
             data = session.snapshot()
             data["encoding"] = self.transport.encodings.get(session.id)
@@ -132,6 +144,8 @@ class Endpoint:
             return
         if incoming.content_type not in codec.ENCODINGS:
             transport.encodings.pop(client_id, None)
+        self.janitor.admit(client_id)
+        self.janitor.seen(client_id)
         session = self.server.open_session(client_id, self._sender(client_id))
         try:
             await transport.serve_client(client_id)  # subscribe BEFORE answering (spec)
@@ -139,6 +153,8 @@ class Endpoint:
             log.error("cannot serve client %s: %s", client_id, exc)
             self.server.close_session(client_id)
             return
+        if self.server.sessions.get(client_id) is not session:
+            return  # the client left (or re-initialized) while we subscribed
         info = (msg.get("params") or {}).get("clientInfo")
         log.info("client %s initializing (%r)", client_id, info.get("name", "?") if isinstance(info, dict) else "?")
         await self.server.handle(session, msg, deadline=incoming.deadline)
@@ -152,8 +168,11 @@ class Endpoint:
         msg = self._decode(client_id, payload, incoming)
         if msg is None:
             return
+        self.janitor.seen(client_id)
         if binding.is_disconnected(msg):
             self.on_client_gone(client_id)
+            return
+        if self.janitor.is_probe_answer(msg):
             return
         self._spawn(self.server.handle(session, msg, deadline=incoming.deadline))
 
@@ -175,8 +194,15 @@ class Endpoint:
         topics and drop its session."""
         if self.server.close_session(client_id):
             log.info("client %s left", client_id)
+        self.janitor.forget(client_id)
         if self.transport is not None:
             self.transport.drop_client(client_id, notify=False)
+
+    def _reaped(self, client_id: str, reason: str) -> None:
+        """The janitor or the session bound ends a session: the client is told (if it is still
+        there), its topics are unsubscribed, the stored copy is deleted."""
+        self.janitor.forget(client_id)
+        self.drop(client_id)
 
     def drop(self, client_id: str) -> None:
         """Server-initiated de-initialize: tell the client, unsubscribe, drop the session."""
@@ -187,6 +213,7 @@ class Endpoint:
     async def start(self, timeout: float | None = 30.0) -> None:
         assert self.transport is not None
         self.restore_sessions()
+        self._spawn(self.janitor.run())
         await self.transport.start(timeout)
 
     async def stop(self) -> None:

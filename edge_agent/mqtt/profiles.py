@@ -47,6 +47,11 @@ class LinkSettings:
     crash; costs an INSERT and a DELETE per message). When false, messages go straight to
     paho while the link is up (paho re-sends its in-flight ones after a blip) and only what
     is published while the link is down waits in the outbox.
+    ``max_sessions``: MCP sessions kept at once (1..100000); one more evicts the least recently
+    used (unauthenticated first). ``session_probe_idle``: seconds of silence from a client
+    before the session janitor pings it; ``session_probe_timeout``: seconds it then has to send
+    anything before its session is closed; ``session_init_grace``: seconds a session may stay
+    without ``notifications/initialized`` (:mod:`edge_agent.device.janitor`).
     """
 
     profile: str = "lan"
@@ -68,6 +73,10 @@ class LinkSettings:
     session_max_age: int = 86400
     reply_cache: int = 64
     durable_outbox: bool = False
+    max_sessions: int = 1000
+    session_probe_idle: float = 300.0
+    session_probe_timeout: float = 30.0
+    session_init_grace: float = 60.0
 
     def qos(self, kind: str) -> int:
         """QoS for a message kind: ``response``, ``notification`` or ``telemetry``."""
@@ -90,6 +99,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "reconnect_max": 60.0,
         "persist_sessions": True,
         "durable_outbox": True,
+        "session_probe_timeout": 3600.0,  # a client with a persistent MQTT session may be away a while
     },
 }
 

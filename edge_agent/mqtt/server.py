@@ -156,6 +156,8 @@ class MqttServerTransport:
         self._pending_sub: dict[int, asyncio.Future] = {}
         self._published: dict[int, asyncio.Future] = {}  # mid -> waiter for its PUBACK (stop())
         self._stopping = False
+        # device://link "sessions" (live, bound, evicted, reaped): set by the endpoint
+        self.session_counters: Callable[[], dict[str, Any]] | None = None
         self.policy = ReconnectPolicy(self.settings.reconnect_min, self.settings.reconnect_max)
 
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.server_id, protocol=mqtt.MQTTv5)
@@ -450,6 +452,7 @@ class MqttServerTransport:
             # a property or the topic), dropped by the adapter (edge_agent.mqtt.loop.malformed_reason)
             "dropped_malformed": self.driver.malformed(self.client), "retained_dropped": s.retained_dropped,
             "keepalive_s": self.settings.keepalive, "session_expiry_s": self.settings.session_expiry,
+            "sessions": self.session_counters() if self.session_counters is not None else None,
         }
 
     # ----------------------------------------------------------------- paho callbacks (event loop)
