@@ -416,9 +416,13 @@ async def _list_all(fetch: Callable[..., Awaitable[Any]], attr: str) -> list[Any
 
 
 async def _devices(args: argparse.Namespace) -> int:
+    from edge_agent.client.discovery import RetainedReport
     from edge_agent.cloud import discover
 
-    found = await discover(args.broker, args.filter, timeout=args.timeout, until_retained=True)
+    report = RetainedReport()
+    found = await discover(args.broker, args.filter, timeout=args.timeout, until_retained=True, report=report)
+    if report.gap:  # the list may be incomplete: say why and which broker setting to raise
+        _print(f"edge-agent devices: warning: {report.gap}", sys.stderr)
     if args.json:
         _print_json([{"server_name": p.server_name, "server_id": p.server_id, "description": p.description,
                       "meta": p.meta} for p in found])

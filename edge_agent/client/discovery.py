@@ -159,6 +159,49 @@ class PresenceTable:
         return [self.servers[k] for k in sorted(self.servers)]
 
 
+PRESENCE_QOS = 0
+"""QoS of the presence subscriptions. At QoS 0 a broker's per-client queue limits cannot drop
+the retained burst: Mosquitto 2.0 (default ``max_queued_messages 1000``, ``max_inflight_messages
+20``) delivers 10,000 retained presences whole at QoS 0, and only the first 1,020 at QoS 1
+(measured: tests/test_fleet_presence.py, docs/fleet.md). Nothing is lost by it: presence is
+retained, so after a reconnect the broker sends every one again."""
+
+GAP_ADVICE = (
+    "the broker dropped presence messages (the end-of-retained marker, sent after them, never came back): "
+    "raise the broker's per-client queue limit above the number of devices (Mosquitto: max_queued_messages, "
+    "default 1000, plus max_inflight_messages 20; EMQX: mqtt.max_mqueue_len; HiveMQ: max-queue-size), "
+    "or subscribe presence at QoS 0 (docs/fleet.md)")
+"""What to do when the marker is lost: which broker setting to raise."""
+
+MARKER_QUIET = 2.0
+"""Seconds without a presence after which an end-of-retained marker still missing counts as
+dropped by the broker."""
+
+
+@dataclass
+class RetainedReport:
+    """How the retained presence burst went (filled by :func:`discover` with ``until_retained``).
+
+    ``presences``: presence messages received; ``complete``: the end-of-retained marker came back
+    (every retained presence the broker holds was delivered before it); ``gap``: why the list may
+    be incomplete, with the broker setting to raise (``None`` when complete or no marker was
+    used).
+    """
+
+    presences: int = 0
+    complete: bool = False
+    gap: str | None = None
+
+
+def gap_message(presences: int, *, streaming: bool, waited: float) -> str:
+    """The warning for a marker that did not come back after ``waited`` s: the broker dropped
+    messages (presences stopped arriving), or the burst was still arriving (a longer wait)."""
+    if streaming:
+        return (f"presences were still arriving after {waited:g} s ({presences} so far): the list may be "
+                "incomplete; wait longer (--timeout)")
+    return f"{presences} presences received, but {GAP_ADVICE}"
+
+
 RETAINED_GRACE = 0.05
 """Seconds of quiet on the presence topics, after the end-of-retained marker came back, before
 :func:`discover` (``until_retained=True``) returns: insurance for brokers that deliver retained
@@ -174,7 +217,8 @@ def marker_topic(client_id: str) -> str:
 async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: float = 1.0,
                    client_id: str | None = None, username: str | None = None,
                    password: str | None = None, connect_timeout: float = 10.0,
-                   until_retained: bool = False) -> list[ServerPresence]:
+                   until_retained: bool = False, presence_qos: int = PRESENCE_QOS,
+                   report: RetainedReport | None = None) -> list[ServerPresence]:
     """List the MCP servers online at ``broker_url`` whose server-name matches ``server_name_filter``.
 
     Subscribes to ``$mcp-server/presence/+/{server_name_filter}`` (or to the broker's suggested
@@ -186,11 +230,14 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
 
     With ``until_retained``, it returns as soon as the broker has delivered the retained
     presences (``timeout`` is then only a cap): after the SUBACK it publishes a random marker,
-    QoS 1 like the presences, to :func:`marker_topic`, subscribed on the same connection. A
+    to :func:`marker_topic`, subscribed on the same connection at the presences' QoS. A
     broker queues a subscription's retained messages before it handles a later PUBLISH, and
     delivers one connection's messages in order, so when the marker comes back every retained
     presence is in (plus :data:`RETAINED_GRACE` of quiet). If the broker refuses the marker
-    topic, it falls back to waiting ``timeout`` seconds.
+    topic, it falls back to waiting ``timeout`` seconds. A marker that does not come back while
+    the presences have stopped arriving means the broker dropped messages (a queue limit):
+    ``report.gap`` then says so, naming the broker setting to raise, and it is logged as a
+    warning. Presence is subscribed at ``presence_qos`` (:data:`PRESENCE_QOS`, 0).
 
     Returns:
         One :class:`ServerPresence` per server-id, sorted by server-name then server-id.
@@ -200,6 +247,7 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
         ValueError: a malformed broker URL.
     """
     table = PresenceTable(server_name_filter)
+    report = report if report is not None else RetainedReport()
     client_id = client_id or new_client_id()
     marker, token = marker_topic(client_id), secrets.token_hex(8).encode()
     marker_back = anyio.Event()
@@ -210,6 +258,7 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
             marker_back.set()
             return
         last_presence[0] = anyio.current_time()
+        report.presences += 1
         table.feed(message)
 
     async with MqttLink(broker_url, client_id=client_id, username=username,
@@ -219,7 +268,7 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
         use_marker = until_retained
         if use_marker:
             try:
-                await link.subscribe([(marker, False)])
+                await link.subscribe([(marker, False)], qos=presence_qos)
             except TransportError as exc:
                 if link.lost is not None:
                     raise
@@ -228,17 +277,31 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
         broker_filters = suggested_filters(link.connack_properties)
         if broker_filters:
             log.info("broker suggests server-name filters %s", broker_filters)
-        await link.subscribe((f, False) for f in presence_subscriptions(broker_filters, server_name_filter))
+        await link.subscribe(((f, False) for f in presence_subscriptions(broker_filters, server_name_filter)),
+                             qos=presence_qos)
+        started = anyio.current_time()
         with anyio.move_on_after(timeout):
             if use_marker:
                 link.publish(marker, token)
-                await marker_back.wait()
+                while not marker_back.is_set() and link.lost is None:
+                    quiet = anyio.current_time() - max(last_presence[0], started)
+                    if quiet >= MARKER_QUIET:
+                        break  # presences stopped and no marker: the broker dropped it (and others)
+                    with anyio.move_on_after(MARKER_QUIET - quiet + 0.01):
+                        await marker_back.wait()
                 while (quiet := last_presence[0] + RETAINED_GRACE - anyio.current_time()) > 0 and link.lost is None:
                     await anyio.sleep(quiet)
             else:
                 await anyio.sleep_forever()
         if link.lost is not None:
             raise TransportError(link.lost)
+        if use_marker:
+            report.complete = marker_back.is_set()
+            if not report.complete:
+                now = anyio.current_time()
+                quiet = now - max(last_presence[0], started)
+                report.gap = gap_message(report.presences, streaming=quiet < MARKER_QUIET, waited=round(now - started, 1))
+                log.warning("%s", report.gap)
         if link.dropped_malformed:
             log.warning("dropped %d presence message(s) paho would have refused (U+FEFF, NUL or invalid UTF-8 "
                         "in a property or the topic); the other servers are listed", link.dropped_malformed)

@@ -288,14 +288,17 @@ class MqttLink:
         assert self._task_group is not None, "the link is not open"
         self._task_group.start_soon(cast(Any, func), *args)
 
-    async def subscribe(self, subscriptions: Iterable[tuple[str, bool]]) -> None:
-        """Subscribe to ``(topic_filter, no_local)`` pairs at the link's QoS; wait for the SUBACK.
+    async def subscribe(self, subscriptions: Iterable[tuple[str, bool]], *, qos: int | None = None) -> None:
+        """Subscribe to ``(topic_filter, no_local)`` pairs at ``qos`` (default: the link's QoS);
+        wait for the SUBACK. (Retained presence is subscribed at QoS 0: a broker's queue limits,
+        e.g. Mosquitto's ``max_queued_messages``, bound QoS 1/2 deliveries only; docs/fleet.md.)
 
         Raises:
             TransportError: the broker refused one of them (e.g. an ACL), or no SUBACK within
                 ``connect_timeout`` seconds, or the connection is lost.
         """
-        subs = [(t, SubscribeOptions(qos=self.qos, noLocal=no_local)) for t, no_local in subscriptions]
+        subs = [(t, SubscribeOptions(qos=self.qos if qos is None else qos, noLocal=no_local))
+                for t, no_local in subscriptions]
         self._check_alive()
         rc, mid = self._client.subscribe(subs)
         if rc != mqtt.MQTT_ERR_SUCCESS or mid is None:

@@ -36,7 +36,12 @@ from pydantic import TypeAdapter, ValidationError
 
 from edge_agent import __version__
 from edge_agent.client.discovery import (
+    MARKER_QUIET,
+    PRESENCE_QOS,
+    RetainedReport,
     ServerPresence,
+    gap_message,
+    marker_topic,
     new_client_id,
     parse_presence,
     presence_subscriptions,
@@ -55,7 +60,11 @@ GOODBYE = b'{"jsonrpc":"2.0","method":"notifications/disconnected"}'
 SETTLE_QUIET = 0.25
 """Seconds without a new presence message after which the retained burst counts as read."""
 SETTLE_MAX = 5.0
-"""At most this many seconds are spent waiting for the retained presence burst."""
+"""At most this many seconds are spent waiting for the retained presence burst (no marker)."""
+MARKER_MAX = 120.0
+"""At most this many seconds are spent waiting for the end-of-retained marker while presences
+keep arriving."""
+
 RECONNECT_MIN, RECONNECT_MAX = 1.0, 30.0
 """Seconds: the bounds of the reconnect backoff (full jitter)."""
 FAILED_BACKOFF = 30.0
@@ -167,6 +176,9 @@ class Fleet:
         self._lists: dict[str, dict[str, list[dict[str, Any]]]] = {}
         self._list_locks: dict[tuple[str, str], anyio.Lock] = {}
         self._last_presence = 0.0
+        self.retained = RetainedReport()  # the last connection's retained presence burst
+        self._marker: tuple[str, bytes] | None = None
+        self._marker_back = anyio.Event()
         self._tg: anyio.abc.TaskGroup | None = None
         self._closing = False
 
@@ -216,14 +228,26 @@ class Fleet:
                     link.on_lost = lambda reason: lost.set()
                     self.link = link
                     broker_filters = suggested_filters(link.connack_properties)
-                    await link.subscribe((f, False) for f in presence_subscriptions(broker_filters, self.server_name_filter))
+                    self.retained = RetainedReport()
+                    self._marker, self._marker_back = None, anyio.Event()
+                    try:  # the end-of-retained marker (client.discovery.discover): no ACL may allow it
+                        await link.subscribe([(marker_topic(cid), False)], qos=PRESENCE_QOS)
+                        self._marker = (marker_topic(cid), new_client_id().encode())
+                    except TransportError as exc:
+                        if link.lost is not None:
+                            raise
+                        log.info("no end-of-retained marker (%s): waiting for quiet", exc)
+                    # QoS 0: a broker's queue limits (Mosquitto's max_queued_messages) cannot drop it
+                    await link.subscribe(((f, False) for f in presence_subscriptions(broker_filters,
+                                                                                    self.server_name_filter)),
+                                         qos=PRESENCE_QOS)
                     log.info("gateway connected to %s as %s; watching $mcp-server/presence/+/%s",
                              link.url, cid, self.server_name_filter)
                     policy.connected(anyio.current_time())
                     if first:
                         task_status.started()
                         first = False
-                    await self._settle()
+                    await self._settle(link)
                     self.ready.set()
                     await lost.wait()  # the broker sends our will: every device drops our sessions
                     delay = policy.lost(anyio.current_time(), reason_code=None, from_broker=False).delay
@@ -238,10 +262,30 @@ class Fleet:
                 self._link_gone("the gateway lost its broker connection")
             await anyio.sleep(delay)
 
-    async def _settle(self) -> None:
-        """Wait for the retained presence burst: until SETTLE_QUIET s pass without a new one."""
+    async def _settle(self, link: MqttLink) -> None:
+        """Wait for the retained presence burst: until the end-of-retained marker comes back
+        (:func:`edge_agent.client.discovery.discover`), or, with no marker, until SETTLE_QUIET s
+        pass without a new presence. A marker that does not come back once presences stopped
+        for MARKER_QUIET s means the broker dropped some: logged as a warning naming the broker
+        setting to raise, and kept in ``self.retained.gap``."""
         start = anyio.current_time()
         self._last_presence = start
+        if self._marker is not None:
+            topic, token = self._marker
+            link.publish(topic, token)
+            while not self._marker_back.is_set():
+                now = anyio.current_time()
+                quiet = now - self._last_presence
+                if quiet >= MARKER_QUIET or now - start >= MARKER_MAX:
+                    self.retained.gap = gap_message(self.retained.presences, streaming=quiet < MARKER_QUIET,
+                                                    waited=round(now - start, 1))
+                    log.warning("gateway: %s", self.retained.gap)
+                    return
+                with anyio.move_on_after(min(MARKER_QUIET - quiet, MARKER_MAX - (now - start)) + 0.01):
+                    await self._marker_back.wait()
+            self.retained.complete = True
+            log.info("retained presences in: %d in %.2f s", self.retained.presences, anyio.current_time() - start)
+            return
         while True:
             now = anyio.current_time()
             quiet_until = self._last_presence + SETTLE_QUIET
@@ -262,10 +306,16 @@ class Fleet:
     # -- presence and routing -------------------------------------------------------------------
 
     def _on_message(self, message: Incoming) -> None:
+        marker = self._marker
+        if marker is not None and message.topic == marker[0]:
+            if message.payload == marker[1]:
+                self._marker_back.set()
+            return
         parsed = topics.parse(message.topic)
         if parsed is None:
             return
         if parsed.kind == "server-presence":
+            self.retained.presences += 1
             self._presence(message)
             return
         key = (parsed.server_name or "", parsed.server_id or "")

@@ -377,3 +377,51 @@ async def start_fleet(broker_url: str, n: int, *, driver: LoopDriver, name_prefi
     for i in range(0, n, batch):
         await asyncio.gather(*(d.start() for d in devices[i:i + batch]))
     return devices
+
+
+def plant_presences(broker_url: str, n: int, *, name_prefix: str = "devices/sim", id_prefix: str = "sim",
+                    digest: str | None = None, meta: dict[str, Any] | None = None,
+                    timeout: float = 120.0) -> list[tuple[str, str]]:
+    """Publish ``n`` retained ``notifications/server/online`` presences from one paho client
+    (server-ids ``{id_prefix}-00000…``, names ``{name_prefix}/dev-00000…``), as :func:`start_fleet`'s
+    devices would, with ``meta`` plus ``catalogDigest`` (default: a simulated device's). The
+    cheap way to put 10,000 devices in a broker's retained store for discovery and listing tests:
+    nobody answers on their control topics. Blocking; returns the (server-id, server-name) pairs.
+
+    Raises:
+        TimeoutError: the broker did not acknowledge them within ``timeout`` s.
+    """
+    import time
+
+    url = parse_broker_url(broker_url)
+    if digest is None:
+        digest = catalog_digest(McpServer(sim_registry(SimDevice.__new__(SimDevice)),
+                                          ServerInfo(name="edge-agent-sim", version=__version__)))
+    width = max(5, len(str(n - 1)))
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"planter-{id_prefix}", protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.max_queued_messages_set(0)
+    if url.username:
+        client.username_pw_set(url.username, url.password)
+    client.connect(url.host, url.port)
+    client.loop_start()
+    pairs = []
+    try:
+        infos = []
+        for i in range(n):
+            sid, name = f"{id_prefix}-{i:0{width}d}", f"{name_prefix}/dev-{i:0{width}d}"
+            online = {"jsonrpc": "2.0", "method": "notifications/server/online",
+                      "params": {"server_name": name, "description": "Planted presence",
+                                 "meta": {"implementation": "edge-agent-sim", **(meta or {}), CATALOG_DIGEST: digest}}}
+            infos.append(client.publish(topics.server_presence(sid, name), json.dumps(online).encode(), qos=1,
+                                        retain=True))
+            pairs.append((sid, name))
+        deadline = time.monotonic() + timeout
+        for info in infos:
+            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+            if not info.is_published():
+                raise TimeoutError(f"the broker did not acknowledge {n} presences within {timeout} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return pairs
