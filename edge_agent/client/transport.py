@@ -38,7 +38,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -46,6 +46,7 @@ import anyio
 import mcp_types as types
 from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 from mcp.shared.message import SessionMessage
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 from edge_agent.client.discovery import (
     PresenceTable,
@@ -58,6 +59,8 @@ from edge_agent.core import topics
 from edge_agent.errors import ServerNotFound, TransportError
 from edge_agent.mqtt import codec
 
+TOKEN_META = "dev.edge-agent/token"  # the key edge_agent.server.tokens verifies (docs/security.md)
+
 log = logging.getLogger(__name__)
 
 DISCONNECTED = b'{"jsonrpc":"2.0","method":"notifications/disconnected"}'
@@ -69,6 +72,21 @@ REPLICA_SETTLE = 0.05
 GOODBYE_TIMEOUT = 2.0
 """Seconds to wait for the PUBACK of the goodbye before disconnecting anyway."""
 
+PROTOCOL_VERSIONS = "protocolVersions"
+"""Presence meta key of our session-less extension (docs/architecture.md, "Session-less MCP over
+MQTT"): the MCP versions a server serves. Without a 2026-07-28 entry there, ``server/discover``
+is answered here at once with -32601, so the SDK's ``mode="auto"`` falls back to ``initialize``
+without waiting for its 10 s probe timeout (handshake-only servers: EMQX SDKs, older agents)."""
+VERSION_META = "io.modelcontextprotocol/protocolVersion"
+
+
+def _modern_version(req: types.JSONRPCRequest) -> str | None:
+    """The session-less version a request carries in ``params._meta`` (2026-07-28, or one the
+    server may refuse with -32022), else None (a handshake-era request)."""
+    meta = (req.params or {}).get("_meta")
+    version = meta.get(VERSION_META) if isinstance(meta, dict) else None
+    return None if version is None or version in HANDSHAKE_PROTOCOL_VERSIONS else str(version)
+
 
 def _key(request_id: Any) -> str:
     return str(request_id)
@@ -78,12 +96,14 @@ class _Bridge:
     """State of one MCP session over MQTT. Touched on the event loop only (see :mod:`.link`)."""
 
     def __init__(self, link: MqttLink, server_name: str, *, encoding: str = codec.JSON,
-                 tolerate_offline: float = 0.0, call_deadline: float | None = None):
+                 tolerate_offline: float = 0.0, call_deadline: float | None = None,
+                 token: str | Callable[[], str] | None = None):
         self.link = link
         self.server_name = server_name
         self.encoding = encoding
         self.tolerate_offline = tolerate_offline
         self.call_deadline = call_deadline
+        self.token = token  # a signed client credential (JWT), or a callable giving a fresh one
         self.offline_since: float | None = None
         self.duplicates = 0
         self._seen: collections.OrderedDict[tuple[str, str], None] = collections.OrderedDict()
@@ -93,6 +113,10 @@ class _Bridge:
         self.pending: dict[str, tuple[Any, str, str | None]] = {}  # key -> (id, method, uri)
         self.subscribed_uris: set[str] = set()
         self.dead: str | None = None
+        # 2026-07-28 (session-less): requests carry their version; until the server has answered
+        # on our RPC topic (so it serves our topics), they go to its control topic
+        self.modern = False
+        self.opened = False
         self.read_send: MemoryObjectSendStream[SessionMessage | Exception]
         self.read_recv: MemoryObjectReceiveStream[SessionMessage | Exception]
         self.write_send: MemoryObjectSendStream[SessionMessage]
@@ -234,6 +258,8 @@ class _Bridge:
             if not isinstance(msg, types.JSONRPCNotification):
                 log.debug("ignoring a non-notification on %s", message.topic)
                 return
+            if self.modern:  # 2026-07-28: changes come tagged, on subscriptions/listen streams
+                return
             if msg.method == "notifications/resources/updated":
                 uri = (msg.params or {}).get("uri")
                 if uri not in self.subscribed_uris:
@@ -241,13 +267,24 @@ class _Bridge:
                     return
             self._deliver(SessionMessage(msg))
             return
+        self.opened = True
         if isinstance(msg, (types.JSONRPCResponse, types.JSONRPCError)):
             entry = self.pending.pop(_key(msg.id), None)
             if entry is not None and entry[1] == "resources/subscribe" and isinstance(msg, types.JSONRPCError):
                 self.subscribed_uris.discard(entry[2] or "")
         elif isinstance(msg, types.JSONRPCNotification) and msg.method == "notifications/disconnected":
             assert self.server is not None  # checked in on_message
-            self.fail(f"server {self.server.server_name} ({self.server.server_id}) disconnected this client")
+            label = f"server {self.server.server_name} ({self.server.server_id})"
+            if self.modern:
+                # session-less: the server forgot us (idle, or its session bound); what was in
+                # flight is lost, the next request opens again on the control topic
+                self.opened = False
+                for request_id, _, _ in self.pending.values():
+                    self._answer_with_error(request_id, f"{label} dropped this client's requests")
+                self.pending.clear()
+                log.info("%s forgot this session-less client; the next request goes to its control topic", label)
+                return
+            self.fail(f"{label} disconnected this client")
             return
         self._deliver(SessionMessage(msg))
 
@@ -295,6 +332,12 @@ class _Bridge:
                 log.debug("dropped %s: %s", type(msg).__name__, self.dead)
             return
         topic = self.rpc_topic
+        if req is not None and req.method == "server/discover" and not self._serves_modern():
+            assert self.server is not None
+            self._deliver(SessionMessage(types.JSONRPCError(jsonrpc="2.0", id=req.id, error=types.ErrorData(
+                code=types.METHOD_NOT_FOUND, message=f"server {self.server.server_name} does not announce MCP "
+                f"2026-07-28 over MQTT (presence meta {PROTOCOL_VERSIONS}): use initialize"))))
+            return
         if req is not None:
             params = req.params or {}
             uri = params.get("uri") if req.method in ("resources/subscribe", "resources/unsubscribe") else None
@@ -305,14 +348,23 @@ class _Bridge:
             self.pending[_key(req.id)] = (req.id, req.method, uri)
             if req.method == "initialize":
                 topic = self.control_topic
+                self.modern = False
+            elif _modern_version(req) is not None:
+                self.modern = True
+                if not self.opened:
+                    topic = self.control_topic
         elif isinstance(msg, types.JSONRPCNotification) and msg.method == "notifications/cancelled":
             self.pending.pop(_key((msg.params or {}).get("requestId")), None)
         deadline = self.call_deadline if req is not None and req.method == "tools/call" else None
-        if self.encoding == codec.CBOR or deadline:
+        token = self.token if req is not None and (req.method == "initialize" or self.modern) else None
+        if self.encoding == codec.CBOR or deadline or token:
             data = msg.model_dump(by_alias=True, exclude_unset=True, mode="json")
             if deadline:
                 meta = data.setdefault("params", {}).setdefault("_meta", {})
                 meta.setdefault("io.edge-agent/deadline", round(time.time() + deadline, 3))
+            if token:  # docs/security.md "Signed client tokens"
+                meta = data.setdefault("params", {}).setdefault("_meta", {})
+                meta.setdefault(TOKEN_META, token() if callable(token) else token)
             payload = codec.encode(data, self.encoding)
         else:
             payload = msg.model_dump_json(by_alias=True, exclude_unset=True).encode()
@@ -320,6 +372,11 @@ class _Bridge:
             self.link.publish(topic, payload, content_type=self.encoding if self.encoding == codec.CBOR else None)
         except TransportError as exc:
             self.fail(str(exc))
+
+    def _serves_modern(self) -> bool:
+        """True if the server's presence announces a 2026-07-28 version (:data:`PROTOCOL_VERSIONS`)."""
+        versions = self.server.meta.get(PROTOCOL_VERSIONS) if self.server is not None else None
+        return isinstance(versions, list) and any(v in MODERN_PROTOCOL_VERSIONS for v in versions)
 
     async def close(self) -> None:
         """Close the streams; say goodbye on the client presence topic if the link is up."""
@@ -345,6 +402,7 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
                       connect_timeout: float = 10.0, username: str | None = None, password: str | None = None,
                       meta: dict[str, Any] | None = None, encoding: str = codec.JSON,
                       tolerate_offline: float = 0.0, call_deadline: float | None = None,
+                      token: str | Callable[[], str] | None = None,
                       ) -> AsyncIterator[tuple[MemoryObjectReceiveStream[SessionMessage | Exception],
                                                MemoryObjectSendStream[SessionMessage]]]:
     """Connect to the MCP server ``server_name`` through the broker; yield ``(read_stream, write_stream)``.
@@ -373,6 +431,9 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
         call_deadline: seconds; when set, every ``tools/call`` carries
             ``_meta["io.edge-agent/deadline"]`` = now + this, and an edge-agent server refuses
             a destructive tool call that reaches it later (clocks must be NTP-synchronised).
+        token: a signed client credential (JWT, bound to ``client_id``), or a callable that
+            gives a fresh one; sent in ``initialize`` (and, under MCP 2026-07-28, every request)
+            as ``params._meta["dev.edge-agent/token"]`` (docs/security.md).
 
     Raises:
         ServerNotFound: no such server online within ``discovery_timeout`` (the message names
@@ -392,7 +453,7 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
         if encoding not in codec.ENCODINGS:
             raise ValueError(f"encoding must be one of {codec.ENCODINGS}, not {encoding!r}")
         bridge = _Bridge(link, server_name, encoding=encoding, tolerate_offline=tolerate_offline,
-                         call_deadline=call_deadline)
+                         call_deadline=call_deadline, token=token)
         try:
             server = await bridge.find_server(server_id, discovery_timeout)
             await bridge.open(server)

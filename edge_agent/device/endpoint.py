@@ -26,9 +26,16 @@ from edge_agent.device.janitor import SessionJanitor
 from edge_agent.device.store import Store
 from edge_agent.mqtt import codec
 from edge_agent.mqtt.server import Incoming, MqttServerTransport
+from edge_agent.server import modern
 from edge_agent.server.mcp import McpServer, Session
 
 log = logging.getLogger(__name__)
+
+
+PROTOCOL_VERSIONS = "protocolVersions"
+"""Presence meta key (our extension, docs/architecture.md "Session-less MCP over MQTT"): the
+MCP versions this server serves; a 2026-07-28 entry says it answers ``server/discover`` and
+per-request ``_meta`` requests on its control topic."""
 
 
 class Endpoint:
@@ -45,6 +52,7 @@ class Endpoint:
         self.session_max_age = session_max_age
         self.transport: MqttServerTransport | None = None
         self._tasks: set[asyncio.Task] = set()
+        self.refused = 0  # initializes refused by a token check (missing, bad, another subject's id)
         self.janitor = SessionJanitor(sessions=lambda: self.server.sessions, close=self._reaped,
                                       send=lambda cid, m: self._sender(cid)(m))
 
@@ -54,6 +62,8 @@ class Endpoint:
         ep = cls(server, store, persist_sessions=bool(settings and settings.persist_sessions),
                  session_max_age=settings.session_max_age if settings else 86400)
         transport_kwargs.setdefault("collision_hint", identity.collision_hint)
+        if isinstance(transport_kwargs.get("meta"), dict):  # our extension: who may skip initialize
+            transport_kwargs["meta"].setdefault(PROTOCOL_VERSIONS, modern.all_versions())
         ep.transport = MqttServerTransport(on_control=ep.on_control, on_rpc=ep.on_rpc,
                                            on_client_gone=ep.on_client_gone, store=store, **transport_kwargs)
         server.broadcast = ep.transport.send_capability
@@ -137,16 +147,29 @@ class Endpoint:
         msg = self._decode(client_id, payload, incoming)
         if msg is None:
             return
-        if not binding.opens_session(msg):
+        sessionless = not binding.opens_session(msg) and modern.is_modern_request(msg)
+        if not sessionless and not binding.opens_session(msg):
             refusal = binding.control_refusal(msg)
             if refusal is not None:
                 transport.send_rpc(client_id, refusal)
             return
         if incoming.content_type not in codec.ENCODINGS:
             transport.encodings.pop(client_id, None)
+        admission = None
+        if not sessionless:
+            try:  # a signed token in params._meta: role and subject (docs/security.md); before any eviction
+                admission = self.server.admit(client_id, msg.get("params"))
+            except RpcError as err:
+                self._refused(client_id, msg, err)
+                return
         self.janitor.admit(client_id)
         self.janitor.seen(client_id)
-        session = self.server.open_session(client_id, self._sender(client_id))
+        session = self.server.sessions.get(client_id) if sessionless else None
+        if session is None or not session.modern:  # (a session-less client keeps its listens)
+            session = self.server.open_session(client_id, self._sender(client_id), admission=admission)
+        elif client_id in transport.clients:
+            await self.server.handle(session, msg, deadline=incoming.deadline)  # topics already served
+            return
         try:
             await transport.serve_client(client_id)  # subscribe BEFORE answering (spec)
         except Exception as exc:
@@ -156,8 +179,21 @@ class Endpoint:
         if self.server.sessions.get(client_id) is not session:
             return  # the client left (or re-initialized) while we subscribed
         info = (msg.get("params") or {}).get("clientInfo")
-        log.info("client %s initializing (%r)", client_id, info.get("name", "?") if isinstance(info, dict) else "?")
+        if sessionless:
+            info = ((msg.get("params") or {}).get("_meta") or {}).get(modern.CLIENT_INFO_META)
+        log.info("client %s %s (%r)", client_id, "session-less, " + msg["method"] if sessionless else "initializing",
+                 info.get("name", "?") if isinstance(info, dict) else "?")
         await self.server.handle(session, msg, deadline=incoming.deadline)
+
+    def _refused(self, client_id: str, msg: dict[str, Any], err: RpcError) -> None:
+        """An ``initialize`` refused by :meth:`McpServer.admit` (bad or missing token, another
+        subject's live session): answered with the error, except when a live session holds
+        this client id (a spoofed re-initialize): then dropped, so its owner sees nothing."""
+        assert self.transport is not None
+        self.refused += 1
+        log.warning("initialize from client %s refused: %s", client_id[:64], err.message[:200])
+        if client_id not in self.server.sessions:
+            self.transport.send_rpc(client_id, jsonrpc.error(msg.get("id"), err))
 
     def on_rpc(self, client_id: str, payload: bytes, incoming: Incoming | None = None) -> None:
         incoming = incoming or Incoming()
@@ -183,6 +219,14 @@ class Endpoint:
         try:
             msg = codec.decode(payload, incoming.content_type)
         except ValueError:
+            return
+        assert self.transport is not None
+        if modern.is_modern_request(msg) and client_id in self.transport.clients:
+            # a session-less client needs no session to be served: its topics are (still) ours
+            self.janitor.admit(client_id)
+            self.janitor.seen(client_id)
+            session = self.server.open_session(client_id, self._sender(client_id))
+            self._spawn(self.server.handle(session, msg, deadline=incoming.deadline))
             return
         refusal = binding.no_session(msg)
         if refusal is not None:
@@ -220,6 +264,7 @@ class Endpoint:
         """Clean stop. Without persistent sessions clients are told ``notifications/disconnected``
         and their sessions end; with them, sessions stay in the store for the next start."""
         assert self.transport is not None
+        await self.server.end_listens()  # 2026-07-28 subscriptions/listen: a graceful close each
         await self.transport.stop(notify_clients=not self.persist)
         self.server.end_all(forget=not self.persist)
         for task in list(self._tasks):

@@ -29,6 +29,7 @@ from edge_agent.core.dispatch import Dispatcher
 from edge_agent.core.jsonrpc import (
     FORBIDDEN,
     INVALID_PARAMS,
+    INVALID_REQUEST,
     RESOURCE_NOT_FOUND,
     RpcError,
     resource_not_found,
@@ -38,8 +39,9 @@ from edge_agent.core.lifecycle import VERSIONS as SUPPORTED_VERSIONS
 from edge_agent.core.results import resource_updated
 from edge_agent.core.results import tool_error as _tool_error
 from edge_agent.errors import ToolInputError
+from edge_agent.server import modern
 from edge_agent.server.inputs import normalise
-from edge_agent.server.rbac import Policy, Role
+from edge_agent.server.rbac import Admission, Policy, Role
 from edge_agent.server.registry import Registry, ToolContext
 
 log = logging.getLogger(__name__)
@@ -82,12 +84,20 @@ class Session(lifecycle.Session):
         self.subscriptions = set(subscriptions or ())
         self.replies: OrderedDict[Any, tuple[str, dict[str, Any]]] = OrderedDict()
         self.role = role
+        self.subject: str | None = None  # who a verified token says this is (None: unauthenticated)
+        self.expires: float | None = None  # when that token expires (Unix s)
+        # 2026-07-28: a session-less client (requests carry their version in _meta); its
+        # open subscriptions/listen streams by listen id
+        self.modern = False
+        self.listens: dict[Any, modern.Listen] = {}
 
     def snapshot(self) -> dict[str, Any]:
         """What survives an agent restart (JSON-serialisable)."""
         return {"state": self.state, "protocol_version": self.protocol_version, "client_info": self.client_info,
                 "client_capabilities": self.client_capabilities, "log_level": self.log_level,
-                "subscriptions": sorted(self.subscriptions)}
+                "subscriptions": sorted(self.subscriptions),
+                **({"subject": self.subject, "expires": self.expires,
+                    "role": self.role.name if self.role else None} if self.subject is not None else {})}
 
 
 class McpServer(Dispatcher):
@@ -122,6 +132,11 @@ class McpServer(Dispatcher):
         self.on_tool_error = on_tool_error
         self.sessions: dict[str, Session] = {}
         self._validators: dict[str, Any] = {}
+        # MCP 2025-11-25 tasks: the device's TaskManager (edge_agent.device.tasks) sets itself
+        # here; it serves tasks/* and task-augmented tools/call. None: no tasks capability.
+        self.tasks: Any = None
+        # the device's durable reply cache (edge_agent.device.journal.ReplyJournal), or None
+        self.reply_store: Any = None
         add = self.table.add
         add("logging/setLevel", self.set_level)
         add("tools/list", self._tools_list)
@@ -134,6 +149,10 @@ class McpServer(Dispatcher):
         add("prompts/list", self._prompts_list)
         add("prompts/get", self._prompts_get)
         add("completion/complete", self._complete)
+        # MCP 2026-07-28 (edge_agent.server.modern): the session-less revision, side by side
+        add("server/discover", self._discover, capability=None, before_init=True, durable=False, access="open")
+        add("subscriptions/listen", self._listen, capability=None, before_init=False, durable=False, access="read")
+        self.confirmations = modern.Confirmations()
 
     @property
     def server_info(self) -> dict[str, Any]:  # type: ignore[override]
@@ -147,12 +166,43 @@ class McpServer(Dispatcher):
         return self.info.instructions
 
     # ------------------------------------------------------------------ sessions
-    def open_session(self, session_id: str, send: Send) -> Session:
-        """Create (or replace, for a re-initialize) the session of ``session_id``."""
+    def admit(self, session_id: str, params: Any) -> Admission:
+        """Who the ``initialize`` with ``params`` from ``session_id`` is from: a signed token in
+        ``params._meta`` gives the role and subject (:meth:`Policy.admit`), else the client-id
+        rules. A re-initialize of a live session is admitted only for the same subject.
+
+        Raises:
+            RpcError: -32003 the token is missing (``[auth] required``) or refused, or a live
+                session of ``session_id`` belongs to another subject.
+        """
+        from edge_agent.server.tokens import TokenError
+
+        try:
+            admission = self.policy.admit(session_id, params if isinstance(params, dict) else {})
+        except TokenError as exc:
+            raise RpcError(FORBIDDEN, f"Unauthorized: {exc}", {"reason": "token"}) from None
+        old = self.sessions.get(session_id)
+        if old is not None and old.subject is not None and old.subject != admission.subject:
+            raise RpcError(FORBIDDEN, "Unauthorized: this client id has a live session of another subject",
+                           {"reason": "subject"})
+        return admission
+
+    def open_session(self, session_id: str, send: Send, params: dict[str, Any] | None = None,
+                     admission: Admission | None = None) -> Session:
+        """Create (or replace, for a re-initialize) the session of ``session_id``, for the
+        ``admission`` :meth:`admit` gave (default: :meth:`admit` of ``params``, the
+        ``initialize`` params; the client-id rules when there are none).
+
+        Raises:
+            RpcError: as :meth:`admit`; the live session is then left untouched.
+        """
+        if admission is None:
+            admission = self.admit(session_id, params)
         old = self.sessions.get(session_id)
         if old is not None:
             self.cancel_all(old)
-        session = Session(session_id, send, role=self.policy.role_for(session_id))
+        session = Session(session_id, send, role=admission.role)
+        session.subject, session.expires = admission.subject, admission.expires
         self.sessions[session_id] = session
         return session
 
@@ -164,6 +214,9 @@ class McpServer(Dispatcher):
                           log_level=data.get("log_level", "warning"),
                           subscriptions=set(data.get("subscriptions") or ()),
                           role=self.policy.role_for(session_id))
+        if isinstance(data.get("subject"), str):  # authenticated by a token: its role, until it expires
+            session.subject, session.expires = data["subject"], data.get("expires")
+            session.role = self.policy.role_for_claims([data["role"]] if isinstance(data.get("role"), str) else [])
         self.sessions[session_id] = session
         return session
 
@@ -186,8 +239,11 @@ class McpServer(Dispatcher):
                 self.changed(session, closed=True)
 
     def capabilities(self) -> dict[str, Any]:
-        return self.table.capabilities({"tools": {"listChanged": True}, "resources": {"listChanged": True},
+        caps = self.table.capabilities({"tools": {"listChanged": True}, "resources": {"listChanged": True},
                                         "prompts": {"listChanged": True}})
+        if self.tasks is not None:
+            caps["tasks"] = self.tasks.capability()
+        return caps
 
     # ------------------------------------------------------------------ core hooks
     async def emit(self, session: Session, msg: dict[str, Any]) -> None:  # type: ignore[override]
@@ -201,6 +257,9 @@ class McpServer(Dispatcher):
             self.on_session_change(session, closed)
 
     def authorize(self, session: Session, method: Any) -> None:  # type: ignore[override]
+        if session.expires is not None and method.name != "initialize" and time.time() > session.expires + getattr(self.policy.verifier, "clock_skew", 30.0):
+            raise RpcError(FORBIDDEN, "Unauthorized: the session's token has expired; initialize again with a fresh one",
+                           {"reason": "expired"})
         role = session.role
         if role is not None and not role.allows_method(method.name, method.access):
             raise RpcError(FORBIDDEN, f"Forbidden: role {role.name!r} may not call {method.name}",
@@ -212,6 +271,11 @@ class McpServer(Dispatcher):
             log.info("duplicate of request %r from %s answered from the reply cache", msg["id"], session.id)
             session.send(cached[1])
             return True
+        if self.reply_store is not None:
+            reply = self.reply_store.lookup(session.id, msg)
+            if reply is not None:
+                session.send(reply)
+                return True
         return False
 
     def answered(self, session: Session, msg: dict[str, Any], reply: dict[str, Any]) -> None:  # type: ignore[override]
@@ -219,6 +283,8 @@ class McpServer(Dispatcher):
             session.replies[msg["id"]] = (_fingerprint(msg), reply)
             while len(session.replies) > self.reply_cache:
                 session.replies.popitem(last=False)
+        if self.reply_store is not None:
+            self.reply_store.record(session.id, msg, reply)
 
     def log_error(self, method: str, exc: BaseException) -> None:
         log.error("internal error in %s", method, exc_info=exc)
@@ -229,6 +295,80 @@ class McpServer(Dispatcher):
         ``deadline``: Unix time (s) after which the transport says the message expired (MQTT
         Message Expiry); destructive tools called after it are refused."""
         await super().handle(session, payload, deadline)
+
+    async def answer(self, session: Session, req: Any) -> dict[str, Any] | None:  # type: ignore[override]
+        """The core's answer, with the session-less revision (MCP 2026-07-28) on top: a request
+        whose ``params._meta`` names a 2026-07-28 version needs no ``initialize`` (its client
+        capabilities and info come with it), an unknown version is -32022, and its result gets
+        ``resultType`` (and ``ttlMs``/``cacheScope`` on cacheable methods); a resource not
+        found is -32602 there. Handshake-era requests are answered exactly as before."""
+        try:
+            version = modern.modern_version(req.params)
+        except RpcError as err:
+            return jsonrpc.error(req.id, err)
+        if version is None and not session.modern:
+            return await super().answer(session, req)
+        if version is not None:
+            meta = req.params["_meta"]
+            session.modern = True
+            session.protocol_version = version
+            if session.state != lifecycle.READY:
+                session.state = lifecycle.READY
+            caps, info = meta.get(modern.CLIENT_CAPABILITIES_META), meta.get(modern.CLIENT_INFO_META)
+            if isinstance(caps, dict):
+                session.client_capabilities = caps
+            if isinstance(info, dict):
+                session.client_info = info
+        reply = await super().answer(session, req)
+        if reply is not None:
+            result = reply.get("result")
+            if isinstance(result, dict):
+                modern.finish_result(req.method, result)
+            elif isinstance(reply.get("error"), dict) and reply["error"].get("code") == RESOURCE_NOT_FOUND:
+                reply["error"]["code"] = INVALID_PARAMS
+        return reply
+
+    async def _discover(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
+        """server/discover (MCP 2026-07-28): every version we serve, capabilities, identity."""
+        return modern.discover_result(self.server_info, self.capabilities(), self.instructions)
+
+    async def _listen(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
+        """subscriptions/listen (MCP 2026-07-28 basic/patterns/subscriptions): acknowledge the
+        honored filter, then send the list changes and resource updates it asked for, tagged
+        with its id, until the client cancels it (no response) or the server ends it
+        (:meth:`end_listens`: a graceful result)."""
+        if not session.modern:
+            raise RpcError(INVALID_REQUEST, "subscriptions/listen needs the 2026-07-28 request _meta "
+                           "(io.modelcontextprotocol/protocolVersion); use resources/subscribe")
+        flags, uris = modern.listen_filter(params)
+        for uri in uris:
+            self._require_uri({"uri": uri}, "subscriptions/listen", session)
+            if not self._known(uri):
+                raise resource_not_found(uri)
+        listen_id = req.id if req is not None else None
+        listen = modern.Listen(listen_id, flags, set(uris), asyncio.Event())
+        session.listens[listen_id] = listen
+        try:
+            session.send(modern.acknowledged(listen))
+            await listen.done.wait()
+        finally:
+            if session.listens.get(listen_id) is listen:
+                del session.listens[listen_id]
+        return {"_meta": {modern.SUBSCRIPTION_ID_META: listen_id}}
+
+    async def end_listens(self, timeout: float = 1.0) -> int:
+        """End every open ``subscriptions/listen`` stream gracefully, as at a clean shutdown:
+        each gets its result (the spec's "Graceful Closure"); waits up to ``timeout`` s for
+        them to be sent. Returns how many streams there were."""
+        tasks = []
+        for session in self.sessions.values():
+            for listen in session.listens.values():
+                listen.done.set()
+            tasks += [task for task, req in session.inflight.values()
+                      if getattr(req, "method", None) == "subscriptions/listen"]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+        return len(tasks)
 
     # ------------------------------------------------------------------ pagination
     def _page(self, items: list[dict[str, Any]], params: dict[str, Any], key: str) -> dict[str, Any]:
@@ -300,12 +440,24 @@ class McpServer(Dispatcher):
         destructive = bool((tool.annotations or {}).get("destructiveHint"))
         if deadline is not None and destructive and time.time() > deadline:
             return _tool_error(stale_message(name, deadline))
+        if tool.meta.get(modern.CONFIRM_META) and session.modern \
+                and isinstance(session.client_capabilities.get("elicitation"), dict):
+            asked = self._confirmation(session, name, arguments, params)
+            if asked is not None:
+                return asked
+        if self.tasks is not None:  # MCP 2025-11-25 tasks: params.task starts it in the background
+            self.tasks.check_call(tool, params.get("task"))
+            if params.get("task") is not None:
+                return await self.tasks.create(session, tool, arguments, params["task"], meta)
+        if self.reply_store is not None and req is not None:  # a non-idempotent call's started mark, on disk
+            await self.reply_store.begin(session.id, {"id": req.id, "method": req.method, "params": req.params})
         cancelled = req.cancelled if req is not None else threading.Event()
+        request_level = meta.get(modern.LOG_LEVEL_META) if session.modern else None
         ctx = ToolContext(
             session_id=session.id,
             progress=self._progress_fn(session, meta.get("progressToken")),
             cancelled=cancelled,
-            log=lambda level, text: self.log_to(session, level, text, logger=name),
+            log=lambda level, text: self.log_to(session, level, text, logger=name, request_level=request_level),
             meta=meta,
             deadline=deadline if destructive else None,
         )
@@ -314,6 +466,20 @@ class McpServer(Dispatcher):
         except asyncio.CancelledError:
             cancelled.set()
             raise
+
+    def _confirmation(self, session: Session, name: str, arguments: dict[str, Any],
+                      params: dict[str, Any]) -> dict[str, Any] | None:
+        """For a tool whose ``_meta`` has ``dev.edge-agent/confirm`` and a client that can be
+        asked (2026-07-28 with ``elicitation``): None once the user accepted (the retry carries
+        our signed ``requestState`` and ``inputResponses.confirm``), else the
+        ``InputRequiredResult`` that asks, or a tool error when the user declined. Raises
+        RpcError(-32602) for a ``requestState`` that is not this call's."""
+        state = params.get("requestState")
+        if state is not None and self.confirmations.check(state, name, arguments, session.id):
+            if modern.confirmed(params.get("inputResponses")):
+                return None
+            return _tool_error(f"{name} was not confirmed: nothing was done")
+        return modern.confirm_request(name, arguments, self.confirmations.state(name, arguments, session.id))
 
     def _tool_failed(self, name: str, exc: BaseException) -> None:
         if self.on_tool_error is not None and not isinstance(exc, ToolInputError):
@@ -392,25 +558,52 @@ class McpServer(Dispatcher):
         return {}
 
     def subscribed(self, uri: str) -> bool:
-        """True if any session subscribed to ``uri``."""
+        """True if any session subscribed to ``uri`` (``resources/subscribe``, or a
+        ``subscriptions/listen`` stream naming it)."""
         for s in self.sessions.values():  # (a loop: called after every actuation, with many sessions)
             if uri in s.subscriptions:
                 return True
+            if s.listens:
+                for listen in s.listens.values():
+                    if uri in listen.uris:
+                        return True
         return False
 
     def resource_updated(self, uri: str) -> bool:
-        """Send ``notifications/resources/updated`` for ``uri`` if anyone subscribed; True if sent."""
-        if not self.subscribed(uri):
-            return False
-        self.broadcast(resource_updated(uri))
-        return True
+        """Send ``notifications/resources/updated`` for ``uri`` if anyone subscribed; True if
+        sent: once on the capability topic for handshake-era subscribers, and to each
+        2026-07-28 ``subscriptions/listen`` stream that names it (tagged, on its client's RPC topic)."""
+        legacy = sent = False
+        for s in list(self.sessions.values()):
+            if uri in s.subscriptions:
+                legacy = True
+            if s.listens:
+                for listen in list(s.listens.values()):
+                    if uri in listen.uris:
+                        s.send(listen.tag("notifications/resources/updated", {"uri": uri}))
+                        sent = True
+        if legacy:
+            self.broadcast(resource_updated(uri))
+        return legacy or sent
 
     def list_changed(self, *kinds: str) -> None:
-        """Send ``notifications/{kind}/list_changed`` for each of ``tools``, ``resources``, ``prompts``."""
+        """Send ``notifications/{kind}/list_changed`` for each of ``tools``, ``resources``,
+        ``prompts``: on the capability topic when a handshake-era session is open, and to each
+        2026-07-28 ``subscriptions/listen`` stream that asked for that kind."""
         if not self.sessions:
             return
-        for kind in kinds:
-            self.broadcast(jsonrpc.notification(f"notifications/{kind}/list_changed"))
+        legacy = False
+        for s in list(self.sessions.values()):
+            if not s.modern:
+                legacy = True
+            elif s.listens:
+                for listen in list(s.listens.values()):
+                    for kind in kinds:
+                        if modern.LIST_FLAGS.get(kind) in listen.flags:
+                            s.send(listen.tag(f"notifications/{kind}/list_changed"))
+        if legacy:
+            for kind in kinds:
+                self.broadcast(jsonrpc.notification(f"notifications/{kind}/list_changed"))
 
     # ------------------------------------------------------------------ prompts
     async def _prompts_list(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
@@ -474,9 +667,15 @@ class McpServer(Dispatcher):
         return {"completion": {"values": values[:100], "total": len(values), "hasMore": len(values) > 100}}
 
     # ------------------------------------------------------------------ logging
-    def log_to(self, session: Session, level: str, text: str, *, logger: str | None = None) -> None:
-        """Send ``notifications/message`` to one session if its level allows."""
-        if not lifecycle.log_allowed(session, level):
+    def log_to(self, session: Session, level: str, text: str, *, logger: str | None = None,
+               request_level: Any = None) -> None:
+        """Send ``notifications/message`` to one session if its level allows. A 2026-07-28
+        session gets it only within a request that opted in with ``request_level``
+        (``_meta["io.modelcontextprotocol/logLevel"]``) at or below ``level``."""
+        if session.modern:
+            if not modern.level_allows(request_level, level):
+                return
+        elif not lifecycle.log_allowed(session, level):
             return
         params: dict[str, Any] = {"level": level, "data": text}
         if logger:
