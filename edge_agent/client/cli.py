@@ -398,8 +398,47 @@ def _connect(args: argparse.Namespace, *, read_timeout: float | None = None, **k
     """``connect()`` with the command's broker, server-name, server-id and request timeout."""
     from edge_agent.cloud import connect
 
+    if getattr(args, "token_file", None):
+        kw.setdefault("token", _token(args.token_file))
+        kw.setdefault("client_id", _token_client_id(kw["token"]))
     return connect(args.broker, args.server_name, server_id=args.server_id,
                    discovery_timeout=args.discovery_timeout, read_timeout_seconds=read_timeout or args.timeout, **kw)
+
+
+def _token(path: str) -> str:
+    """The signed client token (JWT) in ``path`` (``--token-file``), whitespace stripped.
+
+    Raises:
+        ValueError: unreadable, empty or over 8 KiB, or not a JWT (exit code 2).
+    """
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read(8193)
+    except OSError as exc:
+        raise ValueError(f"--token-file {path}: {exc.strerror}") from None
+    token = raw.decode("utf-8", "replace").strip()
+    if not token or len(raw) > 8192 or token.count(".") != 2:
+        raise ValueError(f"--token-file {path}: not a JWT (header.payload.signature, at most 8 KiB)")
+    return token
+
+
+def _token_client_id(token: str) -> str:
+    """The mcp-client-id a token is bound to: its ``client_id`` claim, or its
+    ``client_id_prefix`` plus random hex (the device checks the binding; this only reads it)."""
+    import base64
+    import json
+    import secrets
+
+    part = token.split(".")[1]
+    try:
+        claims = json.loads(base64.urlsafe_b64decode(part + "=" * (-len(part) % 4)))
+    except ValueError:
+        raise ValueError("--token-file: the token's payload is not base64url JSON") from None
+    if isinstance(claims, dict) and isinstance(claims.get("client_id"), str):
+        return claims["client_id"]
+    if isinstance(claims, dict) and isinstance(claims.get("client_id_prefix"), str):
+        return claims["client_id_prefix"] + secrets.token_hex(6)
+    raise ValueError("--token-file: the token names no client_id (nor client_id_prefix) claim")
 
 
 async def _list_all(fetch: Callable[..., Awaitable[Any]], attr: str) -> list[Any]:
@@ -803,6 +842,8 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     server = argparse.ArgumentParser(add_help=False, parents=[common])
     server.add_argument("server_name", metavar="SERVER_NAME", help="server-name, e.g. devices/greenhouse/pi-01")
     server.add_argument("--server-id", default=None, help="talk to this instance (default: any online replica)")
+    server.add_argument("--token-file", metavar="FILE", default=None,
+                        help="a signed client token (JWT) for devices with [auth]; its client_id claim is used")
     server.add_argument("--discovery-timeout", metavar="S", type=_positive_float, default=DISCOVERY_TIMEOUT,
                         help=f"seconds to wait for the server's presence (default {DISCOVERY_TIMEOUT:g})")
 

@@ -114,6 +114,9 @@ _SCHEMA: dict[str, Any] = {
                 "session_max_age": {"type": "integer", "minimum": 1},
                 "reply_cache": {"type": "integer", "minimum": 0, "maximum": 10000},
                 "durable_outbox": {"type": "boolean"},
+                "ack_when_handled": {"type": "boolean"},
+                "reply_store_max": {"type": "integer", "minimum": 1, "maximum": 1000000},
+                "reply_ttl": {"type": "number", "exclusiveMinimum": 0},
                 "max_sessions": {"type": "integer", "minimum": 1, "maximum": 100000},
                 "session_probe_idle": {"type": "number", "exclusiveMinimum": 0},
                 "session_probe_timeout": {"type": "number", "exclusiveMinimum": 0},
@@ -147,6 +150,21 @@ _SCHEMA: dict[str, Any] = {
                 "rules": {"type": "array", "items": {
                     "type": "object", "additionalProperties": False, "required": ["client_id", "role"],
                     "properties": {"client_id": {"type": "string"}, "role": {"type": "string"}}}},
+            },
+        },
+        "auth": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "required": {"type": "boolean"},
+                "audience": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}, "minItems": 1}]},
+                "clock_skew": {"type": "number", "minimum": 0, "maximum": 3600},
+                "roles_claim": {"type": "string"},
+                "issuers": {"type": "array", "minItems": 1, "items": {
+                    "type": "object", "additionalProperties": False, "required": ["issuer"],
+                    "properties": {"issuer": {"type": "string"}, "jwks_file": {"type": "string"},
+                                   "jwks_credential": {"type": "string", "pattern": "^[A-Za-z0-9_.@-]+$",
+                                                       "description": "a systemd credential name (letters, digits, _ . @ -)"}}}},
             },
         },
         "drivers": {"type": "array", "items": {"type": "object"}},
@@ -348,6 +366,8 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
                         synchronous=st.get("synchronous", "NORMAL"))
 
     policy = _policy(data.get("rbac"), bad)
+    if "auth" in data:
+        _auth(data["auth"], policy, device, base_dir, bad)
     drivers = _drivers(data.get("drivers", []), bad)
     reported = {k for _, k, _ in problems}
     for where, value in _non_finite(data):  # NaN passes every JSON Schema minimum/maximum
@@ -397,6 +417,41 @@ def _policy(table: dict[str, Any] | None, bad) -> Policy:
             continue
         rules.append((rule["client_id"], rule["role"]))
     return Policy(roles=roles, rules=rules, default=default)
+
+
+def _auth(table: dict[str, Any], policy: Policy, device: DeviceConfig, base_dir: str | None, bad) -> None:
+    """``[auth]`` → ``policy.verifier`` (signed client tokens, docs/security.md) and
+    ``policy.token_required`` (default true once ``[auth]`` is there)."""
+    from edge_agent.server.tokens import TokenError, verifier_from_config
+
+    try:
+        import cryptography  # noqa: F401
+        import jwt  # noqa: F401
+    except ImportError as exc:
+        bad("auth", f"signed tokens need the Python library {exc.name!r}: pip install 'edge-agent-mcp[auth]' "
+            "(or sudo apt install python3-jwt python3-cryptography)")
+        return
+    issuers = []
+    for i, entry in enumerate(table.get("issuers", [])):
+        if ("jwks_file" in entry) == ("jwks_credential" in entry):
+            bad(f"auth.issuers[{i}]", "give exactly one of jwks_file (a JWKS JSON file) and jwks_credential "
+                "(a systemd credential name)")
+            continue
+        entry = dict(entry)
+        if "jwks_file" in entry:
+            entry["jwks_file"] = _resolve(entry["jwks_file"], base_dir)
+        issuers.append(entry)
+    if not issuers:
+        if "issuers" not in table:
+            bad("auth.issuers", "required: [[auth.issuers]] with issuer and jwks_file (or jwks_credential)")
+        return
+    try:
+        policy.verifier = verifier_from_config({**table, "issuers": issuers}, server_id=device.server_id,
+                                               server_name=device.server_name)
+    except TokenError as exc:
+        bad("auth.issuers", str(exc))
+        return
+    policy.token_required = table.get("required", True)
 
 
 def _parses(url: str) -> bool:

@@ -23,6 +23,7 @@ from edge_agent.core import binding, jsonrpc
 from edge_agent.core.jsonrpc import PARSE_ERROR, RpcError
 from edge_agent.device import identity
 from edge_agent.device.janitor import SessionJanitor
+from edge_agent.device.journal import ReplyJournal
 from edge_agent.device.store import Store
 from edge_agent.mqtt import codec
 from edge_agent.mqtt.server import Incoming, MqttServerTransport
@@ -53,6 +54,7 @@ class Endpoint:
         self.transport: MqttServerTransport | None = None
         self._tasks: set[asyncio.Task] = set()
         self.refused = 0  # initializes refused by a token check (missing, bad, another subject's id)
+        self.journal: ReplyJournal | None = None  # the durable reply cache (ack_when_handled)
         self.janitor = SessionJanitor(sessions=lambda: self.server.sessions, close=self._reaped,
                                       send=lambda cid, m: self._sender(cid)(m))
 
@@ -67,6 +69,10 @@ class Endpoint:
         ep.transport = MqttServerTransport(on_control=ep.on_control, on_rpc=ep.on_rpc,
                                            on_client_gone=ep.on_client_gone, store=store, **transport_kwargs)
         server.broadcast = ep.transport.send_capability
+        if settings is not None and settings.ack_when_handled and store is not None:
+            ep.journal = ReplyJournal(store, lambda: server.registry.tools, max_entries=settings.reply_store_max,
+                                      ttl=settings.reply_ttl)
+            server.reply_store = ep.journal
         if settings is not None:
             j = ep.janitor
             j.max_sessions, j.init_grace = settings.max_sessions, settings.session_init_grace
@@ -137,7 +143,9 @@ class Endpoint:
 
     # ---------------------------------------------------------------- callbacks (event loop)
     def on_control(self, client_id: str, payload: bytes, incoming: Incoming | None = None) -> None:
-        self._spawn(self._control(client_id, payload, incoming or Incoming()))
+        incoming = incoming or Incoming()
+        work = self._control(client_id, payload, incoming)
+        self._spawn(work if incoming.ack is None else self._then_ack(work, incoming))
 
     async def _control(self, client_id: str, payload: bytes, incoming: Incoming) -> None:
         transport = self.transport
@@ -168,7 +176,7 @@ class Endpoint:
         if session is None or not session.modern:  # (a session-less client keeps its listens)
             session = self.server.open_session(client_id, self._sender(client_id), admission=admission)
         elif client_id in transport.clients:
-            await self.server.handle(session, msg, deadline=incoming.deadline)  # topics already served
+            await self._handled(session, msg, incoming)  # topics already served
             return
         try:
             await transport.serve_client(client_id)  # subscribe BEFORE answering (spec)
@@ -183,7 +191,7 @@ class Endpoint:
             info = ((msg.get("params") or {}).get("_meta") or {}).get(modern.CLIENT_INFO_META)
         log.info("client %s %s (%r)", client_id, "session-less, " + msg["method"] if sessionless else "initializing",
                  info.get("name", "?") if isinstance(info, dict) else "?")
-        await self.server.handle(session, msg, deadline=incoming.deadline)
+        await self._handled(session, msg, incoming)
 
     def _refused(self, client_id: str, msg: dict[str, Any], err: RpcError) -> None:
         """An ``initialize`` refused by :meth:`McpServer.admit` (bad or missing token, another
@@ -197,41 +205,79 @@ class Endpoint:
 
     def on_rpc(self, client_id: str, payload: bytes, incoming: Incoming | None = None) -> None:
         incoming = incoming or Incoming()
+        if not self._rpc(client_id, payload, incoming):
+            self._ack_after(incoming)
+
+    def _rpc(self, client_id: str, payload: bytes, incoming: Incoming) -> bool:
+        """on_rpc; True if a task was started that acknowledges the message when handled."""
         session = self.server.sessions.get(client_id)
         if session is None:
-            self._unknown_client(client_id, payload, incoming)
-            return
+            return self._unknown_client(client_id, payload, incoming)
         msg = self._decode(client_id, payload, incoming)
         if msg is None:
-            return
+            return False
         self.janitor.seen(client_id)
         if binding.is_disconnected(msg):
             self.on_client_gone(client_id)
-            return
+            return False
         if self.janitor.is_probe_answer(msg):
-            return
-        self._spawn(self.server.handle(session, msg, deadline=incoming.deadline))
+            return False
+        if incoming.ack is None:
+            self._spawn(self.server.handle(session, msg, deadline=incoming.deadline))
+            return False
+        self._spawn(self._then_ack(self._handled(session, msg, incoming), incoming))
+        return True
 
-    def _unknown_client(self, client_id: str, payload: bytes, incoming: Incoming) -> None:
+    # ---------------------------------------------------------------- acknowledging when handled
+    async def _handled(self, session: Session, msg: dict[str, Any], incoming: Incoming) -> None:
+        """``server.handle``; with ``ack_when_handled``, also wait until the request (or the
+        copy of it that is in flight) is answered."""
+        await self.server.handle(session, msg, deadline=incoming.deadline)
+        if incoming.ack is not None and "method" in msg and "id" in msg:
+            entry = session.inflight.get(msg["id"])
+            if entry is not None:
+                await asyncio.wait([entry[0]])
+
+    async def _then_ack(self, work: Any, incoming: Incoming) -> None:
+        try:
+            await work
+        finally:
+            self._ack_after(incoming)
+
+    def _ack_after(self, incoming: Incoming) -> None:
+        """Send the message's PUBACK (``ack_when_handled``) once what its handling queued for
+        the store (its answer in the outbox, its reply in the durable reply cache, the session)
+        is committed: a crash before that makes the broker send the message again."""
+        ack = incoming.ack
+        if ack is None:
+            return
+        if self.store is None:
+            ack()
+            return
+        loop = asyncio.get_running_loop()
+        self.store.after_write(lambda: loop.call_soon_threadsafe(ack))
+
+    def _unknown_client(self, client_id: str, payload: bytes, incoming: Incoming) -> bool:
         """A message on an RPC topic of a client without a session (e.g. after the agent
         restarted without persistent sessions): requests get -32600 so the client knows to
         initialize again."""
         try:
             msg = codec.decode(payload, incoming.content_type)
         except ValueError:
-            return
+            return False
         assert self.transport is not None
         if modern.is_modern_request(msg) and client_id in self.transport.clients:
             # a session-less client needs no session to be served: its topics are (still) ours
             self.janitor.admit(client_id)
             self.janitor.seen(client_id)
             session = self.server.open_session(client_id, self._sender(client_id))
-            self._spawn(self.server.handle(session, msg, deadline=incoming.deadline))
-            return
+            self._spawn(self._then_ack(self._handled(session, msg, incoming), incoming))
+            return True
         refusal = binding.no_session(msg)
         if refusal is not None:
             assert self.transport is not None
             self.transport.send_rpc(client_id, refusal)
+        return False
 
     def on_client_gone(self, client_id: str) -> None:
         """The client left (disconnected notification, will, or empty presence): unsubscribe its
@@ -257,6 +303,8 @@ class Endpoint:
     async def start(self, timeout: float | None = 30.0) -> None:
         assert self.transport is not None
         self.restore_sessions()
+        if self.journal is not None:
+            self.journal.load()
         self._spawn(self.janitor.run())
         await self.transport.start(timeout)
 

@@ -21,7 +21,7 @@ from edge_agent.core.methods import KNOWN, LIFECYCLE_NOTIFICATIONS, OPEN, READ
 # The methods of the READ access class in the core's method table (what the viewer role gets
 # when it lists no methods). A server that adds a READ method extends it without an edit here.
 READ_METHODS = tuple(name for name, rules in KNOWN.items() if rules[3] in (OPEN, READ) and name != "initialize")
-__all__ = ["FORBIDDEN", "OPERATOR", "READ_METHODS", "VIEWER", "Policy", "Role"]
+__all__ = ["FORBIDDEN", "OPERATOR", "READ_METHODS", "VIEWER", "Admission", "Policy", "Role"]
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,22 @@ VIEWER = Role("viewer", "Read-only: lists, reads, subscriptions and read-only to
 OPERATOR = Role("operator", "Everything, actuators included", None, "all", "all")
 
 
+@dataclass(frozen=True)
+class Admission:
+    """Who an ``initialize`` (or a 2026-07-28 request) is from: its ``role`` (None: no role
+    check), the ``subject`` a verified token vouches for (None: unauthenticated) and when that
+    token ``expires`` (Unix s, None without a token)."""
+
+    role: Role | None
+    subject: str | None = None
+    expires: float | None = None
+
+
 @dataclass
 class Policy:
-    """Roles, rules (``(client-id glob, role name)``, first match wins) and the default role.
+    """Roles, rules (``(client-id glob, role name)``, first match wins) and the default role,
+    and the token verifier of ``[auth]`` (``verifier``: a :class:`~edge_agent.server.tokens.Verifier`;
+    ``token_required``: refuse a client without a token).
 
     ``Policy.open()`` (no ``[rbac]`` in the config) checks no role at all: :meth:`role_for`
     gives None, so a method added to the server is open to every client at once.
@@ -109,6 +122,39 @@ class Policy:
     rules: list[tuple[str, str]] = field(default_factory=list)
     default: str = "viewer"
     enabled: bool = True
+    verifier: Any = None
+    token_required: bool = False
+
+    def admit(self, client_id: str, params: Any, now: float | None = None) -> Admission:
+        """The :class:`Admission` of a client from the ``params`` of its ``initialize`` (or of a
+        request, under MCP 2026-07-28): with a token in ``params._meta["dev.edge-agent/token"]``
+        and a verifier, the token's subject and the first of its roles this device knows
+        (else the default role); without one, the client-id rules (:meth:`role_for`).
+
+        Raises:
+            TokenError: a token is required and missing, or the token is refused (the
+                message says why; see :meth:`edge_agent.server.tokens.Verifier.verify`).
+        """
+        from edge_agent.server.tokens import TOKEN_META, TokenError
+
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        token = meta.get(TOKEN_META) if isinstance(meta, dict) else None
+        if token is None or self.verifier is None:
+            if self.token_required:
+                raise TokenError(f"this device requires a signed token in params._meta[{TOKEN_META!r}]")
+            return Admission(self.role_for(client_id))
+        claims = self.verifier.verify(token, client_id, now)
+        return Admission(self.role_for_claims(claims.roles), claims.subject, claims.expires)
+
+    def role_for_claims(self, roles: Iterable[str]) -> Role | None:
+        """The first of ``roles`` (a token's claim) this policy knows, else the default role;
+        None when the policy is disabled (no role check)."""
+        if not self.enabled:
+            return None
+        for name in roles:
+            if name in self.roles:
+                return self.roles[name]
+        return self.roles[self.default]
 
     @classmethod
     def open(cls) -> "Policy":
