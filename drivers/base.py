@@ -27,6 +27,9 @@ from typing import Any, Callable, ClassVar, Mapping
 # progress(progress, total=None, message=None): progress must increase on each call.
 ProgressFn = Callable[..., None]
 
+# ToolSpec.task_support values (MCP 2025-11-25 server/tools, Tool.execution.taskSupport).
+TASK_SUPPORT = ("forbidden", "optional", "required")
+
 # model name -> factory(context, **where) -> an object with close(); see simulated_model().
 SIMULATED_MODELS: dict[str, Callable[..., Any]] = {}
 
@@ -241,6 +244,21 @@ class ToolSpec:
     runtime then calls it on the event loop thread instead of a worker thread, which saves two
     thread hand-offs per call. Still one call at a time per driver. Ignored with
     ``long_running``. Default False: a worker thread.
+
+    Jobs (MCP 2025-11-25 tasks, ``basic/utilities/tasks``): a long-running action a client may
+    start and check on later (run the pump for 10 minutes) declares ``task_support``
+    ``"optional"`` (a plain call or a task) or ``"required"`` (only as a task); the default
+    ``"forbidden"`` is a plain tool. A job must be ``long_running`` (it polls ``cancel``) and
+    gives ``stop``: a callable without arguments that puts the hardware in its safe state at
+    once (relay off, servo detached, LED off), from any thread, safe to call at any time and
+    twice. The runtime calls it when the task is cancelled, when the job overruns its planned
+    end, when the handler fails, and at start for a job an agent crash left running.
+    ``duration(**arguments)``: the job's planned length in seconds (the pump's ``seconds``);
+    the task then has a hard end ``started + duration``, enforced by the runtime even if the
+    handler hangs. ``resumable``: after an agent restart a job still before its end is run
+    again, with the same arguments and ``started_at`` (Unix s of the first start), and must
+    finish by the original end (the pump runs on for what is left); a job that is not
+    resumable is stopped at restart and its task fails.
     """
 
     name: str
@@ -252,6 +270,22 @@ class ToolSpec:
     annotations: Mapping[str, Any] = field(default_factory=dict)
     long_running: bool = False
     fast: bool = False
+    task_support: str = "forbidden"
+    stop: Callable[[], Any] | None = None
+    duration: Callable[..., float] | None = None
+    resumable: bool = False
+
+    def __post_init__(self) -> None:
+        if self.task_support not in TASK_SUPPORT:
+            raise ValueError(f"tool {self.name}: task_support must be one of {', '.join(TASK_SUPPORT)}, "
+                             f"not {self.task_support!r}")
+        if self.job and not self.long_running:
+            raise ValueError(f"tool {self.name}: a job (task_support {self.task_support}) must be long_running")
+
+    @property
+    def job(self) -> bool:
+        """True if the tool may run as a task (``task_support`` is not ``"forbidden"``)."""
+        return self.task_support != "forbidden"
 
 
 @dataclass(frozen=True)

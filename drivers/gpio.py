@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import math
+import os
 import random
 import threading
 import time
@@ -63,13 +64,29 @@ SAFE_WRITE = {"readOnlyHint": False, "destructiveHint": False, "idempotentHint":
 ACTUATOR_WRITE = {"readOnlyHint": False, "destructiveHint": True, "idempotentHint": True}
 
 
+PIN_LOG_ENV = "EDGE_AGENT_SIM_PIN_LOG"
+
+
 class _BoundedStates:
     """gpiozero's mock pins append every change to an unbounded ``states`` list (for test
-    assertions); a simulated device runs for months, so keep only the last 256."""
+    assertions); a simulated device runs for months, so keep only the last 256.
+
+    With the environment variable ``EDGE_AGENT_SIM_PIN_LOG`` set to a file path, every change
+    of a simulated output pin is also appended to that file as one line ``<Unix time s>
+    <pin name> <value>`` (``1764540000.123456 GPIO27 1.0``): a test can then see the pin of an
+    agent process it killed (off for testing only: the file grows with every change)."""
 
     def clear_states(self):
         super().clear_states()
         self.states = collections.deque(self.states, maxlen=256)
+
+    def _change_state(self, value):
+        changed = super()._change_state(value)
+        path = os.environ.get(PIN_LOG_ENV)
+        if changed and path and self._function == "output":
+            with open(path, "a", encoding="ascii") as log:
+                log.write(f"{time.time():.6f} {self.info.name} {float(value)}\n")
+        return changed
 
 
 class SimPWMPin(_BoundedStates, MockPWMPin):
@@ -206,9 +223,11 @@ class Led(_GpioDriver):
                      annotations=SAFE_WRITE, fast=True),
             ToolSpec("toggle", "Invert the LED.", no_arguments(), self._toggle, STATE_OUTPUT,
                      annotations={**SAFE_WRITE, "idempotentHint": False}, fast=True),
-            ToolSpec("blink", "Blink the LED `times` times, then restore its state; reports progress per blink.",
+            ToolSpec("blink", "Blink the LED `times` times, then restore its state; reports progress per blink. "
+                     "May run as a task (MCP tasks): stopping it turns the LED off.",
                      blink_in, self._blink, blink_out, annotations={**SAFE_WRITE, "idempotentHint": False},
-                     long_running=True),
+                     long_running=True, task_support="optional", stop=self.led.off,
+                     duration=lambda times=3, on_time=0.5, off_time=0.5: times * (on_time + off_time)),
         ]
 
     def sensors(self) -> list[SensorSpec]:
@@ -270,7 +289,10 @@ class DigitalOutput(_GpioDriver):
     """A plain on/off output, via ``gpiozero.DigitalOutputDevice``.
 
     Tools ``on``, ``off``, ``set`` (``state`` bool) -> ``{"state": bool}``; all destructive (they
-    switch a load). Sensor ``state`` (bool, polled every 1 s). ``initial``: the state set at start.
+    switch a load). ``run`` (``seconds`` 0.1..86400): on for ``seconds``, then off, a job (MCP
+    task, resumable: after an agent restart it runs on until the original end; cancelled or
+    stopped: off at once) -> ``{"state": bool, "ran_s": float, "cancelled": bool}``.
+    Sensor ``state`` (bool, polled every 1 s). ``initial``: the state set at start.
     """
 
     kind = "digital_output"
@@ -291,9 +313,39 @@ class DigitalOutput(_GpioDriver):
         self.output.on() if state else self.output.off()
         return {"state": bool(self.output.value)}
 
+    def _off(self) -> None:
+        self.output.off()
+
+    def _run(self, seconds: float, *, progress, cancel, started_at: float | None = None) -> dict[str, Any]:
+        """On until ``started_at + seconds`` (Unix s; ``started_at`` defaults to now), then off."""
+        start = time.time() if started_at is None else started_at
+        end = start + seconds
+        cancelled = False
+        try:
+            if time.time() < end:
+                self.output.on()
+                while not cancelled:
+                    left = end - time.time()
+                    if left <= 0:
+                        break
+                    cancelled = wait_or_cancel(cancel, min(left, 1.0))
+                    progress(round(min(seconds, time.time() - start), 1), seconds,
+                             f"on for {min(seconds, time.time() - start):.0f}/{seconds:g} s")
+        finally:
+            self.output.off()
+        return {"state": bool(self.output.value), "ran_s": round(min(seconds, time.time() - start), 3),
+                "cancelled": cancelled}
+
     def tools(self) -> list[ToolSpec]:
         set_in = {"type": "object", "properties": {"state": {"type": "boolean", "description": "true = on"}},
                   "required": ["state"], "additionalProperties": False}
+        run_in = {"type": "object", "properties": {"seconds": {
+            "type": "number", "minimum": 0.1, "maximum": 86400,
+            "description": "how long to stay on (s), then off"}}, "required": ["seconds"], "additionalProperties": False}
+        run_out = {"type": "object", "properties": {
+            "state": {"type": "boolean", "description": "state afterwards (false: off)"},
+            "ran_s": {"type": "number", "description": "seconds it was on (s)"},
+            "cancelled": {"type": "boolean"}}, "required": ["state", "ran_s", "cancelled"]}
         return [
             ToolSpec("on", "Switch on.", no_arguments(), lambda: self._set(True), STATE_OUTPUT,
                      annotations=ACTUATOR_WRITE, fast=True),
@@ -301,6 +353,11 @@ class DigitalOutput(_GpioDriver):
                      annotations=ACTUATOR_WRITE, fast=True),
             ToolSpec("set", "Switch to `state`.", set_in, self._set, STATE_OUTPUT, annotations=ACTUATOR_WRITE,
                      fast=True),
+            ToolSpec("run", "Switch on for `seconds`, then off. Best run as a task (MCP tasks): it ends on time "
+                     "even if the link drops or the agent restarts; cancelling it switches off at once.",
+                     run_in, self._run, run_out, annotations={**ACTUATOR_WRITE, "idempotentHint": False},
+                     long_running=True, task_support="optional", stop=self._off,
+                     duration=lambda seconds: seconds, resumable=True),
         ]
 
     def sensors(self) -> list[SensorSpec]:
@@ -429,6 +486,11 @@ class Servo(_GpioDriver):
                 break
         return {"angle": self._angle(), "steps": steps, "total": total, "cancelled": cancelled}
 
+    def _sweep_duration(self, to: float, step_deg: float = 5.0, dwell: float = 0.2, **args: Any) -> float:
+        """Planned seconds of a sweep: one ``dwell`` per step."""
+        steps = max(1, math.ceil(abs(to - args["from"]) / step_deg - 1e-9)) if step_deg > 0 else 1
+        return steps * dwell
+
     def _detach(self) -> dict[str, Any]:
         self.servo.detach()
         return {"angle": None}
@@ -462,9 +524,11 @@ class Servo(_GpioDriver):
         return [
             ToolSpec("set_angle", f"Move the servo to `angle` ({lo}..{hi}°).", set_in, self._set_angle, angle_out,
                      annotations={**move, "idempotentHint": True}),
-            ToolSpec("sweep", "Move from `from` to `to` in `step_deg` steps, pausing `dwell` s per step.",
+            ToolSpec("sweep", "Move from `from` to `to` in `step_deg` steps, pausing `dwell` s per step. "
+                     "May run as a task (MCP tasks): stopping it detaches the servo where it is.",
                      sweep_in, self._sweep, sweep_out, annotations={**move, "idempotentHint": False},
-                     long_running=True),
+                     long_running=True, task_support="optional", stop=self.servo.detach,
+                     duration=self._sweep_duration),
             ToolSpec("detach", "Stop sending pulses: the servo goes limp and holds no position.",
                      no_arguments(), self._detach, angle_out,
                      annotations={**move, "idempotentHint": True}),

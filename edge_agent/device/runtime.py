@@ -25,6 +25,7 @@ from edge_agent.device.endpoint import Endpoint
 from edge_agent.device.ratelimit import TokenBucket
 from edge_agent.device.sensors import SensorChannel, iso
 from edge_agent.device.store import Store
+from edge_agent.device.tasks import TaskManager, TaskStore
 from edge_agent.drivers import Driver, DriverContext, driver_class
 from edge_agent.drivers.base import SensorSpec, ToolSpec
 from edge_agent.errors import ToolInputError
@@ -98,6 +99,8 @@ class Agent:
         self._tasks: list[asyncio.Task] = []
         self._refreshing: set[asyncio.Task] = set()  # sensor refreshes after a tool call
         self._refresh_due: set[str] = set()  # channel URIs with a refresh task not yet reading
+        self.jobs: dict[str, ToolSpec] = {}  # tool name -> spec of tools that may run as tasks
+        self.task_manager: TaskManager | None = None  # MCP tasks (device/tasks.py), when a driver has jobs
 
     # ---------------------------------------------------------------- build
     async def _build(self) -> None:
@@ -153,9 +156,11 @@ class Agent:
 
             handler = limited
 
+        if spec.job:
+            self.jobs[name] = spec
         return Tool(name=name, description=f"{_label(state.config)}: {spec.description}", input_schema=spec.input_schema, handler=handler,
                     title=spec.title, output_schema=spec.output_schema, annotations=dict(spec.annotations),
-                    meta=meta)
+                    meta=meta, task_support=spec.task_support if spec.job else None)
 
     async def _call_tool(self, state: DriverState, spec: ToolSpec, arguments: dict[str, Any], ctx: ToolContext) -> Any:
         lock = state.lock
@@ -432,6 +437,10 @@ class Agent:
         """
         loop = asyncio.get_running_loop()
         await self._build()
+        if self.jobs:  # tasks first: a job an agent crash left running is stopped or resumed now, broker or not
+            self.task_manager = TaskManager(self.server, TaskStore(self.config.store.path if self.config.store
+                                                                   else ":memory:"), self.jobs.get)
+            await self.task_manager.recover()
         dev = self.config.device
         meta: dict[str, Any] = {"version": __version__, "implementation": "edge-agent"}
         if dev.location:
@@ -471,6 +480,8 @@ class Agent:
             task.cancel()
         if self.endpoint is not None:
             await self.endpoint.stop()
+        if self.task_manager is not None:  # running jobs stopped (hardware safe) before drivers close
+            await self.task_manager.close()
         # closing hardware and the store's last writes block: in a worker thread, in this order
         for state in self.drivers.values():
             if state.driver is not None:

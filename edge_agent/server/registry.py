@@ -6,10 +6,15 @@ is in it. Entries carry async callables so slow hardware never blocks the event 
 
 from __future__ import annotations
 
+import hashlib
+import json
 import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Awaitable, Callable, Mapping
+
+TOOL_VERSION_META = "dev.edge-agent/toolVersion"
+"""A tool's ``_meta`` key: its version (driver version + schema digest), see :meth:`Tool.version_tag`."""
 
 # Source: MCP 2025-11-25 server/tools "Tool names": 1-128 chars of A-Z a-z 0-9 _ - .
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -47,6 +52,8 @@ class Tool:
     full ``{"content": [...], "isError": ...}`` result when ``raw_result`` is True.
     ``unavailable``: a reason while the tool cannot run at all (calls answer ``isError``).
     ``warning``: a reason while its hardware fails now and then (shown, calls still tried).
+    ``task_support``: ``execution.taskSupport`` (MCP 2025-11-25 tasks: ``"forbidden"``,
+    ``"optional"``, ``"required"``), or None (not listed: forbidden).
     """
 
     name: str
@@ -59,6 +66,8 @@ class Tool:
     meta: Mapping[str, Any] = field(default_factory=dict)
     unavailable: str | None = None
     warning: str | None = None
+    task_support: str | None = None
+    version: str | None = None  # the driver's version: _meta["dev.edge-agent/toolVersion"] = version+schema digest
 
     def __post_init__(self) -> None:
         if not TOOL_NAME.match(self.name):
@@ -78,9 +87,26 @@ class Tool:
             out["outputSchema"] = dict(self.output_schema)
         if self.annotations:
             out["annotations"] = dict(self.annotations)
-        if self.meta:
-            out["_meta"] = dict(self.meta)
+        if self.task_support:
+            out["execution"] = {"taskSupport": self.task_support}
+        if self.meta or self.version is not None:
+            meta = dict(self.meta)
+            if self.version is not None:
+                meta[TOOL_VERSION_META] = self.version_tag()
+            out["_meta"] = meta
         return out
+
+    def version_tag(self) -> str:
+        """``{version}+{schema digest}``: the driver's version and the first 8 hex digits of
+        the sha256 of the canonical JSON of ``[inputSchema, outputSchema]``, so a schema change
+        without a version bump still shows (rolling upgrades, docs/architecture.md)."""
+        cached = self.__dict__.get("_tag")
+        if cached is not None and cached[0] is self.input_schema and cached[1] is self.output_schema:
+            return str(cached[2])
+        text = json.dumps([self.input_schema, self.output_schema], sort_keys=True, separators=(",", ":"), default=str)
+        tag = f"{self.version}+{hashlib.sha256(text.encode()).hexdigest()[:8]}"
+        self.__dict__["_tag"] = (self.input_schema, self.output_schema, tag)
+        return tag
 
 
 ReadFn = Callable[[], Awaitable["ResourceContents"]]
