@@ -58,7 +58,8 @@ def _gateway(args: argparse.Namespace) -> int:
         broker=broker, server_name_filter=args.filter, http=args.http, eager=args.eager, strategy=args.strategy,
         timeouts=Timeouts(initialize=args.timeout_initialize, ping=args.timeout_ping, call=args.timeout_call,
                           request=args.timeout_request),
-        ping_interval=args.ping_interval, page_size=args.page_size)
+        ping_interval=args.ping_interval, page_size=args.page_size, expose=args.expose,
+        catalog_cache=None if args.catalog_cache in ("", "none") else args.catalog_cache)
     try:
         run(options)
     except KeyboardInterrupt:
@@ -79,6 +80,7 @@ def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     from edge_agent.gateway.balance import (
         STRATEGIES,  # pure: keeps building the parser free of ``mcp``
     )
+    from edge_agent.gateway.catalog import CACHE_ENV, default_cache_dir  # pure too
 
     t = argparse.Namespace(initialize=INITIALIZE_TIMEOUT, ping=PING_TIMEOUT, call=CALL_TIMEOUT, request=REQUEST_TIMEOUT)
     help_ = "serve every MCP server at the broker as one MCP server (stdio, or Streamable HTTP with --http)"
@@ -106,6 +108,12 @@ def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="ping each open device session this often; 0: never (default 30)")
     p.add_argument("--page-size", metavar="N", type=_positive_int, default=500,
                    help="items per page of the aggregated lists (default 500)")
+    p.add_argument("--expose", choices=("flat", "catalog"), default="flat",
+                   help="flat: every device's tools, resources and prompts (small fleets); catalog: the tools "
+                        "find_devices, describe_device, call_device_tool, read_device (default: flat)")
+    p.add_argument("--catalog-cache", metavar="DIR", default=str(default_cache_dir()),
+                   help="folder of device catalogs by digest, kept across restarts; 'none': memory only "
+                        f"(default ${CACHE_ENV} or $XDG_CACHE_HOME/edge-agent/catalogs)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
     p.set_defaults(func=_gateway, cmd_name="gateway")
     return p

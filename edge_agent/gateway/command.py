@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 
 import anyio
 
+from edge_agent.gateway.catalog import CatalogStore
 from edge_agent.gateway.fleet import Fleet, Timeouts
 from edge_agent.gateway.server import Gateway
 
@@ -49,6 +50,8 @@ class GatewayOptions:
     ping_interval: float = 30.0
     page_size: int = 500
     init_concurrency: int = 64
+    expose: str = "flat"  # or "catalog" (gateway/expose.py)
+    catalog_cache: str | None = None  # folder of catalogs by digest (gateway/catalog.py); None: memory only
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -73,8 +76,8 @@ def parse_host_port(text: str) -> tuple[str, int]:
 def build(options: GatewayOptions) -> Gateway:
     fleet = Fleet(options.broker, server_name_filter=options.server_name_filter, eager=options.eager,
                   strategy=options.strategy, timeouts=options.timeouts, ping_interval=options.ping_interval,
-                  init_concurrency=options.init_concurrency)
-    return Gateway(fleet, page_size=options.page_size)
+                  init_concurrency=options.init_concurrency, catalogs=CatalogStore(options.catalog_cache))
+    return Gateway(fleet, page_size=options.page_size, expose=options.expose)
 
 
 async def _on_signals(action) -> None:

@@ -50,6 +50,7 @@ from edge_agent.client.link import Incoming, MqttLink, Will, suggested_filters
 from edge_agent.core import topics
 from edge_agent.errors import TransportError
 from edge_agent.gateway.balance import Balancer
+from edge_agent.gateway.catalog import KINDS, CatalogStore, announced_digest
 from edge_agent.gateway.channel import DeviceChannel
 from edge_agent.mqtt.reconnect import ReconnectPolicy
 
@@ -157,7 +158,8 @@ class Fleet:
                  strategy: str = "least-outstanding", timeouts: Timeouts | None = None,
                  listener: FleetListener | None = None, ping_interval: float = 30.0,
                  init_concurrency: int = 64, qos: int = 1, connect_timeout: float = 10.0,
-                 username: str | None = None, password: str | None = None):
+                 username: str | None = None, password: str | None = None,
+                 catalogs: CatalogStore | None = None):
         self.broker_url = broker_url
         self.server_name_filter = server_name_filter
         self.eager = eager
@@ -174,6 +176,13 @@ class Fleet:
         self.ready = anyio.Event()
         self._init_limit = anyio.Semaphore(init_concurrency)
         self._lists: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        # catalogs by the digest devices announce (gateway/catalog.py); the per-server-name
+        # _lists serve devices that announce none
+        self.catalogs = catalogs if catalogs is not None else CatalogStore(None)
+        self.generation = 0  # bumped whenever an aggregated list may have changed
+        # server-name -> the digest it announced when it said list_changed: until it announces
+        # another, its lists are fetched from it (the presence with the new digest may lag)
+        self._stale_digest: dict[str, str] = {}
         self._list_locks: dict[tuple[str, str], anyio.Lock] = {}
         self._last_presence = 0.0
         self.retained = RetainedReport()  # the last connection's retained presence burst
@@ -346,12 +355,29 @@ class Fleet:
             return
         existing = self.replicas.get(key)
         if existing is not None:
+            old = announced_digest(existing.presence.meta)
             existing.presence = presence  # re-announced (a reconnect); the session, if any, stays
+            new = announced_digest(presence.meta)
+            if new != old:  # its catalog changed: list_changed for the kinds that differ
+                self._stale_digest.pop(key[0], None)
+                self._lists.pop(key[0], None)
+                self.generation += 1
+                before = self.catalogs.get(old) if old else None
+                after = self.catalogs.get(new) if new else None
+                for kind in CatalogStore.changed_kinds(before, after):
+                    if self.listener:
+                        self.listener.list_changed(key[0], kind)
             return
         is_new_name = key[0] not in self._by_name
+        newest = None if is_new_name else self.digest_of(key[0])
+        if is_new_name:
+            self.generation += 1
         replica = Replica(presence)
         self.replicas[key] = replica
         self._by_name.setdefault(key[0], {})[key[1]] = replica
+        if not is_new_name and self.digest_of(key[0]) != newest:  # a newer release: listed from now on
+            self.generation += 1
+            self._lists.pop(key[0], None)
         log.info("online: %s", replica.label)
         if is_new_name and self.listener:
             self.listener.names_changed({key[0]}, set())
@@ -362,6 +388,7 @@ class Fleet:
         """The instance went offline: fail its session, forget it, tell the listener."""
         if self.replicas.get(replica.key) is not replica:
             return
+        newest = self.digest_of(replica.server_name)
         del self.replicas[replica.key]
         same_name = self._by_name.get(replica.server_name, {})
         same_name.pop(replica.server_id, None)
@@ -374,8 +401,13 @@ class Fleet:
         self._stop_session(replica)
         if self.listener:
             self.listener.replica_lost(replica)
-        if replica.server_name not in self._by_name:
+        if replica.server_name in self._by_name and self.digest_of(replica.server_name) != newest:
+            self.generation += 1  # the last replica of the newest release left: the older one is listed
             self._lists.pop(replica.server_name, None)
+        if replica.server_name not in self._by_name:
+            self.generation += 1
+            self._lists.pop(replica.server_name, None)
+            self._stale_digest.pop(replica.server_name, None)
             if announce and self.listener:
                 self.listener.names_changed(set(), {replica.server_name})
 
@@ -522,6 +554,7 @@ class Fleet:
         replica._lost = session
         replica.failed_at = anyio.current_time()
         self._lists.pop(replica.server_name, None)
+        self.generation += 1
         if self.listener:
             self.listener.replica_lost(replica)
 
@@ -544,6 +577,10 @@ class Fleet:
                 self.listener.resource_updated(replica, str(message.params.uri))
 
     def _changed(self, server_name: str, kind: str) -> None:
+        self.generation += 1
+        digest = self.digest_of(server_name)
+        if digest is not None:
+            self._stale_digest[server_name] = digest
         cache = self._lists.get(server_name, {})
         cache.pop(kind, None)
         if kind == "resources":
@@ -591,10 +628,72 @@ class Fleet:
                               else f"{replica.label}: {message}", data=data)
         return MCPError(code=code, message=f"{replica.label}: {message}", data=data)
 
+    def digest_of(self, server_name: str) -> str | None:
+        """The catalog digest the first replica (by server-id) of ``server_name`` announces
+        (None: none, or the device said list_changed since it announced it)."""
+        same_name = self._by_name.get(server_name)
+        if not same_name:
+            return None
+        digest = self.balancer.newest_digest(list(same_name.values()))  # rolling upgrade: the newest
+        return None if digest is not None and self._stale_digest.get(server_name) == digest else digest
+
+    def cached_items(self, server_name: str, kind: str) -> list[dict[str, Any]] | None:
+        """The items of ``kind`` of ``server_name`` if known without a request: from the catalog
+        of its announced digest, else from the per-server-name cache; else None."""
+        digest = self.digest_of(server_name)
+        if digest is not None:
+            catalog = self.catalogs.get(digest)
+            if catalog is not None:
+                return catalog[KINDS[kind]]
+        return self._lists.get(server_name, {}).get(kind)
+
+    def catalog_of(self, server_name: str) -> dict[str, list[dict[str, Any]]] | None:
+        """The known catalog of ``server_name``'s announced digest (no request), or None."""
+        digest = self.digest_of(server_name)
+        return self.catalogs.get(digest) if digest is not None else None
+
+    async def catalog(self, replica: Replica) -> dict[str, list[dict[str, Any]]]:
+        """The replica's whole catalog (``tools``, ``resources``, ``resourceTemplates``,
+        ``prompts``): from the store by its announced digest, else fetched (one ``initialize``
+        and the four lists) and, with a digest, stored for every device that announces it.
+
+        Raises:
+            DeviceUnavailable, DeviceGone, MCPError: as :meth:`request`.
+        """
+        digest = self._digest(replica)
+        if digest is not None:
+            found = self.catalogs.get(digest)
+            if found is not None:
+                return found
+            lock = self._list_locks.setdefault(("digest", digest), anyio.Lock())
+            async with lock:
+                found = self.catalogs.get(digest)
+                if found is not None:
+                    return found
+                catalog = {key: await self._fetch_kind(replica, kind) for kind, key in KINDS.items()}
+                self.catalogs.put(digest, catalog)
+                log.info("catalog %s fetched from %s", digest, replica.label)
+                return catalog
+        return {key: await self.list_items(replica, kind) for kind, key in KINDS.items()}
+
+    def _digest(self, replica: Replica) -> str | None:
+        digest = announced_digest(replica.presence.meta)
+        return None if digest is not None and self._stale_digest.get(replica.server_name) == digest else digest
+
+    async def _fetch_kind(self, replica: Replica, kind: str) -> list[dict[str, Any]]:
+        await self.open(replica)
+        capability = "resources" if kind == "templates" else kind
+        if getattr(replica.capabilities, capability, None) is None:
+            return []
+        return await self._fetch(replica, kind)
+
     async def list_items(self, replica: Replica, kind: str) -> list[dict[str, Any]]:
         """All items of ``kind`` (``tools``, ``resources``, ``templates``, ``prompts``) of the
-        replica's server-name, following cursors; cached per server-name until its list changes.
+        replica's server-name, following cursors: from the catalog of the digest it announces
+        (:meth:`catalog`), else cached per server-name until its list changes.
         """
+        if self._digest(replica) is not None:
+            return (await self.catalog(replica))[KINDS[kind]]
         cached = self._lists.get(replica.server_name, {}).get(kind)
         if cached is not None:
             return cached
@@ -603,12 +702,7 @@ class Fleet:
             cached = self._lists.get(replica.server_name, {}).get(kind)
             if cached is not None:
                 return cached
-            await self.open(replica)
-            capability = "resources" if kind == "templates" else kind
-            if getattr(replica.capabilities, capability, None) is None:
-                items: list[dict[str, Any]] = []
-            else:
-                items = await self._fetch(replica, kind)
+            items = await self._fetch_kind(replica, kind)
             if replica.online and replica.server_name in self._by_name:
                 self._lists.setdefault(replica.server_name, {})[kind] = items
             return items

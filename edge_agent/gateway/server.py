@@ -48,7 +48,10 @@ from mcp.server.models import InitializationOptions
 from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from edge_agent import __version__
+from edge_agent.client.discovery import catalog_digest
+from edge_agent.gateway.balance import with_digest
 from edge_agent.gateway.fleet import DeviceGone, DeviceUnavailable, Fleet, Replica
+from edge_agent.gateway.listen import GatewayListen
 from edge_agent.gateway.names import (
     Namer,
     resource_uri,
@@ -63,6 +66,8 @@ RESOURCE_NOT_FOUND = -32002
 """MCP's "Resource not found" error code (server/resources, "Error Handling")."""
 META_SERVER_NAME = "edge-agent/server-name"
 FLUSH_DELAY = 0.05
+EXPOSE_MODES = ("flat", "catalog")
+"""``--expose``: every device's tools, resources and prompts (flat), or a few search tools (catalog)."""
 LIST_CONCURRENCY = 128
 INSTRUCTIONS = (
     "Tools, resources and prompts of the MCP servers (devices) online at an MQTT broker. "
@@ -76,13 +81,18 @@ class ClientState:
 
     ``connection``: the SDK's per-connection object (``None`` for the shared stateless state);
     ``bindings``: server-name → server-id of the replica this session is on;
-    ``subscriptions``: gateway URI → (server-name, device URI).
+    ``subscriptions``: gateway URI → (server-name, device URI); ``digests``: server-name →
+    the catalog digest of the tools it listed (rolling upgrades: it is balanced only over
+    replicas announcing that digest); ``on_updated(client, gateway_uri)``: how a subscribed
+    resource's update reaches it when it has no connection (a ``subscriptions/listen`` stream).
     """
 
     def __init__(self, connection: Any | None):
         self.connection = connection
         self.bindings: dict[str, str] = {}
         self.subscriptions: dict[str, tuple[str, str]] = {}
+        self.digests: dict[str, str] = {}
+        self.on_updated: Callable[[ClientState, str], None] | None = None
 
 
 class _GatewayServer(Server[Any]):
@@ -142,6 +152,17 @@ def _dump(params: Any) -> dict[str, Any]:
     return out
 
 
+DEPRECATED_META = "dev.edge-agent/deprecated"
+"""A tool's ``_meta`` note that it is removed or changed in the next release (passed on in lists
+and added to each call's result ``_meta``)."""
+TOOL_VERSION_META = "dev.edge-agent/toolVersion"
+
+
+def _schema(entry: dict[str, Any]) -> tuple[Any, ...]:
+    """What a caller relies on in a ``tools/list`` entry: the version and both schemas."""
+    return ((entry.get("_meta") or {}).get(TOOL_VERSION_META), entry.get("inputSchema"), entry.get("outputSchema"))
+
+
 def _is_lost_session(exc: MCPError) -> bool:
     """The device answered "not initialized": it restarted and forgot the gateway's session."""
     return exc.error.code == types.INVALID_REQUEST and "not initialized" in exc.error.message.lower()
@@ -151,7 +172,10 @@ class Gateway:
     """The gateway MCP server over a :class:`Fleet`. Use as ``async with Gateway(fleet) as gw:``
     then serve ``gw.server`` (see :mod:`edge_agent.gateway.command`)."""
 
-    def __init__(self, fleet: Fleet, *, page_size: int = 500):
+    def __init__(self, fleet: Fleet, *, page_size: int = 500, expose: str = "flat"):
+        if expose not in EXPOSE_MODES:
+            raise ValueError(f"expose must be one of {', '.join(EXPOSE_MODES)}, not {expose!r}")
+        self.expose = expose
         self.fleet = fleet
         fleet.listener = self
         self.page_size = max(1, page_size)
@@ -159,8 +183,10 @@ class Gateway:
         self.clients: list[ClientState] = []
         self.stateless = ClientState(None)
         self._dirty: set[str] = set()
+        self._aggregated: dict[str, tuple[int, list[dict[str, Any]]]] = {}  # kind -> (fleet generation, list)
         self._flush_pending = False
         self._tg: anyio.abc.TaskGroup | None = None
+        self.listen = GatewayListen(self)  # 2026-07-28 subscriptions/listen
         self.server = self._build_server()
         self.server.middleware.append(_RegisterClient(self))
 
@@ -179,6 +205,7 @@ class Gateway:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        self.listen.close()
         try:
             await self.fleet.__aexit__(*exc)
         finally:
@@ -203,9 +230,14 @@ class Gateway:
             on_list_resources=self._list_resources, on_list_resource_templates=self._list_templates,
             on_read_resource=self._read_resource, on_subscribe_resource=self._subscribe,
             on_unsubscribe_resource=self._unsubscribe, on_list_prompts=self._list_prompts,
-            on_get_prompt=self._get_prompt, on_completion=self._complete)
+            on_get_prompt=self._get_prompt, on_completion=self._complete, on_subscriptions_listen=self.listen)
+        instructions = INSTRUCTIONS
+        if self.expose == "catalog":  # a few search tools instead of every device's (gateway/expose.py)
+            from edge_agent.gateway import expose
+
+            handlers, instructions = expose.CatalogView(self).handlers(), expose.INSTRUCTIONS
         return _GatewayServer(
-            "edge-agent-gateway", version=__version__, title="edge-agent gateway", instructions=INSTRUCTIONS,
+            "edge-agent-gateway", version=__version__, title="edge-agent gateway", instructions=instructions,
             **handlers)
 
     # -- client sessions ------------------------------------------------------------------------
@@ -235,12 +267,26 @@ class Gateway:
 
     def _replica_for(self, client: ClientState, server_name: str, exclude: set[str] | frozenset[str] = frozenset()
                      ) -> Replica:
+        """The client's replica of ``server_name``: its bound one while usable, else one chosen
+        by the balancer; either way one that announces the catalog digest the client listed
+        (pinned at its first use to the newest release), never one of ``exclude``."""
+        replicas = self.fleet.replicas_of(server_name)
+        pin = client.digests.get(server_name)
+        same = with_digest(replicas, pin)
+        if pin is None or (not same and replicas):  # first use, or its release is gone (announced)
+            pin = self.fleet.digest_of(server_name)
+            same = with_digest(replicas, pin)
+            if pin is None:
+                client.digests.pop(server_name, None)
+            else:
+                client.digests[server_name] = pin
+        other = {r.server_id for r in replicas if r not in same}
         sid = client.bindings.get(server_name)
-        if sid is not None and sid not in exclude:
+        if sid is not None and sid not in exclude and sid not in other:
             replica = self.fleet.replica(server_name, sid)
             if replica is not None and replica.usable:
                 return replica
-        replica = self.fleet.choose(server_name, exclude)
+        replica = self.fleet.choose(server_name, set(exclude) | other)
         client.bindings[server_name] = replica.server_id
         return replica
 
@@ -265,6 +311,13 @@ class Gateway:
         replica.subscribers = {}
         for client in [*self.clients, self.stateless]:
             self._unbind(client, replica)
+        digest = catalog_digest(replica.presence)
+        remaining = self.fleet.replicas_of(replica.server_name)
+        if digest is not None and remaining and not with_digest(remaining, digest):
+            # the last replica of a release left (rolling upgrade): its sessions move to the
+            # newest one, so their lists change
+            log.info("%s: the last replica of catalog %s left", replica.server_name, digest)
+            self._mark_dirty("tools", "resources", "prompts")
         moved = {c for clients in subscribers.values() for c in clients}
         if moved and self.fleet.replicas_of(replica.server_name):
             for client in moved:
@@ -272,13 +325,18 @@ class Gateway:
 
     def resource_updated(self, replica: Replica, uri: str) -> None:
         for client in list(replica.subscribers.get(uri, ())):
-            if client.connection is None:
+            if client.connection is None and client.on_updated is None:
                 continue
             for gateway_uri, (name, device_uri) in list(client.subscriptions.items()):
                 if name == replica.server_name and device_uri == uri:
-                    self._spawn(client.connection.send_resource_updated, gateway_uri)
+                    if client.on_updated is not None:
+                        client.on_updated(client, gateway_uri)
+                    else:
+                        self._spawn(client.connection.send_resource_updated, gateway_uri)
 
     def _mark_dirty(self, *kinds: str) -> None:
+        if self.expose == "catalog":
+            return  # its lists are fixed: devices are searched, not listed
         self._dirty.update(kinds)
         if not self._flush_pending:
             self._flush_pending = True
@@ -287,6 +345,7 @@ class Gateway:
     async def _flush(self) -> None:
         await anyio.sleep(FLUSH_DELAY)
         kinds, self._dirty, self._flush_pending = sorted(self._dirty), set(), False
+        self._spawn(self.listen.lists_changed, kinds)
         for client in list(self.clients):
             connection = client.connection
             if connection is not None and connection.initialized.is_set():
@@ -382,8 +441,16 @@ class Gateway:
                          ) -> list[dict[str, Any]]:
         client = self.client_of(ctx)
         await self.fleet.ready.wait()
+        generation = self.fleet.generation
+        done = self._aggregated.get(kind)
+        if done is not None and done[0] == generation:  # nothing changed since: no work at all
+            return done[1]
         names = self.fleet.server_names()
         found: dict[str, list[dict[str, Any]]] = {}
+        for name in names:  # known by catalog digest (gateway/catalog.py) or cached: no request
+            items = self.fleet.cached_items(name, kind)
+            if items is not None:
+                found[name] = items
         limit = anyio.Semaphore(LIST_CONCURRENCY)
 
         async def one(name: str) -> None:
@@ -407,8 +474,12 @@ class Gateway:
 
         async with anyio.create_task_group() as tg:
             for name in names:
-                tg.start_soon(one, name)
-        return [rename(name, item) for name in names for item in found.get(name, [])]
+                if name not in found:
+                    tg.start_soon(one, name)
+        out = [rename(name, item) for name in names for item in found.get(name, [])]
+        if len(found) == len(names) and generation == self.fleet.generation:
+            self._aggregated[kind] = (generation, out)
+        return out
 
     def _page(self, items: list[dict[str, Any]], params: Any, key: str) -> dict[str, Any]:
         start = _decode_cursor(getattr(params, "cursor", None))
@@ -446,7 +517,15 @@ class Gateway:
         return item
 
     async def _list_tools(self, ctx: Any, params: Any) -> dict[str, Any]:
-        return self._page(await self._aggregate(ctx, "tools", self._rename_tool), params, "tools")
+        client = self.client_of(ctx)
+        if getattr(params, "cursor", None) is None:
+            client.digests.clear()  # listing again: pinned to what this listing shows (the newest)
+        out = self._page(await self._aggregate(ctx, "tools", self._rename_tool), params, "tools")
+        for name in self.fleet.server_names():
+            digest = self.fleet.digest_of(name)
+            if digest is not None and name not in client.digests:
+                client.digests[name] = digest
+        return out
 
     async def _list_resources(self, ctx: Any, params: Any) -> dict[str, Any]:
         return self._page(await self._aggregate(ctx, "resources", self._rename_resource), params, "resources")
@@ -463,11 +542,38 @@ class Gateway:
     async def _call_tool(self, ctx: Any, params: types.CallToolRequestParams) -> dict[str, Any]:
         await self.fleet.ready.wait()
         server_name, tool = self._split_name(params.name, "tool")
+        client = self.client_of(ctx)
+        entry = self._changed_tool(client, server_name, tool)
         wire = _dump(params)
         wire["name"] = tool
-        result, _ = await self._forward(ctx, self.client_of(ctx), server_name, "tools/call", wire, retry=False)
+        result, _ = await self._forward(ctx, client, server_name, "tools/call", wire, retry=False)
         self._rewrite_content(server_name, result.get("content"))
+        note = ((entry or {}).get("_meta") or {}).get(DEPRECATED_META)
+        if note:  # a tool marked deprecated for this release: the caller hears of it with each call
+            result["_meta"] = {**(result.get("_meta") or {}), DEPRECATED_META: note}
         return result
+
+    def _tool_entry(self, digest: str | None, server_name: str, tool: str) -> dict[str, Any] | None:
+        """``tool``'s ``tools/list`` entry in the catalog of ``digest`` (None: not known)."""
+        catalog = self.fleet.catalogs.get(digest) if digest is not None else None
+        items = catalog["tools"] if catalog is not None else self.fleet.cached_items(server_name, "tools")
+        return next((t for t in items or () if isinstance(t, dict) and t.get("name") == tool), None)
+
+    def _changed_tool(self, client: ClientState, server_name: str, tool: str) -> dict[str, Any] | None:
+        """The entry of ``tool`` the call will meet; raises MCPError (-32602) when the release
+        the client listed is gone and the replicas now serving have this tool changed or removed
+        (its schema was never listed by this session), so the call is not routed there."""
+        listed = client.digests.get(server_name)
+        now = self.fleet.digest_of(server_name)
+        if listed is None or now is None or listed == now or with_digest(self.fleet.replicas_of(server_name), listed):
+            return self._tool_entry(now, server_name, tool)
+        before, after = self._tool_entry(listed, server_name, tool), self._tool_entry(now, server_name, tool)
+        if before is not None and (after is None or _schema(before) != _schema(after)):
+            client.digests.pop(server_name, None)
+            raise MCPError(code=types.INVALID_PARAMS, message=(
+                f"tool {tool} of {server_name} changed in the release now serving (catalog {listed} -> {now}); "
+                "list the tools again"), data={"listed": listed, "serving": now})
+        return after
 
     async def _get_prompt(self, ctx: Any, params: types.GetPromptRequestParams) -> dict[str, Any]:
         await self.fleet.ready.wait()

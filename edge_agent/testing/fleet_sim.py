@@ -21,6 +21,10 @@ What a simulated device offers:
 - resources ``sim://temperature`` (``{"value", "unit": "°C"}``, see
   :meth:`SimDevice.set_temperature`) and ``sim://relay``; template ``sim://history/{n}``;
 - prompt ``status`` (optional argument ``detail``).
+
+With ``profile="greenhouse"`` (:func:`greenhouse_registry`) it is a greenhouse controller
+instead: tool ``vent_set(open)``, sensors ``sensor://soil/temperature`` (°C),
+``sensor://air/humidity`` (%), state ``state://vent``; ``location`` goes into the presence meta.
 """
 
 from __future__ import annotations
@@ -137,12 +141,55 @@ def sim_registry(device: "SimDevice") -> Registry:
     return reg
 
 
+def greenhouse_registry(device: "SimDevice") -> Registry:
+    """A simulated greenhouse controller: a roof vent and two sensors (see the module docstring).
+    Sensor resources carry ``_meta.unit`` and ``_meta.kind`` like the agent's."""
+    reg = Registry()
+
+    async def vent_set(args: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        device.calls += 1
+        device.vent_open = bool(args["open"])
+        device.server.resource_updated("state://vent")
+        return {"open": device.vent_open}
+
+    obj = {"type": "object", "additionalProperties": False}
+    reg.add_tool(Tool("vent_set", "Open (true) or close (false) the greenhouse roof vent.", handler=vent_set,
+                      input_schema={**obj, "properties": {"open": {"type": "boolean"}}, "required": ["open"]},
+                      annotations={"idempotentHint": True}))
+
+    def reading(value: Any, unit: str | None) -> str:
+        return json.dumps({"value": value, "unit": unit} if unit else {"value": value}, ensure_ascii=False)
+
+    async def soil() -> str:
+        return reading(device.temperature, "°C")
+
+    async def humidity() -> str:
+        return reading(device.humidity, "%")
+
+    async def vent() -> str:
+        return reading(device.vent_open, None)
+
+    reg.add_resource(Resource("sensor://soil/temperature", "soil/temperature", soil, title="soil temperature",
+                              description="Soil temperature at root depth (°C). JSON: {value, unit}.",
+                              meta={"unit": "°C", "kind": "soil_temperature", "driver": "soil"}))
+    reg.add_resource(Resource("sensor://air/humidity", "air/humidity", humidity, title="air humidity",
+                              description="Relative air humidity (%). JSON: {value, unit}.",
+                              meta={"unit": "%", "kind": "humidity", "driver": "air"}))
+    reg.add_resource(Resource("state://vent", "vent", vent, title="roof vent",
+                              description="Whether the roof vent is open. JSON: {value}."))
+    return reg
+
+
+PROFILES = {"sim": sim_registry, "greenhouse": greenhouse_registry}
+
+
 class SimDevice:
     """One simulated MCP server instance. ``await start()``, then ``await stop()`` (clean) or
     ``kill()`` (the connection just drops: the broker publishes the empty retained will)."""
 
     def __init__(self, broker_url: str | BrokerURL, server_id: str, server_name: str, *,
-                 driver: LoopDriver, description: str = "Simulated device", qos: int = 1, keepalive: int = 60):
+                 driver: LoopDriver, description: str = "Simulated device", qos: int = 1, keepalive: int = 60,
+                 profile: str = "sim", location: str | None = None):
         self.broker = broker_url if isinstance(broker_url, BrokerURL) else parse_broker_url(broker_url)
         self.server_id = topics.check_id(server_id, "server-id")
         self.server_name = topics.check_server_name(server_name)
@@ -150,15 +197,21 @@ class SimDevice:
         self.driver = driver
         self.qos = qos
         self.keepalive = keepalive
+        self.profile = profile
+        self.location = location
         self.temperature = 21.5
+        self.humidity = 60.0
+        self.vent_open = False
         self.relay = False
         self.calls = 0
         self.cancelled = 0
         self.killed = False
-        self.server = McpServer(sim_registry(self), ServerInfo(name="edge-agent-sim", version=__version__),
+        self.server = McpServer(PROFILES[profile](self), ServerInfo(name="edge-agent-sim", version=__version__),
                                 broadcast=lambda msg: self._publish(self.capability_topic, msg))
         self.meta: dict[str, Any] = {"implementation": "edge-agent-sim",
                                      CATALOG_DIGEST: catalog_digest(self.server)}
+        if location:
+            self.meta["location"] = location
         self._connected: asyncio.Future | None = None
         self._subacks: dict[int, asyncio.Future] = {}
         self._tasks: set[asyncio.Task] = set()
@@ -255,7 +308,8 @@ class SimDevice:
     def restarted(self) -> "SimDevice":
         """A fresh device with the same identity (after :meth:`kill` or :meth:`stop`)."""
         twin = SimDevice(self.broker, self.server_id, self.server_name, driver=self.driver,
-                         description=self.description, qos=self.qos, keepalive=self.keepalive)
+                         description=self.description, qos=self.qos, keepalive=self.keepalive,
+                         profile=self.profile, location=self.location)
         twin.temperature = self.temperature
         return twin
 
@@ -374,7 +428,15 @@ async def start_fleet(broker_url: str, n: int, *, driver: LoopDriver, name_prefi
     width = max(4, len(str(n - 1)))
     devices = [SimDevice(broker_url, f"{id_prefix}-{i:0{width}d}", f"{name_prefix}/dev-{i:0{width}d}", driver=driver)
                for i in range(n)]
-    for i in range(0, n, batch):
+    return await start_all(devices, batch=batch)
+
+
+async def start_all(devices: list[SimDevice], *, batch: int = 100) -> list[SimDevice]:
+    """Start ``devices``, ``batch`` at a time; returns them.
+
+    Raises:
+        ConnectionError: one could not connect (as :meth:`SimDevice.start`)."""
+    for i in range(0, len(devices), batch):
         await asyncio.gather(*(d.start() for d in devices[i:i + batch]))
     return devices
 

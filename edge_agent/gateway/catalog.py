@@ -1,0 +1,117 @@
+"""Device catalogs keyed by their digest, in memory and on disk: a listing with no round trip per device.
+
+A device announces ``meta["catalogDigest"]`` in its retained presence
+(:func:`edge_agent.server.catalog.catalog_digest`: 16 hex characters of a sha256 over the
+canonical JSON of what ``tools/list``, ``resources/list``, ``resources/templates/list`` and
+``prompts/list`` return). Devices built from the same configuration share a digest, so a
+fleet of 10,000 devices of a few kinds has a few catalogs. The gateway fetches a catalog once
+(one ``initialize`` and the four lists, from any device that announces the digest), keeps it
+here, and serves every device announcing that digest from it: an unchanged device costs no
+``initialize`` at all, also after a gateway restart (the catalogs are files
+``<digest>.json`` in the cache folder).
+
+The gateway trusts the announced digest (it does not re-hash what it fetched: the rule lives in
+``edge_agent.server.catalog``, which the gateway's layer may not import). A device that shows
+this gateway a filtered list (a role) under the same digest as others is served the catalog
+fetched first; give such devices distinct configurations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+KINDS = {"tools": "tools", "resources": "resources", "templates": "resourceTemplates", "prompts": "prompts"}
+"""The gateway's list kinds -> the catalog's keys (the list methods' result keys)."""
+META_KEY = "catalogDigest"
+"""The presence meta key (edge_agent.server.catalog.META_KEY; tests/test_fleet_catalog.py keeps them equal)."""
+DIGEST = re.compile(r"^[0-9a-f]{16,64}$")
+CACHE_ENV = "EDGE_AGENT_CATALOG_CACHE"
+
+
+def default_cache_dir() -> Path:
+    """``$EDGE_AGENT_CATALOG_CACHE``, else ``$XDG_CACHE_HOME/edge-agent/catalogs`` (``~/.cache/...``)."""
+    if os.environ.get(CACHE_ENV):
+        return Path(os.environ[CACHE_ENV])
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "edge-agent" / "catalogs"
+
+
+def announced_digest(meta: dict[str, Any]) -> str | None:
+    """The ``catalogDigest`` a presence's meta announces, if it is one (lowercase hex, 16-64)."""
+    value = meta.get(META_KEY)
+    return value if isinstance(value, str) and DIGEST.match(value) else None
+
+
+class CatalogStore:
+    """Catalogs by digest: a dict, backed by ``directory`` (``None``: memory only).
+
+    A catalog is ``{"tools": [...], "resources": [...], "resourceTemplates": [...],
+    "prompts": [...]}`` (:func:`edge_agent.server.catalog.catalog`'s shape). Reads and writes
+    of the folder are small and rare (once per new digest); a file that cannot be read or
+    written is logged and skipped, never fatal.
+    """
+
+    def __init__(self, directory: str | os.PathLike[str] | None = None):
+        self.directory = Path(directory) if directory is not None else None
+        self.catalogs: dict[str, dict[str, list[dict[str, Any]]]] = {}
+        self.fetched = 0  # catalogs fetched from a device
+        self.loaded = 0  # catalogs read from the folder
+
+    def get(self, digest: str) -> dict[str, list[dict[str, Any]]] | None:
+        """The catalog of ``digest``: from memory, else from the folder (then kept), else None."""
+        found = self.catalogs.get(digest)
+        if found is not None or self.directory is None:
+            return found
+        path = self.directory / f"{digest}.json"
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            log.warning("catalog cache %s unreadable, ignored: %s", path, exc)
+            return None
+        if not isinstance(data, dict) or data.get("digest") != digest:
+            log.warning("catalog cache %s is not the catalog of %s, ignored", path, digest)
+            return None
+        catalog = {key: [x for x in data.get(key) or [] if isinstance(x, dict)] for key in KINDS.values()}
+        self.catalogs[digest] = catalog
+        self.loaded += 1
+        return catalog
+
+    def put(self, digest: str, catalog: dict[str, list[dict[str, Any]]]) -> None:
+        """Keep ``catalog`` as ``digest``'s, in memory and (atomically replaced) in the folder."""
+        self.catalogs[digest] = catalog
+        self.fetched += 1
+        if self.directory is not None:
+            try:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=f".{digest}.", suffix=".tmp")
+                with os.fdopen(fd, "w", encoding="utf-8") as f:
+                    json.dump({"digest": digest, **catalog}, f, ensure_ascii=False, separators=(",", ":"))
+                os.replace(tmp, self.directory / f"{digest}.json")
+            except OSError as exc:
+                log.warning("cannot write the catalog cache in %s: %s", self.directory, exc)
+
+    @staticmethod
+    def changed_kinds(old: dict[str, list[dict[str, Any]]] | None,
+                      new: dict[str, list[dict[str, Any]]] | None) -> list[str]:
+        """The list_changed kinds (``tools``, ``resources``, ``prompts``) that differ between two
+        catalogs; all three when either is unknown."""
+        if old is None or new is None:
+            return ["tools", "resources", "prompts"]
+        out = []
+        if old.get("tools") != new.get("tools"):
+            out.append("tools")
+        if old.get("resources") != new.get("resources") or old.get("resourceTemplates") != new.get("resourceTemplates"):
+            out.append("resources")
+        if old.get("prompts") != new.get("prompts"):
+            out.append("prompts")
+        return out
