@@ -52,7 +52,7 @@ DEFAULT_LIMIT = 100
 MAX_LIMIT = 1000
 FETCH_CONCURRENCY = 64
 FIND_FIELDS = ("query", "name", "location", "capability", "sensor", "unit")
-_SPLIT = re.compile(r"[\s_\-/:.#?=&,;()\[\]{}]+")
+_SPLIT = re.compile(r"[\W_]+")  # words: letters and digits (any script)
 
 _TEXT = {"type": "string"}
 TOOLS: list[dict[str, Any]] = [
@@ -116,13 +116,14 @@ RESOURCES: list[dict[str, Any]] = [
 
 
 def words(text: Any) -> list[str]:
-    """Lowercase words of ``text`` (split at spaces and _ - / : . and other punctuation)."""
+    """Lowercase words of ``text``: its runs of letters and digits."""
     return [w for w in _SPLIT.split(str(text).lower()) if w]
 
 
-def _has_words(wanted: list[str], haystack: str) -> bool:
-    """Every wanted word occurs in the haystack (a substring: 'temp' finds 'temperature')."""
-    return all(w in haystack for w in wanted)
+def _has_words(wanted: list[str], haystack: list[str]) -> bool:
+    """Every wanted word begins a word of the haystack ('temp' finds 'temperature', '2' finds
+    'barn 2' but not 'x-0251')."""
+    return all(any(h.startswith(w) for h in haystack) for w in wanted)
 
 
 def is_sensor(resource: dict[str, Any]) -> bool:
@@ -131,16 +132,14 @@ def is_sensor(resource: dict[str, Any]) -> bool:
     return isinstance(meta, dict) and "unit" in meta
 
 
-def _sensor_text(resource: dict[str, Any]) -> str:
+def _sensor_text(resource: dict[str, Any]) -> list[str]:
     meta = resource.get("_meta") or {}
-    return " ".join(words(" ".join(str(x) for x in (resource.get("uri"), resource.get("name"), resource.get("title"),
-                                                    resource.get("description"), meta.get("kind"),
-                                                    meta.get("driver")) if x)))
+    return words(" ".join(str(x) for x in (resource.get("uri"), resource.get("name"), resource.get("title"),
+                                           resource.get("description"), meta.get("kind"), meta.get("driver")) if x))
 
 
-def _tool_text(tool: dict[str, Any]) -> str:
-    return " ".join(words(" ".join(str(x) for x in (tool.get("name"), tool.get("title"), tool.get("description"))
-                                   if x)))
+def _tool_text(tool: dict[str, Any]) -> list[str]:
+    return words(" ".join(str(x) for x in (tool.get("name"), tool.get("title"), tool.get("description")) if x))
 
 
 def _result(value: dict[str, Any]) -> dict[str, Any]:
@@ -252,10 +251,10 @@ class CatalogView:
                 names = [n for n in names if mqtt.topic_matches_sub(name, n)]
             else:
                 wanted = words(name)
-                names = [n for n in names if _has_words(wanted, " ".join(words(n)))]
+                names = [n for n in names if _has_words(wanted, words(n))]
         if "location" in text:
             wanted = words(text["location"])
-            names = [n for n in names if _has_words(wanted, " ".join(words(self._meta(n).get("location", ""))))]
+            names = [n for n in names if _has_words(wanted, words(self._meta(n).get("location", "")))]
         catalogs, unreachable = await self._catalogs(client, names)
         capability = words(text.get("capability", ""))
         sensor = words(text.get("sensor", ""))
@@ -278,7 +277,7 @@ class CatalogView:
                 if not any(fits(r) for r in catalog["resources"]):
                     continue
             summary = self._summary(n, catalog)
-            if query and not _has_words(query, " ".join(words(json.dumps(summary, ensure_ascii=False)))):
+            if query and not _has_words(query, words(json.dumps(summary, ensure_ascii=False))):
                 continue
             matches.append(summary)
         out: dict[str, Any] = {"devices": matches[start:start + limit], "total": len(matches)}
