@@ -45,6 +45,45 @@ class ServerPresence:
     topic: str = ""
 
 
+CATALOG_DIGEST = "catalogDigest"
+"""Presence meta key: the digest of the server's catalog (``edge_agent.server.catalog``)."""
+
+
+def catalog_digest(presence: ServerPresence) -> str | None:
+    """The catalog digest ``presence`` announces (``meta["catalogDigest"]``), or None."""
+    value = presence.meta.get(CATALOG_DIGEST)
+    return value if isinstance(value, str) and value else None
+
+
+def _version_key(value: Any) -> tuple[int, ...]:
+    """``"1.4.2"`` -> ``(1, 4, 2)``; anything unparsable sorts lowest."""
+    parts = []
+    for piece in str(value or "").split("."):
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts)
+
+
+def newest_digest(presences: list[ServerPresence], first_seen: dict[str, int] | None = None) -> str | None:
+    """The catalog digest of the newest release among replicas of one server-name (a rolling
+    upgrade runs two): the highest ``meta["version"]`` of the replicas announcing it, then the
+    digest seen last (``first_seen``: digest -> order first seen; unseen ones are recorded now,
+    in server-id order). None when no replica announces a digest."""
+    best: tuple[tuple[int, ...], int] | None = None
+    found = None
+    for presence in sorted(presences, key=lambda p: p.server_id):
+        digest = catalog_digest(presence)
+        if digest is None:
+            continue
+        order = first_seen.setdefault(digest, len(first_seen)) if first_seen is not None else 0
+        key = (_version_key(presence.meta.get("version")), order)
+        if best is None or key > best:
+            best, found = key, digest
+    return found
+
+
 def new_client_id() -> str:
     """A fresh random mcp-client-id (``mcp-client-`` + 16 hex digits); the spec wants a new one per use."""
     return f"mcp-client-{secrets.token_hex(8)}"

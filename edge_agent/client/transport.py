@@ -15,7 +15,8 @@ Wire behaviour, in order:
    properties ``MCP-COMPONENT-TYPE=mcp-client`` and ``MCP-META``; will
    ``notifications/disconnected`` on ``$mcp-client/presence/{mcp-client-id}`` (not retained).
 2. Discover the server on ``$mcp-server/presence/+/{server-name}`` (or the broker's
-   ``MCP-SERVER-NAME-FILTERS``): a given server-id, else a random one of the replicas online.
+   ``MCP-SERVER-NAME-FILTERS``): a given server-id, else a random one of the replicas online
+   that announce the newest catalog digest (a rolling upgrade: ``discovery.newest_digest``).
 3. Subscribe to ``$mcp-rpc/{mcp-client-id}/{server-id}/{server-name}`` with No Local and to
    ``$mcp-server/capability/{server-id}/{server-name}``, and wait for the SUBACK.
 4. Bridge: ``initialize`` goes to ``$mcp-server/{server-id}/{server-name}``, everything else to
@@ -51,7 +52,9 @@ from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSI
 from edge_agent.client.discovery import (
     PresenceTable,
     ServerPresence,
+    catalog_digest,
     new_client_id,
+    newest_digest,
     presence_subscriptions,
 )
 from edge_agent.client.link import Incoming, MqttLink, Will, suggested_filters
@@ -159,7 +162,12 @@ class _Bridge:
         if not ids:
             raise _not_found(f"no MCP server named {self.server_name!r} is online {where} "
                              f"(waited {timeout:g} s for its presence)", self.server_name, str(self.link.url))
-        chosen = server_id if server_id is not None else random.choice(ids)
+        if server_id is not None:
+            chosen = server_id
+        else:  # during a rolling upgrade: a replica of the newest release (catalog digest)
+            online = [self.presences.servers[(self.server_name, sid)] for sid in ids]
+            newest = newest_digest(online)
+            chosen = random.choice([p.server_id for p in online if newest is None or catalog_digest(p) == newest])
         if len(ids) > 1:
             log.info("%d replicas of %s online; using server-id %s", len(ids), self.server_name, chosen)
         return self.presences.servers[(self.server_name, chosen)]

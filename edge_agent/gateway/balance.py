@@ -14,6 +14,11 @@ Strategies:
 ``least-outstanding``
     the replica with the fewest requests in flight through this gateway; ties (e.g. all idle)
     are broken round-robin, so idle sessions still spread evenly.
+
+Rolling upgrades: replicas announce their catalog digest in presence (``meta.catalogDigest``).
+A session is pinned to the digest of the catalog it listed and only balanced over replicas
+that announce it (:func:`with_digest`); a session that has not listed yet gets the newest
+release (:meth:`Balancer.newest_digest`).
 """
 
 from __future__ import annotations
@@ -22,12 +27,27 @@ import random
 from collections.abc import Sequence
 from typing import Protocol, TypeVar
 
+from edge_agent.client.discovery import ServerPresence, catalog_digest, newest_digest
+
 STRATEGIES = ("random", "round-robin", "least-outstanding")
 
 
 class Candidate(Protocol):
     server_id: str
     outstanding: int
+
+
+class Versioned(Protocol):
+    server_id: str
+    presence: ServerPresence
+
+
+V = TypeVar("V", bound=Versioned)
+
+
+def with_digest(replicas: Sequence[V], digest: str | None) -> list[V]:
+    """The replicas that announce catalog ``digest`` (all of them when ``digest`` is None)."""
+    return [r for r in replicas if digest is None or catalog_digest(r.presence) == digest]
 
 
 C = TypeVar("C", bound=Candidate)
@@ -46,6 +66,13 @@ class Balancer:
         self.strategy = strategy
         self._rng = rng or random.Random()
         self._next: dict[str, int] = {}
+        self.first_seen: dict[str, int] = {}  # catalog digest -> order first seen
+
+    def newest_digest(self, replicas: Sequence[Versioned]) -> str | None:
+        """The catalog digest of the newest release among ``replicas`` (one server-name): the
+        highest presence ``meta.version``, then the digest this balancer saw last
+        (:func:`edge_agent.client.discovery.newest_digest`); None if none announces one."""
+        return newest_digest([r.presence for r in replicas], self.first_seen)
 
     def _round_robin(self, server_name: str, ordered: Sequence[C]) -> C:
         i = self._next.get(server_name, 0)

@@ -51,7 +51,7 @@ from edge_agent import __version__
 from edge_agent.client.discovery import catalog_digest
 from edge_agent.gateway.balance import with_digest
 from edge_agent.gateway.fleet import DeviceGone, DeviceUnavailable, Fleet, Replica
-from edge_agent.gateway.listen import GatewayListen
+from edge_agent.gateway.listen import GatewayListen, modern_results
 from edge_agent.gateway.names import (
     Namer,
     resource_uri,
@@ -230,7 +230,9 @@ class Gateway:
             on_list_resources=self._list_resources, on_list_resource_templates=self._list_templates,
             on_read_resource=self._read_resource, on_subscribe_resource=self._subscribe,
             on_unsubscribe_resource=self._unsubscribe, on_list_prompts=self._list_prompts,
-            on_get_prompt=self._get_prompt, on_completion=self._complete, on_subscriptions_listen=self.listen)
+            on_get_prompt=self._get_prompt, on_completion=self._complete)
+        handlers = {key: modern_results(handler) for key, handler in handlers.items()}  # 2026-07-28 shapes
+        handlers["on_subscriptions_listen"] = self.listen
         instructions = INSTRUCTIONS
         if self.expose == "catalog":  # a few search tools instead of every device's (gateway/expose.py)
             from edge_agent.gateway import expose
@@ -566,7 +568,7 @@ class Gateway:
         listed = client.digests.get(server_name)
         now = self.fleet.digest_of(server_name)
         if listed is None or now is None or listed == now or with_digest(self.fleet.replicas_of(server_name), listed):
-            return self._tool_entry(now, server_name, tool)
+            return self._tool_entry(listed or now, server_name, tool)
         before, after = self._tool_entry(listed, server_name, tool), self._tool_entry(now, server_name, tool)
         if before is not None and (after is None or _schema(before) != _schema(after)):
             client.digests.pop(server_name, None)
