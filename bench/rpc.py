@@ -1,6 +1,6 @@
 """RPC benchmark: the real agent, through a real broker, with the official MCP client.
 
-    python bench/rpc.py [--broker URL] [--calls N] [--rss-calls N] [--duration S]
+    python bench/rpc.py [--broker URL] [--calls N] [--rss-calls N] [--duration S] [--connects N]
                         [--clients N] [--client-procs N] [--idle S] [--device-runs N] [--targets-only]
 
 1. Starts a throw-away local Mosquitto (unless ``--broker`` is given) and the agent as a child
@@ -10,6 +10,8 @@
    round trip), ``tools/call`` (``pump_relay_set``, state alternately true/false),
    ``resources/read`` of a cached sensor (``sensor://soil_temp/temperature``) and of
    ``device://health`` (computed on every read).
+2b. Time to connect (``--connects`` each): ``mcp.Client(mqtt_client(...))`` in the SDK's default
+   mode (``server/discover``, 2026-07-28) and ``ClientSession.initialize()`` (``connect()``).
 3. Throughput: sequential ``tools/call`` for ``--duration`` s from 1 session, then from 8
    sessions at once (each its own MQTT connection, anyio tasks in this one process).
 4. The agent's memory (VmRSS, VmHWM from /proc/<pid>/status) after start, and before and after
@@ -255,6 +257,29 @@ class Results:
     broker_pid: int | None = None
     bare_rss_mb: float = math.nan
     devices: list[rawmqtt.DeviceRun] = field(default_factory=list)
+    connect: list[Latency] = field(default_factory=list)
+
+
+async def time_to_connect(url: str, n: int) -> list[Latency]:
+    """Milliseconds from nothing to a usable session (MQTT connect, presence, negotiation), ``n``
+    times each: ``mcp.Client(mqtt_client(...))`` in its default mode (``auto``: the
+    ``server/discover`` probe, 2026-07-28) and ``ClientSession.initialize()`` (``connect()``)."""
+    from mcp import Client
+
+    from edge_agent.cloud import connect, mqtt_client
+
+    auto, handshake = Latency("mcp.Client(mqtt_client(...)) default mode (auto -> 2026-07-28)"), \
+        Latency("ClientSession.initialize() (edge_agent.cloud.connect, 2025-11-25)")
+    for _ in range(n):
+        start = time.perf_counter()
+        async with Client(mqtt_client(url, SERVER_NAME)) as client:
+            auto.ms.append((time.perf_counter() - start) * 1000)
+            if client.session.protocol_version != "2026-07-28":
+                raise BenchError(f"time to connect: the default client negotiated {client.session.protocol_version}")
+        start = time.perf_counter()
+        async with connect(url, SERVER_NAME):
+            handshake.ms.append((time.perf_counter() - start) * 1000)
+    return [auto, handshake]
 
 
 class Agent:
@@ -343,6 +368,10 @@ async def run(args: argparse.Namespace, url: str, agent: Agent, broker_pid: int 
                              (f"resources/read {HEALTH_URI} (computed)", c.health)):
                 agent.check_alive(step)
                 res.latency.append(Latency(name, await timed(fn, args.calls)))
+
+        # -- time to connect (issue 14: the SDK's default mode used to wait 10 s for its probe) -----
+        step = "time to connect"
+        res.connect = await time_to_connect(url, args.connects)
 
         # -- throughput --------------------------------------------------------------------------
         for clients in (1, CONCURRENT_CLIENTS):
@@ -539,6 +568,10 @@ def report(args: argparse.Namespace, url: str, res: Results, local: bool) -> str
         out += [f"## Latency, 1 session, sequential calls (after {WARMUP} warm-up calls each)", "",
                 table(["request", "calls", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"],
                       [lat.row() for lat in res.latency]), ""]
+    if res.connect:
+        out += [f"## Time to connect (new MQTT connection, presence, negotiation; {args.connects} each)", "",
+                table(["client", "connects", "p50 ms", "p90 ms", "p99 ms", "max ms", "mean ms"],
+                      [c.row() for c in res.connect]), ""]
     if res.throughput:
         out += [f"## Throughput, sequential tools/call {TOOL} per session for {args.duration:g} s", "",
                 table(["sessions", "calls", "s", "calls/s", "p50 ms", "p99 ms", "max ms",
@@ -565,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-calls", type=int, default=10000,
                    help="mixed calls between the two RSS readings of the leak check (default 10000)")
     p.add_argument("--duration", type=float, default=5.0, help="seconds per throughput run (default 5)")
+    p.add_argument("--connects", type=int, default=10,
+                   help="connections per client mode for the time-to-connect table (default 10)")
     p.add_argument("--clients", type=int, default=RAW_CLIENTS,
                    help=f"raw paho clients calling at once (default {RAW_CLIENTS})")
     p.add_argument("--client-procs", type=int, default=1,
@@ -660,7 +695,8 @@ def _estimate(args: argparse.Namespace) -> int:
     targets = args.device_runs * (args.idle + 1) + args.duration + 2 * (args.calls + WARMUP) * 0.001 + 3
     if args.targets_only:
         return int(5 + targets)
-    return int(5 + targets + 2 * args.duration + (4 * (args.calls + WARMUP) + args.rss_calls) * 0.002)
+    return int(5 + targets + 2 * args.duration + (4 * (args.calls + WARMUP) + args.rss_calls) * 0.002
+               + args.connects * 0.3)
 
 
 if __name__ == "__main__":
