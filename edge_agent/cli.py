@@ -167,6 +167,15 @@ def cmd_acl(args: argparse.Namespace) -> int:
         with open(args.dynsec, "w") as fh:
             fh.write(acl.dynsec_json(fleet))
         print(f"wrote {args.dynsec} (Mosquitto dynamic-security JSON)", file=sys.stderr)
+    if args.emqx:
+        with open(args.emqx, "w") as fh:
+            fh.write(acl.emqx_acl(fleet))
+        print(f"wrote {args.emqx} (EMQX acl.conf)", file=sys.stderr)
+    unbound = [c.username for c in fleet.clients if not c.client_ids]
+    if unbound:
+        print(f"note: client user(s) {', '.join(unbound)} list no client_ids: they may use any client id (%c), "
+              "so a role rule on client ids cannot tell them apart (docs/security.md, \"Binding client ids\")",
+              file=sys.stderr)
     return 0
 
 
@@ -202,6 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     acl.add_argument("--fleet", required=True, help="fleet TOML: [[devices]] and [[clients]] (see docs/security.md)")
     acl.add_argument("--out", help="ACL file to write (default: stdout)")
     acl.add_argument("--dynsec", help="also write Mosquitto dynamic-security JSON here")
+    acl.add_argument("--emqx", help="also write an EMQX acl.conf here")
     acl.set_defaults(func=cmd_acl)
 
     try:

@@ -84,7 +84,8 @@ def test_acl_file_shape():
     text = acl.mosquitto_acl(acl.fleet_from_dict(FLEET))
     assert f"topic write $mcp-server/presence/{SID}/{NAME}" in text
     assert "pattern readwrite $mcp-rpc/%c/#" in text
-    assert "topic write $mcp-server/+/devices/#" in text
+    assert f"topic write $mcp-server/{SID}/{NAME}" in text  # the fleet's control topics only
+    assert "topic write $mcp-server/+/" not in text  # (that matched every presence and capability topic)
     assert "$mcp-server/presence/+" not in text.split("user ops")[0].split("user dev1")[1].replace(
         f"$mcp-server/presence/{SID}", "")  # a device may not write other presences
     dyn = acl.dynsec(acl.fleet_from_dict(FLEET))
@@ -214,7 +215,8 @@ async def test_rbac_roles(secure_broker, tmp_path):
         async with connect(secure_broker.plain_url, NAME, username="eve", password="eve-secret",
                            client_id="viewer-7") as viewer:
             names = {t.name for t in (await viewer.list_tools()).tools}
-            assert not any(n.startswith("pump_relay") for n in names)  # actuators hidden
+            # actuators hidden; the relay's read-only sensor tool (pump_relay_read) is no actuator
+            assert {n for n in names if n.startswith("pump_relay")} == {"pump_relay_read"}
             with pytest.raises(MCPError) as exc:
                 await viewer.call_tool("pump_relay_on", {})
             assert exc.value.error.code == -32003 and "viewer" in exc.value.error.message
