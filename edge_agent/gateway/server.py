@@ -27,9 +27,10 @@ gateway URI it subscribed to; progress of a forwarded request on that request's 
 A client's ``notifications/cancelled`` cancels the handler, which makes the device session
 send ``notifications/cancelled`` to the device.
 
-Clients speaking the session-less 2026-07-28 revision are served too, but statelessly (no
-stickiness, no list_changed: that revision delivers them through ``subscriptions/listen``,
-which the gateway does not serve yet).
+Clients speaking the session-less 2026-07-28 revision are served too, sharing one state (no
+session to key it on), with that revision's result shapes and ``subscriptions/listen``
+(:mod:`.listen`). Rolling upgrades: a client is pinned, per server-name, to the catalog digest
+it listed (:meth:`Gateway._replica_for`, docs/architecture.md "Rolling upgrades").
 """
 
 from __future__ import annotations
