@@ -6,6 +6,7 @@ updates (the gateway subscribes the devices for the stream's URIs)."""
 from __future__ import annotations
 
 import asyncio
+import time
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -77,4 +78,26 @@ async def test_default_client_and_handshake_client_side_by_side(broker, driver):
                 while any(s.subscriptions for s in sim.server.sessions.values()):
                     await anyio.sleep(0.02)
     finally:
+        await sim.stop()
+
+
+async def test_default_client_over_streamable_http(broker, driver, tmp_path):
+    """The gateway as a process: the SDK's ``Client(url)`` default mode speaks 2026-07-28 to
+    it (per-request, no session), ``mode="legacy"`` the handshake, both fast."""
+    from .test_gateway_http import GatewayProcess
+
+    sim = SimDevice(broker.url, SID, NAME, driver=driver)
+    await sim.start()
+    gw = await GatewayProcess(broker.url, tmp_path / "gateway.log").ready()
+    try:
+        for mode, version in (("auto", "2026-07-28"), ("legacy", "2025-11-25")):
+            start = time.perf_counter()
+            async with Client(gw.url, mode=mode) as c:
+                elapsed = time.perf_counter() - start
+                assert c.session.protocol_version == version
+                result = await c.call_tool(TOOL + "echo", {"text": mode})
+                assert result.structured_content == {"text": mode, "server_id": SID}
+            assert elapsed < 2.0, f"{mode}: {elapsed:.2f} s to connect"
+    finally:
+        gw.stop()
         await sim.stop()
