@@ -398,6 +398,8 @@ def _connect(args: argparse.Namespace, *, read_timeout: float | None = None, **k
     """``connect()`` with the command's broker, server-name, server-id and request timeout."""
     from edge_agent.cloud import connect
 
+    if getattr(args, "client_id", None):
+        kw.setdefault("client_id", args.client_id)
     if getattr(args, "token_file", None):
         kw.setdefault("token", _token(args.token_file))
         kw.setdefault("client_id", _token_client_id(kw["token"]))
@@ -842,6 +844,8 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     server = argparse.ArgumentParser(add_help=False, parents=[common])
     server.add_argument("server_name", metavar="SERVER_NAME", help="server-name, e.g. devices/greenhouse/pi-01")
     server.add_argument("--server-id", default=None, help="talk to this instance (default: any online replica)")
+    server.add_argument("--client-id", metavar="ID", default=None,
+                        help="the mcp-client-id (default: a new random one; a broker ACL may bind fixed ids to users)")
     server.add_argument("--token-file", metavar="FILE", default=None,
                         help="a signed client token (JWT) for devices with [auth]; its client_id claim is used")
     server.add_argument("--discovery-timeout", metavar="S", type=_positive_float, default=DISCOVERY_TIMEOUT,

@@ -50,7 +50,11 @@ async def invoke(name, call, on_failure=None):
         if hasattr(value, "send"):  # a coroutine: an async handler
             value = await value
     except ValueError as exc:
-        return tool_error(str(exc))
+        result = tool_error(str(exc))
+        meta = getattr(exc, "result_meta", None)  # e.g. a rate limit's retryAfter
+        if isinstance(meta, dict):
+            result["_meta"] = meta
+        return result
     except Exception as exc:
         if on_failure is not None:
             on_failure(name, exc)

@@ -45,7 +45,8 @@ from edge_agent.mqtt.profiles import LinkSettings, link_settings
 from edge_agent.server.rbac import OPERATOR, VIEWER, Policy, Role
 
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
-COMMON_DRIVER_KEYS = {"kind", "name", "description", "poll_interval", "deadband", "enabled", "simulate", "rate_limit"}
+COMMON_DRIVER_KEYS = {"kind", "name", "description", "poll_interval", "deadband", "enabled", "simulate", "rate_limit",
+                      "sensor_tools"}
 ENV_PASSWORD = "EDGE_AGENT_PASSWORD"
 ENV_USERNAME = "EDGE_AGENT_USERNAME"
 # the pip extra that brings each optional library a driver imports
@@ -152,6 +153,15 @@ _SCHEMA: dict[str, Any] = {
                     "properties": {"client_id": {"type": "string"}, "role": {"type": "string"}}}},
             },
         },
+        "limits": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "client_rate": {"type": "number", "exclusiveMinimum": 0, "maximum": 10000,
+                                "description": "actuator calls per second per client (subject or client id)"},
+                "client_burst": {"type": "number", "minimum": 1, "maximum": 10000},
+            },
+        },
         "auth": {
             "type": "object",
             "additionalProperties": False,
@@ -225,7 +235,18 @@ class DriverConfig:
     simulate: bool | None = None  # None: the device's setting
     description: str | None = None  # what this hardware is for ("irrigation pump, bed 3")
     rate_limit: tuple[float, float] | None = None  # (calls per second, burst) for each actuator tool
+    sensor_tools: bool = True  # its readings also as the read-only tool <name>_read and in device_state
     index: int = 0
+
+
+@dataclass
+class LimitsConfig:
+    """``[limits]``: each client's budget of actuator calls (non-read-only tools), on top of
+    each output's own ``rate_limit``: ``client_rate`` calls/s (None: no per-client limit),
+    ``client_burst`` at once. A client is its token's subject, else its mcp-client-id."""
+
+    client_rate: float | None = None
+    client_burst: float = 5.0
 
 
 @dataclass
@@ -237,6 +258,7 @@ class Config:
     link: LinkSettings = field(default_factory=LinkSettings)
     store: StoreConfig | None = None
     rbac: Policy = field(default_factory=Policy.open)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
     locator: Locator | None = field(default=None, repr=False, compare=False)  # key -> line in the file
 
 
@@ -376,7 +398,10 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
             bad(key, f"must be a finite number, got {value}")
     if problems:
         raise ConfigError(problems)
-    return Config(device=device, broker=broker, drivers=drivers, path=path, link=link, store=store, rbac=policy)
+    lim = data.get("limits", {})
+    limits = LimitsConfig(client_rate=lim.get("client_rate"), client_burst=lim.get("client_burst", LimitsConfig.client_burst))
+    return Config(device=device, broker=broker, drivers=drivers, path=path, link=link, store=store, rbac=policy,
+                  limits=limits)
 
 
 SECRET_KEYS = frozenset({"broker.password"})
@@ -546,7 +571,7 @@ def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
                 rate = None
         if "description" in table and not isinstance(table["description"], str):
             bad(f"{where}.description", "must be a string")
-        for flag in ("enabled", "simulate"):
+        for flag in ("enabled", "simulate", "sensor_tools"):
             if flag in table and not isinstance(table[flag], bool):
                 bad(f"{where}.{flag}", "must be true or false")
         if table.get("enabled", True) is False:
@@ -566,7 +591,7 @@ def _drivers(tables: list[dict[str, Any]], bad) -> list[DriverConfig]:
                                 deadband=table.get("deadband"), simulate=table.get("simulate"),
                                 description=table.get("description"),
                                 rate_limit=(float(rate["rate"]), float(rate.get("burst", 1))) if rate else None,
-                                index=i))
+                                sensor_tools=table.get("sensor_tools", True) is not False, index=i))
     return out
 
 

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from edge_agent import __version__
-from edge_agent.device import prompts
+from edge_agent.device import prompts, sensor_tools
 from edge_agent.device.config import Config, DriverConfig
 from edge_agent.device.endpoint import Endpoint
-from edge_agent.device.ratelimit import TokenBucket
+from edge_agent.device.ratelimit import RateLimits
 from edge_agent.device.sensors import SensorChannel, iso
 from edge_agent.device.store import Store
 from edge_agent.device.tasks import TaskManager, TaskStore
@@ -93,6 +93,7 @@ class Agent:
             page_size=dev.page_size, on_tool_error=self._tool_failed, reply_cache=config.link.reply_cache,
             policy=config.rbac,
         )
+        self.limits = RateLimits(config.limits.client_rate, config.limits.client_burst)  # per output, per client
         self.context = _driver_context(config, config.device.simulate)
         self._contexts = {config.device.simulate: self.context}  # simulated? -> context (a driver may differ)
         self.endpoint: Endpoint | None = None
@@ -110,6 +111,8 @@ class Agent:
             state = DriverState(dc, lock=asyncio.Lock())
             self.drivers[dc.name] = state
             await self._start_driver(state)
+        if any(dc.sensor_tools for dc in self.config.drivers) and sensor_tools.DEVICE_STATE not in self.registry.tools:
+            self.registry.add_tool(sensor_tools.device_state_tool(self))
 
     async def _start_driver(self, state: DriverState) -> bool:
         """Construct the driver and list its tools and sensors in a worker thread (opening
@@ -134,6 +137,9 @@ class Agent:
             self.registry.add_tool(self._tool(state, spec))
         for sensor in sensors:
             self._add_sensor(state, sensor)
+        read_tool = sensor_tools.driver_tool(self, state)  # <driver>_read, for tools-only hosts
+        if read_tool is not None:
+            self.registry.add_tool(read_tool)
         state.status, state.error = "ok", None
         state.last_ok = time.time()
         return True
@@ -143,15 +149,16 @@ class Agent:
         handler: Any = functools.partial(self._call_tool, state, spec)  # (arguments, ctx) -> coroutine
         meta: dict[str, Any] = {"driver": state.config.name, "kind": state.config.kind}
         rate = state.config.rate_limit
-        if rate is not None and not spec.annotations.get("readOnlyHint"):
-            bucket = TokenBucket(*rate)
-            meta["rateLimit"] = {"rate": rate[0], "burst": rate[1]}
+        limits = self.limits
+        if (rate is not None or limits.client_rate is not None) and not spec.annotations.get("readOnlyHint"):
+            output = state.config.name  # one bucket per physical output: all tools of the driver share it
+            if rate is not None:
+                meta["rateLimit"] = {"rate": rate[0], "burst": rate[1], "output": output}
 
             async def limited(arguments: dict[str, Any], ctx: ToolContext) -> Any:
-                wait = bucket.take()
-                if wait:
-                    raise ToolInputError(f"{name} refused: rate limit of {rate[0]:g} call(s)/s (burst {rate[1]:g}) "
-                                         f"reached; the actuator did not move; retry in {wait:.1f} s")
+                session = self.server.sessions.get(ctx.session_id)
+                subject = session.subject if session is not None else None
+                limits.take(name, f"subject {subject}" if subject else f"client {ctx.session_id}", output, rate)
                 return await self._call_tool(state, spec, arguments, ctx)
 
             handler = limited
@@ -160,7 +167,8 @@ class Agent:
             self.jobs[name] = spec
         return Tool(name=name, description=f"{_label(state.config)}: {spec.description}", input_schema=spec.input_schema, handler=handler,
                     title=spec.title, output_schema=spec.output_schema, annotations=dict(spec.annotations),
-                    meta=meta, task_support=spec.task_support if spec.job else None)
+                    meta=meta, task_support=spec.task_support if spec.job else None,
+                    version=str(getattr(type(state.driver), "version", None) or __version__))
 
     async def _call_tool(self, state: DriverState, spec: ToolSpec, arguments: dict[str, Any], ctx: ToolContext) -> Any:
         lock = state.lock
@@ -450,12 +458,10 @@ class Agent:
             meta["rbac"] = rbac
         meta[CATALOG_DIGEST] = catalog_digest(self.server)
         store_cfg = self.config.store
-        # write-behind (off the loop) unless a stored message or session must be on disk before
-        # it is sent or answered (the transport does not wait for the writer yet)
-        durable = self.config.link.durable_outbox or self.config.link.persist_sessions
+        # write-behind with group commit (off the loop): whoever needs a write on disk before it
+        # goes on waits for it (edge_agent.device.store: after_write; the PUBACK of a request)
         self.store = await asyncio.to_thread(Store, store_cfg.path if store_cfg else ":memory:",
-                                             synchronous=store_cfg.synchronous if store_cfg else "NORMAL",
-                                             write_behind=not durable)
+                                             synchronous=store_cfg.synchronous if store_cfg else "NORMAL")
         self.endpoint = Endpoint.create(
             self.server, store=self.store, server_id=dev.server_id, server_name=dev.server_name,
             description=dev.description, meta=meta, brokers=[parse_broker_url(u) for u in self.broker_urls],
