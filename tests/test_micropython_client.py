@@ -6,8 +6,9 @@ MicroPython (the WebAssembly port), on an injected stream that plays a broker ba
 - a broker that stops answering PINGREQ is a lost link (1.5 x keepalive): the client
   reconnects, bringing the network up again first;
 - a refused connection is retried with growing backoff;
-- a PUBLISH whose PUBACK never comes is sent again with DUP after the reconnect;
-- Wi-Fi (``network.WLAN``, simulated): connect, wait, give up with OSError.
+- a PUBLISH whose PUBACK never comes is sent again with DUP after the reconnect.
+
+Wi-Fi (``edgemcp/net.py``) is tested in tests/test_micropython_field.py.
 """
 
 from __future__ import annotations
@@ -193,57 +194,3 @@ asyncio.run(main())
     assert out["ok"] is True and out["connects"] == 2
     assert out["firsts"] == [0x32, 0x3A], out  # QoS 1, then QoS 1 + DUP on the new link
     assert "acknowledgement" in out["logs"][0]
-
-
-def test_wifi_connects_waits_and_gives_up():
-    out = run_micropython('''
-class WLAN:
-    def __init__(self, mode):
-        self.up = False
-        self.polls = 0
-        self.calls = []
-    def isconnected(self):
-        self.polls += 1
-        return self.up or (self.ssid == "good" and self.polls > 3)
-    def active(self, on):
-        self.calls.append("active")
-    def disconnect(self):
-        self.calls.append("disconnect")
-    def connect(self, ssid, password):
-        self.ssid = ssid
-        self.calls.append("connect %s %s" % (ssid, password))
-    def ifconfig(self):
-        return ("192.168.4.2", "255.255.255.0", "192.168.4.1", "192.168.4.1")
-    def status(self):
-        return 201
-
-class network:
-    STA_IF = 0
-    last = None
-    @staticmethod
-    def WLAN(mode):
-        network.last = WLAN(mode)
-        network.last.ssid = None
-        return network.last
-
-sys.modules["network"] = network
-
-async def main():
-    from edgemcp.net import wifi
-    good = wifi("good", "secret", logs.append)
-    await good()
-    calls = network.last.calls
-    await good()  # already connected: nothing to do
-    bad = wifi("bad", "nope", logs.append, timeout_ms=500)
-    try:
-        await bad()
-        error = None
-    except OSError as e:
-        error = str(e)
-    print(json.dumps({"calls": calls, "error": error, "logs": logs}))
-
-asyncio.run(main())
-''')
-    assert out["calls"] == ["active", "disconnect", "connect good secret"]
-    assert out["error"] and "bad not reachable" in out["error"]
-    assert out["logs"][:2] == ["wifi: connecting to good", "wifi: 192.168.4.2"]

@@ -79,7 +79,7 @@ class Device:
             c = getattr(link, "c", None)
             if c is not None:
                 h["mqtt"] = {"connected": c.up, "connects": c.connects, "received": c.received, "drops": c.drops,
-                             "too_big": c.too_big, "error": c.error}
+                             "too_big": c.too_big, "retained_dropped": c.retained, "error": c.error}
                 if not c.up:
                     h["status"] = "degraded"
         return h
@@ -109,19 +109,31 @@ class Device:
             asyncio.create_task(link.run())
         if cfg["broker"]:
             gc.collect()
-            network = None
-            if cfg["wifi_ssid"]:
-                from .net import wifi
-                network = wifi(cfg["wifi_ssid"], cfg["wifi_password"], self.log)
+            network = opener = None
+            host = cfg["broker"]
+            if cfg["wifi_ssid"] or cfg["ca_file"] or not all(c in "0123456789." for c in host):
+                from . import net
+                if cfg["wifi_ssid"]:
+                    network = net.wifi(cfg["wifi_ssid"], cfg["wifi_password"], self.log, cfg["wifi_timeout"] * 1000)
+                ssl = None
+                if cfg["ca_file"]:
+                    from .tls import context
+                    ssl = context(cfg["ca_file"])
+                opener = net.opener(cfg["dns_ttl"], ssl, self.log)
+            if cfg["ntp"]:
+                from .clock import keep
+                asyncio.create_task(keep(cfg["ntp"], cfg["ntp_every"], self.log))
             from .link import MqttLink
             gc.collect()
             meta = {"version": __version__, "implementation": "edgemcp"}
             if cfg["location"]:
                 meta["location"] = cfg["location"]
-            link = MqttLink(self.server, cfg["server_id"], cfg["server_name"], cfg["broker"], cfg["port"],
-                            description=cfg["description"], meta=meta, network=network, username=cfg["username"],
-                            password=cfg["password"], keepalive=cfg["keepalive"], qos=cfg["qos"],
-                            queue_len=cfg["queue_len"], max_packet=cfg["max_packet"])
+            exp = cfg["session_expiry"]
+            link = MqttLink(self.server, cfg["server_id"], cfg["server_name"], host, cfg["port"],
+                            description=cfg["description"], meta=meta, network=network, opener=opener,
+                            username=cfg["username"], password=cfg["password"], keepalive=cfg["keepalive"],
+                            qos=cfg["qos"], queue_len=cfg["queue_len"], max_packet=cfg["max_packet"],
+                            clean=not exp, expiry=exp)
             self.links.append(link)
             asyncio.create_task(link.run())
         gc.collect()

@@ -17,11 +17,13 @@ class MqttLink:
     """Serves ``server`` (an ``mcp.Server``) as ``server_name`` / ``server_id``.
 
     CONNECT carries ``MCP-COMPONENT-TYPE`` and ``MCP-META`` and the will: an empty retained
-    payload on the presence topic. After every (re)connect: subscribe the control topic and
-    every known client's topics again, then publish the retained
-    ``notifications/server/online``. ``client``: keyword arguments of ``mqtt.MQTTClient``
-    (``opener``, ``network``, ``username``, ``password``, ``keepalive``, ``qos``,
-    ``queue_len``, ``max_packet``).
+    payload on the presence topic. After every (re)connect: subscribe the control topic, the
+    RPC topics of every client at once (``$mcp-rpc/+/{server-id}/{server-name}``: one
+    subscription instead of one per client, and a client without a session is heard, e.g. its
+    ``server/discover``) and every known client's presence and capability topics again, then
+    publish the retained ``notifications/server/online``. ``client``: keyword arguments of
+    ``mqtt.MQTTClient`` (``opener``, ``network``, ``username``, ``password``, ``keepalive``,
+    ``qos``, ``queue_len``, ``max_packet``, ``clean``, ``expiry``: a persistent session).
     """
 
     def __init__(self, server, server_id, server_name, host, port=1883, description="", meta=None, **client):
@@ -48,7 +50,8 @@ class MqttLink:
         return topics.rpc(cid, self.sid, self.name)
 
     def _topics(self, cid):
-        return topics.client_topics(cid, self.sid, self.name)
+        # the client's presence and capability topics; its RPC topic is in the wildcard
+        return [t for t in topics.client_topics(cid, self.sid, self.name) if not t[0].startswith("$mcp-rpc/")]
 
     async def _on_up(self):
         name = prop(self.c.connack, USER_PROPERTY, "MCP-SERVER-NAME")
@@ -56,7 +59,7 @@ class MqttLink:
             self.server.log("broker assigned server-name " + name)
             self._name(name)
             self.c.connect_args["will_topic"] = self.presence  # from the next CONNECT on
-        subs = [(self.control, False)]
+        subs = [(self.control, False), (self.rpc("+"), True)]
         for cid in self.clients:
             subs += self._topics(cid)
         codes = await self.c.subscribe(subs)
@@ -128,6 +131,10 @@ class MqttLink:
         except jsonrpc.RpcError as e:
             return await self.send(cid, jsonrpc.error(None, e))
         answer = refusal(msg)
+        if answer and msg.get("method") == "server/discover":  # MCP 2026-07-28: a legacy server's
+            # answer, at once: the SDKs fall back to initialize on any error but -32022
+            answer = mcp.error(msg["id"], -32601, "Method not found: server/discover (initialize: " +
+                               ", ".join(mcp.VERSIONS) + ")")
         if answer:
             await self.send(cid, answer)
 

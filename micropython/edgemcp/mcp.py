@@ -212,9 +212,10 @@ class Server(Dispatcher):
             out["value"] = r.last
             out["stale"] = True
             out["error"] = repr(e)
-        t = time.gmtime()
-        if t[0] >= 2024:
-            out["timestamp"] = "%04d-%02d-%02dT%02d:%02d:%02dZ" % t[:6]
+        ns = time.time_ns()  # the Pi's format: UTC with milliseconds (edge_agent/device/sensors.py)
+        t = time.gmtime(ns // 1000000000)
+        if t[0] >= 2024:  # set (NTP): an ESP32's clock starts at 2000-01-01
+            out["timestamp"] = "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ" % (t[:6] + (ns // 1000000 % 1000,))
         return jsonrpc.dumps(out)
 
     async def sample(self, r):

@@ -41,7 +41,7 @@ class MQTTClient:
         self.delays = (min_delay, max_delay)
         self.connect_args = connect_args
         self.connack = b""  # property block of the last CONNACK (read it with mqtt5.prop)
-        self.connects = self.drops = self.too_big = self.received = 0
+        self.connects = self.drops = self.too_big = self.received = self.retained = 0
         self.error = None
         self.on_up = None
         self.up = False
@@ -215,10 +215,13 @@ class MQTTClient:
                     continue
                 body = self._mv[:n]
                 if t == m.PUBLISH:
-                    topic, qos, _, pid, props, i = m.dec_publish(first & 15, body)
+                    topic, qos, retain, pid, props, i = m.dec_publish(first & 15, body)
                     if qos:
                         await self._send(m.puback(pid))
                     self.received += 1
+                    if retain:  # a planted retained request would replay at every (re)connect
+                        self.retained += 1
+                        continue
                     if len(self._q) >= self._qlen:
                         self._q.pop(0)
                         self.drops += 1
@@ -284,11 +287,14 @@ class MQTTClient:
         return False
 
     async def subscribe(self, topics):
-        """Subscribe to ``[(filter, no_local)]`` at the client's QoS; the SUBACK's reason
-        codes (< 0x80: granted), or None when the link failed meanwhile."""
+        """Subscribe to ``[(filter, no_local)]`` at the client's QoS with Retain Handling 2 (no
+        retained messages: the board subscribes only to requests, and a retained one is dropped
+        and counted in ``retained`` if a broker sends it anyway); the SUBACK's reason codes
+        (< 0x80: granted), or None when the link failed meanwhile."""
         await self._upev.wait()
         pid, a = self._slot()
-        return await self._acked(pid, a, m.subscribe(pid, [(t, self.qos | (m.NO_LOCAL if nl else 0)) for t, nl in topics]))
+        return await self._acked(pid, a, m.subscribe(pid, [(t, self.qos | m.NO_RETAINED | (m.NO_LOCAL if nl else 0))
+                                                           for t, nl in topics]))
 
     async def unsubscribe(self, topics):
         if self.up:

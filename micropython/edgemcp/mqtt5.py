@@ -12,6 +12,7 @@ DISCONNECT = const(14)
 USER_PROPERTY = const(0x26)
 SERVER_KEEPALIVE = const(0x13)
 NO_LOCAL = const(0x04)  # subscription option (3.8.3.1): QoS in bits 0-1, No Local bit 2
+NO_RETAINED = const(0x20)  # subscription option: Retain Handling 2, no retained messages at subscribe
 
 PINGREQ_PACKET = b"\xc0\x00"
 DISCONNECT_PACKET = b"\xe0\x00"  # reason 0x00: normal disconnection, the broker drops the will
@@ -138,18 +139,24 @@ def _packet(first, body):
 
 
 def connect(client_id, keepalive=60, user=None, clean=True, will_topic=None, will_payload=b"",
-            will_retain=False, will_qos=0, will_user=None, username=None, password=None, max_packet=0):
+            will_retain=False, will_qos=0, will_user=None, username=None, password=None, max_packet=0,
+            expiry=0):
     """CONNECT (3.1), MQTT 5, with the user properties ``user``; the will (if ``will_topic``)
-    carries ``will_user``. Session Expiry Interval is left out: 0, a clean session.
-    ``max_packet``: Maximum Packet Size (3.1.2.11.4, bytes; 0 leaves it out: no limit), so the
-    broker never sends a packet larger than the client can hold."""
+    carries ``will_user``. ``clean``: Clean Start (3.1.2.4); ``expiry``: Session Expiry
+    Interval (3.1.2.11.2, s; 0 leaves it out: the session ends with the connection), so with
+    ``clean=False`` the broker keeps the subscriptions and queues QoS 1 messages while the
+    client is away. ``max_packet``: Maximum Packet Size (3.1.2.11.4, bytes; 0 leaves it out:
+    no limit), so the broker never sends a packet larger than the client can hold."""
     flags = (2 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
     if will_topic is not None:
         flags |= 4 | will_qos << 3 | (0x20 if will_retain else 0)
     body = bytearray(b"\x00\x04MQTT\x05")
     body.append(flags)
     body.extend(keepalive.to_bytes(2, "big"))
-    body.extend(properties(user, b"\x27" + max_packet.to_bytes(4, "big") if max_packet else b""))
+    head = b"\x11" + expiry.to_bytes(4, "big") if expiry else b""
+    if max_packet:
+        head += b"\x27" + max_packet.to_bytes(4, "big")
+    body.extend(properties(user, head))
     _s(body, client_id)
     if will_topic is not None:
         body.extend(properties(will_user))

@@ -1,16 +1,27 @@
-# Wi-Fi for boards that have it (network.WLAN, station mode). Imported only when a Wi-Fi
-# SSID is configured, so a host interpreter or a wired board never loads it.
+# The network below MQTT, for boards that have one: Wi-Fi (network.WLAN, station mode) with a
+# clear error per status, and the broker's address resolved once and cached (DNS may be down
+# when the link comes back). Imported only when Wi-Fi, a broker host name or TLS is
+# configured: a board that uses none of them never loads it.
 import asyncio
+import time
 
 
 def wifi(ssid, password, log=print, timeout_ms=20000):
     """An ``async`` callable for :class:`mqtt.MQTTClient`'s ``network``: returns at once when
-    the station is connected, else (re)connects and waits up to ``timeout_ms``.
+    the station is connected, else connects and waits up to ``timeout_ms`` for an address.
 
-    Raises OSError when the network does not come up (the client backs off and retries)."""
+    Raises OSError naming the cause as soon as the station reports it (``STAT_WRONG_PASSWORD``,
+    ``STAT_NO_AP_FOUND``, ``STAT_CONNECT_FAIL``, any other ESP-IDF reason by number): no wait for
+    the timeout then; the client backs off (1..30 s) and retries."""
     import network
 
     sta = network.WLAN(network.STA_IF)
+    why = {}
+    for name in ("WRONG_PASSWORD", "NO_AP_FOUND", "CONNECT_FAIL", "BEACON_TIMEOUT", "HANDSHAKE_TIMEOUT"):
+        code = getattr(network, "STAT_" + name, None)
+        if code is not None:
+            why[code] = name.lower().replace("_", " ")
+    ok = (network.STAT_IDLE, network.STAT_CONNECTING, network.STAT_GOT_IP)
 
     async def up():
         if sta.isconnected():
@@ -22,11 +33,41 @@ def wifi(ssid, password, log=print, timeout_ms=20000):
         except OSError:
             pass
         sta.connect(ssid, password)
-        for _ in range(timeout_ms // 250):
+        for i in range(timeout_ms // 100):
             if sta.isconnected():
                 log("wifi: %s" % (sta.ifconfig()[0],))
                 return
-            await asyncio.sleep_ms(250)
-        raise OSError("wifi: %s not reachable (status %s)" % (ssid, sta.status()))
+            s = sta.status()
+            # the ESP32 keeps the last disconnect reason until a connection succeeds: trust a
+            # failure once the new attempt had 0.5 s
+            if i >= 5 and s not in ok:
+                raise OSError("wifi: %s: %s (status %d)" % (ssid, why.get(s, "failed"), s))
+            await asyncio.sleep_ms(100)
+        raise OSError("wifi: %s not reachable in %d s (status %s)" % (ssid, timeout_ms // 1000, sta.status()))
 
     return up
+
+
+def opener(ttl=3600, ssl=None, log=print, timeout=10):
+    """``opener(host, port)`` for :class:`mqtt.MQTTClient`: the host name resolved once and its
+    address reused for ``ttl`` s (``getaddrinfo`` blocks the board, and DNS may be down when
+    the broker is back); after ``ttl`` resolved again, and when that fails the last address is
+    used. ``ssl``: an ``ssl.SSLContext`` (see ``tls.context``), the server checked against the
+    host name. Raises OSError when the name never resolved."""
+    import socket
+
+    cache = {}
+
+    async def open(host, port):
+        e = cache.get(host)
+        if e is None or time.ticks_diff(time.ticks_ms(), e[1]) > ttl * 1000:
+            try:
+                ip = socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)[0][-1][0]
+                cache[host] = e = (ip, time.ticks_ms())
+            except OSError as x:
+                if e is None:
+                    raise OSError("dns: %s: %r" % (host, x))
+                log("dns: %s: %r; using %s" % (host, x, e[0]))
+        return await asyncio.open_connection(e[0], port, ssl=ssl, server_hostname=host)
+
+    return open

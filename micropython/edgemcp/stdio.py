@@ -53,8 +53,12 @@ class SerialLink:
 
 def usb():
     """The USB/REPL console as a stream pair (``sys.stdin``/``sys.stdout``): on a board, the
-    same cable ``mpremote`` uses. Logging must be off then (print would corrupt the stream)."""
+    same cable ``mpremote`` uses. Logging must be off then (print would corrupt the stream),
+    and Ctrl-C too (``kbd_intr(-1)``: a 0x03 byte in the stream must not stop the board)."""
     import sys
+
+    import micropython
+    micropython.kbd_intr(-1)
     i = getattr(sys.stdin, "buffer", sys.stdin)
     o = getattr(sys.stdout, "buffer", sys.stdout)
     return asyncio.StreamReader(i), asyncio.StreamWriter(o, {})

@@ -20,9 +20,15 @@
 //             may no longer grow, and what malloc has left is cut into 2 KB holes, enough
 //             for the port's own small buffers, never for a new heap area)
 //   --exec    Python code to run instead of a main file (the memory benchmark)
+//   --world   a JSON file describing the board's surroundings, read at every use: the access
+//             point ("wlan"), the DNS table ("dns"), NTP reachable ("ntp"), a cold RTC
+//             ("clock": "cold"); with it the test doubles network.py, socket.py, ssl.py,
+//             ntptime.py and rtc.py (the clock) are installed (ESP32 firmware has them built in)
+//   --put     SRC=DEST[,SRC=DEST...]: files copied onto the board's filesystem (a CA file)
 // Stop with SIGTERM/SIGINT: the Device is stopped cleanly first (presence cleared).
 import fs from "node:fs";
 import net from "node:net";
+import tls from "node:tls";
 import tty from "node:tty";
 import path from "node:path";
 import { fileURLToPath } from "node:url";
@@ -96,6 +102,20 @@ const host = {
       sock.once("error", (e) => reject(new Error(`${hostname}:${port}: ${e.code || e.message}`)));
     });
   },
+  // TLS (MicroPython's ssl over mbedTLS on a board; Node's TLS here): the server is verified
+  // against caPem and servername when verifyMode is CERT_REQUIRED (2), as mbedTLS does
+  tls_open(hostname, port, servername, caPem, verifyMode) {
+    return new Promise((resolve, reject) => {
+      const opts = { host: hostname, port, servername, rejectUnauthorized: Number(verifyMode) === 2 };
+      if (caPem) opts.ca = caPem;
+      const sock = tls.connect(opts);
+      sock.setNoDelay(true);
+      sock.once("secureConnect", () => { sock.removeListener("error", reject); resolve(new ByteStream(sock)); });
+      sock.once("error", (e) => reject(new Error(`TLS ${servername} (${hostname}:${port}): ${e.code || e.message}`)));
+    });
+  },
+  now() { return Date.now() / 1000; },
+  world() { return args.world ? fs.readFileSync(args.world, "utf8") || "{}" : "{}"; },
   fd_open(fd) {
     // a pty master is a TTY for libuv: one read and one write handle on the same fd
     return new ByteStream(new tty.ReadStream(Number(fd)), new tty.WriteStream(Number(fd)));
@@ -130,7 +150,12 @@ if (args.fixedHeap) {
 }
 if (args.mpy) copyTree(mp, path.resolve(args.mpy, "edgemcp"), "/lib/edgemcp", [".mpy"]);
 else copyTree(mp, path.resolve(args.lib, "edgemcp"), "/lib/edgemcp", [".py"]);
-for (const name of ["hostio.py", "machine.py"]) mp.FS.writeFile(`/lib/${name}`, fs.readFileSync(path.join(here, name)));
+const shims = args.world ? ["network.py", "socket.py", "ssl.py", "ntptime.py", "rtc.py"] : [];
+for (const name of ["hostio.py", "machine.py", ...shims]) mp.FS.writeFile(`/lib/${name}`, fs.readFileSync(path.join(here, name)));
+for (const pair of args.put ? args.put.split(",") : []) {
+  const [src, dest] = pair.split("=");
+  mp.FS.writeFile(dest, fs.readFileSync(src));
+}
 if (args.site) mp.FS.writeFile("/site_config.py", fs.readFileSync(args.site));
 
 let stopping = false;

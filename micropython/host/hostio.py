@@ -3,6 +3,7 @@
 # library uses on a board, and asyncio.open_connection / asyncio.run supplied where the port
 # lacks them. Nothing here is copied to a board.
 import asyncio
+import json
 
 import host
 import js
@@ -42,9 +43,49 @@ class Stream:
         self.j.close()
 
 
-async def open_connection(hostname, port):
-    s = Stream(await host.tcp_open(hostname, port))
+async def open_connection(hostname, port, ssl=None, server_hostname=None):
+    """asyncio.open_connection as on a board; with ``ssl`` (an ``ssl.SSLContext``, see
+    micropython/host/ssl.py) a TLS stream from Node that verifies the server against the
+    context's CA and ``server_hostname`` (default ``hostname``)."""
+    if ssl:
+        if ssl.verify_mode and not ssl.cadata:
+            raise OSError("MBEDTLS_ERR_X509_CERT_VERIFY_FAILED: no CA loaded")  # as mbedTLS refuses
+        j = await host.tls_open(hostname, port, server_hostname or hostname,
+                                ssl.cadata.decode() if ssl.cadata else "", ssl.verify_mode)
+    else:
+        j = await host.tcp_open(hostname, port)
+    s = Stream(j)
     return s, s
+
+
+def world():
+    """The test's description of the board's surroundings (board.mjs ``--world`` file, JSON,
+    read at every call): access point, DNS table, NTP reachable, cold clock."""
+    return json.loads(host.world())
+
+
+_counts = {}
+
+
+def count(what):
+    _counts[what] = _counts.get(what, 0) + 1
+
+
+def counts():
+    """How often the shims were used: ``dns`` queries, ``ntp`` settings, ``wlan_connects``."""
+    return _counts
+
+
+def real_time():
+    """UTC now, Unix seconds (what an NTP server answers)."""
+    return host.now()
+
+
+def set_clock(t):
+    """Set the board clock (micropython/host/rtc.py when the world's clock is cold)."""
+    import time as clock
+    if hasattr(clock, "set_clock"):
+        clock.set_clock(t)
 
 
 def serial(fd=None):
@@ -59,6 +100,11 @@ _tasks = []
 
 def install():
     asyncio.open_connection = open_connection
+    if world().get("clock") == "cold":  # the board's RTC after a cold boot: 2000-01-01
+        import sys
+
+        import rtc
+        sys.modules["time"] = rtc
     asyncio.run = lambda coro: _tasks.append(asyncio.create_task(coro))
 
 

@@ -1,0 +1,20 @@
+# MicroPython's ``ntptime`` (micropython-lib micropython/net/ntptime) for the host harness:
+# ``settime()`` sets the board clock (hostio's clock, which starts at 2000-01-01 like an ESP32's
+# RTC after a cold boot when the world file says ``"clock": "cold"``) to the real UTC time when
+# the world file's ``"ntp"`` is true (the default), else it fails as the real one does when
+# the server does not answer (``OSError(110)``, ETIMEDOUT after ``timeout`` s).
+import hostio
+
+host = "pool.ntp.org"
+timeout = 1
+
+
+def time():
+    if not hostio.world().get("ntp", True):
+        raise OSError(110)
+    hostio.count("ntp")
+    return hostio.real_time()
+
+
+def settime():
+    hostio.set_clock(time())

@@ -1,0 +1,240 @@
+"""The board in the field (issue 16 items 3, 4, 5, 7), under the MicroPython WebAssembly port
+against a real Mosquitto: what a greenhouse does to it.
+
+The board's surroundings are test doubles of hardware that cannot exist here, faithful to the
+ESP32 firmware's APIs (micropython/host/: ``network.WLAN`` with the ESP32's status codes,
+``socket.getaddrinfo`` from a DNS table, ``ntptime`` setting a clock that starts in 2000 like a
+cold RTC, ``ssl.SSLContext`` backed by Node's TLS with verification on). The test describes
+them in a "world" file that board.mjs reads at every use, and changes it while the board runs.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import anyio
+import mcp
+import pytest
+import trustme
+
+from edge_agent.cloud import connect, mqtt_client
+from edge_agent.testing.broker import LocalBroker, free_port
+from tests.faults import CuttableProxy
+from tests.test_micropython_board import NAME, SID, Board, RawClient
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
+
+
+def site(mosquitto, **extra) -> str:
+    """site_config.py for a board on ``mosquitto`` (its port; ``extra`` overrides, e.g. the host)."""
+    config = {"broker": "127.0.0.1", "port": mosquitto.port, "server_name": NAME, "server_id": SID, **extra}
+    return f"config = {json.dumps(config)}\n"
+
+
+def world(path: Path, **state) -> str:
+    path.write_text(json.dumps(state))
+    return str(path)
+
+
+def reading(session_result) -> dict:
+    return json.loads(session_result.contents[0].text)
+
+
+# --------------------------------------------------------------------------- item 7: server/discover
+
+
+async def test_server_discover_is_refused_at_once_so_clients_fall_back(broker, tmp_path):
+    with Board(tmp_path, site(broker)) as b:
+        b.wait_log(f"online as {NAME}")
+        raw = RawClient(broker, "raw-discover")
+        try:
+            discover = {"jsonrpc": "2.0", "id": "d1", "method": "server/discover", "params": {
+                "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28"}}}
+            t0 = time.monotonic()
+            raw.send(raw.control, discover)  # sessionless: on the control topic
+            err = raw.answer("d1", timeout=3)["error"]
+            assert err["code"] == -32601 and "server/discover" in err["message"] and "2025-11-25" in err["message"]
+            raw.send(raw.rpc, {**discover, "id": "d2"})  # or on its RPC topic, before any initialize
+            assert raw.answer("d2", timeout=3)["error"]["code"] == -32601
+            assert time.monotonic() - t0 < 3
+        finally:
+            raw.close()
+        # the official SDK's recommended client (mode="auto" probes server/discover first)
+        t0 = time.monotonic()
+        async with mcp.Client(mqtt_client(broker.url, NAME)) as client:
+            elapsed = time.monotonic() - t0
+            assert client.protocol_version == "2025-11-25"
+            assert "vent_set_angle" in {t.name for t in (await client.list_tools()).tools}
+        assert elapsed < 3, f"connect took {elapsed:.1f} s: the discover probe waited for its timeout"
+
+
+async def test_a_retained_request_on_the_control_topic_is_never_served(broker, tmp_path):
+    planted = RawClient(broker, "raw-planted")
+    try:
+        init = {"jsonrpc": "2.0", "id": "planted", "method": "initialize", "params": {
+            "protocolVersion": "2025-11-25", "capabilities": {}, "clientInfo": {"name": "x", "version": "0"}}}
+        planted.c.publish(planted.control, json.dumps(init), qos=1, retain=True,
+                          properties=planted.props).wait_for_publish(5)
+        with Board(tmp_path, site(broker)) as b:
+            b.wait_log(f"online as {NAME}")
+            with pytest.raises(AssertionError):
+                planted.answer("planted", timeout=1.0)
+            async with connect(broker.url, NAME) as session:
+                health = reading(await session.read_resource("device://health"))["value"]
+                assert health["sessions"] == 1  # only this one: the retained initialize opened none
+    finally:
+        planted.c.publish(planted.control, b"", qos=1, retain=True).wait_for_publish(5)
+        planted.close()
+
+
+# --------------------------------------------------------------------------- item 3: persistent session
+
+
+async def test_a_request_sent_while_the_board_is_offline_is_answered_when_it_returns(broker, tmp_path):
+    proxy = CuttableProxy(broker.port)
+    up = broker.port
+    try:
+        with Board(tmp_path, site(broker, port=proxy.port, session_expiry=600)) as b:
+            b.wait_log(f"online as {NAME}")
+            raw = RawClient(broker, "raw-offline")
+            try:
+                raw.initialize()
+                proxy.target_port = free_port()  # nothing listens there: the board cannot come back
+                proxy.cut()
+                b.wait_log("mqtt: ", timeout=5)
+                raw.send(raw.rpc, {"jsonrpc": "2.0", "id": "while-away", "method": "tools/call",
+                                   "params": {"name": "pump_set", "arguments": {"on": True}}})
+                with pytest.raises(AssertionError):
+                    raw.answer("while-away", timeout=1.0)  # queued at the broker, not answered
+                proxy.target_port = up
+                b.wait_log(f"online as {NAME}", count=2, timeout=40)
+                answer = raw.answer("while-away", timeout=10)
+                assert answer["result"]["isError"] is False and answer["result"]["structuredContent"] == {"on": True}
+            finally:
+                raw.close()
+    finally:
+        proxy.close()
+
+
+# --------------------------------------------------------------------------- item 5: Wi-Fi, DNS
+
+
+def wifi_site(broker, **extra) -> str:
+    return site(broker, wifi_ssid="greenhouse-iot", wifi_password="hunter2", **extra)
+
+
+async def test_wifi_wrong_password_and_missing_ap_fail_fast_with_their_cause(broker, tmp_path):
+    w = tmp_path / "world.json"
+    world(w, wlan={"ssid": "greenhouse-iot", "password": "other", "delay_ms": 300})
+    with Board(tmp_path, wifi_site(broker), extra=("--world", str(w))) as b:
+        t0 = time.monotonic()
+        b.wait_log("wifi: greenhouse-iot: wrong password (status 202)", timeout=5)
+        assert time.monotonic() - t0 < 4  # not the 20 s wifi_timeout
+        world(w, wlan={"ssid": "elsewhere", "password": "hunter2"})
+        b.wait_log("wifi: greenhouse-iot: no ap found (status 201)", timeout=10)
+        world(w, wlan={"ssid": "greenhouse-iot", "password": "hunter2", "delay_ms": 300})
+        b.wait_log(f"online as {NAME}", timeout=40)  # (the station retried by itself meanwhile, as an ESP32's does)
+        assert "wifi: connecting to greenhouse-iot" in b.log
+
+
+async def test_dns_answer_is_cached_and_used_while_dns_is_down(broker, tmp_path):
+    proxy = CuttableProxy(broker.port)
+    w = tmp_path / "world.json"
+    world(w, dns={"mqtt.test": "127.0.0.1"})
+    try:
+        with Board(tmp_path, site(broker, broker="mqtt.test", port=proxy.port, dns_ttl=4),
+                   extra=("--world", str(w))) as b:
+            b.wait_log(f"online as {NAME}")
+            t_resolved = time.monotonic()
+            world(w, dns=None)  # DNS down from now on
+            proxy.cut()
+            b.wait_log(f"online as {NAME}", count=2, timeout=20)
+            if time.monotonic() - t_resolved < 4:  # within the TTL: the cached address, no query
+                assert "dns: " not in b.log
+            await anyio.sleep(max(0.0, 4.5 - (time.monotonic() - t_resolved)))
+            proxy.cut()  # TTL over and DNS down: the last address, said in the log
+            b.wait_log(f"online as {NAME}", count=3, timeout=20)
+            assert "dns: mqtt.test: OSError(-202,); using 127.0.0.1" in b.log
+    finally:
+        proxy.close()
+
+
+def test_unresolvable_broker_name_is_an_error_naming_it(broker, tmp_path):
+    w = tmp_path / "world.json"
+    world(w, dns={})
+    with Board(tmp_path, site(broker, broker="nowhere.test"), extra=("--world", str(w))) as b:
+        b.wait_log("dns: nowhere.test: OSError(-202", timeout=10)
+
+
+# --------------------------------------------------------------------------- item 4: NTP
+
+
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+
+
+async def test_readings_carry_a_timestamp_once_ntp_set_the_clock(broker, tmp_path):
+    w = tmp_path / "world.json"
+    world(w, clock="cold", ntp=False)
+    with Board(tmp_path, site(broker, ntp_every=1), extra=("--world", str(w))) as b:
+        b.wait_log(f"online as {NAME}")
+        b.wait_log("clock: pool.ntp.org: OSError(110")
+        async with connect(broker.url, NAME) as session:
+            cold = reading(await session.read_resource("sensor://vent/angle"))
+            assert "timestamp" not in cold and cold["unit"] == "°"
+            world(w, clock="cold", ntp=True)
+            b.wait_log("clock: set by pool.ntp.org", timeout=10)
+            warm = reading(await session.read_resource("sensor://vent/angle"))
+    assert ISO_MS.match(warm["timestamp"]), warm  # the Pi's format (edge_agent/device/sensors.py iso())
+    ts = datetime.fromisoformat(warm["timestamp"].replace("Z", "+00:00"))
+    assert abs((datetime.now(timezone.utc) - ts).total_seconds()) < 30
+
+
+# --------------------------------------------------------------------------- item 3: TLS
+
+
+@pytest.fixture
+def tls_broker(tmp_path):
+    ca = trustme.CA()
+    cert = ca.issue_cert("mqtt.test")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    trustme.CA().cert_pem.write_to_path(str(tmp_path / "other-ca.pem"))
+    plain = free_port()
+    b = LocalBroker(workdir=tmp_path / "broker", listener_conf=(
+        f"cafile {tmp_path / 'ca.pem'}\ncertfile {tmp_path / 'server.pem'}\nkeyfile {tmp_path / 'server.key'}"),
+        extra_conf=f"listener {plain} 127.0.0.1\nallow_anonymous true\n")
+    b.plain_url = f"mqtt://127.0.0.1:{plain}"
+    with b:
+        yield b
+
+
+async def test_tls_with_the_broker_verified_against_the_ca_in_flash(tls_broker, tmp_path):
+    w = tmp_path / "world.json"
+    world(w, dns={"mqtt.test": "127.0.0.1", "wrong-name.test": "127.0.0.1"})
+    good = site(tls_broker, broker="mqtt.test", ca_file="/ca.pem")
+    put = ("--world", str(w), "--put", f"{tmp_path / 'ca.pem'}=/ca.pem")
+    with Board(tmp_path, good, extra=put) as b:
+        b.wait_log(f"online as {NAME}", timeout=15)
+        async with connect(tls_broker.plain_url, NAME) as session:
+            assert not (await session.call_tool("pump_set", {"on": True})).is_error
+    # a CA that did not sign the broker's certificate: refused, never online
+    other = site(tls_broker, broker="mqtt.test", ca_file="/ca.pem", server_id="esp32-test-02")
+    with Board(tmp_path, other, label="wrong-ca",
+               extra=("--world", str(w), "--put", f"{tmp_path / 'other-ca.pem'}=/ca.pem")) as b:
+        b.wait_log("mqtt: ", timeout=15)
+        assert "online as" not in b.log and ("TLS mqtt.test" in b.log), b.log
+    # the right CA, but the certificate does not name the host the board dialled
+    wrong = site(tls_broker, broker="wrong-name.test", ca_file="/ca.pem", server_id="esp32-test-03")
+    with Board(tmp_path, wrong, label="wrong-name", extra=put) as b:
+        b.wait_log("mqtt: ", timeout=15)
+        assert "online as" not in b.log and "TLS wrong-name.test" in b.log, b.log
