@@ -194,6 +194,7 @@ def test_agent_killed_mid_stream_outbox_drains_after_restart(tmp_path):
         agent.wait()
         db = sqlite3.connect(str(tmp_path / "state" / "state.sqlite3"))
         stored = db.execute("SELECT COUNT(*) FROM outbox WHERE kind = 'telemetry'").fetchone()[0]
+        kept = {row[0] for row in db.execute("SELECT id FROM outbox")}
         db.close()
         assert stored >= 5, "the outbox did not keep what the broker had not acknowledged"
         broker.start()
@@ -202,7 +203,15 @@ def test_agent_killed_mid_stream_outbox_drains_after_restart(tmp_path):
         client.request("resources/unsubscribe", {"uri": UPTIME})  # the session survived: no new initialize
         link = json.loads(client.request("resources/read", {"uri": "device://link"})["result"]["contents"][0]["text"])
         time.sleep(0.3)
-        unique, dups = assert_contiguous(client.seqs())
+        # after a crash the sequence jumps past the ids reserved on disk (a gap there is no loss:
+        # docs/unreliable-links.md); every id up to the last one the outbox kept arrived, and every
+        # one from the restart on
+        seqs = client.seqs()
+        assert kept <= set(seqs), f"rows kept in the outbox never arrived: {sorted(kept - set(seqs))[:20]}"
+        unique, dups = assert_contiguous([s for s in seqs if s <= max(kept)])
+        later = [s for s in seqs if s > max(kept)]
+        if later:
+            unique += assert_contiguous(later)[0]
         assert link["outbox"]["messages"] <= 1, link  # drained (the answer itself may be in flight)
         print(f"\nagent SIGKILL: {stored} telemetry rows survived in the outbox and were delivered; "
               f"{unique} messages in all, none missing, {dups} duplicate deliveries")

@@ -115,6 +115,8 @@ _SCHEMA: dict[str, Any] = {
                 "session_max_age": {"type": "integer", "minimum": 1},
                 "reply_cache": {"type": "integer", "minimum": 0, "maximum": 10000},
                 "durable_outbox": {"type": "boolean"},
+                "max_packet_size": {"type": "integer", "minimum": 0, "maximum": 268435455,
+                                    "description": "bytes; the broker sends no bigger packet (0: no limit)"},
                 "ack_when_handled": {"type": "boolean"},
                 "reply_store_max": {"type": "integer", "minimum": 1, "maximum": 1000000},
                 "reply_ttl": {"type": "number", "exclusiveMinimum": 0},

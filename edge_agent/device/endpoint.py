@@ -19,11 +19,11 @@ import asyncio
 import logging
 from typing import Any
 
-from edge_agent.core import binding, jsonrpc
+from edge_agent.core import binding, jsonrpc, lifecycle
 from edge_agent.core.jsonrpc import PARSE_ERROR, RpcError
 from edge_agent.device import identity
 from edge_agent.device.janitor import SessionJanitor
-from edge_agent.device.journal import ReplyJournal
+from edge_agent.device.journal import ReplyJournal, set_done
 from edge_agent.device.store import Store
 from edge_agent.mqtt import codec
 from edge_agent.mqtt.server import Incoming, MqttServerTransport
@@ -54,6 +54,7 @@ class Endpoint:
         self.transport: MqttServerTransport | None = None
         self._tasks: set[asyncio.Task] = set()
         self.refused = 0  # initializes refused by a token check (missing, bad, another subject's id)
+        self._unsaved: set[str] = set()  # sessions whose changed copy is not known to be on disk
         self.journal: ReplyJournal | None = None  # the durable reply cache (ack_when_handled)
         self.janitor = SessionJanitor(sessions=lambda: self.server.sessions, close=self._reaped,
                                       send=lambda cid, m: self._sender(cid)(m))
@@ -82,6 +83,7 @@ class Endpoint:
                                                                             bound=ep.janitor.max_sessions)
         if ep.persist:
             server.on_session_change = ep._persist
+            server.before_send = ep._saved
         return ep
 
     def _spawn(self, coro) -> None:
@@ -105,6 +107,17 @@ class Endpoint:
             data = session.snapshot()
             data["encoding"] = self.transport.encodings.get(session.id)
             self.store.session_put(session.id, data)
+            self._unsaved.add(session.id)
+
+    async def _saved(self, session: Session) -> None:
+        """Before an answer leaves: the session's changed copy is on disk (a client holding the
+        answer to an initialize or a subscribe can count on it surviving a crash)."""
+        if session.id in self._unsaved and self.store is not None:
+            self._unsaved.discard(session.id)
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+            self.store.after_write(lambda: loop.call_soon_threadsafe(set_done, done), urgent=True)
+            await done
 
     def restore_sessions(self) -> int:
         """Re-create stored sessions and make the transport serve their topics. Returns how many."""
@@ -154,6 +167,13 @@ class Endpoint:
             transport.encodings[client_id] = incoming.content_type
         msg = self._decode(client_id, payload, incoming)
         if msg is None:
+            return
+        live = self.server.sessions.get(client_id)
+        if incoming.redelivered and live is not None and live.state == lifecycle.READY \
+                and binding.opens_session(msg):
+            # the broker sent the initialize of a session restored after a crash again (it was not
+            # acknowledged yet): answer it again, and keep the session and what runs in it
+            await self.server.handle(Session(client_id, self._sender(client_id)), msg)
             return
         sessionless = not binding.opens_session(msg) and modern.is_modern_request(msg)
         if not sessionless and not binding.opens_session(msg):

@@ -5,25 +5,34 @@ Holds what must survive a crash or a power cut:
 - ``outbox``: QoS 1 publications the broker has not acknowledged yet (store-and-forward);
 - ``sessions``: initialized MCP client sessions with their resource subscriptions and log level,
   so a cloud client keeps calling across an agent restart without a new ``initialize``;
-- ``counters``: drop counters by reason (they are reported in ``device://link``).
+- ``counters``: drop counters by reason (they are reported in ``device://link``);
+- ``replies``: the durable reply cache of non-read-only tool calls, keyed by (mcp-client-id,
+  request id) (:mod:`edge_agent.device.journal`).
 
-With ``write_behind`` (the default; the agent uses it unless the link profile promises
-durability: ``durable_outbox`` or ``persist_sessions``, see below) writes never block the caller
-(the asyncio thread): they go, in call order, to one writer thread that applies whatever has queued up in one transaction (an outbox row acknowledged
-before it reached the file is neither written nor deleted; the id sequence still advances on
-disk). Outbox ids are handed out at once by the caller's thread, so they still increase
-strictly and are never reused, across restarts too. Reads (``outbox_rows``, ``outbox_stats``,
-``outbox_oldest``, ``sessions``, ``counters``) first wait until every queued write is in the
-file: they run at start, at a reconnect and when the outbox is full, not per message.
+With ``write_behind`` (the default) writes never block the caller (the asyncio thread): they
+go, in call order, to one writer thread that applies whatever has queued up in one
+transaction: **group commit**. The writer waits up to ``commit_window`` seconds (default
+0.2) after the first queued write before it commits, unless a caller needs the data on disk
+now (:meth:`Store.after_write` with ``urgent``, :meth:`Store.flush`, :meth:`Store.close`). An
+outbox row acknowledged by the broker before its batch reached the file is neither written
+nor deleted: at a steady rate, what the broker acknowledges within the window costs the SD
+card nothing. Outbox ids are handed out at once by the caller's thread, so they increase
+strictly; an id that went out on the wire before its row was committed is covered by a
+reservation written well ahead (:meth:`Store.outbox_sent`), so ids are never reused, across
+a crash too (after a crash the sequence jumps past the reservation; after a clean stop it
+continues where it was). Reads (``outbox_rows``, ``outbox_stats``, ``outbox_oldest``,
+``sessions``, ``counters``, ``replies``) first wait until every queued write is in the file:
+they run at start, at a reconnect and when the outbox is full, not per message.
 
-Durability: :meth:`Store.close` (a clean stop) writes everything queued. A crash loses only what
-was queued in the last moment (the writer normally drains the queue within a millisecond), so
-write-behind must not be used where a write has to be on disk before the caller goes on (a
-QoS 1 message written before it is sent, a session before its answer): there
-``write_behind=False`` writes on the caller's thread, as before.
-``synchronous=NORMAL`` in WAL mode: a power cut may lose the last transactions but never
-corrupts the file; ``FULL`` (config ``store.synchronous``) fsyncs every commit, slower on SD
-cards (that wait is the writer thread's).
+Durability: :meth:`Store.close` (a clean stop) writes everything queued. A crash (SIGKILL, a
+power cut) loses what was queued and not yet committed: at most the last ``commit_window``
+seconds of writes (plus, after a power cut with ``synchronous=NORMAL``, the transactions the
+OS had not written yet; ``FULL`` fsyncs every commit). Whoever must not go on before its
+write is on disk waits for it with :meth:`Store.after_write` (the MQTT layer acknowledges a
+request to the broker only after the writes its handling queued are committed);
+``write_behind=False`` writes on the caller's thread instead (tests, tools).
+WAL mode with 1 KiB pages for a new file (a commit of one small row appends about 2 KiB to the
+WAL instead of 8), the WAL checkpointed every 256 pages and truncated to 1 MiB.
 
 The file is created at the first write; a device whose link never dropped (QoS 0 telemetry,
 ``durable_outbox`` off, no persisted sessions) never creates it, nor loads ``sqlite3``.
@@ -67,7 +76,24 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS replies (
+    client_id TEXT NOT NULL,
+    request_id TEXT NOT NULL,
+    fingerprint TEXT NOT NULL,
+    reply TEXT,
+    created REAL NOT NULL,
+    PRIMARY KEY (client_id, request_id)
+) WITHOUT ROWID;
 """
+
+COMMIT_WINDOW = 0.2
+"""Seconds the writer collects writes before one commit (group commit)."""
+
+SEQ_RESERVE = 4096
+"""Outbox ids reserved on disk ahead of the last one sent (see :meth:`Store.outbox_sent`)."""
+
+MAX_BATCH = 2000
+"""A batch this long is committed without waiting for the rest of the window."""
 
 
 WRITE_ATTEMPTS = 3  # a batch the writer cannot commit is retried (0.5 s apart), then logged as lost
@@ -84,24 +110,30 @@ class Store:
         sqlite3.Error: an existing file cannot be opened or is not a database (at construction).
     """
 
-    def __init__(self, path: str, *, synchronous: str = "NORMAL", write_behind: bool = True):
+    def __init__(self, path: str, *, synchronous: str = "NORMAL", write_behind: bool = True,
+                 commit_window: float = COMMIT_WINDOW):
         if path != ":memory:":
             os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         self.path = path
         self.synchronous = synchronous if synchronous in ("NORMAL", "FULL", "OFF") else "NORMAL"
         self.write_behind = write_behind
+        self.commit_window = max(0.0, commit_window)
+        self.commits = 0  # transactions committed (group commits)
         self.write_errors = 0  # batches the writer could not commit (each logged)
         self._db: sqlite3.Connection | None = None
         self._db_lock = threading.Lock()  # one user of the connection at a time
         self._cond = threading.Condition()  # guards the queue, _busy and _closed
         self._queue: collections.deque[tuple[str, tuple[Any, ...]]] = collections.deque()
         self._busy = False
+        self._urgent = False  # commit what is queued without waiting for the window
+        self._first_queued = 0.0  # monotonic time the oldest queued write was queued
         self._closed = False
         self._writer: threading.Thread | None = None
         self._last_id = 0
+        self._reserved = 0  # outbox ids up to this are reserved on disk (queued, at least)
         if path != ":memory:" and os.path.exists(path):
             with self._db_lock:
-                self._last_id = self._last_id_on_disk(self._open())
+                self._last_id = self._reserved = self._last_id_on_disk(self._open())
 
     # ------------------------------------------------------------------ connection, writer
     def _open(self) -> sqlite3.Connection:
@@ -110,8 +142,11 @@ class Store:
             import sqlite3
 
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA page_size=1024")  # only for a new file (before WAL mode is set)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
+            db.execute("PRAGMA wal_autocheckpoint=256")
+            db.execute("PRAGMA journal_size_limit=1048576")
             db.executescript(SCHEMA)
             self._db = db
         return self._db
@@ -129,16 +164,18 @@ class Store:
         top = db.execute("SELECT MAX(id) FROM outbox").fetchone()
         return max(int(row[0]) if row else 0, int(top[0] or 0))
 
-    def after_write(self, callback: Callable[[], Any]) -> None:
+    def after_write(self, callback: Callable[[], Any], *, urgent: bool = False) -> None:
         """Call ``callback()`` once every write queued before this call is committed: from the
         writer thread (hand it to the loop with ``call_soon_threadsafe``), or at once on this
         thread without write-behind, when nothing is queued, or after :meth:`close`. A batch the
-        writer gives up on (logged) still calls its callbacks. This is how a sender can make
-        "on disk before it is sent" hold without waiting on the loop: add the row, then send
-        it from the callback."""
+        writer gives up on (logged) still calls its callbacks. ``urgent``: commit now instead of
+        at the end of the commit window. This is how a sender can make "on disk before it is
+        acknowledged" hold without waiting on the loop."""
         with self._cond:
             if self.write_behind and not self._closed and (self._queue or self._busy):
                 self._queue.append(("callback", (callback,)))
+                if urgent:
+                    self._urgent = True
                 self._cond.notify_all()
                 return
         callback()
@@ -152,6 +189,8 @@ class Store:
         with self._cond:
             if self._closed:
                 raise RuntimeError("store closed")
+            if not self._queue:
+                self._first_queued = time.monotonic()
             self._queue.append((op, args))
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, name="edge-agent-store", daemon=True)
@@ -165,8 +204,16 @@ class Store:
                     self._cond.wait()
                 if not self._queue:
                     return  # closed and drained
+                # group commit: let the window fill, unless someone waits for the disk
+                end = self._first_queued + self.commit_window
+                while not (self._closed or self._urgent) and len(self._queue) < MAX_BATCH:
+                    left = end - time.monotonic()
+                    if left <= 0:
+                        break
+                    self._cond.wait(left)
                 batch = list(self._queue)
                 self._queue.clear()
+                self._urgent = False
                 self._busy = True
             callbacks = [args[0] for op, args in batch if op == "callback"]
             batch = [item for item in batch if item[0] != "callback"]
@@ -205,20 +252,26 @@ class Store:
                 for op, args in batch:
                     if op in ("outbox_add", "outbox_delete") and args[0] in gone:
                         continue
-                    db.execute(_SQL[op], args)
+                    if db.execute(_SQL[op], args).rowcount == 0 and op in ("seq_reserve", "seq_exact"):
+                        db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", args)
                 if gone:  # ids on the wire are never reused: keep the sequence past them
                     top = max(gone)
                     if db.execute("UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'outbox'",
                                   (top,)).rowcount == 0:
                         db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", (top,))
                 db.execute("COMMIT")
+                self.commits += 1
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every write queued so far is in the file. False on ``timeout`` (s)."""
+        """Wait until every write queued so far is in the file (committed now, not at the end
+        of the window). False on ``timeout`` (s)."""
         with self._cond:
+            if self._queue:
+                self._urgent = True
+                self._cond.notify_all()
             return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
 
     def _read(self, sql: str, args: Any = ()) -> list[Any]:
@@ -229,7 +282,10 @@ class Store:
             return self._open().execute(sql, args).fetchall()
 
     def close(self) -> None:
-        """Write everything queued, stop the writer, close the file. Blocks until done."""
+        """Write everything queued, stop the writer, close the file. Blocks until done. The
+        outbox id sequence is left where it is (no jump at the next start)."""
+        if self._reserved > self._last_id and not self._closed:
+            self._write("seq_exact", (self._last_id,))
         with self._cond:
             self._closed = True
             self._cond.notify_all()
@@ -252,6 +308,15 @@ class Store:
 
     def outbox_delete(self, row_id: int) -> None:
         self._write("outbox_delete", (row_id,))
+
+    def outbox_sent(self, row_id: int) -> None:
+        """Row ``row_id`` goes out on the wire (maybe before its row is committed): keep the id
+        sequence reserved on disk :data:`SEQ_RESERVE` ids ahead, so a crash that loses the
+        row cannot hand its id (``EDGE-AGENT-SEQ``, which receivers deduplicate by) to another
+        message. Ids that never went out are reused after a crash; that is harmless."""
+        if row_id > self._reserved - SEQ_RESERVE // 2:
+            self._reserved = max(self._reserved, row_id) + SEQ_RESERVE
+            self._write("seq_reserve", (self._reserved,))
 
     def outbox_rows(self, after: int = 0, limit: int = 1000) -> list[OutboxRow]:
         """Rows with ``id > after``, oldest first."""
@@ -299,6 +364,21 @@ class Store:
             except ValueError:
                 self.session_delete(client_id)
 
+    # ------------------------------------------------------------------ durable reply cache
+    def reply_put(self, client_id: str, request_id: str, fingerprint: str, reply: str | None,
+                  created: float) -> None:
+        """Store (or replace) the reply to ``request_id`` (JSON text of the id) of ``client_id``;
+        ``reply`` None: the request started and has no reply yet."""
+        self._write("reply_put", (client_id, request_id, fingerprint, reply, created))
+
+    def reply_delete(self, client_id: str, request_id: str) -> None:
+        self._write("reply_delete", (client_id, request_id))
+
+    def replies(self) -> list[tuple[str, str, str, str | None, float]]:
+        """Every stored reply ``(client_id, request_id, fingerprint, reply, created)``, oldest first."""
+        return [tuple(r) for r in self._read(  # type: ignore[misc]
+            "SELECT client_id, request_id, fingerprint, reply, created FROM replies ORDER BY created")]
+
     # ------------------------------------------------------------------ counters
     def count(self, name: str, by: int = 1) -> None:
         self._write("count", (name, by))
@@ -314,6 +394,13 @@ _SQL = {
     "session_put": "INSERT INTO sessions (client_id, data, updated) VALUES (?, ?, ?)"
                    " ON CONFLICT(client_id) DO UPDATE SET data = excluded.data, updated = excluded.updated",
     "session_delete": "DELETE FROM sessions WHERE client_id = ?",
+    "reply_put": "INSERT OR REPLACE INTO replies (client_id, request_id, fingerprint, reply, created)"
+                 " VALUES (?, ?, ?, ?, ?)",
+    "reply_delete": "DELETE FROM replies WHERE client_id = ? AND request_id = ?",
+    # the outbox id sequence: raised (reserve) or set (exact, at a clean close); inserted if missing
+    "seq_reserve": "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'outbox'",
+    "seq_exact": "UPDATE sqlite_sequence SET seq = MAX(?, (SELECT COALESCE(MAX(id), 0) FROM outbox))"
+                 " WHERE name = 'outbox'",
     "count": "INSERT INTO counters (name, value) VALUES (?, ?)"
              " ON CONFLICT(name) DO UPDATE SET value = value + excluded.value",
 }

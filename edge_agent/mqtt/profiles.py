@@ -47,11 +47,20 @@ class LinkSettings:
     crash; costs an INSERT and a DELETE per message). When false, messages go straight to
     paho while the link is up (paho re-sends its in-flight ones after a blip) and only what
     is published while the link is down waits in the outbox.
+    ``ack_when_handled``: acknowledge a QoS 1 request to the broker (PUBACK) only once it is
+    handled (answered, and what its handling wrote to the state store committed), so an agent
+    crash loses no request: the broker sends the unacknowledged ones again after the restart
+    (needs a persistent MQTT session: ``clean_start`` off). Off: PUBACK on receipt.
+    ``reply_store_max`` / ``reply_ttl``: bounds (entries, seconds) of the durable reply cache of
+    non-read-only tool calls, kept with ``ack_when_handled`` (:mod:`edge_agent.device.journal`);
+    the TTL must exceed any client's retry window.
     ``max_sessions``: MCP sessions kept at once (1..100000); one more evicts the least recently
     used (unauthenticated first). ``session_probe_idle``: seconds of silence from a client
     before the session janitor pings it; ``session_probe_timeout``: seconds it then has to send
     anything before its session is closed; ``session_init_grace``: seconds a session may stay
     without ``notifications/initialized`` (:mod:`edge_agent.device.janitor`).
+    ``max_packet_size``: the MQTT 5 Maximum Packet Size announced in CONNECT (bytes, default
+    256 KiB; 0: none): the broker sends no bigger packet, so one huge message costs no memory.
     """
 
     profile: str = "lan"
@@ -73,10 +82,14 @@ class LinkSettings:
     session_max_age: int = 86400
     reply_cache: int = 64
     durable_outbox: bool = False
+    ack_when_handled: bool = False
+    reply_store_max: int = 10000
+    reply_ttl: float = 86400.0
     max_sessions: int = 1000
     session_probe_idle: float = 300.0
     session_probe_timeout: float = 30.0
     session_init_grace: float = 60.0
+    max_packet_size: int = 262144
 
     def qos(self, kind: str) -> int:
         """QoS for a message kind: ``response``, ``notification`` or ``telemetry``."""
@@ -99,6 +112,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "reconnect_max": 60.0,
         "persist_sessions": True,
         "durable_outbox": True,
+        "ack_when_handled": True,
         "session_probe_timeout": 3600.0,  # a client with a persistent MQTT session may be away a while
     },
 }

@@ -62,11 +62,17 @@ class Incoming:
     ``content_type``: MQTT 5 Content Type (``application/cbor`` or None/JSON).
     ``deadline``: Unix time (s) after which the sender's Message Expiry Interval ran out, or None.
     ``received``: Unix time (s) it reached this process.
+    ``ack``: with ``ack_when_handled``, call it once the message is handled to send its PUBACK
+    (a no-op if the connection it came on is gone: the broker sends it again); None: acknowledged
+    on receipt.
+    ``redelivered``: the MQTT DUP flag (the broker sent it before, on this or an earlier connection).
     """
 
     content_type: str | None = None
     deadline: float | None = None
     received: float = 0.0
+    ack: Callable[[], None] | None = None
+    redelivered: bool = False
 
 
 @dataclass(frozen=True)
@@ -160,7 +166,8 @@ class MqttServerTransport:
         self.session_counters: Callable[[], dict[str, Any]] | None = None
         self.policy = ReconnectPolicy(self.settings.reconnect_min, self.settings.reconnect_max)
 
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.server_id, protocol=mqtt.MQTTv5)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.server_id, protocol=mqtt.MQTTv5,
+                        manual_ack=self.settings.ack_when_handled)
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
         c.on_unsubscribe = self._on_subscribe
@@ -184,7 +191,8 @@ class MqttServerTransport:
             connect_properties=self._connect_properties, username=self.username, password=self.password,
             tls_insecure=self.tls.insecure, logger=log, on_connected=self._connected,
             on_disconnected=self._disconnected, on_attempt=self._attempting, on_attempt_failed=self._attempt_failed,
-            on_loss=self._count_loss, takeover_message=self._takeover_message)
+            on_loss=self._count_loss, takeover_message=self._takeover_message,
+            max_packet_size=self.settings.max_packet_size or None)
         self._base_props = [("MCP-COMPONENT-TYPE", topics.COMPONENT_SERVER), ("MCP-MQTT-CLIENT-ID", self.server_id)]
         self._pub_props: Properties = PackedProperties(PacketTypes.PUBLISH)  # packed once
         self._pub_props.UserProperty = list(self._base_props)
@@ -355,6 +363,7 @@ class MqttServerTransport:
         info = self._send(row.topic, row.payload, row.qos, row.retain, row.content_type, row.id, row.expires)
         if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             self._inflight[info.mid] = (row.id, row.size, time.monotonic())
+            self.store.outbox_sent(row.id)
         else:
             log.warning("publish to %s failed: %s (kept in the outbox)", row.topic, mqtt.error_string(info.rc))
 
@@ -523,9 +532,34 @@ class MqttServerTransport:
             fut.set_result(list(reason_codes or []))
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self._route(message.topic, bytes(message.payload), message.properties, time.time(), message.retain)
+        ack = self._acker(message.mid, message.qos) if self.settings.ack_when_handled and message.qos else None
+        self._route(message.topic, bytes(message.payload), message.properties, time.time(), message.retain, ack,
+                    bool(message.dup))
 
-    def _route(self, topic: str, payload: bytes, properties: Any, received: float, retain: bool = False) -> None:
+    def _acker(self, mid: int, qos: int) -> Callable[[], None]:
+        """The PUBACK of message ``mid`` of this connection, sent when called (once)."""
+        connection = self.stats.connects
+        done = False
+
+        def ack() -> None:
+            nonlocal done
+            if done or connection != self.stats.connects or not self.connected.is_set():
+                return  # sent, or the connection it came on is gone (the broker sends it again)
+            done = True
+            self.client.ack(mid, qos)
+            self.driver.flush(self.client)
+        return ack
+
+    def _route(self, topic: str, payload: bytes, properties: Any, received: float, retain: bool = False,
+               ack: Callable[[], None] | None = None, dup: bool = False) -> None:
+        if ack is None:
+            self._dispatch(topic, payload, properties, received, retain, None, dup)
+            return
+        if not self._dispatch(topic, payload, properties, received, retain, ack, dup):
+            ack()  # not handed on: nothing to wait for
+
+    def _dispatch(self, topic: str, payload: bytes, properties: Any, received: float, retain: bool,
+                  ack: Callable[[], None] | None, dup: bool) -> bool:
         """Route by topic prefix (interop checklist), not by our subscription table.
 
         A retained message on the control topic or an RPC topic is dropped and counted
@@ -536,34 +570,38 @@ class MqttServerTransport:
         self.stats.received += 1
         parsed = topics.parse(topic)
         if parsed is None:
-            return
+            return False
         if retain and parsed.kind in ("control", "rpc"):
             self.stats.retained_dropped += 1
             if self.stats.retained_dropped == 1:
                 log.warning("retained message on %r dropped: requests must not be retained (further ones are only "
                             "counted in device://link retained_dropped)", topic[:120])
-            return
+            return False
         expiry = getattr(properties, "MessageExpiryInterval", None)
         incoming = Incoming(content_type=getattr(properties, "ContentType", None),
-                            deadline=received + expiry if expiry else None, received=received)
+                            deadline=received + expiry if expiry else None, received=received, ack=ack,
+                            redelivered=dup)
         if parsed.kind == "control":
             if parsed.server_id != self.server_id:
-                return
+                return False
             sender = user_properties(properties).get("MCP-MQTT-CLIENT-ID")
             try:
                 topics.check_id(sender or "", "MCP-MQTT-CLIENT-ID")
             except ValueError as exc:
                 self.stats.malformed += 1
                 log.warning("control message without a valid MCP-MQTT-CLIENT-ID user property dropped: %s", exc)
-                return
+                return False
             self.on_control(sender or "", payload, incoming)
+            return True
         elif parsed.kind == "rpc":
             if parsed.server_id == self.server_id and parsed.client_id:
                 self.on_rpc(parsed.client_id, payload, incoming)
+                return True
         elif parsed.kind == "client-presence":
             if parsed.client_id in self.clients and _is_disconnected(payload):
                 self.on_client_gone(parsed.client_id)
         # client-capability: roots/list_changed; this server does not use roots.
+        return False
 
 
 def _is_disconnected(payload: bytes) -> bool:

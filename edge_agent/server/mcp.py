@@ -20,7 +20,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from edge_agent.core import args as core_args
 from edge_agent.core import jsonrpc, lifecycle
@@ -137,6 +137,8 @@ class McpServer(Dispatcher):
         self.tasks: Any = None
         # the device's durable reply cache (edge_agent.device.journal.ReplyJournal), or None
         self.reply_store: Any = None
+        # awaited before each answer is sent (the device: a changed session is on disk first), or None
+        self.before_send: Callable[[Session], Awaitable[None]] | None = None
         add = self.table.add
         add("logging/setLevel", self.set_level)
         add("tools/list", self._tools_list)
@@ -247,6 +249,8 @@ class McpServer(Dispatcher):
 
     # ------------------------------------------------------------------ core hooks
     async def emit(self, session: Session, msg: dict[str, Any]) -> None:  # type: ignore[override]
+        if self.before_send is not None:  # e.g. the session's persisted copy on disk first
+            await self.before_send(session)
         session.send(msg)
 
     def new_flag(self) -> threading.Event:  # type: ignore[override]

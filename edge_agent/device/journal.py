@@ -1,0 +1,168 @@
+"""The durable reply cache: a non-read-only ``tools/call`` is never executed twice.
+
+Keyed by (mcp-client-id, request id), kept in memory (for the lookup on every request) and in
+the state store's ``replies`` table (so it survives an agent crash), bounded by ``max_entries``
+and by ``ttl`` seconds (longer than any client's retry window: the link profile's
+``reply_ttl``, a day under ``unreliable``).
+
+What it records, for tools whose annotations do not say ``readOnlyHint: true``:
+
+- the reply, when the call is answered; a request that comes again with the same id and the
+  same content (a QoS 1 redelivery after the agent crashed before its PUBACK, or a client's
+  retry) gets that reply again instead of a second execution;
+- for tools that are not idempotent (``idempotentHint`` not true: a toggle, a pulse, a dose),
+  a *started* mark, committed to disk before the handler runs. A request whose mark survived a
+  crash without a reply was interrupted while it ran: it may or may not have taken effect, so
+  it is not executed again; it is answered with a tool error saying so (and that answer is
+  recorded like any other). An idempotent tool (a relay ``on``, a servo angle) is simply
+  executed again: the same command twice leaves the actuator where once would.
+
+The same id with different content is a new request (the client reused an id): executed, and
+its reply replaces the old one. Spec: MCP 2025-11-25 ``server/tools`` (tool annotations);
+JSON-RPC 2.0 (a request id is unique per client while the request is outstanding).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import time
+from collections import OrderedDict
+from typing import Any
+
+from edge_agent.core.results import tool_error
+from edge_agent.device.store import Store
+
+log = logging.getLogger(__name__)
+
+INTERRUPTED = ("{tool} was interrupted by an agent restart while it ran: it may or may not have taken effect, "
+               "and it was not executed again (check the device's state, then send a new request if still wanted)")
+
+
+def _fingerprint(msg: dict[str, Any]) -> str:
+    """A short digest of a request's method and params (what makes a repeat the same request)."""
+    try:
+        text = json.dumps([msg.get("method"), msg.get("params")], sort_keys=True, default=str,
+                          separators=(",", ":"))
+    except (TypeError, ValueError):  # CBOR maps may have non-string keys
+        text = repr([msg.get("method"), msg.get("params")])
+    return hashlib.blake2b(text.encode(), digest_size=12).hexdigest()
+
+
+def _key(request_id: Any) -> str:
+    return json.dumps(request_id)  # 1 and "1" are different ids
+
+
+class ReplyJournal:
+    """The durable reply cache of one device (see the module docstring).
+
+    ``tools``: tool name -> annotations dict, looked up at record time (a callable, so tools
+    added later are covered). ``store``: the SQLite store (None: memory only)."""
+
+    def __init__(self, store: Store | None, tools: Any, *, max_entries: int = 10000, ttl: float = 86400.0):
+        self.store = store
+        self.tools = tools
+        self.max_entries = max(1, max_entries)
+        self.ttl = ttl
+        # (client id, request id key) -> (fingerprint, reply or None, created, interrupted)
+        self.entries: OrderedDict[tuple[str, str], tuple[str, dict[str, Any] | None, float, bool]] = OrderedDict()
+        self.replayed = 0  # answers given again from here
+        self.interrupted = 0  # requests refused because a crash interrupted them
+
+    def load(self) -> int:
+        """Read the stored entries (at start); expired ones are deleted. Returns how many were kept."""
+        if self.store is None:
+            return 0
+        cutoff = time.time() - self.ttl
+        for client_id, request_id, fingerprint, reply, created in self.store.replies():
+            if created < cutoff:
+                self.store.reply_delete(client_id, request_id)
+                continue
+            try:
+                decoded = json.loads(reply) if reply is not None else None
+            except ValueError:
+                self.store.reply_delete(client_id, request_id)
+                continue
+            self.entries[(client_id, request_id)] = (fingerprint, decoded, created, decoded is None)
+        if self.entries:
+            log.info("reply cache: %d answer(s) of earlier runs kept", len(self.entries))
+        return len(self.entries)
+
+    def _annotations(self, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """The annotations of the tool ``msg`` calls, or None if it is not journaled (not a
+        tools/call, an unknown tool, a read-only tool)."""
+        if msg.get("method") != "tools/call":
+            return None
+        params = msg.get("params")
+        name = params.get("name") if isinstance(params, dict) else None
+        tool = self.tools().get(name) if isinstance(name, str) else None
+        if tool is None:
+            return None
+        annotations = tool.annotations or {}
+        return None if annotations.get("readOnlyHint") else annotations
+
+    # ------------------------------------------------------------------ the hooks
+    def lookup(self, client_id: str, msg: dict[str, Any]) -> dict[str, Any] | None:
+        """The reply to send again for ``msg`` (a request not in flight), or None to execute it."""
+        entry = self.entries.get((client_id, _key(msg["id"])))
+        if entry is None:
+            return None
+        fingerprint, reply, created, interrupted = entry
+        if fingerprint != _fingerprint(msg) or time.time() - created > self.ttl:
+            return None
+        if reply is None:
+            if not interrupted:
+                return None  # started in this run and never answered (cancelled): a new attempt
+            name = (msg.get("params") or {}).get("name", "the tool")
+            reply = {"jsonrpc": "2.0", "id": msg["id"], "result": tool_error(INTERRUPTED.format(tool=name))}
+            self.interrupted += 1
+            log.warning("request %r of %s (%s) was interrupted by a restart: refused, not executed again",
+                        msg["id"], client_id, name)
+            self._put(client_id, msg, reply)
+            return reply
+        self.replayed += 1
+        log.info("request %r of %s answered again from the durable reply cache", msg["id"], client_id)
+        return reply
+
+    async def begin(self, client_id: str, msg: dict[str, Any]) -> None:
+        """Before a non-idempotent, non-read-only tool runs: its started mark, on disk."""
+        annotations = self._annotations(msg)
+        if annotations is None or annotations.get("idempotentHint"):
+            return
+        self._put(client_id, msg, None)
+        if self.store is not None:
+            loop = asyncio.get_running_loop()
+            done = loop.create_future()
+            self.store.after_write(lambda: loop.call_soon_threadsafe(set_done, done), urgent=True)
+            await done
+
+    def record(self, client_id: str, msg: dict[str, Any], reply: dict[str, Any]) -> None:
+        """``msg`` was answered with ``reply``: keep it (queued for the next group commit; the
+        request's PUBACK waits for that commit)."""
+        if self._annotations(msg) is not None:
+            self._put(client_id, msg, reply)
+
+    def _put(self, client_id: str, msg: dict[str, Any], reply: dict[str, Any] | None) -> None:
+        key = (client_id, _key(msg["id"]))
+        now = time.time()
+        fingerprint = _fingerprint(msg)
+        self.entries.pop(key, None)
+        self.entries[key] = (fingerprint, reply, now, False)
+        if self.store is not None:
+            self.store.reply_put(key[0], key[1], fingerprint, json.dumps(reply) if reply is not None else None, now)
+        cutoff = now - self.ttl
+        while self.entries:
+            oldest_key, oldest = next(iter(self.entries.items()))
+            if len(self.entries) <= self.max_entries and oldest[2] >= cutoff:
+                break
+            del self.entries[oldest_key]
+            if self.store is not None:
+                self.store.reply_delete(*oldest_key)
+
+
+def set_done(fut: asyncio.Future[None]) -> None:
+    """Resolve ``fut`` (on its loop; hand it there with ``call_soon_threadsafe``)."""
+    if not fut.done():
+        fut.set_result(None)
