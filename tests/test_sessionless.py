@@ -6,6 +6,7 @@ side: the real agent process and simulated devices, through a real Mosquitto."""
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 
 import anyio
@@ -13,7 +14,7 @@ import mcp_types as types
 import pytest
 from mcp import Client, MCPError
 
-from edge_agent.cloud import connect, mqtt_client
+from edge_agent.cloud import connect, discover, mqtt_client
 from edge_agent.testing.fleet_sim import LoopDriver, SimDevice
 
 from .agent_process import AgentProcess, write_config
@@ -77,6 +78,10 @@ async def test_default_client_speaks_2026_07_28_and_connects_fast(broker, agent)
         assert client.session.server_info.name == "edge-agent"
         tools = await client.list_tools()  # the SDK checks the 2026 shape: resultType, ttlMs, cacheScope
         assert "pump_relay_on" in {t.name for t in tools.tools}
+        on = next(t for t in tools.tools if t.name == "pump_relay_on")  # driver version + schema digest
+        assert re.fullmatch(r"\d+\.\d+[^+]*\+[0-9a-f]{8}", on.meta["dev.edge-agent/toolVersion"])
+        presence = (await discover(broker.url, NAME))[0]
+        assert presence.meta["protocolVersions"] == VERSIONS and presence.meta["catalogDigest"]
         result = await client.call_tool("pump_relay_on", {})
         assert not result.is_error and result.structured_content == {"state": True}
         with pytest.raises(MCPError) as err:
