@@ -499,6 +499,8 @@ async def _call(args: argparse.Namespace) -> int:
             raise BadToolArguments(f"unknown tool {args.tool!r} on {args.server_name} "
                                    f"(tools: {', '.join(tools) or 'none'})")
         arguments = parse_tool_arguments(tool.name, tool.input_schema, args.arguments)
+        if args.task:
+            return await _call_as_task(args, session, tool, arguments)
         bar = ProgressLine(sys.stderr, one_line(tool.name)) if is_terminal(sys.stderr) else None
 
         async def on_progress(progress: float, total: float | None, message: str | None) -> None:
@@ -519,6 +521,90 @@ async def _call(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_dump(result))
         return 1 if result.is_error else 0
+    out = sys.stderr if result.is_error else sys.stdout
+    lines = _content_lines(result.content)
+    if result.structured_content is not None and not any(getattr(c, "type", None) == "text" for c in result.content):
+        lines.insert(0, json.dumps(result.structured_content, indent=2, ensure_ascii=False))
+    for line in lines:
+        _print(line, out)
+    return 1 if result.is_error else 0
+
+
+async def _call_as_task(args: argparse.Namespace, session: Any, tool: Any, arguments: dict[str, Any]) -> int:
+    """``call --task``: start the tool as an MCP task; print its id (``--json``: the task)."""
+    from edge_agent.client import tasks
+
+    support = tool.execution.task_support if tool.execution is not None else None
+    if support not in ("optional", "required"):
+        raise BadToolArguments(f"{tool.name} does not run as a task (its execution.taskSupport is "
+                               f"{support or 'not set, i.e. forbidden'}); call it without --task")
+    try:
+        task = await tasks.call_tool_as_task(session, tool.name, arguments, timeout=args.timeout or REQUEST_TIMEOUT)
+    except tasks.NotStarted as refused:
+        if args.json:
+            _print_json(refused.result)
+        else:
+            _print(str(refused), sys.stderr)
+        return 1
+    if args.json:
+        _print_json(task)
+    else:
+        _print(task["taskId"])
+        _print(f"{tool.name}: task {task['status']}; follow it with: edge-agent task get {args.server_name} "
+               f"{task['taskId']}", sys.stderr)
+    return 0
+
+
+def _task_line(task: dict[str, Any]) -> tuple[str, ...]:
+    return (task["taskId"], task["status"], task.get("createdAt", ""), task.get("lastUpdatedAt", ""),
+            one_line(task.get("statusMessage") or ""))
+
+
+_TASK_HEADER = ("TASK-ID", "STATUS", "CREATED", "UPDATED", "MESSAGE")
+
+
+async def _task_show(args: argparse.Namespace) -> int:
+    """``task get`` / ``task cancel``: one task's state."""
+    from edge_agent.client import tasks
+
+    async with _connect(args) as session:
+        do = tasks.cancel if args.task_action == "cancel" else tasks.get
+        task = await do(session, args.task_id, timeout=args.timeout)
+    if args.json:
+        _print_json(task)
+    else:
+        for line in format_table([_task_line(task)], _TASK_HEADER):
+            _print(line)
+    return 0
+
+
+async def _task_list(args: argparse.Namespace) -> int:
+    from edge_agent.client import tasks
+
+    async with _connect(args) as session:
+        found = await tasks.list_all(session, timeout=args.timeout)
+    if args.json:
+        _print_json(found)
+    elif found:
+        for line in format_table([_task_line(t) for t in found], _TASK_HEADER):
+            _print(line)
+    else:
+        _print(f"{args.server_name} has no tasks")
+    return 0
+
+
+async def _task_result(args: argparse.Namespace) -> int:
+    """``task result``: waits for the end, prints the tool's result like ``call`` (exit 1 if isError)."""
+    import mcp_types as types
+
+    from edge_agent.client import tasks
+
+    async with _connect(args, read_timeout=args.timeout) as session:
+        raw = await tasks.result(session, args.task_id, timeout=args.timeout)
+    if args.json:
+        _print_json(raw)
+        return 1 if raw.get("isError") else 0
+    result = types.CallToolResult.model_validate(raw)
     out = sys.stderr if result.is_error else sys.stdout
     lines = _content_lines(result.content)
     if result.structured_content is not None and not any(getattr(c, "type", None) == "text" for c in result.content):
@@ -870,6 +956,9 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("tool", metavar="TOOL", help="tool name, as `edge-agent tools SERVER_NAME` lists it")
     p.add_argument("arguments", nargs="*", metavar="key=value",
                    help="tool arguments (booleans: true/false/on/off/1/0; arrays and objects: JSON)")
+    p.add_argument("--task", action="store_true",
+                   help="start the tool as an MCP task (a job such as pump_relay_run) and print its id at once; "
+                        "follow it with `edge-agent task get|result|cancel`")
     p = add("read", _read, "read a resource (prints '21.4 °C' for a sensor reading)", server, answer, REQUEST_TIMEOUT)
     p.add_argument("uri", metavar="URI", help="resource URI, e.g. sensor://soil_temp/temperature")
     p = add("watch", _watch, "print a resource now and again on every update (JSON Lines with --json)", server,
@@ -882,6 +971,22 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
                         f"(default {POLL_INTERVAL:g})")
     add("resources", _resources, "list a server's resources and resource templates", server, answer, REQUEST_TIMEOUT)
     add("prompts", _prompts, "list a server's prompts", server, answer, REQUEST_TIMEOUT)
+    task_help = "follow MCP tasks (jobs started with `edge-agent call ... --task`): get, result, cancel, list"
+    p = subparsers.add_parser("task", help=task_help, description=task_help)
+    actions = p.add_subparsers(dest="task_action", required=True, metavar="ACTION")
+    for action, body, help_, timeout in (
+            ("get", _task_show, "show a task's status", REQUEST_TIMEOUT),
+            ("result", _task_result, "wait for a task to end and print the tool's result (exit 1 if it failed)", None),
+            ("cancel", _task_show, "cancel a task: the device stops the job (relay off) before it answers",
+             REQUEST_TIMEOUT),
+            ("list", _task_list, "list the device's tasks", REQUEST_TIMEOUT)):
+        a = actions.add_parser(action, help=help_, description=help_, parents=[server])
+        a.add_argument("--timeout", metavar="S", type=_positive_float, default=timeout,
+                       help="seconds to wait for the answer" + (" (default: until the task ends)" if timeout is None
+                                                                else f" (default {timeout:g})"))
+        if action != "list":
+            a.add_argument("task_id", metavar="TASK_ID", help="the id `edge-agent call ... --task` printed")
+        a.set_defaults(func=functools.partial(_run, body), cmd_name=f"task {action}")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -43,7 +43,6 @@ import json
 import logging
 import os
 import secrets
-import sqlite3
 import threading
 import time
 from dataclasses import dataclass
@@ -56,6 +55,8 @@ from edge_agent.device.sensors import iso
 from edge_agent.server.registry import Tool, ToolContext
 
 if TYPE_CHECKING:
+    import sqlite3
+
     from edge_agent.drivers.base import ToolSpec
     from edge_agent.server.mcp import McpServer, Session
 
@@ -149,6 +150,8 @@ class TaskStore:
 
     def _open(self) -> sqlite3.Connection:
         if self._db is None:
+            import sqlite3  # at the first task: a device without tasks never loads it
+
             if self.path != ":memory:":
                 os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=10.0)
@@ -343,7 +346,7 @@ class TaskManager:
     async def _save(self, record: TaskRecord, *, notify: bool = True) -> None:
         try:
             await asyncio.to_thread(self.store.put, record)
-        except sqlite3.Error as exc:
+        except Exception as exc:  # sqlite3.Error: a full or broken disk must not stop the job's end
             log.error("task %s: could not be stored: %s", record.task_id, exc)
         if record.status in TERMINAL:
             self._cancel.pop(record.task_id, None)
@@ -522,7 +525,7 @@ class TaskManager:
                 record.updated = time.time()
                 try:
                     await asyncio.to_thread(self.store.put, record)
-                except sqlite3.Error as exc:
+                except Exception as exc:  # sqlite3.Error: a full or broken disk must not stop the job's end
                     log.error("task %s: could not be stored: %s", record.task_id, exc)
         await asyncio.to_thread(self.store.close)
 

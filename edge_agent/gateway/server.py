@@ -50,6 +50,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 
 from edge_agent import __version__
 from edge_agent.client.discovery import catalog_digest
+from edge_agent.gateway import tasks as gateway_tasks
 from edge_agent.gateway.balance import with_digest
 from edge_agent.gateway.fleet import DeviceGone, DeviceUnavailable, Fleet, Replica
 from edge_agent.gateway.listen import GatewayListen, modern_results
@@ -110,6 +111,16 @@ class _GatewayServer(Server[Any]):
             notification_options or NotificationOptions(prompts_changed=True, resources_changed=True,
                                                         tools_changed=True),
             experimental_capabilities, extensions)
+
+    def get_capabilities(self, notification_options: NotificationOptions | None = None,
+                         experimental_capabilities: dict[str, dict[str, Any]] | None = None,
+                         extensions: dict[str, dict[str, Any]] | None = None, *,
+                         protocol_version: str | None = None) -> types.ServerCapabilities:
+        caps = super().get_capabilities(notification_options, experimental_capabilities, extensions,
+                                        protocol_version=protocol_version)
+        if protocol_version not in MODERN_PROTOCOL_VERSIONS:  # MCP 2025-11-25 tasks, passed on (gateway/tasks.py)
+            caps.tasks = gateway_tasks.capability()
+        return caps
 
 
 class _RegisterClient:
@@ -190,6 +201,7 @@ class Gateway:
         self.listen = GatewayListen(self)  # 2026-07-28 subscriptions/listen
         self.server = self._build_server()
         self.server.middleware.append(_RegisterClient(self))
+        gateway_tasks.TaskPassthrough(self).install()
 
     @property
     def init_options(self) -> InitializationOptions:
