@@ -50,8 +50,8 @@ class RawSubscriber:
         raise AssertionError(f"no matching message within {timeout} s; got {[(m.topic, m.payload[:80]) for m in self.messages]}")
 
     def close(self) -> None:
+        self.client.disconnect()  # first: it wakes paho's network thread, which loop_stop() joins at once
         self.client.loop_stop()
-        self.client.disconnect()
 
 
 def write_config(path: Path, *, server_name: str, server_id: str, drivers: str, page_size: int = 50,

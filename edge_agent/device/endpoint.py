@@ -71,8 +71,11 @@ class Endpoint:
                                            on_client_gone=ep.on_client_gone, store=store, **transport_kwargs)
         server.broadcast = ep.transport.send_capability
         if settings is not None and settings.ack_when_handled and store is not None:
+            transport = ep.transport
             ep.journal = ReplyJournal(store, lambda: server.registry.tools, max_entries=settings.reply_store_max,
-                                      ttl=settings.reply_ttl)
+                                      ttl=settings.reply_ttl,
+                                      resend=lambda cid, reply, seq: transport.send_rpc(cid, reply, seq=seq)
+                                      if seq is not None else ep._sender(cid)(reply))
             server.reply_store = ep.journal
         if settings is not None:
             j = ep.janitor
@@ -94,7 +97,25 @@ class Endpoint:
     def _sender(self, client_id: str):
         transport = self.transport
         assert transport is not None
-        return lambda m: transport.send_rpc(client_id, m)
+        journal = self.journal
+        if journal is None:
+            return lambda m: transport.send_rpc(client_id, m)
+
+        store = self.store
+
+        def send(message: dict[str, Any]) -> None:
+            if "method" in message or store is None or not journal.keeps(client_id, message):
+                transport.send_rpc(client_id, message)
+                return
+            # an answer the durable reply cache keeps: it and its row in the outbox go to disk
+            # in one commit, and only then on the wire, so a crash can never let the client
+            # see an answer the cache forgot (the cache answers repeats with its seq)
+            seq = transport.send_rpc(client_id, message, hold=True)
+            journal.sent(client_id, message, seq)
+            if seq is not None:
+                loop = asyncio.get_running_loop()
+                store.after_write(lambda: loop.call_soon_threadsafe(transport.release, seq), urgent=True)
+        return send
 
     # ---------------------------------------------------------------- persistence
     def _persist(self, session: Session, closed: bool) -> None:

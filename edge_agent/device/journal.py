@@ -7,9 +7,11 @@ and by ``ttl`` seconds (longer than any client's retry window: the link profile'
 
 What it records, for tools whose annotations do not say ``readOnlyHint: true``:
 
-- the reply, when the call is answered; a request that comes again with the same id and the
-  same content (a QoS 1 redelivery after the agent crashed before its PUBACK, or a client's
-  retry) gets that reply again instead of a second execution;
+- the reply, when the call is answered, with the ``EDGE-AGENT-SEQ`` it went out with; a
+  request that comes again with the same id and the same content (a QoS 1 redelivery after the
+  agent crashed before its PUBACK, or a client's retry) gets that reply again, under the same
+  sequence number (a client that deduplicates by it sees one answer), instead of a second
+  execution;
 - for tools that are not idempotent (``idempotentHint`` not true: a toggle, a pulse, a dose),
   a *started* mark, committed to disk before the handler runs. A request whose mark survived a
   crash without a reply was interrupted while it ran: it may or may not have taken effect, so
@@ -61,13 +63,18 @@ class ReplyJournal:
     ``tools``: tool name -> annotations dict, looked up at record time (a callable, so tools
     added later are covered). ``store``: the SQLite store (None: memory only)."""
 
-    def __init__(self, store: Store | None, tools: Any, *, max_entries: int = 10000, ttl: float = 86400.0):
+    def __init__(self, store: Store | None, tools: Any, *, max_entries: int = 10000, ttl: float = 86400.0,
+                 resend: Any = None):
         self.store = store
         self.tools = tools
+        # resend(client_id, reply, seq): publish an answer again under seq (None: as a new answer,
+        # through the session's sender); returns the seq it went out with, or None
+        self.resend = resend
         self.max_entries = max(1, max_entries)
         self.ttl = ttl
-        # (client id, request id key) -> (fingerprint, reply or None, created, interrupted)
-        self.entries: OrderedDict[tuple[str, str], tuple[str, dict[str, Any] | None, float, bool]] = OrderedDict()
+        # (client id, request id key) -> (fingerprint, reply or None, created, interrupted, seq)
+        self.entries: OrderedDict[tuple[str, str],
+                                  tuple[str, dict[str, Any] | None, float, bool, int | None]] = OrderedDict()
         self.replayed = 0  # answers given again from here
         self.interrupted = 0  # requests refused because a crash interrupted them
 
@@ -76,7 +83,7 @@ class ReplyJournal:
         if self.store is None:
             return 0
         cutoff = time.time() - self.ttl
-        for client_id, request_id, fingerprint, reply, created in self.store.replies():
+        for client_id, request_id, fingerprint, reply, created, seq in self.store.replies():
             if created < cutoff:
                 self.store.reply_delete(client_id, request_id)
                 continue
@@ -85,7 +92,7 @@ class ReplyJournal:
             except ValueError:
                 self.store.reply_delete(client_id, request_id)
                 continue
-            self.entries[(client_id, request_id)] = (fingerprint, decoded, created, decoded is None)
+            self.entries[(client_id, request_id)] = (fingerprint, decoded, created, decoded is None, seq)
         if self.entries:
             log.info("reply cache: %d answer(s) of earlier runs kept", len(self.entries))
         return len(self.entries)
@@ -104,34 +111,40 @@ class ReplyJournal:
         return None if annotations.get("readOnlyHint") else annotations
 
     # ------------------------------------------------------------------ the hooks
-    def lookup(self, client_id: str, msg: dict[str, Any]) -> dict[str, Any] | None:
-        """The reply to send again for ``msg`` (a request not in flight), or None to execute it."""
+    def replay(self, client_id: str, msg: dict[str, Any]) -> bool:
+        """Answer ``msg`` (a request not in flight) again from here: True if it was (then it
+        must not be executed)."""
         entry = self.entries.get((client_id, _key(msg["id"])))
-        if entry is None:
-            return None
-        fingerprint, reply, created, interrupted = entry
+        if entry is None or self.resend is None:
+            return False
+        fingerprint, reply, created, interrupted, seq = entry
         if fingerprint != _fingerprint(msg) or time.time() - created > self.ttl:
-            return None
+            return False
         if reply is None:
             if not interrupted:
-                return None  # started in this run and never answered (cancelled): a new attempt
+                return False  # started in this run and never answered (cancelled): a new attempt
             name = (msg.get("params") or {}).get("name", "the tool")
             reply = {"jsonrpc": "2.0", "id": msg["id"], "result": tool_error(INTERRUPTED.format(tool=name))}
             self.interrupted += 1
             log.warning("request %r of %s (%s) was interrupted by a restart: refused, not executed again",
                         msg["id"], client_id, name)
-            self._put(client_id, msg, reply)
-            return reply
+            self._put(client_id, msg, reply, None)
+            seq = self.resend(client_id, reply, None)  # (the device's sender records it as sent)
+            if seq is not None:
+                self.sent(client_id, reply, seq)
+            return True
         self.replayed += 1
         log.info("request %r of %s answered again from the durable reply cache", msg["id"], client_id)
-        return reply
+        self.resend(client_id, reply, seq)
+        return True
 
     async def begin(self, client_id: str, msg: dict[str, Any]) -> None:
         """Before a non-idempotent, non-read-only tool runs: its started mark, on disk."""
         annotations = self._annotations(msg)
         if annotations is None or annotations.get("idempotentHint"):
             return
-        self._put(client_id, msg, None)
+        self._put(client_id, msg, None, None)
+        self._write(client_id, msg["id"])
         if self.store is not None:
             loop = asyncio.get_running_loop()
             done = loop.create_future()
@@ -139,19 +152,40 @@ class ReplyJournal:
             await done
 
     def record(self, client_id: str, msg: dict[str, Any], reply: dict[str, Any]) -> None:
-        """``msg`` was answered with ``reply``: keep it (queued for the next group commit; the
-        request's PUBACK waits for that commit)."""
+        """``msg`` is answered with ``reply`` (about to be sent): keep it in memory; it is
+        written with its sequence number by :meth:`sent`."""
         if self._annotations(msg) is not None:
-            self._put(client_id, msg, reply)
+            self._put(client_id, msg, reply, None)
 
-    def _put(self, client_id: str, msg: dict[str, Any], reply: dict[str, Any] | None) -> None:
+    def keeps(self, client_id: str, reply: dict[str, Any]) -> bool:
+        """True if ``reply`` is an answer recorded here (about to be sent)."""
+        entry = self.entries.get((client_id, _key(reply.get("id"))))
+        return entry is not None and entry[1] is reply
+
+    def sent(self, client_id: str, reply: dict[str, Any], seq: int | None) -> None:
+        """``reply`` went out as ``EDGE-AGENT-SEQ`` ``seq``: if it is a recorded answer, write it
+        (queued for the next group commit; the request's PUBACK waits for that commit)."""
+        key = (client_id, _key(reply.get("id")))
+        entry = self.entries.get(key)
+        if entry is None or entry[1] is not reply:
+            return
+        self.entries[key] = entry[:4] + (seq,)
+        self._write(client_id, reply.get("id"))
+
+    def _write(self, client_id: str, request_id: Any) -> None:
+        key = (client_id, _key(request_id))
+        entry = self.entries.get(key)
+        if entry is not None and self.store is not None:
+            fingerprint, reply, created, _, seq = entry
+            self.store.reply_put(key[0], key[1], fingerprint, json.dumps(reply) if reply is not None else None,
+                                 created, seq)
+
+    def _put(self, client_id: str, msg: dict[str, Any], reply: dict[str, Any] | None, seq: int | None) -> None:
         key = (client_id, _key(msg["id"]))
         now = time.time()
         fingerprint = _fingerprint(msg)
         self.entries.pop(key, None)
-        self.entries[key] = (fingerprint, reply, now, False)
-        if self.store is not None:
-            self.store.reply_put(key[0], key[1], fingerprint, json.dumps(reply) if reply is not None else None, now)
+        self.entries[key] = (fingerprint, reply, now, False, seq)
         cutoff = now - self.ttl
         while self.entries:
             oldest_key, oldest = next(iter(self.entries.items()))

@@ -82,6 +82,7 @@ CREATE TABLE IF NOT EXISTS replies (
     fingerprint TEXT NOT NULL,
     reply TEXT,
     created REAL NOT NULL,
+    seq INTEGER,
     PRIMARY KEY (client_id, request_id)
 ) WITHOUT ROWID;
 """
@@ -366,18 +367,19 @@ class Store:
 
     # ------------------------------------------------------------------ durable reply cache
     def reply_put(self, client_id: str, request_id: str, fingerprint: str, reply: str | None,
-                  created: float) -> None:
+                  created: float, seq: int | None = None) -> None:
         """Store (or replace) the reply to ``request_id`` (JSON text of the id) of ``client_id``;
-        ``reply`` None: the request started and has no reply yet."""
-        self._write("reply_put", (client_id, request_id, fingerprint, reply, created))
+        ``reply`` None: the request started and has no reply yet; ``seq``: the EDGE-AGENT-SEQ
+        the reply went out with."""
+        self._write("reply_put", (client_id, request_id, fingerprint, reply, created, seq))
 
     def reply_delete(self, client_id: str, request_id: str) -> None:
         self._write("reply_delete", (client_id, request_id))
 
-    def replies(self) -> list[tuple[str, str, str, str | None, float]]:
-        """Every stored reply ``(client_id, request_id, fingerprint, reply, created)``, oldest first."""
+    def replies(self) -> list[tuple[str, str, str, str | None, float, int | None]]:
+        """Every stored reply ``(client_id, request_id, fingerprint, reply, created, seq)``, oldest first."""
         return [tuple(r) for r in self._read(  # type: ignore[misc]
-            "SELECT client_id, request_id, fingerprint, reply, created FROM replies ORDER BY created")]
+            "SELECT client_id, request_id, fingerprint, reply, created, seq FROM replies ORDER BY created")]
 
     # ------------------------------------------------------------------ counters
     def count(self, name: str, by: int = 1) -> None:
@@ -394,8 +396,8 @@ _SQL = {
     "session_put": "INSERT INTO sessions (client_id, data, updated) VALUES (?, ?, ?)"
                    " ON CONFLICT(client_id) DO UPDATE SET data = excluded.data, updated = excluded.updated",
     "session_delete": "DELETE FROM sessions WHERE client_id = ?",
-    "reply_put": "INSERT OR REPLACE INTO replies (client_id, request_id, fingerprint, reply, created)"
-                 " VALUES (?, ?, ?, ?, ?)",
+    "reply_put": "INSERT OR REPLACE INTO replies (client_id, request_id, fingerprint, reply, created, seq)"
+                 " VALUES (?, ?, ?, ?, ?, ?)",
     "reply_delete": "DELETE FROM replies WHERE client_id = ? AND request_id = ?",
     # the outbox id sequence: raised (reserve) or set (exact, at a clean close); inserted if missing
     "seq_reserve": "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'outbox'",

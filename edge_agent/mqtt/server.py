@@ -158,6 +158,7 @@ class MqttServerTransport:
         self.outbox = Outbox(self.store, max_messages=self.settings.outbox_max_messages,
                              max_bytes=self.settings.outbox_max_bytes)
         self._inflight: dict[int, tuple[int, int, float]] = {}  # mid -> (row id, size, sent monotonic)
+        self._held: dict[int, StoredRow] = {}  # published with hold, not released yet
         self._qos0: collections.deque[tuple[str, bytes, str | None]] = collections.deque()
         self._pending_sub: dict[int, asyncio.Future] = {}
         self._published: dict[int, asyncio.Future] = {}  # mid -> waiter for its PUBACK (stop())
@@ -303,12 +304,22 @@ class MqttServerTransport:
     def _encode(self, client_id: str | None, message: dict[str, Any]) -> bytes:
         return codec.encode(message, self.encodings.get(client_id) if client_id else None)
 
-    def send_rpc(self, client_id: str, message: dict[str, Any]) -> None:
+    def send_rpc(self, client_id: str, message: dict[str, Any], *, seq: int | None = None,
+                 hold: bool = False) -> int | None:
         """Publish a JSON-RPC message on ``$mcp-rpc/{client_id}/{server-id}/{server-name}``
-        (a response, or a notification such as progress), in the session's encoding."""
+        (a response, or a notification such as progress), in the session's encoding. Returns
+        its ``EDGE-AGENT-SEQ`` (None: sent without one). ``seq``: send an answer again under the
+        sequence number it first went out with (receivers that deduplicate by it see it once),
+        directly, not through the outbox (offline: not at all). ``hold``: store it in the outbox
+        but send it only at :meth:`release` (when what must be on disk first is)."""
         kind = "response" if "id" in message and "method" not in message else "notification"
-        self.publish(self.rpc_topic(client_id), self._encode(client_id, message), kind=kind,
-                     content_type=self.encodings.get(client_id))
+        payload, content_type = self._encode(client_id, message), self.encodings.get(client_id)
+        if seq is None:
+            return self.publish(self.rpc_topic(client_id), payload, kind=kind, content_type=content_type, hold=hold)
+        if self.connected.is_set():
+            expires = time.time() + self.settings.message_expiry if self.settings.message_expiry else None
+            self._send(self.rpc_topic(client_id), payload, self.settings.qos(kind), False, content_type, seq, expires)
+        return seq
 
     def send_capability(self, message: dict[str, Any]) -> None:
         """Publish a notification on the server capability topic (always JSON):
@@ -317,9 +328,11 @@ class MqttServerTransport:
         self.publish(self.capability_topic, codec.encode(message), kind=kind)
 
     def publish(self, topic: str, payload: bytes, *, kind: str, content_type: str | None = None,
-                retain: bool = False) -> None:
+                retain: bool = False, hold: bool = False) -> int | None:
         """Publish with the QoS of ``kind``: QoS 1 through the outbox (stored until PUBACK),
-        QoS 0 directly or, while offline, into a bounded in-memory queue (oldest dropped)."""
+        QoS 0 directly or, while offline, into a bounded in-memory queue (oldest dropped).
+        Returns the outbox row id (= ``EDGE-AGENT-SEQ``), or None (not through the outbox, or dropped).
+        ``hold`` (QoS 1): through the outbox, sent only at :meth:`release` of the returned id."""
         qos = self.settings.qos(kind)
         if qos == 0:
             if self.connected.is_set():
@@ -329,13 +342,24 @@ class MqttServerTransport:
                     self._qos0.popleft()
                     self.stats.qos0_dropped += 1
                 self._qos0.append((topic, payload, content_type))
-            return
+            return None
         expires = time.time() + self.settings.message_expiry if kind == "response" and self.settings.message_expiry else None
-        if not self.settings.durable_outbox and self.connected.is_set():
+        if not self.settings.durable_outbox and self.connected.is_set() and not hold:
             self._send(topic, payload, qos, retain, content_type, None, expires)
-            return
+            return None
         row = self.outbox.add(topic, payload, qos=qos, retain=retain, kind=kind, content_type=content_type,
                               expires=expires, in_flight=(r for r, _, _ in self._inflight.values()))
+        if row is None:
+            return None
+        if hold:
+            self._held[row.id] = row
+        elif self.connected.is_set():
+            self._send_row(row)
+        return row.id
+
+    def release(self, row_id: int) -> None:
+        """Send a row published with ``hold`` (offline: it waits in the outbox for the next connect)."""
+        row = self._held.pop(row_id, None)
         if row is not None and self.connected.is_set():
             self._send_row(row)
 
@@ -370,7 +394,8 @@ class MqttServerTransport:
     def _drain(self) -> None:
         """After a (re)connect: send stored rows not already in paho's hands, oldest first,
         then the QoS 0 messages held while offline."""
-        for row in self.outbox.pending(exclude=(r for r, _, _ in self._inflight.values())):
+        held = set(self._held)
+        for row in self.outbox.pending(exclude=[r for r, _, _ in self._inflight.values()] + list(held)):
             self._send_row(row)
         while self._qos0:
             topic, payload, ct = self._qos0.popleft()

@@ -275,11 +275,8 @@ class McpServer(Dispatcher):
             log.info("duplicate of request %r from %s answered from the reply cache", msg["id"], session.id)
             session.send(cached[1])
             return True
-        if self.reply_store is not None:
-            reply = self.reply_store.lookup(session.id, msg)
-            if reply is not None:
-                session.send(reply)
-                return True
+        if self.reply_store is not None and self.reply_store.replay(session.id, msg):
+            return True
         return False
 
     def answered(self, session: Session, msg: dict[str, Any], reply: dict[str, Any]) -> None:  # type: ignore[override]
