@@ -30,6 +30,7 @@ def setup_logging(level: str = "info") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(service.JournalFormatter() if service.stderr_is_journal() else
                          logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    handler.addFilter(service.TruncatingFilter())  # no log line longer than 2000 characters
     handlers: list[logging.Handler] = [handler]
     notifier = service.Notifier.from_env()
     if notifier.enabled:

@@ -169,6 +169,28 @@ class JournalFormatter(logging.Formatter):
         return f"<{priority}>{super().format(record)}"
 
 
+LOG_LINE_LIMIT = 2000  # characters of one log message (a traceback comes on top)
+
+
+class TruncatingFilter(logging.Filter):
+    """Cuts every log message to ``limit`` characters (``... (12345 characters)`` said at the end),
+    so a hostile client's string or a huge payload quoted in a message cannot flood the journal
+    or hold memory in it. A filter for handlers: the record is changed in place, once."""
+
+    def __init__(self, limit: int = LOG_LINE_LIMIT) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        try:
+            message = record.getMessage()
+        except Exception:  # a bad format string: let the handler report it as logging does
+            return True
+        if len(message) > self.limit:
+            record.msg, record.args = f"{message[:self.limit]}... ({len(message)} characters)", None
+        return True
+
+
 class StartupErrorStatus(logging.Handler):
     """Until removed, sends every ERROR record as ``STATUS=`` so ``systemctl status`` tells why
     the agent exits before it runs (the only errors logged then are config problems:

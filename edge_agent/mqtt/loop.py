@@ -568,6 +568,9 @@ class Connection:
     ``on_attempt_failed(text)`` after a failed one; ``on_loss(loss)`` with the policy's verdict
     on every ended connection; ``takeover_message(loss, url)``: the one loud line logged at the
     first session takeover.
+    ``max_packet_size``: bytes; sent as the CONNECT's Maximum Packet Size (MQTT 5 §3.1.2.11.4),
+    so the broker never sends this client a bigger packet (it drops it for this client: one
+    hostile 50 MB PUBLISH no longer lands in our memory); None: no limit announced.
     """
 
     def __init__(self, client: mqtt.Client, brokers: Sequence[BrokerURL], *, driver: LoopDriver, keepalive: int,
@@ -580,13 +583,15 @@ class Connection:
                  on_attempt: Callable[[BrokerURL], None] | None = None,
                  on_attempt_failed: Callable[[str], None] | None = None,
                  on_loss: Callable[[Loss], None] | None = None,
-                 takeover_message: Callable[[Loss, BrokerURL], str] | None = None):
+                 takeover_message: Callable[[Loss, BrokerURL], str] | None = None,
+                 max_packet_size: int | None = None):
         if not brokers:
             raise ValueError("at least one broker URL is needed")
         self.client, self.brokers, self.driver = client, list(brokers), driver
         self.keepalive, self.connack_timeout, self.policy = keepalive, connack_timeout, policy
         self.clean_start = clean_start
         self.connect_properties = connect_properties
+        self.max_packet_size = max_packet_size
         self.username, self.password, self.tls_insecure = username, password, tls_insecure
         self.log = logger
         self.on_connected, self.on_disconnected = on_connected, on_disconnected
@@ -668,6 +673,14 @@ class Connection:
             loss = self._judge_loss(url)
             await self._sleep(loss.delay)
 
+    def _connect_props(self) -> Properties | None:
+        props = self.connect_properties()
+        if self.max_packet_size:
+            if props is None:
+                props = Properties(PacketTypes.CONNECT)
+            props.MaximumPacketSize = self.max_packet_size
+        return props
+
     async def _attempt(self, url: BrokerURL) -> None:
         self.broker = url
         if self.on_attempt is not None:
@@ -689,7 +702,7 @@ class Connection:
             # old socket at once, so no stale disconnect can reach the new attempt's future)
             async with asyncio.timeout_at(deadline):
                 await self.driver.connect(self.client, url.host, url.port, keepalive=self.keepalive,
-                                          clean_start=self.clean_start, properties=self.connect_properties())
+                                          clean_start=self.clean_start, properties=self._connect_props())
                 reason, _ = await asyncio.shield(self._connack)
         except TimeoutError:
             self.driver.drop(self.client)
