@@ -476,6 +476,9 @@ class Servo(_GpioDriver):
         direction = 1 if to >= start else -1
         steps, cancelled = 0, False
         for i in range(total + 1):
+            if i and cancel is not None and cancel.is_set():  # a stop() may have detached it: stay so
+                cancelled = True
+                break
             angle = to if i == total else start + direction * step_deg * i
             self.servo.angle = angle
             if i:

@@ -100,3 +100,15 @@ async def list_all(session: Any, timeout: float | None = None) -> list[dict[str,
         cursor = page.next_cursor
         if not cursor:
             return out
+
+
+def status_binding(handler: Any) -> Any:
+    """A ``NotificationBinding`` for ``ClientSession(notification_bindings=[...])`` that hands each
+    ``notifications/tasks/status`` (a ``mcp_types.TaskStatusNotificationParams``: ``task_id``,
+    ``status``, ``status_message``...) to ``handler`` (async). The SDK 2.3 does not know that
+    notification at 2025-11-25 and drops it without a binding."""
+    import mcp_types as types
+    from mcp.client.extension import NotificationBinding
+
+    return NotificationBinding(method="notifications/tasks/status", params_type=types.TaskStatusNotificationParams,
+                               handler=handler)

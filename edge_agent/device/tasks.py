@@ -313,6 +313,8 @@ class TaskManager:
         finally:
             if watchdog is not None:
                 watchdog.cancel()
+        if record.status == CANCELLED or overran:  # the handler may have moved once more after stop(): again
+            await self._stop_hardware(record, spec)
         if record.status == CANCELLED:  # it MUST stay cancelled (spec); keep what the job reported
             record.result = result
             await self._save(record, notify=False)
