@@ -37,6 +37,7 @@ async def connect(broker_url: str, server_name: str, *, message_handler: Message
         ServerNotFound, TransportError, ValueError: as ``mqtt_client``.
         mcp.MCPError: the server refused ``initialize`` or did not answer in time.
     """
+    kw.setdefault("request_timeout", read_timeout_seconds)  # stamped as each request's deadline
     async with mqtt_client(broker_url, server_name, **kw) as (read_stream, write_stream):
         async with ClientSession(read_stream, write_stream, read_timeout_seconds=read_timeout_seconds,
                                  message_handler=message_handler, client_info=client_info or CLIENT_INFO) as session:

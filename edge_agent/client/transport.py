@@ -72,6 +72,9 @@ DISCONNECTED = b'{"jsonrpc":"2.0","method":"notifications/disconnected"}'
 REPLICA_SETTLE = 0.05
 """Seconds to keep listening after the first matching presence, so every retained replica is seen."""
 
+DEADLINE_META = "dev.edge-agent/deadline"
+"""``params._meta`` key of a request's absolute deadline (Unix s), stamped on every request."""
+
 GOODBYE_TIMEOUT = 2.0
 """Seconds to wait for the PUBACK of the goodbye before disconnecting anyway."""
 
@@ -100,7 +103,8 @@ class _Bridge:
 
     def __init__(self, link: MqttLink, server_name: str, *, encoding: str = codec.JSON,
                  tolerate_offline: float = 0.0, call_deadline: float | None = None,
-                 token: str | Callable[[], str] | None = None):
+                 token: str | Callable[[], str] | None = None, request_timeout: float | None = None):
+        self.request_timeout = request_timeout
         self.link = link
         self.server_name = server_name
         self.encoding = encoding
@@ -363,13 +367,18 @@ class _Bridge:
                     topic = self.control_topic
         elif isinstance(msg, types.JSONRPCNotification) and msg.method == "notifications/cancelled":
             self.pending.pop(_key((msg.params or {}).get("requestId")), None)
-        deadline = self.call_deadline if req is not None and req.method == "tools/call" else None
+        # every request carries its absolute deadline (Unix s): now + call_deadline for tools/call,
+        # else now + the request timeout; the device refuses a late non-read-only tools/call
+        deadline = None
+        if req is not None:
+            deadline = self.call_deadline if req.method == "tools/call" and self.call_deadline is not None \
+                else self.request_timeout
         token = self.token if req is not None and (req.method == "initialize" or self.modern) else None
-        if self.encoding == codec.CBOR or deadline or token:
+        if self.encoding == codec.CBOR or deadline is not None or token:
             data = msg.model_dump(by_alias=True, exclude_unset=True, mode="json")
-            if deadline:
+            if deadline is not None:
                 meta = data.setdefault("params", {}).setdefault("_meta", {})
-                meta.setdefault("io.edge-agent/deadline", round(time.time() + deadline, 3))
+                meta.setdefault(DEADLINE_META, round(time.time() + deadline, 3))
             if token:  # docs/security.md "Signed client tokens"
                 meta = data.setdefault("params", {}).setdefault("_meta", {})
                 meta.setdefault(TOKEN_META, token() if callable(token) else token)
@@ -410,7 +419,7 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
                       connect_timeout: float = 10.0, username: str | None = None, password: str | None = None,
                       meta: dict[str, Any] | None = None, encoding: str = codec.JSON,
                       tolerate_offline: float = 0.0, call_deadline: float | None = None,
-                      token: str | Callable[[], str] | None = None,
+                      token: str | Callable[[], str] | None = None, request_timeout: float | None = None,
                       ) -> AsyncIterator[tuple[MemoryObjectReceiveStream[SessionMessage | Exception],
                                                MemoryObjectSendStream[SessionMessage]]]:
     """Connect to the MCP server ``server_name`` through the broker; yield ``(read_stream, write_stream)``.
@@ -437,8 +446,12 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
             (a server with the ``unreliable`` link profile keeps sessions across restarts);
             0 (default) fails pending and later requests at once, as the spec says.
         call_deadline: seconds; when set, every ``tools/call`` carries
-            ``_meta["io.edge-agent/deadline"]`` = now + this, and an edge-agent server refuses
-            a destructive tool call that reaches it later (clocks must be NTP-synchronised).
+            ``_meta["dev.edge-agent/deadline"]`` = now + this (Unix s), and an edge-agent server
+            refuses a tool call that is not read-only and reaches it later (plus its clock-skew
+            allowance: keep clocks NTP-synchronised).
+        request_timeout: seconds; every other request (and ``tools/call`` without
+            ``call_deadline``) carries the deadline now + this (``connect()`` passes its
+            ``read_timeout_seconds``). None: no deadline.
         token: a signed client credential (JWT, bound to ``client_id``), or a callable that
             gives a fresh one; sent in ``initialize`` (and, under MCP 2026-07-28, every request)
             as ``params._meta["dev.edge-agent/token"]`` (docs/security.md).
@@ -461,7 +474,7 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
         if encoding not in codec.ENCODINGS:
             raise ValueError(f"encoding must be one of {codec.ENCODINGS}, not {encoding!r}")
         bridge = _Bridge(link, server_name, encoding=encoding, tolerate_offline=tolerate_offline,
-                         call_deadline=call_deadline, token=token)
+                         call_deadline=call_deadline, token=token, request_timeout=request_timeout)
         try:
             server = await bridge.find_server(server_id, discovery_timeout)
             await bridge.open(server)

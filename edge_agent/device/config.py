@@ -118,6 +118,7 @@ _SCHEMA: dict[str, Any] = {
                 "max_packet_size": {"type": "integer", "minimum": 0, "maximum": 268435455,
                                     "description": "bytes; the broker sends no bigger packet (0: no limit)"},
                 "ack_when_handled": {"type": "boolean"},
+                "deadline_skew": {"type": "number", "minimum": 0, "maximum": 3600},
                 "reply_store_max": {"type": "integer", "minimum": 1, "maximum": 1000000},
                 "reply_ttl": {"type": "number", "exclusiveMinimum": 0},
                 "max_sessions": {"type": "integer", "minimum": 1, "maximum": 100000},

@@ -19,7 +19,7 @@ import asyncio
 import logging
 from typing import Any
 
-from edge_agent.core import binding, jsonrpc, lifecycle
+from edge_agent.core import binding, jsonrpc
 from edge_agent.core.jsonrpc import PARSE_ERROR, RpcError
 from edge_agent.device import identity
 from edge_agent.device.janitor import SessionJanitor
@@ -78,6 +78,7 @@ class Endpoint:
                                       if seq is not None else ep._sender(cid)(reply))
             server.reply_store = ep.journal
         if settings is not None:
+            server.deadline_skew = settings.deadline_skew
             j = ep.janitor
             j.max_sessions, j.init_grace = settings.max_sessions, settings.session_init_grace
             j.probe_idle, j.probe_timeout = settings.session_probe_idle, settings.session_probe_timeout
@@ -190,10 +191,10 @@ class Endpoint:
         if msg is None:
             return
         live = self.server.sessions.get(client_id)
-        if incoming.redelivered and live is not None and live.state == lifecycle.READY \
-                and binding.opens_session(msg):
-            # the broker sent the initialize of a session restored after a crash again (it was not
-            # acknowledged yet): answer it again, and keep the session and what runs in it
+        if incoming.redelivered and live is not None and live.initialized and binding.opens_session(msg):
+            # the broker sent the initialize of a live session again (its PUBACK was lost with a
+            # connection, or the agent crashed before it): answer it again, and keep the session
+            # and what runs in it (requests redelivered with it must not meet a fresh session)
             await self.server.handle(Session(client_id, self._sender(client_id)), msg)
             return
         sessionless = not binding.opens_session(msg) and modern.is_modern_request(msg)

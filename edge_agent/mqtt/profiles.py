@@ -54,6 +54,8 @@ class LinkSettings:
     ``reply_store_max`` / ``reply_ttl``: bounds (entries, seconds) of the durable reply cache of
     non-read-only tool calls, kept with ``ack_when_handled`` (:mod:`edge_agent.device.journal`);
     the TTL must exceed any client's retry window.
+    ``deadline_skew``: seconds added to a client's ``_meta["dev.edge-agent/deadline"]`` before a
+    late tool call that is not read-only is refused (the client's and the device's clocks differ).
     ``max_sessions``: MCP sessions kept at once (1..100000); one more evicts the least recently
     used (unauthenticated first). ``session_probe_idle``: seconds of silence from a client
     before the session janitor pings it; ``session_probe_timeout``: seconds it then has to send
@@ -83,6 +85,7 @@ class LinkSettings:
     reply_cache: int = 64
     durable_outbox: bool = False
     ack_when_handled: bool = False
+    deadline_skew: float = 2.0
     reply_store_max: int = 10000
     reply_ttl: float = 86400.0
     max_sessions: int = 1000

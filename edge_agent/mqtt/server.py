@@ -37,7 +37,7 @@ from edge_agent.core import binding, topics
 from edge_agent.errors import TransportError
 from edge_agent.mqtt import codec
 from edge_agent.mqtt.broker_url import BrokerURL
-from edge_agent.mqtt.loop import Connection, LoopDriver, PackedProperties
+from edge_agent.mqtt.loop import Connection, LoopDriver, PackedProperties, Refusals
 from edge_agent.mqtt.outbox import MemoryStore, Outbox, OutboxStore, StoredRow
 from edge_agent.mqtt.profiles import LinkSettings
 from edge_agent.mqtt.reconnect import Loss, ReconnectPolicy
@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 DISCONNECTED = binding.DISCONNECTED
 SEQ_PROPERTY = "EDGE-AGENT-SEQ"
+REFUSAL_RETRY_S = 30.0  # a refused control subscription or presence is tried again this often
 
 __all__ = ["DISCONNECTED", "Incoming", "LinkSettings", "MqttServerTransport", "user_properties"]
 
@@ -98,6 +99,7 @@ class LinkStats:
     received: int = 0
     malformed: int = 0
     retained_dropped: int = 0  # retained messages on the control or an RPC topic (see _route)
+    redelivered: int = 0  # messages that came with the MQTT DUP flag (sent again by the broker)
     last_error: str | None = None
     outage_started: float | None = None  # monotonic
     last_outage_s: float | None = None
@@ -162,6 +164,9 @@ class MqttServerTransport:
         self._qos0: collections.deque[tuple[str, bytes, str | None]] = collections.deque()
         self._pending_sub: dict[int, asyncio.Future] = {}
         self._published: dict[int, asyncio.Future] = {}  # mid -> waiter for its PUBACK (stop())
+        self.refusals = Refusals(log)  # what the broker refused (SUBACK/PUBACK >= 0x80), device://link
+        self._watched: dict[int, tuple[str, list[str]]] = {}  # mid -> (subscribe|publish, topics): judged on ack
+        self.settled = asyncio.Event()  # this connection's control SUBACK and presence PUBACK came
         self._stopping = False
         # device://link "sessions" (live, bound, evicted, reaped): set by the endpoint
         self.session_counters: Callable[[], dict[str, Any]] | None = None
@@ -402,8 +407,40 @@ class MqttServerTransport:
             self._send(topic, payload, 0, False, ct, None, None)
 
     def publish_presence(self) -> None:
-        self.client.publish(self.presence_topic, codec.encode(self.online_message()), qos=1, retain=True,
-                            properties=self._pub_props)
+        info = self.client.publish(self.presence_topic, codec.encode(self.online_message()), qos=1, retain=True,
+                                   properties=self._pub_props)
+        self._watched[info.mid] = ("publish", [self.presence_topic])
+
+    @property
+    def serving(self) -> bool:
+        """Connected, and the broker granted the control-topic subscription and accepted the
+        retained presence (a SUBACK/PUBACK refusal, 0x87 "Not authorized" from an ACL: clients
+        can neither find nor reach this server, so it is not serving)."""
+        refused = self.refusals.by_topic
+        return (self.connected.is_set() and f"subscribe {self.control_topic}" not in refused
+                and f"publish {self.presence_topic}" not in refused)
+
+    def _judged(self, mid: int, codes: list[Any]) -> None:
+        """A watched SUBACK/PUBACK: record refusals; try a refused control subscription or
+        presence again in 30 s (an ACL may be fixed meanwhile, e.g. live with dynsec)."""
+        kind, watched = self._watched.pop(mid)
+        if self.refusals.update(kind, watched, codes if kind == "subscribe" else codes * len(watched)):
+            self.loop.call_later(REFUSAL_RETRY_S, self._retry_refused)
+        if not self._watched:
+            self.settled.set()
+
+    def _retry_refused(self) -> None:
+        if not self.connected.is_set():
+            return  # the next connect subscribes and publishes anyway
+        refused = self.refusals.by_topic
+        if f"subscribe {self.control_topic}" in refused:
+            qos = self.settings.qos_rpc
+            _, mid = self.client.subscribe([(self.control_topic, SubscribeOptions(
+                qos=qos, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))])
+            if mid is not None:
+                self._watched[mid] = ("subscribe", [self.control_topic])
+        if f"publish {self.presence_topic}" in refused:
+            self.publish_presence()
 
     def update_meta(self, key: str, value: Any) -> bool:
         """Set ``meta[key]`` (e.g. ``catalogDigest``) and, if it changed while connected,
@@ -451,6 +488,7 @@ class MqttServerTransport:
             self._pending_sub.pop(mid, None)
         bad = [c for c in codes if getattr(c, "is_failure", False)]
         if bad:
+            self.refusals.count += 1
             raise TransportError(f"broker refused subscriptions for client {client_id}: {bad}")
 
     def drop_client(self, client_id: str, *, notify: bool) -> None:
@@ -482,9 +520,11 @@ class MqttServerTransport:
             "qos0_queued": len(self._qos0), "drops": drops, "rtt_ms": s.rtt_ms,
             "early_losses": s.early_losses, "takeovers": s.takeovers, "server_id_conflict": s.server_id_conflict,
             "published": s.published, "received": s.received, "malformed": s.malformed,
+            "redelivered": s.redelivered,
             # messages paho would have closed the connection over (U+FEFF, NUL, invalid UTF-8 in
             # a property or the topic), dropped by the adapter (edge_agent.mqtt.loop.malformed_reason)
             "dropped_malformed": self.driver.malformed(self.client), "retained_dropped": s.retained_dropped,
+            "serving": self.serving, "refused": dict(self.refusals.by_topic), "refusals": self.refusals.count,
             "keepalive_s": self.settings.keepalive, "session_expiry_s": self.settings.session_expiry,
             "sessions": self.session_counters() if self.session_counters is not None else None,
         }
@@ -514,7 +554,11 @@ class MqttServerTransport:
                                                       retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))]
         for cid in self.clients:
             subs.extend(self._client_filters(cid))
-        self.client.subscribe(subs)
+        self.settled.clear()
+        self._watched.clear()
+        _, mid = self.client.subscribe(subs)
+        if mid is not None:
+            self._watched[mid] = ("subscribe", [t for t, _ in subs])
         self.publish_presence()
         self._drain()
         self.connected.set()
@@ -531,6 +575,8 @@ class MqttServerTransport:
         # logged by the Connection, which knows how the loss is judged
 
     def _on_publish(self, client, userdata, mid, reason_code, properties) -> None:
+        if mid in self._watched:
+            self._judged(mid, [reason_code])
         self._acked(mid, reason_code)
 
     def _acked(self, mid: int, reason_code: Any) -> None:
@@ -552,6 +598,8 @@ class MqttServerTransport:
         self._subacked(mid, reason_codes)
 
     def _subacked(self, mid, reason_codes) -> None:
+        if mid in self._watched:
+            self._judged(mid, list(reason_codes or []))
         fut = self._pending_sub.get(mid)
         if fut is not None and not fut.done():
             fut.set_result(list(reason_codes or []))
@@ -593,6 +641,8 @@ class MqttServerTransport:
         topic is also subscribed with Retain Handling 2 (MQTT 5 §3.8.3.1: no retained messages
         at subscribe), so the broker does not even send it; the check covers brokers that do."""
         self.stats.received += 1
+        if dup:
+            self.stats.redelivered += 1
         parsed = topics.parse(topic)
         if parsed is None:
             return False

@@ -49,8 +49,10 @@ log = logging.getLogger(__name__)
 __all__ = ["LOG_LEVELS", "SUPPORTED_VERSIONS", "McpServer", "ServerInfo", "Session", "stale_message"]
 
 # A client may bound when a command is still worth executing (Unix time in seconds, or an
-# RFC 3339 string) in params._meta; destructive tools refuse to run after it.
-DEADLINE_META = "io.edge-agent/deadline"
+# RFC 3339 string) in params._meta; tools that are not read-only refuse to run after it (plus
+# McpServer.deadline_skew, for the two wall clocks). Our cloud client stamps it on every request.
+DEADLINE_META = "dev.edge-agent/deadline"
+LEGACY_DEADLINE_META = "io.edge-agent/deadline"  # (the name before the dev.edge-agent/ prefix)
 
 Send = Callable[[dict[str, Any]], None]
 
@@ -137,6 +139,8 @@ class McpServer(Dispatcher):
         self.tasks: Any = None
         # the device's durable reply cache (edge_agent.device.journal.ReplyJournal), or None
         self.reply_store: Any = None
+        # seconds a _meta deadline is stretched by: the client's and this device's clocks differ
+        self.deadline_skew = 2.0
         # awaited before each answer is sent (the device: a changed session is on disk first), or None
         self.before_send: Callable[[Session], Awaitable[None]] | None = None
         add = self.table.add
@@ -433,12 +437,19 @@ class McpServer(Dispatcher):
         meta = params.get("_meta") or {}
         if not isinstance(meta, dict):
             raise RpcError(INVALID_PARAMS, "tools/call: params._meta must be an object")
+        # the earlier of: the MQTT Message Expiry as it reached us (received + what was left; a
+        # redelivery after a link cut may carry the whole interval again), and the client's
+        # absolute deadline in _meta plus the clock-skew allowance; checked for every tool that
+        # is not read-only however late the call got (broker queue, DUP redelivery, a redelivery
+        # after an agent crash), and again by the runtime once the driver is free
         deadline = req.deadline if req is not None else None
+        key = DEADLINE_META if DEADLINE_META in meta else LEGACY_DEADLINE_META
         try:
-            deadline = _earliest(deadline, _parse_deadline(meta.get(DEADLINE_META)))
+            stamped = _parse_deadline(meta.get(key))
         except ValueError as exc:
-            return _tool_error(f"{name}: bad {DEADLINE_META}: {exc}")
-        destructive = bool((tool.annotations or {}).get("destructiveHint"))
+            return _tool_error(f"{name}: bad {key}: {exc}")
+        deadline = _earliest(deadline, stamped + self.deadline_skew if stamped is not None else None)
+        destructive = not (tool.annotations or {}).get("readOnlyHint")  # (anything that moves or changes)
         if deadline is not None and destructive and time.time() > deadline:
             return _tool_error(stale_message(name, deadline))
         if tool.meta.get(modern.CONFIRM_META) and session.modern \
