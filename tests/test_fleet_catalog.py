@@ -139,3 +139,16 @@ async def test_warm_listing_is_served_without_work(broker, fleet):
         assert cached[0] == gw.fleet.generation
         await s.list_tools()
         assert gw._aggregated["tools"] is cached  # the same list object: nothing recomputed
+        # the later pages, once sent, go out again as they were (no SDK re-serialization)
+        page_cache = next(m for m in gw.server.middleware if type(m).__name__ == "PageCache")
+        hits = page_cache.hits
+        second = []
+        cursor = None
+        while True:
+            page = await s.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+            second += [t.name for t in page.tools]
+            cursor = page.next_cursor
+            if not cursor:
+                break
+        assert second == first
+        assert page_cache.hits - hits == -(-4 * N // 7) - 1  # every page but the first

@@ -115,3 +115,47 @@ class CatalogStore:
         if old.get("prompts") != new.get("prompts"):
             out.append("prompts")
         return out
+
+
+LIST_METHODS = {"tools/list": "tools", "resources/list": "resources", "resources/templates/list": "templates",
+                "prompts/list": "prompts"}
+
+
+class PageCache:
+    """Server middleware of the gateway (flat mode): the later pages of an aggregated list that
+    has not changed are answered in their wire form, kept from the first time they were sent.
+
+    The ``mcp`` SDK validates and re-dumps every list result against the protocol version's
+    schema (``mcp_types.methods.serialize_server_result``, ~20 us per tool): for 10,000 devices'
+    40,000 tools that, not the gateway, was most of a listing. A middleware that answers without
+    ``call_next`` owns its result (``mcp.server.runner``), so a page already serialized for this
+    protocol version, cursor and fleet generation is sent again as it is. First pages (no
+    cursor) always go through the handler (a client's replica pinning happens there). Pages are
+    kept only while the gateway's aggregated list of that kind is current
+    (``Gateway._aggregated``, ``Fleet.generation``).
+    """
+
+    def __init__(self, gateway: Any):
+        self.gateway = gateway
+        self.pages: dict[tuple[str, str | None, str], tuple[int, Any]] = {}
+        self.hits = 0
+
+    async def __call__(self, ctx: Any, call_next: Any) -> Any:
+        kind = LIST_METHODS.get(ctx.method)
+        params = ctx.params if isinstance(getattr(ctx, "params", None), dict) else None
+        cursor = params.get("cursor") if params else None
+        if kind is None or not isinstance(cursor, str) or self.gateway.expose != "flat":
+            return await call_next(ctx)
+        key = (ctx.method, ctx.protocol_version, cursor)
+        generation = self.gateway.fleet.generation
+        hit = self.pages.get(key)
+        if hit is not None and hit[0] == generation:
+            self.hits += 1
+            return hit[1]
+        result = await call_next(ctx)
+        listed = self.gateway._aggregated.get(kind)
+        if listed is not None and listed[0] == generation == self.gateway.fleet.generation:
+            if hit is not None or any(g != generation for g, _ in self.pages.values()):
+                self.pages = {k: v for k, v in self.pages.items() if v[0] == generation}
+            self.pages[key] = (generation, result)
+        return result

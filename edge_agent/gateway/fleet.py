@@ -183,6 +183,9 @@ class Fleet:
         # server-name -> the digest it announced when it said list_changed: until it announces
         # another, its lists are fetched from it (the presence with the new digest may lag)
         self._stale_digest: dict[str, str] = {}
+        # server-name -> digest_of() (a listing asks once per name and page): dropped whenever
+        # its replicas, their presence or _stale_digest change
+        self._digest_memo: dict[str, str | None] = {}
         self._list_locks: dict[tuple[str, str], anyio.Lock] = {}
         self._last_presence = 0.0
         self.retained = RetainedReport()  # the last connection's retained presence burst
@@ -357,9 +360,11 @@ class Fleet:
         if existing is not None:
             old = announced_digest(existing.presence.meta)
             existing.presence = presence  # re-announced (a reconnect); the session, if any, stays
+            self._digest_memo.pop(key[0], None)
             new = announced_digest(presence.meta)
             if new != old:  # its catalog changed: list_changed for the kinds that differ
                 self._stale_digest.pop(key[0], None)
+                self._digest_memo.pop(key[0], None)
                 self._lists.pop(key[0], None)
                 self.generation += 1
                 before = self.catalogs.get(old) if old else None
@@ -375,6 +380,7 @@ class Fleet:
         replica = Replica(presence)
         self.replicas[key] = replica
         self._by_name.setdefault(key[0], {})[key[1]] = replica
+        self._digest_memo.pop(key[0], None)
         if not is_new_name and self.digest_of(key[0]) != newest:  # a newer release: listed from now on
             self.generation += 1
             self._lists.pop(key[0], None)
@@ -392,6 +398,7 @@ class Fleet:
         del self.replicas[replica.key]
         same_name = self._by_name.get(replica.server_name, {})
         same_name.pop(replica.server_id, None)
+        self._digest_memo.pop(replica.server_name, None)
         if not same_name:
             self._by_name.pop(replica.server_name, None)
         replica.online = False
@@ -581,6 +588,7 @@ class Fleet:
         digest = self.digest_of(server_name)
         if digest is not None:
             self._stale_digest[server_name] = digest
+            self._digest_memo.pop(server_name, None)
         cache = self._lists.get(server_name, {})
         cache.pop(kind, None)
         if kind == "resources":
@@ -631,11 +639,17 @@ class Fleet:
     def digest_of(self, server_name: str) -> str | None:
         """The catalog digest the first replica (by server-id) of ``server_name`` announces
         (None: none, or the device said list_changed since it announced it)."""
+        try:
+            return self._digest_memo[server_name]
+        except KeyError:
+            pass
         same_name = self._by_name.get(server_name)
         if not same_name:
             return None
         digest = self.balancer.newest_digest(list(same_name.values()))  # rolling upgrade: the newest
-        return None if digest is not None and self._stale_digest.get(server_name) == digest else digest
+        digest = None if digest is not None and self._stale_digest.get(server_name) == digest else digest
+        self._digest_memo[server_name] = digest
+        return digest
 
     def cached_items(self, server_name: str, kind: str) -> list[dict[str, Any]] | None:
         """The items of ``kind`` of ``server_name`` if known without a request: from the catalog

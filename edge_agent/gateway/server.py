@@ -52,6 +52,7 @@ from edge_agent import __version__
 from edge_agent.client.discovery import catalog_digest
 from edge_agent.gateway import tasks as gateway_tasks
 from edge_agent.gateway.balance import with_digest
+from edge_agent.gateway.catalog import PageCache
 from edge_agent.gateway.fleet import DeviceGone, DeviceUnavailable, Fleet, Replica
 from edge_agent.gateway.listen import GatewayListen, modern_results
 from edge_agent.gateway.names import (
@@ -201,6 +202,7 @@ class Gateway:
         self.listen = GatewayListen(self)  # 2026-07-28 subscriptions/listen
         self.server = self._build_server()
         self.server.middleware.append(_RegisterClient(self))
+        self.server.middleware.append(PageCache(self))  # later pages of an unchanged list: as sent before
         gateway_tasks.TaskPassthrough(self).install()
 
     @property
@@ -536,10 +538,11 @@ class Gateway:
         if getattr(params, "cursor", None) is None:
             client.digests.clear()  # listing again: pinned to what this listing shows (the newest)
         out = self._page(await self._aggregate(ctx, "tools", self._rename_tool), params, "tools")
-        for name in self.fleet.server_names():
-            digest = self.fleet.digest_of(name)
-            if digest is not None and name not in client.digests:
-                client.digests[name] = digest
+        if getattr(params, "cursor", None) is None:  # once per listing, not per page (10,000 names)
+            for name in self.fleet.server_names():
+                digest = self.fleet.digest_of(name)
+                if digest is not None and name not in client.digests:
+                    client.digests[name] = digest
         return out
 
     async def _list_resources(self, ctx: Any, params: Any) -> dict[str, Any]:
