@@ -132,6 +132,11 @@ async def _run(config, args: argparse.Namespace) -> int:
             notifier.status(f"failed: {type(exc).__name__}: {exc}")
             raise
         await service.presence_sent(agent)
+        if not await service.until_serving(agent, notifier, stop):  # the broker refuses us: no READY
+            supervisor.cancel()
+            notifier.stopping("stopping: it never could serve")
+            await agent.stop()
+            return 0
         ready.set()
         notifier.ready(service.agent_status(agent))
         log.info("serving %s as %s on %s with %d tools, %d resources", config.device.server_name,

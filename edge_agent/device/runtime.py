@@ -385,7 +385,8 @@ class Agent:
         link: dict[str, Any] = {"broker": str(parse_broker_url(self.broker_url))}
         if transport is not None:
             full = transport.link_health()
-            link = {k: full[k] for k in ("connected", "broker", "reconnects", "last_outage_s", "rtt_ms")}
+            link = {k: full[k] for k in ("connected", "serving", "refused", "broker", "reconnects", "last_outage_s",
+                                         "rtt_ms")}
             link["outbox"] = full["outbox"]["messages"]
         return {
             "status": overall,

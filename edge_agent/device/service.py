@@ -258,6 +258,9 @@ def _connecting_status(agent: "Agent", elapsed: float) -> str:
     from edge_agent.mqtt.broker_url import parse_broker_url
 
     transport = agent.endpoint.transport if agent.endpoint else None
+    if transport is not None and transport.connected.is_set() and transport.refusals.by_topic:
+        refused = "; ".join(f"{k}: {v}" for k, v in transport.refusals.by_topic.items())
+        return f"cannot serve: {refused}"[:MAX_STATUS_CHARS]
     link = transport.link_health() if transport is not None else {}
     brokers = ", ".join(str(parse_broker_url(u)) for u in getattr(agent, "broker_urls", [agent.broker_url]))
     error = f"; last error: {link['last_error']}" if link.get("last_error") else ""
@@ -276,6 +279,45 @@ async def presence_sent(agent: "Agent", timeout: float = 2.0) -> bool:
         if time.monotonic() > deadline:
             return False
         await asyncio.sleep(0.005)
+    return True
+
+
+async def refused(agent: "Agent", timeout: float = 10.0) -> str | None:
+    """After connecting: wait (at most ``timeout`` s) for the broker's SUBACK of the control
+    topic and PUBACK of the presence, then say what it refused (``"subscribe $mcp-server/...:
+    Not authorized (0x87)"``), or None when the agent can serve. An agent the broker refuses
+    must not report READY nor "serving": no client could find or reach it."""
+    transport = agent.endpoint.transport if agent.endpoint else None
+    if transport is None:
+        return "not started"
+    try:
+        await asyncio.wait_for(transport.settled.wait(), timeout)
+    except asyncio.TimeoutError:
+        pass  # no answer is no refusal: a slow broker; the STATUS line keeps telling
+    if transport.serving:
+        return None
+    if not transport.connected.is_set():
+        return "the broker connection was lost"
+    return "; ".join(f"{k}: {v}" for k, v in transport.refusals.by_topic.items()) or "the broker refused"
+
+
+async def until_serving(agent: "Agent", notifier: Notifier, stop: asyncio.Event) -> bool:
+    """While the broker refuses what the agent needs (:func:`refused`), log it once and keep
+    ``STATUS=`` saying so (no ``READY=1``; the transport asks again every 30 s); True once it
+    serves, False if ``stop`` was set first."""
+    problem = await refused(agent)
+    said = None
+    while problem is not None:
+        if problem != said:
+            log.error("cannot serve: %s; not ready until the broker allows it (asked again every 30 s)", problem)
+            notifier.status(f"cannot serve: {problem}"[:MAX_STATUS_CHARS])
+            said = problem
+        try:
+            await asyncio.wait_for(stop.wait(), 1.0)
+            return False
+        except asyncio.TimeoutError:
+            pass
+        problem = await refused(agent, 0.0)
     return True
 
 

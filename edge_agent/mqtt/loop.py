@@ -46,7 +46,8 @@ from edge_agent.mqtt.reconnect import Loss, ReconnectPolicy
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Connection", "DecodedProperties", "LoopDriver", "PackedProperties", "malformed_reason", "nodelay"]
+__all__ = ["Connection", "DecodedProperties", "LoopDriver", "PackedProperties", "Refusals", "malformed_reason",
+           "nodelay"]
 
 
 def nodelay(sock: Any) -> None:
@@ -218,6 +219,36 @@ def malformed_reason(message: mqtt.MQTTMessage) -> str | None:
     if "\x00" in topic:
         return "topic: [MQTT-1.5.4-2] Null found in UTF-8 data"
     return None
+
+
+class Refusals:
+    """What the broker refused, by ``"subscribe TOPIC"`` / ``"publish TOPIC"``: the SUBACK or
+    PUBACK reason (``"Not authorized (0x87)"``, ``"Unspecified error (0x80)"``). A refusal is
+    logged at error once (until it is granted again, which removes it); ``count`` counts all.
+    """
+
+    def __init__(self, logger: logging.Logger = log):
+        self.by_topic: dict[str, str] = {}
+        self.count = 0
+        self.log = logger
+
+    def update(self, kind: str, topics: Sequence[str], codes: Sequence[Any]) -> list[str]:
+        """Record the reason codes of one SUBACK (``kind`` ``"subscribe"``, one code per topic)
+        or PUBACK (``"publish"``); returns the keys refused now."""
+        refused = []
+        for topic, code in zip(topics, codes):
+            key = f"{kind} {topic}"
+            if getattr(code, "is_failure", False):
+                value = getattr(code, "value", None)
+                text = f"{code} (0x{value:02x})" if isinstance(value, int) else str(code)
+                if key not in self.by_topic:
+                    self.log.error("the broker refused to let us %s: %s (check its ACL for this user)", key, text)
+                self.by_topic[key] = text
+                self.count += 1
+                refused.append(key)
+            elif self.by_topic.pop(key, None) is not None:
+                self.log.info("the broker now lets us %s", key)
+        return refused
 
 
 class _Guarded:

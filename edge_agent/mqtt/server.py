@@ -105,6 +105,7 @@ class LinkStats:
     last_outage_s: float | None = None
     rtt_ms: float | None = None
     qos0_dropped: int = 0
+    qos0_unconfirmed: int = 0  # QoS 0 messages sent into a connection that then died
     early_losses: int = 0  # connections that ended before they were stable
     takeovers: int = 0  # losses judged a session takeover (reported 0x8E or suspected)
     server_id_conflict: str | None = None  # None, "reported" (0x8E) or "suspected"
@@ -160,6 +161,10 @@ class MqttServerTransport:
         self.outbox = Outbox(self.store, max_messages=self.settings.outbox_max_messages,
                              max_bytes=self.settings.outbox_max_bytes)
         self._inflight: dict[int, tuple[int, int, float]] = {}  # mid -> (row id, size, sent monotonic)
+        # stored rows waiting for a free slot in paho's in-flight window (max_inflight), oldest first
+        self._waiting: collections.OrderedDict[int, StoredRow] = collections.OrderedDict()
+        self._qos0_sent: collections.deque[float] = collections.deque(maxlen=65536)  # monotonic
+        self._last_heard = 0.0  # monotonic time of the last packet from the broker we saw
         self._held: dict[int, StoredRow] = {}  # published with hold, not released yet
         self._qos0: collections.deque[tuple[str, bytes, str | None]] = collections.deque()
         self._pending_sub: dict[int, asyncio.Future] = {}
@@ -354,6 +359,8 @@ class MqttServerTransport:
             return None
         row = self.outbox.add(topic, payload, qos=qos, retain=retain, kind=kind, content_type=content_type,
                               expires=expires, in_flight=(r for r, _, _ in self._inflight.values()))
+        for gone in self.outbox.last_dropped:
+            self._waiting.pop(gone, None)
         if row is None:
             return None
         if hold:
@@ -381,9 +388,16 @@ class MqttServerTransport:
                 props.MessageExpiryInterval = max(1, int(expires - time.time()))
         info = self.driver.publish(self.client, topic, payload, qos=qos, retain=retain, properties=props)
         self.stats.published += 1
+        if qos == 0:
+            self._qos0_sent.append(time.monotonic())
         return info
 
     def _send_row(self, row: StoredRow) -> None:
+        """Hand a stored row to paho, or, while paho's in-flight window is full, queue it here
+        (where the outbox policy still reaches it)."""
+        if len(self._inflight) >= self.settings.max_inflight:
+            self._waiting[row.id] = row
+            return
         if row.expires is not None and row.expires <= time.time():
             self.outbox.ack(row.id, row.size)
             self.outbox.drops["expired"] += 1
@@ -400,6 +414,7 @@ class MqttServerTransport:
         """After a (re)connect: send stored rows not already in paho's hands, oldest first,
         then the QoS 0 messages held while offline."""
         held = set(self._held)
+        self._waiting.clear()
         for row in self.outbox.pending(exclude=[r for r, _, _ in self._inflight.values()] + list(held)):
             self._send_row(row)
         while self._qos0:
@@ -511,11 +526,14 @@ class MqttServerTransport:
         drops = dict(self.outbox.drops)
         if s.qos0_dropped:
             drops["qos0_queue_full"] = s.qos0_dropped
+        if s.qos0_unconfirmed:
+            drops["qos0_unconfirmed"] = s.qos0_unconfirmed
         return {
             "connected": self.connected.is_set(), "broker": s.broker, "profile": self.settings.profile,
             "connects": s.connects, "reconnects": max(0, s.connects - 1), "failed_attempts": s.failed_attempts,
             "current_outage_s": outage, "last_outage_s": s.last_outage_s, "last_error": s.last_error,
             "outbox": {"messages": self.outbox.depth, "bytes": self.outbox.size, "in_flight": len(self._inflight),
+                       "waiting": len(self._waiting),
                        "max_messages": self.outbox.max_messages, "max_bytes": self.outbox.max_bytes},
             "qos0_queued": len(self._qos0), "drops": drops, "rtt_ms": s.rtt_ms,
             "early_losses": s.early_losses, "takeovers": s.takeovers, "server_id_conflict": s.server_id_conflict,
@@ -568,6 +586,15 @@ class MqttServerTransport:
     def _disconnected(self, reason_code) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        # QoS 0 messages written after the broker's last sign of life (a PUBACK, a message; at
+        # the latest the PINGRESP 1.5 keepalives ago) went into a connection that died: counted
+        # as lost (some may have arrived: nobody can tell)
+        since = max(self._last_heard, time.monotonic() - 1.5 * self.settings.keepalive)
+        lost = sum(1 for t in self._qos0_sent if t > since)
+        self._qos0_sent.clear()
+        if lost and not self._stopping:
+            self.stats.qos0_unconfirmed += lost
+            self.store.count("qos0_unconfirmed", lost)
         if was:
             self.stats.disconnects += 1
             self.stats.outage_started = time.monotonic()
@@ -580,6 +607,7 @@ class MqttServerTransport:
         self._acked(mid, reason_code)
 
     def _acked(self, mid: int, reason_code: Any) -> None:
+        self._last_heard = time.monotonic()
         waiter = self._published.pop(mid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(reason_code)
@@ -593,6 +621,8 @@ class MqttServerTransport:
             self.outbox.drops["refused_by_broker"] += 1
             self.store.count("refused_by_broker")
         self.outbox.ack(row_id, size)
+        while self._waiting and len(self._inflight) < self.settings.max_inflight and self.connected.is_set():
+            self._send_row(self._waiting.popitem(last=False)[1])  # a slot in paho's window is free
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         self._subacked(mid, reason_codes)
@@ -605,6 +635,7 @@ class MqttServerTransport:
             fut.set_result(list(reason_codes or []))
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
+        self._last_heard = time.monotonic()
         ack = self._acker(message.mid, message.qos) if self.settings.ack_when_handled and message.qos else None
         self._route(message.topic, bytes(message.payload), message.properties, time.time(), message.retain, ack,
                     bool(message.dup))
