@@ -21,7 +21,7 @@ BOARD = sorted((MPY / "edgemcp").glob("*.py")) + sorted((MPY / "edgemcp" / "core
 # ssl and ntptime are frozen into ESP32_GENERIC (ports/esp32/boards/manifest.py: bundle-networking).
 MICROPYTHON_MODULES = {"asyncio", "binascii", "gc", "json", "machine", "math", "micropython", "network",
                        "ntptime", "socket", "ssl", "sys", "time", "edgemcp"}
-HOST_ONLY = {"js", "host", "hostio", "rtc"}
+HOST_ONLY = {"js", "host", "hostio", "hostworld", "rtc"}
 # Loaded only when configured (Wi-Fi/DNS, TLS, NTP, a serial line): a byte budget of their own.
 OPTIONAL = {"net.mpy", "tls.mpy", "clock.mpy", "stdio.mpy"}
 

@@ -1,15 +1,21 @@
 """The heap budget of the MicroPython subset, measured under MicroPython by bench/mp_memory.py:
-the board online and idle plus its most demanding operation stays under 68 KB.
+the board online and idle plus its most demanding operation (every byte allocated, GC off: an
+upper bound) stays under 76 KB under the WebAssembly port.
 
 It was 48 KB (46 KB measured) while the board had its own copy of the protocol rules; built
 from the shared core (edge_agent/core, issue 11) the imports cost 48 KB instead of 30 KB of
-heap when loaded as .mpy from the filesystem. Winning that back (freezing edgemcp and the core
-into the firmware, so bytecode stays in flash; a slimmer board build) is the ESP32 issue's
-work: lower these figures with it, never raise them silently."""
+heap when loaded as .mpy from the filesystem (68 KB budget). Issue 16 raised it to 76 KB (72.6
+measured): the persistent session, Receive Maximum, Retain Handling 2, the server/discover
+answer, the millisecond timestamp and the optional modules' hooks in device.py cost ~1 KB of
+bytecode, and this measurement's import row moves by a few KB with the interpreter's qstr pool
+(which grows in chunks, charged to whoever crosses the boundary). The reference figures are
+now the fixed-heap, real-GC ones of ``bench/mp_memory.py --fixed`` on a 32-bit unix build
+(docs/esp32.md "Memory"), checked by test_fixed_heap_figures when that build is given."""
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 from pathlib import Path
 
@@ -34,7 +40,25 @@ def test_peak_heap_is_within_budget():
     print("\n" + bench.table(rows))
     operations = [r for r in rows if r["live_peak"] is not None]
     assert len(operations) == 5 and not any("INCOMPLETE" in r["note"] for r in rows)
-    assert by_what["import edgemcp"]["bytes"] < 50 * 1024
+    assert by_what["import edgemcp"]["bytes"] < 58 * 1024
     assert all(r["bytes"] < 10 * 1024 for r in operations), bench.table(rows)
     assert all(abs(r["left"]) < 512 for r in operations), "an operation leaks: " + bench.table(rows)
     assert bench.peak(rows) < bench.BUDGET, bench.table(rows)
+
+
+def test_fixed_heap_figures():
+    """With a real GC in a heap that cannot grow, on a 32-bit unix MicroPython with edgemcp
+    frozen (``bench/mp_memory.py --build-unix CHECKOUT`` builds it; EDGEMCP_UNIX32 names it):
+    the figures docs/esp32.md gives, as budgets (KB above the interpreter baseline)."""
+    binary = os.environ.get("EDGEMCP_UNIX32")
+    if not binary:
+        pytest.skip("EDGEMCP_UNIX32 not set: no 32-bit unix MicroPython with edgemcp frozen on this machine")
+    bench = load_bench()
+    _, rows = bench.fixed_table(Path(binary), wasm=False)
+    fig = {r["how"]: r for r in rows}
+    kb = 1024
+    assert fig["unix-frozen"]["idle"] < 21 * kb and fig["unix-frozen"]["peak"] < 27 * kb
+    assert fig["unix-frozen"]["burst"] < 36 * kb
+    assert fig["unix-mpy"]["idle"] < 46 * kb and fig["unix-mpy"]["peak"] < 52 * kb
+    assert fig["unix-mpy"]["burst"] < 60 * kb
+    assert all(abs(r["left"] - r["idle"]) < 9 * kb for r in rows)  # one session's state, no leak

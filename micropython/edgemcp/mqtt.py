@@ -19,9 +19,12 @@ class MQTTClient:
     exponential backoff (``min_delay`` .. ``max_delay`` ms, default 1 s .. 30 s, plus 0..511 ms
     of jitter); ``network`` (optional, ``async``) brings the
     network up first (Wi-Fi). After each CONNACK it calls ``await on_up()`` (subscribe and
-    announce there). Received PUBLISHes wait in a bounded queue (``queue_len``; beyond it the
-    oldest is dropped and counted in ``drops``): ``await get()`` returns ``(topic, payload,
-    property block)``. ``max_packet``: bytes of the preallocated input buffer, sent in CONNECT
+    announce there). Received PUBLISHes wait in a bounded queue (``queue_len``): ``await get()``
+    returns ``(topic, payload, property block)``. A QoS 1 message is acknowledged when ``get()``
+    takes it, and CONNECT's Receive Maximum is ``queue_len``, so the broker holds the rest of a
+    burst instead of the board's heap (a broker that sends more anyway: the oldest is dropped
+    and counted in ``drops``). With a persistent session (``clean=False``, ``expiry``), a
+    message still queued when the link is lost is dropped: the broker sends it again. ``max_packet``: bytes of the preallocated input buffer, sent in CONNECT
     as the Maximum Packet Size; a longer packet (from a broker that ignores it) is skipped
     unparsed and counted in ``too_big``. ``timeout`` (s): for the connection, the CONNACK,
     each write to drain and each acknowledgement; a write that cannot drain in time fails
@@ -117,7 +120,8 @@ class MQTTClient:
         except Exception:
             pass
         self._r, self._w = r, w
-        await self._send(m.connect(self.client_id, self.keepalive, max_packet=len(self._mv), **self.connect_args))
+        await self._send(m.connect(self.client_id, self.keepalive, max_packet=len(self._mv), receive_max=self._qlen,
+                                   **self.connect_args))
         first, n = await asyncio.wait_for_ms(self._read_packet(), self.timeout)
         _, rc, props = m.dec_connack(self._mv[:n]) if first >> 4 == m.CONNACK else (0, -1, 0)
         if rc:
@@ -216,19 +220,20 @@ class MQTTClient:
                 body = self._mv[:n]
                 if t == m.PUBLISH:
                     topic, qos, retain, pid, props, i = m.dec_publish(first & 15, body)
-                    if qos:
-                        await self._send(m.puback(pid))
                     self.received += 1
+                    pid = pid if qos else 0
                     if retain:  # a planted retained request would replay at every (re)connect
                         self.retained += 1
+                        await self._ack((0, 0, 0, pid, self.connects))
                         continue
                     if len(self._q) >= self._qlen:
-                        self._q.pop(0)
+                        await self._ack(self._q.pop(0))
                         self.drops += 1
                     try:
-                        self._q.append((topic, bytes(body[i:]), props))
+                        self._q.append((topic, bytes(body[i:]), props, pid, self.connects))
                     except MemoryError:  # no room for this message: it is lost, not the link
                         self.drops += 1
+                        await self._ack((0, 0, 0, pid, self.connects))
                     self._qev.set()
                 elif t in (m.PUBACK, m.SUBACK, m.UNSUBACK):
                     pid, codes = m.dec_ack(t, body)
@@ -259,12 +264,26 @@ class MQTTClient:
         await a[0].wait()
         return a[1]
 
+    async def _ack(self, item):
+        # PUBACK a QoS 1 message (topic, payload, props, packet id, link), on its own link only
+        if item[3] and item[4] == self.connects and self.up:
+            try:
+                await self._send(m.puback(item[3]))
+            except Exception as e:
+                self._fail(repr(e))
+
     async def get(self):
-        """The next received message ``(topic, payload, props)``, oldest first."""
-        while not self._q:
-            self._qev.clear()
-            await self._qev.wait()
-        return self._q.pop(0)
+        """The next received message ``(topic, payload, props)``, oldest first; a QoS 1
+        message is acknowledged now (the broker then sends the next one)."""
+        while True:
+            while not self._q:
+                self._qev.clear()
+                await self._qev.wait()
+            item = self._q.pop(0)
+            if item[3] and item[4] != self.connects and self.connect_args.get("expiry"):
+                continue  # from a lost link: the broker sends it again on this one
+            await self._ack(item)
+            return item[0], item[1], item[2]
 
     async def publish(self, topic, payload, retain=False, qos=None, tries=3):
         """Publish; QoS 1 waits for the PUBACK and resends (DUP) after a lost link. True once

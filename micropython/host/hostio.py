@@ -3,7 +3,6 @@
 # library uses on a board, and asyncio.open_connection / asyncio.run supplied where the port
 # lacks them. Nothing here is copied to a board.
 import asyncio
-import json
 
 import host
 import js
@@ -58,36 +57,6 @@ async def open_connection(hostname, port, ssl=None, server_hostname=None):
     return s, s
 
 
-def world():
-    """The test's description of the board's surroundings (board.mjs ``--world`` file, JSON,
-    read at every call): access point, DNS table, NTP reachable, cold clock."""
-    return json.loads(host.world())
-
-
-_counts = {}
-
-
-def count(what):
-    _counts[what] = _counts.get(what, 0) + 1
-
-
-def counts():
-    """How often the shims were used: ``dns`` queries, ``ntp`` settings, ``wlan_connects``."""
-    return _counts
-
-
-def real_time():
-    """UTC now, Unix seconds (what an NTP server answers)."""
-    return host.now()
-
-
-def set_clock(t):
-    """Set the board clock (micropython/host/rtc.py when the world's clock is cold)."""
-    import time as clock
-    if hasattr(clock, "set_clock"):
-        clock.set_clock(t)
-
-
 def serial(fd=None):
     """The board's serial line: a stream pair over the inherited file descriptor ``fd``
     (default: board.mjs's ``--serial-fd``)."""
@@ -100,7 +69,7 @@ _tasks = []
 
 def install():
     asyncio.open_connection = open_connection
-    if world().get("clock") == "cold":  # the board's RTC after a cold boot: 2000-01-01
+    if '"cold"' in host.world():  # --world: the board's RTC after a cold boot, 2000-01-01
         import sys
 
         import rtc

@@ -9,7 +9,7 @@
 # access point in range.
 import time
 
-import hostio
+import hostworld as hostio
 
 STA_IF = 0
 AP_IF = 1

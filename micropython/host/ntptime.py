@@ -3,7 +3,7 @@
 # RTC after a cold boot when the world file says ``"clock": "cold"``) to the real UTC time when
 # the world file's ``"ntp"`` is true (the default), else it fails as the real one does when
 # the server does not answer (``OSError(110)``, ETIMEDOUT after ``timeout`` s).
-import hostio
+import hostworld as hostio
 
 host = "pool.ntp.org"
 timeout = 1

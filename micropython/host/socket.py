@@ -4,7 +4,7 @@
 # (board.mjs ``--world``), e.g. ``{"dns": {"mqtt.test": "127.0.0.1"}}``; a name missing from it
 # or ``"dns": null`` (DNS down) raises ``OSError(-202)`` as lwIP does (a negative error number,
 # not ``gaierror``). Every query is counted (``hostio.counts()["dns"]``).
-import hostio
+import hostworld as hostio
 
 AF_INET = 2
 SOCK_STREAM = 1
