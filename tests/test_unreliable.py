@@ -113,15 +113,25 @@ def test_outbox_policy_drops_telemetry_first_and_never_responses():
     for _ in range(3):  # responses go past the bound rather than being lost
         assert box.add("t", b"r", qos=1, retain=False, kind="response", content_type=None, expires=None)
     assert box.depth == 4 and [r.kind for r in box.pending()].count("response") == 4
-    # in-flight rows are never chosen as victims; expired rows are dropped at drain time
+    # telemetry handed to paho (in flight: perhaps into a dead connection) counts against the
+    # policy too, after the telemetry not yet handed over; its late PUBACK is then ignored.
+    # In-flight notifications are never chosen. Expired rows are dropped at drain time.
     store2 = Store(":memory:")
-    box2 = Outbox(store2, max_messages=1, max_bytes=10_000)
+    box2 = Outbox(store2, max_messages=2, max_bytes=10_000)
+    note = box2.add("t", b"n", qos=1, retain=False, kind="notification", content_type=None, expires=None)
     first = box2.add("t", b"a", qos=1, retain=False, kind="telemetry", content_type=None, expires=None)
-    assert box2.add("t", b"b", qos=1, retain=False, kind="telemetry", content_type=None, expires=None,
-                    in_flight=[first.id]) is None
+    second = box2.add("t", b"b", qos=1, retain=False, kind="notification", content_type=None, expires=None,
+                      in_flight=[note.id, first.id])
+    assert second is not None and box2.drops["outbox_full_telemetry"] == 1
+    assert [r.payload for r in box2.pending()] == [b"n", b"b"]
+    box2.ack(first.id, first.size)  # the dropped row's PUBACK: nothing counted twice
+    assert box2.depth == 2
+    assert box2.add("t", b"c", qos=1, retain=False, kind="notification", content_type=None, expires=None,
+                    in_flight=[note.id, second.id]) is None  # nothing it may push out
+    assert box2.drops["outbox_full_notification"] == 1
     box2.add("t", b"old", qos=1, retain=False, kind="response", content_type=None, expires=time.time() - 1,
-             in_flight=[first.id])
-    assert [r.payload for r in box2.pending()] == [b"a"] and box2.drops["expired"] == 1
+             in_flight=[note.id, second.id])
+    assert [r.payload for r in box2.pending()] == [b"n", b"b"] and box2.drops["expired"] == 1
     assert store2.counters()["expired"] == 1
 
 

@@ -7,11 +7,14 @@ restart every row still in the table is sent again, oldest first. The row id is 
 message's sequence number on the wire (user property ``EDGE-AGENT-SEQ``), so a receiver can
 drop the duplicates that at-least-once delivery produces.
 
-Bounds (count and bytes): when a new row would exceed them, the oldest *telemetry* row not in
-flight is dropped first, then the oldest *notification*; *responses* are never dropped (a
-caller is waiting for them), so only responses can push the outbox past its bounds. A new
-telemetry row that finds nothing older to drop is itself dropped. Every drop is counted by
-reason (``outbox_full_telemetry``, ``outbox_full_notification``, ``expired``).
+Bounds (count and bytes): when a new row would exceed them, the oldest *telemetry* row is
+dropped first (one not yet handed to paho, else one paho holds unacknowledged: what went into
+a dead connection counts against the same policy), then the oldest *notification* not in
+flight; *responses* are never dropped (a caller is waiting for them), so only responses can
+push the outbox past its bounds. A new telemetry row that finds nothing older to drop is
+itself dropped. Every drop is counted by reason (``outbox_full_telemetry``,
+``outbox_full_notification``, ``expired``). The transport hands paho at most its in-flight
+window (``max_inflight``) of rows; the others wait here, where the policy reaches them.
 """
 
 from __future__ import annotations
@@ -129,6 +132,8 @@ class Outbox:
         self.max_messages = max(1, max_messages)
         self.max_bytes = max(1, max_bytes)
         self.drops: Counter[str] = Counter()
+        self.forgotten: set[int] = set()  # dropped while paho held them: their PUBACK is ignored
+        self.last_dropped: list[int] = []  # rows the last add() dropped
         self._count, self._bytes = store.outbox_stats()
 
     @property
@@ -140,6 +145,7 @@ class Outbox:
         return self._bytes
 
     def _drop(self, reason: str, row_id: int, size: int) -> None:
+        self.last_dropped.append(row_id)
         self.store.outbox_delete(row_id)
         self._count -= 1
         self._bytes -= size
@@ -152,12 +158,18 @@ class Outbox:
         (telemetry) message was dropped because nothing older could make room."""
         size = len(payload) + len(topic)
         busy = set(in_flight)
+        self.last_dropped = []
         while self._count + 1 > self.max_messages or self._bytes + size > self.max_bytes:
             victim = None
             for drop_kind in DROP_ORDER:
                 if drop_kind == "notification" and kind == "telemetry":
                     break  # telemetry never pushes out notifications
                 victim = self.store.outbox_oldest(drop_kind, busy)
+                if victim is None and drop_kind == "telemetry" and busy:
+                    victim = self.store.outbox_oldest(drop_kind, ())  # one paho holds (a dead link?)
+                    if victim is not None:
+                        busy.discard(victim.id)
+                        self.forgotten.add(victim.id)
                 if victim is not None:
                     break
             if victim is None:
@@ -175,6 +187,9 @@ class Outbox:
 
     def ack(self, row_id: int, size: int) -> None:
         """The broker acknowledged ``row_id``: forget it."""
+        if row_id in self.forgotten:  # dropped (and counted) while in flight
+            self.forgotten.discard(row_id)
+            return
         self.store.outbox_delete(row_id)
         self._count -= 1
         self._bytes -= size

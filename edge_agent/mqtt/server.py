@@ -607,13 +607,13 @@ class MqttServerTransport:
         self._acked(mid, reason_code)
 
     def _acked(self, mid: int, reason_code: Any) -> None:
-        self._last_heard = time.monotonic()
         waiter = self._published.pop(mid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(reason_code)
         entry = self._inflight.pop(mid, None)
         if entry is None:
-            return
+            return  # (paho also reports a QoS 0 message as published once written: no sign of the broker)
+        self._last_heard = time.monotonic()
         row_id, size, sent = entry
         self.stats.rtt_ms = round((time.monotonic() - sent) * 1000, 2)
         if getattr(reason_code, "is_failure", False):
