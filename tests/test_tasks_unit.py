@@ -122,7 +122,7 @@ async def test_required_task_support_and_capability(tmp_path):
         await manager.close()
 
 
-async def test_restart_stops_a_job_past_its_end_and_resumes_one_before_it(tmp_path):
+async def test_restart_stops_a_job_past_its_end_and_one_that_cannot_resume(tmp_path):
     store = TaskStore(str(tmp_path / "state.sqlite3"))
     now = time.time()
 
@@ -131,7 +131,8 @@ async def test_restart_stops_a_job_past_its_end_and_resumes_one_before_it(tmp_pa
                           3_600_000, now - 10, ends)
 
     store.put(record("a" * 32, now - 3))  # its end passed while the agent was dead
-    store.put(record("b" * 32, now + 30))  # still before its end, but the job is not resumable
+    store.put(record("b" * 32, now + 30))  # still before its end, but this job is not resumable (a resumable one
+    # runs on: tests/test_tasks_restart.py)
     store.close()
     hw = Hardware()
     server, manager, _ = build(tmp_path, hw)
