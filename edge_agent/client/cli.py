@@ -521,6 +521,11 @@ async def _call(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(_dump(result))
         return 1 if result.is_error else 0
+    return _print_tool_result(result)
+
+
+def _print_tool_result(result: Any) -> int:
+    """A ``CallToolResult`` as ``call`` prints it (stderr if ``isError``); the exit code."""
     out = sys.stderr if result.is_error else sys.stdout
     lines = _content_lines(result.content)
     if result.structured_content is not None and not any(getattr(c, "type", None) == "text" for c in result.content):
@@ -604,14 +609,7 @@ async def _task_result(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(raw)
         return 1 if raw.get("isError") else 0
-    result = types.CallToolResult.model_validate(raw)
-    out = sys.stderr if result.is_error else sys.stdout
-    lines = _content_lines(result.content)
-    if result.structured_content is not None and not any(getattr(c, "type", None) == "text" for c in result.content):
-        lines.insert(0, json.dumps(result.structured_content, indent=2, ensure_ascii=False))
-    for line in lines:
-        _print(line, out)
-    return 1 if result.is_error else 0
+    return _print_tool_result(types.CallToolResult.model_validate(raw))
 
 
 async def _read(args: argparse.Namespace) -> int:
