@@ -6,10 +6,11 @@ For each N:
 
 1. A fresh local Mosquitto with its default limits (``max_queued_messages`` 1000,
    ``max_inflight_messages`` 20; the soft ``RLIMIT_NOFILE`` is raised to the hard limit first,
-   the broker inherits it), then N simulated devices in *this* process
+   the broker inherits it), then N simulated devices in a child process of their own
    (:mod:`edge_agent.testing.fleet_sim`: each its own MQTT connection, retained presence with
-   its catalog digest, will and MCP server core; all paho clients driven from the one asyncio
-   loop, no thread each).
+   its catalog digest, will and MCP server core; all paho clients driven from one asyncio
+   loop, no thread each): they stand for other machines, so the client measured here does not
+   share its event loop and garbage collector with them.
 2. ``edge-agent devices --json`` as a child process, ``--repeat`` times: wall time from spawn
    to exit, and how many devices it listed (all N, or the run fails).
 3. ``--repeat`` times: the gateway as a child process over stdio (``python -m edge_agent
@@ -34,6 +35,7 @@ import argparse
 import asyncio
 import gc
 import json
+import multiprocessing
 import os
 import platform
 import random
@@ -44,6 +46,7 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 try:
@@ -174,20 +177,47 @@ def devices_command(broker_url: str, n: int) -> tuple[float, int]:
     return elapsed, len(json.loads(done.stdout))
 
 
-async def run_size(n: int, args: argparse.Namespace, log_dir: Path) -> Row:
-    raise_nofile(n + 500)
-    with LocalBroker() as broker:  # Mosquitto's defaults: no limit raised
+def run_devices(broker_url: str, n: int, conn: Connection) -> None:
+    """The simulated fleet's own process (they stand for other machines: the client measured
+    here must not share its event loop and collector with 10,000 paho clients). Sends
+    ("up", seconds) or ("error", message), then runs until anything arrives on ``conn``."""
+    async def body() -> None:
         driver = LoopDriver(asyncio.get_running_loop())
         t = time.perf_counter()
         try:
-            devices = await start_fleet(broker.url, n, driver=driver, name_prefix=NAME_PREFIX, batch=200)
+            devices = await start_fleet(broker_url, n, driver=driver, name_prefix=NAME_PREFIX, batch=200)
         except (OSError, ConnectionError) as exc:
-            raise BenchError(f"starting {n} simulated devices failed: {exc}") from exc
-        row = Row(n=n, devices_up_s=time.perf_counter() - t)
-        # the devices stand for other machines: keep their objects out of this process's
-        # collector, whose full passes would otherwise slow the client measured here
+            conn.send(("error", f"starting {n} simulated devices failed: {exc}"))
+            return
         gc.collect()
         gc.freeze()
+        conn.send(("up", time.perf_counter() - t))
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)
+        for d in devices:
+            d.kill()
+        driver.close()
+
+    raise_nofile(n + 500)
+    anyio.run(body)
+
+
+def fleet_names(n: int) -> list[str]:
+    """The server-names :func:`start_fleet` gives N devices."""
+    width = max(4, len(str(n - 1)))
+    return [f"{NAME_PREFIX}/dev-{i:0{width}d}" for i in range(n)]
+
+
+async def run_size(n: int, args: argparse.Namespace, log_dir: Path) -> Row:
+    raise_nofile(n + 500)
+    with LocalBroker() as broker:  # Mosquitto's defaults: no limit raised
+        ctx = multiprocessing.get_context("spawn")
+        ours, theirs = ctx.Pipe()
+        fleet = ctx.Process(target=run_devices, args=(broker.url, n, theirs), daemon=True)
+        fleet.start()
+        status, value = await asyncio.get_running_loop().run_in_executor(None, ours.recv)
+        if status != "up":
+            raise BenchError(str(value))
+        row = Row(n=n, devices_up_s=float(value))
         try:
             for _ in range(args.repeat):
                 elapsed, listed = await asyncio.to_thread(devices_command, broker.url, n)
@@ -197,12 +227,13 @@ async def run_size(n: int, args: argparse.Namespace, log_dir: Path) -> Row:
                     raise BenchError(f"edge-agent devices listed {listed} of {n} devices")
             for i in range(args.repeat):
                 print(f"bench: {n} devices, gateway run {i + 1} of {args.repeat} ...", file=sys.stderr, flush=True)
-                row.runs.append(await measure(n, broker.url, devices, args, log_dir))
+                row.runs.append(await measure(n, broker.url, fleet_names(n), args, log_dir))
             return row
         finally:
-            for d in devices:
-                d.kill()
-            driver.close()
+            ours.send("stop")
+            fleet.join(30)
+            if fleet.is_alive():
+                fleet.kill()
 
 
 class RawClient:
@@ -280,8 +311,7 @@ def gateway_params(broker_url: str, cache: str, args: argparse.Namespace) -> Std
         "-m", "edge_agent", "gateway", "--broker", broker_url, "--catalog-cache", cache, "--expose", args.expose])
 
 
-async def measure(n: int, broker_url: str, devices: list[SimDevice], args: argparse.Namespace, log_dir: Path) -> Run:
-    names = [d.server_name for d in devices]
+async def measure(n: int, broker_url: str, names: list[str], args: argparse.Namespace, log_dir: Path) -> Run:
     wanted = set(names)
     log_path = log_dir / f"gateway-{n}.log"
     with tempfile.TemporaryDirectory(prefix="edge-agent-catalogs-") as cache, open(log_path, "w") as errlog:
@@ -382,9 +412,62 @@ def print_table(rows: list[Row], args: argparse.Namespace) -> None:
     print(f"Load average while measuring: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}.")
 
 
+async def planted(n: int, args: argparse.Namespace, log_dir: Path) -> None:
+    """``--planted N``: N retained presences planted by one client (no device process behind
+    them) and the gateway's catalog cache prefilled with their catalog, so nothing needs an
+    answer: what presence, discovery and listing cost at sizes this machine cannot run as
+    devices (100,000). Prints one table row per mode."""
+    from edge_agent.gateway.catalog import CatalogStore
+    from edge_agent.server.catalog import catalog, catalog_digest
+    from edge_agent.server.mcp import McpServer, ServerInfo
+    from edge_agent.testing.fleet_sim import plant_presences, sim_registry
+
+    with LocalBroker() as broker, tempfile.TemporaryDirectory(prefix="edge-agent-catalogs-") as cache, \
+            open(log_dir / f"planted-{n}.log", "w") as errlog:
+        server = McpServer(sim_registry(SimDevice.__new__(SimDevice)), ServerInfo(name="edge-agent-sim", version="b"))
+        CatalogStore(cache).put(catalog_digest(server), catalog(server))
+        t = time.perf_counter()
+        pairs = await asyncio.to_thread(plant_presences, broker.url, n, name_prefix=NAME_PREFIX,
+                                        digest=catalog_digest(server), meta={"location": "greenhouse"})
+        planted_s = time.perf_counter() - t
+        devices_s, listed = await asyncio.to_thread(devices_command, broker.url, n)
+        wanted = {name for _, name in pairs}
+        print(f"\n## Planted presences: {n} (one client, default Mosquitto; catalog cache prefilled)\n")
+        print(f"planted in {planted_s:.1f} s; `edge-agent devices`: {devices_s:.2f} s, {listed} listed")
+        print("\n| mode | first answer (s) | again (s) | gateway RSS (MB) | RSS peak (MB) |")
+        print("|---|---:|---:|---:|---:|")
+        for expose in ("flat", "catalog"):
+            args.expose = expose
+            async with stdio_client(gateway_params(broker.url, cache, args), errlog=errlog) as (read, write), \
+                    ClientSession(read, write, read_timeout_seconds=LIST_TIMEOUT) as session:
+                await session.initialize()
+                if expose == "flat":
+                    first, _ = await listing(session, wanted)
+                    again, _ = await listing(session, wanted)
+                else:
+                    times = []
+                    for _ in range(2):
+                        t = time.perf_counter()
+                        result = await session.call_tool("find_devices", {"location": "greenhouse", "limit": 10})
+                        times.append(time.perf_counter() - t)
+                        total = (result.structured_content or {}).get("total")
+                        if total != n:
+                            raise BenchError(f"find_devices found {total} of {n}")
+                    first, again = times
+                mem = proc_status(find_gateway_pid())
+            label = "flat: full tools/list, official client" if expose == "flat" else "catalog: find_devices"
+            print(f"| {label} | {first:.2f} | {again:.2f} | {mem['VmRSS'] / 1024:.0f} | {mem['VmHWM'] / 1024:.0f} |")
+        args.expose = "flat"
+
+
 async def main_async(args: argparse.Namespace) -> int:
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
+    if args.planted:
+        raise_nofile(1000)
+        for n in args.planted:
+            await planted(n, args, log_dir)
+        return 0
     rows = []
     for n in args.sizes:
         print(f"bench: {n} devices ...", file=sys.stderr, flush=True)
@@ -400,6 +483,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeat", type=int, default=3, help="gateway runs and devices runs per size (default 3)")
     p.add_argument("--calls", type=int, default=300, help="sequential tools/call for the latency (default 300)")
     p.add_argument("--expose", default="flat", choices=["flat"], help="gateway mode measured (flat: every tool)")
+    p.add_argument("--planted", default=None, type=lambda s: [int(x) for x in s.split(",")],
+                   help="instead: N retained presences planted by one client (no devices), e.g. 10000,100000")
     p.add_argument("--log-dir", default="/tmp/edge-agent-bench", help="where the gateway's stderr goes")
     p.add_argument("--keep-log", action="store_true", help="keep the gateway's stderr log")
     args = p.parse_args(argv)

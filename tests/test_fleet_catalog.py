@@ -151,4 +151,7 @@ async def test_warm_listing_is_served_without_work(broker, fleet):
             if not cursor:
                 break
         assert second == first
+        listed = gw._aggregated["tools"][1]
+        kept = [page for _, page in page_cache.pages.values()]
+        assert kept and all(any(item is x for x in listed) for page in kept for item in page["tools"][:1])
         assert page_cache.hits - hits == -(-4 * N // 7) - 1  # every page but the first

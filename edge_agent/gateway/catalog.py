@@ -157,5 +157,20 @@ class PageCache:
         if listed is not None and listed[0] == generation == self.gateway.fleet.generation:
             if hit is not None or any(g != generation for g, _ in self.pages.values()):
                 self.pages = {k: v for k, v in self.pages.items() if v[0] == generation}
-            self.pages[key] = (generation, result)
+            self.pages[key] = (generation, self._shared(result, kind, cursor, listed[1]))
         return result
+
+    @staticmethod
+    def _shared(result: Any, kind: str, cursor: str, listed: list[dict[str, Any]]) -> Any:
+        """The page to keep: its items are the aggregated list's own objects when the SDK's
+        dump equals them (it does for every item the devices send), so a kept page costs a list
+        of references, not a second copy of 500 tools."""
+        from edge_agent.gateway.server import _decode_cursor  # (server imports this module)
+
+        key = KINDS[kind]
+        items = result.get(key) if isinstance(result, dict) else None
+        if not isinstance(items, list):
+            return result
+        start = _decode_cursor(cursor)
+        mine = listed[start:start + len(items)]
+        return {**result, key: mine} if mine == items else result
