@@ -6,19 +6,18 @@ from __future__ import annotations
 
 import json
 import sys
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import pytest
-from mcp import ClientSession, MCPError
-from mcp.shared.memory import create_client_server_memory_streams
+from mcp import MCPError
 
 from edge_agent.client import tasks
 from edge_agent.cloud import connect
 from edge_agent.device import config as cfg
 from edge_agent.device.runtime import Agent
-from edge_agent.gateway.command import GatewayOptions, build
+
+from .test_gateway_inprocess import client, gateway
 
 pytestmark = pytest.mark.anyio
 
@@ -122,20 +121,8 @@ async def test_protocol_rules_over_the_official_client(broker, agent):
         assert (await tasks.result(session, bad["taskId"]))["isError"] is True
 
 
-@asynccontextmanager
-async def gateway_client(broker_url: str):
-    async with build(GatewayOptions(broker=broker_url)) as gw:
-        async with create_client_server_memory_streams() as ((c_read, c_write), (s_read, s_write)):
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(gw.server.run, s_read, s_write, gw.init_options)
-                async with ClientSession(c_read, c_write, read_timeout_seconds=20) as session:
-                    await session.initialize()
-                    yield session
-                tg.cancel_scope.cancel()
-
-
 async def test_tasks_through_the_gateway(broker, agent):
-    async with gateway_client(broker.url) as session:
+    async with gateway(broker.url) as gw, client(gw) as session:
         assert session.initialize_result.capabilities.tasks is not None
         with anyio.fail_after(10):
             while GW + "pump_relay_run" not in {t.name for t in (await session.list_tools()).tools}:
