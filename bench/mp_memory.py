@@ -13,11 +13,24 @@ Figures come from ``gc.mem_alloc()``:
   written (garbage included: an upper bound of what it needs at once), next to the peak of
   the live heap sampled at each packet and what stays allocated afterwards.
 
-The budget: online idle + the worst operation under 48 KB, so a plain ESP32 (~100 KB of
-heap) keeps more than half for the user's code. Usage::
+The budget of this table: online idle + the worst operation under 76 KB (an upper bound,
+see tests/test_micropython_memory.py for its history).
+
+``--fixed`` measures as a board runs: a real GC in a heap that cannot grow, for the example
+device of docs/esp32.md (5 hw helpers), each way of installing measurable here: the live heap
+above the interpreter baseline when idle, its peak over a session's operations, its peak
+during a burst of 20 tools/call sent at once, and the smallest heap in which the whole run
+passes (bisection). ``.mpy`` files on the filesystem are measured under the WebAssembly port
+(an upper bound: its conservative GC keeps far more alive) and, like the library frozen into
+the firmware, under a 32-bit unix MicroPython (16-byte GC blocks, 4-byte pointers, as on an
+ESP32) that ``--build-unix`` builds from a MicroPython 1.27 checkout with gcc-multilib
+(``fetch``/``git clone`` it; about a minute). Usage::
 
     python bench/mp_memory.py            # the table; exit status 1 over budget
     python bench/mp_memory.py --source   # import the .py sources instead (compiled on the board)
+    python bench/mp_memory.py --fixed    # fixed heap: .mpy under the WebAssembly port only
+    python bench/mp_memory.py --build-unix ~/micropython   # build the 32-bit unix port, then --fixed
+    python bench/mp_memory.py --unix ~/micropython/ports/unix/build-standard/micropython
 """
 
 from __future__ import annotations

@@ -113,12 +113,18 @@ async def test_a_request_sent_while_the_board_is_offline_is_answered_when_it_ret
                 b.wait_log("mqtt: ", timeout=5)
                 raw.send(raw.rpc, {"jsonrpc": "2.0", "id": "while-away", "method": "tools/call",
                                    "params": {"name": "pump_set", "arguments": {"on": True}}})
+                stale = time.time() + 0.5  # this one's client gives up after 0.5 s
+                raw.send(raw.rpc, {"jsonrpc": "2.0", "id": "too-late", "method": "tools/call",
+                                   "params": {"name": "fan_set", "arguments": {"duty": 1},
+                                              "_meta": {"dev.edge-agent/deadline": stale}}})
                 with pytest.raises(AssertionError):
                     raw.answer("while-away", timeout=1.0)  # queued at the broker, not answered
                 proxy.target_port = up
                 b.wait_log(f"online as {NAME}", count=2, timeout=40)
                 answer = raw.answer("while-away", timeout=10)
                 assert answer["result"]["isError"] is False and answer["result"]["structuredContent"] == {"on": True}
+                late = raw.answer("too-late", timeout=10)["result"]
+                assert late["isError"] is True and "fan_set refused: the command arrived" in late["content"][0]["text"]
             finally:
                 raw.close()
     finally:

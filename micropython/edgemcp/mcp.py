@@ -13,7 +13,7 @@ from .core import tools as _tools
 from .core.dispatch import Dispatcher
 from .core.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
 from .core.lifecycle import VERSIONS
-from .core.results import resource_updated
+from .core.results import resource_updated, tool_error
 
 jsonrpc.MAX_DEPTH = 32  # json.loads recurses on the C stack: deeper input is -32700 unparsed
 
@@ -168,6 +168,10 @@ class Server(Dispatcher):
         refused = _tools.check_arguments(name, d["inputSchema"], args)
         if refused:
             return refused
+        late = _late(p, d)
+        if late:  # queued at the broker while the board was away, past the client's deadline
+            return tool_error("%s refused: the command arrived %.1f s after its deadline, so it was not executed "
+                              "(send it again if it is still wanted)" % (name, late))
         for k, sub in d["inputSchema"]["properties"].items():
             if k not in args and "default" in sub:
                 args[k] = sub["default"]
@@ -236,6 +240,16 @@ class Server(Dispatcher):
             await self.sample(r)
         except Exception as e:
             self.log("read %s: %r" % (r.uri, e))
+
+
+def _late(p, d):
+    """Seconds a non-read-only call is past ``_meta["dev.edge-agent/deadline"]`` (Unix s, as
+    the Pi checks it), or 0; 0 too while the clock is not set (the board cannot tell)."""
+    dl = (p.get("_meta") or {}).get("dev.edge-agent/deadline")
+    if not _num(dl) or d.get("annotations", {}).get("readOnlyHint") or time.gmtime()[0] < 2024:
+        return 0
+    late = time.time() + (946684800 if time.gmtime(0)[0] == 2000 else 0) - dl  # ESP32: epoch 2000
+    return late if late > 0 else 0
 
 
 def _no_cursor(p):

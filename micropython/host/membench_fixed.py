@@ -30,7 +30,7 @@ async def online(fb):
     app.links.append(lk)
     fb.want = 1
     asyncio.create_task(lk.run())
-    await fb.done.wait()
+    await asyncio.wait_for_ms(fb.done.wait(), 5000)
     for r in app.server.resources.values():
         await app.server.poll(r)
     return app, lk, {"baseline": a0, "imports": imports, "idle": await settled() - a0}
@@ -44,7 +44,15 @@ async def fixed():
     anywhere fails the run (exit status 1), which is what the smallest-heap search looks for."""
     from edgemcp import mqtt5 as m
     fb = FakeBroker()
+    failed = []
+
+    def fail(loop, context):  # a task died (MemoryError): the run fails now, not at a timeout
+        failed.append(repr(context.get("exception")))
+        fb.done.set()
+
+    asyncio.get_event_loop().set_exception_handler(fail)
     app, lk, out = await online(fb)
+    app.server.log = failed.append  # "no memory to answer", "dropped a message": a failed run too
     fb.rmax = app.cfg["queue_len"]  # what the board's CONNECT says (Receive Maximum)
     a0 = out["baseline"]
     cid = "bench-client"
@@ -62,9 +70,11 @@ async def fixed():
         for p in packets:
             fb.deliver(p)
         try:
-            await asyncio.wait_for_ms(fb.done.wait(), 10000)
+            await asyncio.wait_for_ms(fb.done.wait(), 5000)
         finally:
             fb.sample = False
+        if failed or lk.c.drops:
+            raise MemoryError("failed: %r, %d dropped" % (failed, lk.c.drops))
         return fb.peak - a0
 
     ops = [([pkt(lk.control, b'{"jsonrpc":"2.0","id":1,"method":"initialize","params":{"protocolVersion":'
