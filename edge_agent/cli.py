@@ -68,6 +68,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         return 2
     for warning in preflight.plugin_warnings(config):  # installed driver plugins this config does not use
         print(f"warning: {warning}", file=sys.stderr)
+    for warning in preflight.insecure_warnings(config):  # a remote broker without TLS, credentials or roles
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"{config.path}: OK: {config.device.server_name} (server-id {config.device.server_id}), "
           f"{len(config.drivers)} driver(s), broker {', '.join(str(parse_broker_url(u)) for u in config.broker.urls)}")
     return 0
@@ -97,6 +99,10 @@ async def _run(config, args: argparse.Namespace) -> int:
     from edge_agent.mqtt.broker_url import parse_broker_url
 
     service.remove_startup_status_handlers()
+    from edge_agent.device.preflight import insecure_warnings
+
+    for warning in insecure_warnings(config, [args.broker] if args.broker else None):  # loudly, once
+        log.warning("%s", warning)
     notifier = service.Notifier.from_env()
     broker = parse_broker_url(args.broker or config.broker.urls[0])
     if config.broker.password is None and broker.password is None:

@@ -250,7 +250,7 @@ INSTALLED=$("$VENV/bin/python" -c 'import importlib.metadata as m; print(m.versi
 # 3. documentation next to the venv (the unit's Documentation= points here)
 if [ -n "$SOURCE" ]; then
   install -d -m 0755 "$DOCDIR"
-  for doc in docs/raspberry-pi.md docs/configuration.md docs/examples/greenhouse.toml; do
+  for doc in docs/raspberry-pi.md docs/configuration.md docs/security.md docs/examples/greenhouse.toml; do
     if [ -f "$SOURCE/$doc" ]; then install -m 0644 "$SOURCE/$doc" "$DOCDIR/"; fi
   done
 fi
@@ -298,36 +298,43 @@ if [ -e "$CONFIG" ]; then
   say "keeping the existing $CONFIG"
   NEW_CONFIG=0
 else
-  EXAMPLE=
-  if [ -n "$SOURCE" ] && [ -f "$SOURCE/docs/examples/greenhouse.toml" ]; then
-    EXAMPLE=$SOURCE/docs/examples/greenhouse.toml
-  fi
-  if [ -n "$EXAMPLE" ]; then
-    install -m 0640 "$EXAMPLE" "$CONFIG"
-  else  # no checkout (--version): a minimal config that touches no pins
-    (umask 027; cat > "$CONFIG" <<'EOF'
-# edge-agent config: minimal example written by install.sh. Every key: configuration.md in
-# the docs (installed checkouts: /opt/edge-agent/share/doc/edge-agent/).
+  # Secure by default, as Mosquitto 2.0 is: TLS, a user and its password as a systemd
+  # credential, and every client read-only unless a rule (or a signed token) says otherwise.
+  # `edge-agent check` (and run) name each CHANGE-ME until it is replaced.
+  (umask 027; cat > "$CONFIG" <<'EOF'
+# edge-agent config written by install.sh. Replace every CHANGE-ME: `edge-agent check` names
+# each one until you do, and the service does not start with them. Every key: configuration.md
+# in the docs (/opt/edge-agent/share/doc/edge-agent/); drivers for a whole greenhouse:
+# greenhouse.toml there. Why TLS, credentials and roles: security.md.
 [device]
-server_name = "devices/site/my-pi"   # what cloud clients ask for; needs at least one '/'
-# server_id = "my-pi"                # MQTT client id, unique per device (default: edge-<hostname>)
+server_name = "devices/CHANGE-ME/my-pi"   # what cloud clients ask for; needs at least one '/'
+# server_id = "my-pi"                     # MQTT client id, unique per device (default: edge-<hostname>-...)
 description = "A Raspberry Pi running edge-agent"
 simulate = false
 
 [broker]
-urls = ["mqtt://broker.local:1883"]
-# username = "my-pi"
-# password_file = "/etc/edge-agent/password"
+urls = ["mqtts://CHANGE-ME.example:8883"]   # mqtts:// = TLS (the system CAs, or ca_file below)
+# ca_file = "/etc/edge-agent/ca.pem"
+username = "CHANGE-ME"
+# The password as a systemd credential (sudo systemctl edit edge-agent, then add
+# LoadCredential=broker-password:/etc/edge-agent/password); or password_file = "...".
+password_credential = "broker-password"
+
+[rbac]
+default_role = "viewer"                     # read-only: lists, reads, read-only tools
+
+[[rbac.rules]]                              # the client ids your broker binds to operators
+client_id = "CHANGE-ME-*"                   # (edge-agent acl: [[clients]] client_ids)
+role = "operator"
 
 # The Pi itself: CPU temperature, load, memory, disk, uptime, network counters.
 [[drivers]]
 kind = "system"
 name = "system"
 EOF
-    )
-  fi
+  )
   [ -n "$DESTDIR" ] || chgrp edge-agent "$CONFIG"
-  say "wrote $CONFIG ($([ -n "$EXAMPLE" ] && echo "from docs/examples/greenhouse.toml" || echo "minimal example"))"
+  say "wrote $CONFIG (TLS, credentials and roles asked for: replace every CHANGE-ME)"
   NEW_CONFIG=1
 fi
 
@@ -348,7 +355,7 @@ Next steps:
 EOF
 if [ "$NEW_CONFIG" = 1 ]; then
   cat <<EOF
-  sudoedit /etc/edge-agent/agent.toml            # server_name, server_id, broker, pins to match your wiring
+  sudoedit /etc/edge-agent/agent.toml            # every CHANGE-ME: server_name, broker, user, operators; drivers
 EOF
 fi
 cat <<EOF

@@ -47,6 +47,7 @@ from edge_agent.server.rbac import OPERATOR, VIEWER, Policy, Role
 NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 COMMON_DRIVER_KEYS = {"kind", "name", "description", "poll_interval", "deadband", "enabled", "simulate", "rate_limit",
                       "sensor_tools"}
+PLACEHOLDER = "CHANGE-ME"  # in a value: install.sh's placeholder, refused until replaced
 ENV_PASSWORD = "EDGE_AGENT_PASSWORD"
 ENV_USERNAME = "EDGE_AGENT_USERNAME"
 # the pip extra that brings each optional library a driver imports
@@ -88,6 +89,7 @@ _SCHEMA: dict[str, Any] = {
                 "cert_file": {"type": "string"},
                 "key_file": {"type": "string"},
                 "tls_insecure": {"type": "boolean"},
+                "warn_insecure": {"type": "boolean"},
                 "keepalive": {"type": "integer", "minimum": 5, "maximum": 65535},
                 "qos": {"type": "integer", "enum": [0, 1]},
             },
@@ -212,6 +214,7 @@ class BrokerConfig:
     cert_file: str | None = None
     key_file: str | None = None
     tls_insecure: bool = False
+    warn_insecure: bool = True  # false: a plain, credential-less or role-less remote broker is accepted
 
     def __repr__(self) -> str:  # never show the password (nor one inside a URL)
         return (f"BrokerConfig(urls={[redacted(u) for u in self.urls]!r}, username={self.username!r}, password={'***' if self.password else None}, "
@@ -370,7 +373,8 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
         bad("broker.cert_file" if "key_file" in br else "broker.key_file", "cert_file and key_file go together (mTLS)")
     broker = BrokerConfig(urls=urls, username=os.environ.get(ENV_USERNAME) or br.get("username"), password=password,
                           keepalive=br.get("keepalive", 30), qos=br.get("qos", 1),
-                          tls_insecure=br.get("tls_insecure", False), **tls_files)
+                          tls_insecure=br.get("tls_insecure", False), warn_insecure=br.get("warn_insecure", True),
+                          **tls_files)
 
     if len({parse_broker_url(u).tls for u in urls if _parses(u)}) > 1:
         bad(key, "all broker URLs must be mqtt:// or all mqtts://, not a mix")
@@ -394,6 +398,10 @@ def from_dict(data: dict[str, Any], *, path: str = "<memory>", base_dir: str | N
     if "auth" in data:
         _auth(data["auth"], policy, device, base_dir, bad)
     drivers = _drivers(data.get("drivers", []), bad)
+    for where, value in _strings(data):  # install.sh's placeholders, until the user fills them in
+        if PLACEHOLDER in value:
+            bad(_key(_named(where, data), None), f"still the placeholder {value!r} (from install.sh): "
+                "put your own value here (docs/security.md, \"TLS and credentials\")")
     reported = {k for _, k, _ in problems}
     for where, value in _non_finite(data):  # NaN passes every JSON Schema minimum/maximum
         key = _key(_named(where, data), None)
@@ -508,6 +516,18 @@ def _named(path, data: dict[str, Any]) -> list[Any]:
     if len(path) >= 2 and path[0] == "drivers" and isinstance(path[1], int) and isinstance(tables, list):
         return [driver_key(path[1], tables), *path[2:]]
     return path
+
+
+def _strings(value: Any, path: tuple = ()):
+    """``(path, string)`` of every string value in ``value``."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from _strings(v, path + (k,))
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            yield from _strings(v, path + (i,))
 
 
 def _non_finite(value: Any, path: tuple = ()):

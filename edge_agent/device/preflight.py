@@ -93,6 +93,52 @@ def problems(config: Config, *, pin_factory_probe: Callable[[], str | None] | No
     return out
 
 
+def insecure_warnings(config: Config, broker_urls: list[str] | None = None) -> list[str]:
+    """Why this setup is open to anyone on the broker's network (issue 13 item 10), one
+    message each, for ``check`` and ``run`` to say loudly, once: a non-loopback broker (of
+    ``broker_urls``, default the config's) reached over plain ``mqtt://``, without credentials
+    (no user name and password, no client certificate), or a device that gives every client
+    the operator role (no ``[rbac]``; no ``[auth]`` either). ``[broker] warn_insecure = false``
+    says the risk is known and silences them. Empty for a loopback broker."""
+    from edge_agent.mqtt.broker_url import parse_broker_url
+
+    if not config.broker.warn_insecure:
+        return []
+    remote = []
+    for url in broker_urls or config.broker.urls:
+        try:
+            parsed = parse_broker_url(url)
+        except ValueError:
+            continue
+        if not _loopback(parsed.host):
+            remote.append(parsed)
+    if not remote:
+        return []
+    out = []
+    plain = [str(u) for u in remote if not u.tls]
+    if plain:
+        out.append(f"broker {', '.join(plain)} is reached over plain mqtt://: anyone on the network path reads and "
+                   "forges every call and the password (use mqtts://, docs/security.md)")
+    if not (config.broker.username or any(u.username for u in remote)) and not config.broker.cert_file:
+        out.append("no broker credentials (username and password, or a client certificate): the broker cannot tell "
+                   "this device from anyone else")
+    if not config.rbac.enabled and config.rbac.verifier is None:
+        out.append("no [rbac] and no [auth]: every client on the broker may move every actuator (add [rbac] with "
+                   "default_role = \"viewer\", docs/security.md)")
+    return [f"INSECURE: {m}; set [broker] warn_insecure = false to accept the risk" for m in out]
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host in ("localhost", "localhost.localdomain") or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def plugin_warnings(config: Config) -> list[str]:
     """What is wrong with installed driver plugins the config does not use (one message each,
     naming the distribution): ``run`` is not affected, but a config using them would be."""
