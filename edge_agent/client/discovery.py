@@ -273,7 +273,7 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
     broker queues a subscription's retained messages before it handles a later PUBLISH, and
     delivers one connection's messages in order, so when the marker comes back every retained
     presence is in (plus :data:`RETAINED_GRACE` of quiet). If the broker refuses the marker
-    topic, it falls back to waiting ``timeout`` seconds. A marker that does not come back while
+    topic, it falls back to waiting until no presence came for :data:`MARKER_QUIET` seconds. A marker that does not come back while
     the presences have stopped arriving means the broker dropped messages (a queue limit):
     ``report.gap`` then says so, naming the broker setting to raise, and it is logged as a
     warning. Presence is subscribed at ``presence_qos`` (:data:`PRESENCE_QOS`, 0).
@@ -319,21 +319,29 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
         await link.subscribe(((f, False) for f in presence_subscriptions(broker_filters, server_name_filter)),
                              qos=presence_qos)
         started = anyio.current_time()
+        marker_mid = -1
         with anyio.move_on_after(timeout):
             if use_marker:
-                link.publish(marker, token)
+                marker_mid = link.publish(marker, token).mid
                 while not marker_back.is_set() and link.lost is None:
                     quiet = anyio.current_time() - max(last_presence[0], started)
                     if quiet >= MARKER_QUIET:
-                        break  # presences stopped and no marker: the broker dropped it (and others)
-                    with anyio.move_on_after(MARKER_QUIET - quiet + 0.01):
+                        break  # presences stopped and no marker: the broker dropped it (or refused it)
+                    with anyio.move_on_after(min(MARKER_QUIET - quiet, 0.25) + 0.01):
                         await marker_back.wait()
                 while (quiet := last_presence[0] + RETAINED_GRACE - anyio.current_time()) > 0 and link.lost is None:
                     await anyio.sleep(quiet)
+            elif until_retained:  # no marker (refused): until presences stop for MARKER_QUIET s
+                while (quiet := anyio.current_time() - max(last_presence[0], started)) < MARKER_QUIET:
+                    await anyio.sleep(MARKER_QUIET - quiet)
             else:
                 await anyio.sleep_forever()
         if link.lost is not None:
             raise TransportError(link.lost)
+        if use_marker and not marker_back.is_set() and marker_mid in link.refused_publishes:
+            log.info("the broker refused the end-of-retained marker (%s): no gap check",
+                     link.refused_publishes.pop(marker_mid))
+            use_marker = False
         if use_marker:
             report.complete = marker_back.is_set()
             if not report.complete:

@@ -145,8 +145,9 @@ class MqttLink:
                  component: str = topics.COMPONENT_CLIENT, will: Will | None = None, qos: int = 1,
                  username: str | None = None, password: str | None = None,
                  meta: dict[str, Any] | None = None, connect_timeout: float = 10.0,
-                 keepalive: int = KEEPALIVE):
+                 keepalive: int = KEEPALIVE, tls: Any = None):
         self.url = broker_url if isinstance(broker_url, BrokerURL) else parse_broker_url(broker_url)
+        self.tls = tls  # edge_agent.mqtt.server.TlsSettings (CA, client certificate and key) for mqtts://
         self.client_id = topics.check_id(client_id, "mcp-client-id")
         self.component = component
         self.qos = qos
@@ -169,6 +170,7 @@ class MqttLink:
         self._connack_rc: Any = None
         self._subacks: dict[int, tuple[anyio.Event, list[Any]]] = {}
         self._pubacks: dict[int, anyio.Event] = {}
+        self.refused_publishes: dict[int, str] = {}  # mid -> PUBACK reason code the broker refused it with (last 100)
         self._closing = False
         self._task_group: anyio.abc.TaskGroup | None = None
         self._client = self._make_client()
@@ -187,7 +189,9 @@ class MqttLink:
         client.connect_timeout = self.connect_timeout
         client.suppress_exceptions = True  # a bug in a callback must not break paho's read loop
         if self.url.tls:
-            client.tls_set()
+            tls = self.tls
+            client.tls_set(ca_certs=getattr(tls, "ca_file", None), certfile=getattr(tls, "cert_file", None),
+                           keyfile=getattr(tls, "key_file", None))
         if self._username:
             client.username_pw_set(self._username, self._password)
         if self._will is not None:
@@ -195,7 +199,7 @@ class MqttLink:
                             properties=publish_properties(self.component, self.client_id, PacketTypes.WILLMESSAGE))
         client.on_connect = lambda c, u, flags, rc, props: self._post("connack", rc, user_properties(props))
         client.on_subscribe = lambda c, u, mid, rcs, props: self._post("suback", mid, list(rcs))
-        client.on_publish = lambda c, u, mid, rc, props: self._post("puback", mid)
+        client.on_publish = lambda c, u, mid, rc, props: self._post("puback", mid, rc)
         client.on_disconnect = lambda c, u, flags, rc, props: self._post(
             "disconnect", str(rc) if flags.is_disconnect_packet_from_server else "the connection dropped")
         client.on_message = lambda c, u, m: self._post(
@@ -262,6 +266,10 @@ class MqttLink:
                 waiter[1].extend(event[2])
                 waiter[0].set()
         elif kind == "puback":
+            if getattr(event[2], "is_failure", False):  # e.g. 0x87 Not authorized (an ACL)
+                self.refused_publishes[event[1]] = str(event[2])
+                while len(self.refused_publishes) > 100:
+                    self.refused_publishes.pop(next(iter(self.refused_publishes)))
             done = self._pubacks.pop(event[1], None)
             if done is not None:
                 done.set()

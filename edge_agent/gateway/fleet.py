@@ -284,16 +284,20 @@ class Fleet:
         self._last_presence = start
         if self._marker is not None:
             topic, token = self._marker
-            link.publish(topic, token)
+            mid = link.publish(topic, token).mid
             while not self._marker_back.is_set():
                 now = anyio.current_time()
                 quiet = now - self._last_presence
+                if mid in link.refused_publishes and quiet >= SETTLE_QUIET:
+                    log.info("the broker refused the end-of-retained marker (%s): no gap check",
+                             link.refused_publishes.pop(mid))
+                    return
                 if quiet >= MARKER_QUIET or now - start >= MARKER_MAX:
                     self.retained.gap = gap_message(self.retained.presences, streaming=quiet < MARKER_QUIET,
                                                     waited=round(now - start, 1))
                     log.warning("gateway: %s", self.retained.gap)
                     return
-                with anyio.move_on_after(min(MARKER_QUIET - quiet, MARKER_MAX - (now - start)) + 0.01):
+                with anyio.move_on_after(min(MARKER_QUIET - quiet, MARKER_MAX - (now - start), SETTLE_QUIET) + 0.01):
                     await self._marker_back.wait()
             self.retained.complete = True
             log.info("retained presences in: %d in %.2f s", self.retained.presences, anyio.current_time() - start)
