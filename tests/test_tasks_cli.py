@@ -104,6 +104,16 @@ async def test_protocol_rules_over_the_official_client(broker, agent):
         assert agent.drivers["vent_servo"].driver.servo.angle is None  # detached: no pulses
         result = await tasks.result(session, task["taskId"])
         assert result["_meta"]["io.modelcontextprotocol/related-task"] == {"taskId": task["taskId"]}
+        # a later command to the same hardware supersedes a running job: off now, not after 60 s
+        run = await tasks.call_tool_as_task(session, "pump_relay_run", {"seconds": 60})
+        with anyio.fail_after(5):
+            while not relay_on(agent):
+                await anyio.sleep(0.02)
+        with anyio.fail_after(3):
+            off = await session.call_tool("pump_relay_off", {})
+        assert off.structured_content == {"state": False} and not relay_on(agent)
+        got = await tasks.get(session, run["taskId"])
+        assert got["status"] == "cancelled" and "pump_relay_off" in got["statusMessage"], got
         # a plain call of a job tool still works (taskSupport optional)
         plain = await session.call_tool("status_led_blink", {"times": 1, "on_time": 0.05, "off_time": 0.05})
         assert not plain.is_error and plain.structured_content["blinks"] == 1

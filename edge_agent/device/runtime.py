@@ -63,6 +63,7 @@ class DriverState:
     last_error_at: float | None = None
     lock: asyncio.Lock | None = None
     channels: list[SensorChannel] = field(default_factory=list)  # its sensors (refreshed after a call)
+    job: Any = None  # the cancel flag of a task's job running on it (a later command supersedes the job)
 
     def to_json(self) -> dict[str, Any]:
         return {"kind": self.config.kind, "status": self.status, "error": self.error, "failures": self.failures,
@@ -180,9 +181,19 @@ class Agent:
             _check_deadline(state, spec, ctx)
             result = spec.handler(**arguments)
         else:
+            if state.job is not None and self.task_manager is not None and not spec.annotations.get("readOnlyHint"):
+                # a command to hardware a task's job is driving wins: the job stops now (pump_relay_off
+                # during pump_relay_run), instead of the command waiting for the job's end
+                self.task_manager.supersede(state.job, f"{state.config.name}_{spec.name}")
             async with lock:
                 _check_deadline(state, spec, ctx)
-                result = spec.handler(**arguments) if inline else await self._call_in_thread(spec, arguments, ctx)
+                if spec.job and self.task_manager is not None and self.task_manager.owns(ctx.cancelled):
+                    state.job = ctx.cancelled
+                try:
+                    result = spec.handler(**arguments) if inline else await self._call_in_thread(spec, arguments, ctx)
+                finally:
+                    if state.job is ctx.cancelled:
+                        state.job = None
         self._driver_ok(state)
         self._refresh(state)
         return result

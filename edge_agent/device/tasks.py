@@ -24,7 +24,11 @@ the device; the broker is not needed) and an agent crash or restart:
 - a job's planned end is enforced by a watchdog: ``GRACE_S`` after it, the job is told to
   stop and its ``stop`` is called, even if the handler hangs;
 - ``tasks/cancel`` calls ``stop`` at once (the relay is off before the answer leaves) and
-  tells the handler to end.
+  tells the handler to end;
+- a later command to the same hardware (any tool of the driver that is not read-only:
+  ``pump_relay_off`` during ``pump_relay_run``) supersedes the job: it stops at once and its task
+  ends ``cancelled`` ("Superseded by pump_relay_off..."), instead of the command waiting for the
+  job's end (:meth:`TaskManager.supersede`, called by the runtime).
 
 Binding (spec "Task Isolation"): a task is bound to the authenticated subject of the session
 that made it (``Session.subject``, from a verified token) and only that subject sees it. A
@@ -388,6 +392,27 @@ class TaskManager:
         session = self._session(record)
         if session is not None:
             self.server.log_to(session, level, text, logger=record.tool)
+
+    def owns(self, flag: Any) -> bool:
+        """True if ``flag`` is the cancel flag of a working task's job."""
+        return any(event is flag for event in self._cancel.values())
+
+    def supersede(self, flag: Any, by: str) -> None:
+        """A later command (tool ``by``) to the hardware of the job whose cancel flag is ``flag``:
+        the task ends ``cancelled`` ("superseded by ...") and its job is told to stop now (the
+        handler ends at its next step; ``stop`` runs once it returned)."""
+        for task_id, event in list(self._cancel.items()):
+            record = self.tasks.get(task_id)
+            if event is not flag or record is None or record.status in TERMINAL:
+                continue
+            record.status, record.updated = CANCELLED, time.time()
+            record.status_message = f"Superseded by {by}, a later command to the same hardware."
+            record.result = tool_error(f"{record.tool}: superseded by {by}")
+            event.set()
+            log.info("task %s: %s superseded by %s", task_id, record.tool, by)
+            job = asyncio.get_running_loop().create_task(self._save(record))
+            self._running.add(job)
+            job.add_done_callback(self._running.discard)
 
     # ------------------------------------------------------------------ restart
     async def recover(self) -> None:
