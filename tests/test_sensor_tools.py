@@ -97,9 +97,11 @@ async def test_sensor_tools_obey_resource_rbac_and_can_be_turned_off(broker, tmp
         async with connect(broker.url, NAME, client_id="soil-only-1") as session:
             tools = {t.name for t in (await session.list_tools()).tools}
             assert "water_level_read" not in tools and "soil_temp_read" in tools  # off for that driver
+            assert "air_read" not in tools  # the role may read none of its resources
             assert not (await session.call_tool("soil_temp_read", {})).is_error
-            refused = await session.call_tool("air_read", {})
-            assert refused.is_error and "Forbidden" in refused.content[0].text
+            with pytest.raises(MCPError, match="Forbidden") as exc:
+                await session.call_tool("air_read", {})
+            assert exc.value.error.code == -32003
             with pytest.raises(MCPError, match="Forbidden"):  # as for the resource it mirrors
                 await session.read_resource("sensor://air/temperature")
             state = (await session.call_tool("device_state", {})).structured_content

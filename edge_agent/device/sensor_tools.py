@@ -17,9 +17,10 @@ intervals)}``; ``value`` is null when the sensor never read.
 
 On by default; a driver's ``sensor_tools = false`` (config) leaves its tool out and its
 readings out of ``device_state``. RBAC: a reading is given only to a role that may read its
-resource (``allowed_resources``); ``<driver>_read`` answers ``isError`` when the role may read
-none of the driver's sensors, ``device_state`` leaves the others out and says how many
-(``withheld``). The tools are read-only, so the viewer role may call them.
+resource (``allowed_resources``); ``<driver>_read`` is neither listed nor callable (-32003) for a
+role that may read none of the driver's sensors (``Tool.reads``), ``device_state`` leaves the
+others out and says how many (``withheld``). The tools are read-only, so the viewer role may
+call them.
 """
 
 from __future__ import annotations
@@ -125,7 +126,8 @@ def driver_tool(agent: Agent, state: DriverState) -> Tool | None:
                      f"as the resources sensor://{dc.name}/<sensor>, with unit, timestamp and staleness."),
         input_schema={"type": "object", "properties": {}, "additionalProperties": False},
         handler=read, output_schema={"type": "object", "properties": properties, "required": ["driver", "readings"]},
-        annotations=dict(READ_ONLY), meta={"driver": dc.name, "kind": dc.kind, "sensorTool": True})
+        annotations=dict(READ_ONLY), meta={"driver": dc.name, "kind": dc.kind, "sensorTool": True},
+        reads=tuple(ch.uri for ch in channels))
 
 
 def device_state_tool(agent: Agent) -> Tool:

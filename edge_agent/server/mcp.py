@@ -396,7 +396,7 @@ class McpServer(Dispatcher):
     async def _tools_list(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
         role = session.role
         return self._page([t.describe() for t in self.registry.tools.values()
-                           if role is None or role.allows_tool(t.name, t.annotations)], params, "tools")
+                           if role is None or _may_call(role, t)], params, "tools")
 
     def _problem(self, name: str, schema: Any, arguments: dict[str, Any]) -> str | None:
         """Why ``arguments`` do not fit ``schema``: the core's checker for the JSON Schema subset
@@ -418,7 +418,7 @@ class McpServer(Dispatcher):
         tool = self.registry.tools.get(name)
         if tool is None:
             raise core_tools.unknown(name)
-        if session.role is not None and not session.role.allows_tool(name, tool.annotations):
+        if session.role is not None and not _may_call(session.role, tool):
             raise RpcError(FORBIDDEN, f"Forbidden: role {session.role.name!r} may not call tool {name}",
                            {"role": session.role.name, "tool": name})
         try:
@@ -699,6 +699,13 @@ class McpServer(Dispatcher):
         for session in list(self.sessions.values()):
             self.log_to(session, level, text, logger=logger)
 
+
+
+def _may_call(role: Role, tool: Any) -> bool:
+    """RBAC on a tool: its name and annotations, and for a tool mirroring resources
+    (``Tool.reads``: the sensor tools) at least one of them readable."""
+    return role.allows_tool(tool.name, tool.annotations) and (
+        not tool.reads or any(role.allows_resource(uri) for uri in tool.reads))
 
 
 # json.dumps(..., sort_keys=True, default=str) without building an encoder per call

@@ -54,6 +54,8 @@ class Tool:
     ``warning``: a reason while its hardware fails now and then (shown, calls still tried).
     ``task_support``: ``execution.taskSupport`` (MCP 2025-11-25 tasks: ``"forbidden"``,
     ``"optional"``, ``"required"``), or None (not listed: forbidden).
+    ``reads``: the resource URIs a read-only tool mirrors (the sensor tools): a role that may
+    read none of them neither lists nor calls it.
     """
 
     name: str
@@ -67,6 +69,7 @@ class Tool:
     unavailable: str | None = None
     warning: str | None = None
     task_support: str | None = None
+    reads: tuple[str, ...] = ()
     version: str | None = None  # the driver's version: _meta["dev.edge-agent/toolVersion"] = version+schema digest
 
     def __post_init__(self) -> None:
