@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TASK_METHODS = ("tasks/get", "tasks/result", "tasks/cancel", "tasks/list")
+LIST_CONCURRENCY = 64  # replicas asked at once by tasks/list
 
 
 def capability() -> types.ServerTasksCapability:
@@ -144,22 +145,25 @@ class TaskPassthrough:
         fleet = self.gateway.fleet
         await fleet.ready.wait()
         found: list[dict[str, Any]] = []
+        limit = anyio.Semaphore(LIST_CONCURRENCY)
 
         async def one(replica: Replica) -> None:
             cursor = None
-            try:
-                session = await fleet.open(replica)
-                while True:
-                    raw = await self._ask(replica, session, "tasks/list", {"cursor": cursor} if cursor else {})
-                    for task in raw.get("tasks") or []:
-                        if isinstance(task, dict) and isinstance(task.get("taskId"), str):
-                            task["taskId"] = gateway_task_id(replica.server_name, replica.server_id, task["taskId"])
-                            found.append(task)
-                    cursor = raw.get("nextCursor")
-                    if not cursor:
-                        return
-            except MCPError as exc:  # offline, or no tasks there (-32601): left out
-                log.debug("tasks/list on %s: %s", replica.label, exc)
+            async with limit:
+                try:
+                    session = await fleet.open(replica)
+                    while True:
+                        raw = await self._ask(replica, session, "tasks/list", {"cursor": cursor} if cursor else {})
+                        for task in raw.get("tasks") or []:
+                            if isinstance(task, dict) and isinstance(task.get("taskId"), str):
+                                task["taskId"] = gateway_task_id(replica.server_name, replica.server_id,
+                                                                 task["taskId"])
+                                found.append(task)
+                        cursor = raw.get("nextCursor")
+                        if not cursor:
+                            return
+                except MCPError as exc:  # offline, or no tasks there (-32601): left out
+                    log.debug("tasks/list on %s: %s", replica.label, exc)
 
         async with anyio.create_task_group() as tg:
             for replica in list(fleet.replicas.values()):
