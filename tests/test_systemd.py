@@ -604,7 +604,13 @@ def test_install_sh_into_a_scratch_root(tmp_path):
     assert where.returncode == 0, where.stderr
     assert where.stdout.strip().startswith(str(venv)), f"imported {where.stdout} instead of the staged copy"
     # this machine is no Pi: gpiozero's mock pins stand in for lgpio (what `check` itself suggests)
+    # the installed config names its placeholders (secure by default, issue 13 item 10); the
+    # installed greenhouse example (what its [[drivers]] come from) checks clean
     check = subprocess.run([python, str(script), "check", "--config", str(config)], capture_output=True,
+                           text=True, timeout=60, env=dict(env, GPIOZERO_PIN_FACTORY="mock"))
+    assert check.returncode == 2 and "still the placeholder" in check.stderr, check.stdout + check.stderr
+    example = venv / "share/doc/edge-agent/greenhouse.toml"
+    check = subprocess.run([python, str(script), "check", "--config", str(example)], capture_output=True,
                            text=True, timeout=60, env=dict(env, GPIOZERO_PIN_FACTORY="mock"))
     assert check.returncode == 0, check.stdout + check.stderr
 

@@ -401,11 +401,35 @@ def _connect(args: argparse.Namespace, *, read_timeout: float | None = None, **k
 
     if getattr(args, "client_id", None):
         kw.setdefault("client_id", args.client_id)
+    tls = broker_tls(args)
+    if tls is not None:
+        kw.setdefault("tls", tls)
     if getattr(args, "token_file", None):
         kw.setdefault("token", _token(args.token_file))
         kw.setdefault("client_id", _token_client_id(kw["token"]))
     return connect(args.broker, args.server_name, server_id=args.server_id,
                    discovery_timeout=args.discovery_timeout, read_timeout_seconds=read_timeout or args.timeout, **kw)
+
+
+def broker_tls(args: argparse.Namespace):
+    """``--ca-file``, ``--cert``, ``--key`` → :class:`edge_agent.mqtt.server.TlsSettings` (None:
+    none given). Raises ValueError: ``--cert`` without ``--key`` or the reverse."""
+    if not (args.ca_file or args.cert or args.key):
+        return None
+    if bool(args.cert) != bool(args.key):
+        raise ValueError("--cert and --key go together (mutual TLS)")
+    from edge_agent.mqtt.server import TlsSettings
+
+    return TlsSettings(ca_file=args.ca_file, cert_file=args.cert, key_file=args.key)
+
+
+def add_tls_arguments(p: argparse.ArgumentParser) -> None:
+    """``--ca-file``, ``--cert``, ``--key``: TLS for an ``mqtts://`` broker (mutual TLS with a
+    client certificate)."""
+    p.add_argument("--ca-file", metavar="PEM", default=None,
+                   help="CA certificates of an mqtts:// broker (default: the system CAs)")
+    p.add_argument("--cert", metavar="PEM", default=None, help="client certificate for a mutual-TLS broker (with --key)")
+    p.add_argument("--key", metavar="PEM", default=None, help="private key of --cert")
 
 
 def _token(path: str) -> str:
@@ -929,6 +953,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     server = argparse.ArgumentParser(add_help=False, parents=[common])
     server.add_argument("server_name", metavar="SERVER_NAME", help="server-name, e.g. devices/greenhouse/pi-01")
     server.add_argument("--server-id", default=None, help="talk to this instance (default: any online replica)")
+    add_tls_arguments(server)
     server.add_argument("--client-id", metavar="ID", default=None,
                         help="the mcp-client-id (default: a new random one; a broker ACL may bind fixed ids to users)")
     server.add_argument("--token-file", metavar="FILE", default=None,

@@ -420,6 +420,7 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
                       meta: dict[str, Any] | None = None, encoding: str = codec.JSON,
                       tolerate_offline: float = 0.0, call_deadline: float | None = None,
                       token: str | Callable[[], str] | None = None, request_timeout: float | None = None,
+                      tls: Any = None,
                       ) -> AsyncIterator[tuple[MemoryObjectReceiveStream[SessionMessage | Exception],
                                                MemoryObjectSendStream[SessionMessage]]]:
     """Connect to the MCP server ``server_name`` through the broker; yield ``(read_stream, write_stream)``.
@@ -452,6 +453,8 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
         request_timeout: seconds; every other request (and ``tools/call`` without
             ``call_deadline``) carries the deadline now + this (``connect()`` passes its
             ``read_timeout_seconds``). None: no deadline.
+        tls: ``edge_agent.mqtt.server.TlsSettings`` for an ``mqtts://`` broker: CA file, and client
+            certificate and key for mutual TLS (default: the system CAs, no client certificate).
         token: a signed client credential (JWT, bound to ``client_id``), or a callable that
             gives a fresh one; sent in ``initialize`` (and, under MCP 2026-07-28, every request)
             as ``params._meta["dev.edge-agent/token"]`` (docs/security.md).
@@ -470,7 +473,7 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
     cid = client_id or new_client_id()
     will = Will(topics.client_presence(cid), DISCONNECTED)
     async with MqttLink(broker_url, client_id=cid, will=will, qos=qos, username=username, password=password,
-                        meta=meta, connect_timeout=connect_timeout) as link:
+                        meta=meta, connect_timeout=connect_timeout, tls=tls) as link:
         if encoding not in codec.ENCODINGS:
             raise ValueError(f"encoding must be one of {codec.ENCODINGS}, not {encoding!r}")
         bridge = _Bridge(link, server_name, encoding=encoding, tolerate_offline=tolerate_offline,

@@ -16,6 +16,8 @@ from edge_agent.client.cli import (
     _leaf,
     _positive_float,
     _positive_int,
+    add_tls_arguments,
+    broker_tls,
 )
 from edge_agent.errors import TransportError
 from edge_agent.mqtt.broker_url import ENV_BROKER, default_broker
@@ -54,7 +56,14 @@ def _gateway(args: argparse.Namespace) -> int:
         print(f"edge-agent gateway: bad --filter {args.filter!r}: use whole-level wildcards, '#' last "
               "(e.g. 'devices/#', 'devices/+/pi-01')", file=sys.stderr)
         return 2
+    try:
+        tls = broker_tls(args)
+        auth = _http_auth(args)
+    except (ValueError, OSError) as bad:
+        print(f"edge-agent gateway: {bad}", file=sys.stderr)
+        return 2
     options = GatewayOptions(
+        tls=tls, auth=auth,
         broker=broker, server_name_filter=args.filter, http=args.http, eager=args.eager, strategy=args.strategy,
         timeouts=Timeouts(initialize=args.timeout_initialize, ping=args.timeout_ping, call=args.timeout_call,
                           request=args.timeout_request),
@@ -73,6 +82,23 @@ def _gateway(args: argparse.Namespace) -> int:
             return 1 if not isinstance(exc, ValueError) else 2
         raise
     return 0
+
+
+def _http_auth(args: argparse.Namespace):
+    """``--auth-*`` flags → :class:`edge_agent.gateway.auth.HttpAuth` (None: none given).
+    Raises ValueError: inconsistent flags, a bad token file, or a non-loopback --http without auth."""
+    if not args.http:
+        if args.auth_jwks or args.auth_tokens:
+            raise ValueError("--auth-jwks and --auth-tokens protect --http; stdio needs none")
+        return None
+    from edge_agent.gateway.auth import http_auth, refuse_open_bind
+
+    host, port = args.http
+    shown = f"[{host}]" if ":" in host else host
+    auth = http_auth(resource_url=args.public_url or f"http://{shown}:{port}/mcp", jwks=args.auth_jwks,
+                     issuer=args.auth_issuer, audience=args.auth_audience, tokens_file=args.auth_tokens)
+    refuse_open_bind(host, auth)
+    return auth
 
 
 def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -114,6 +140,17 @@ def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
     p.add_argument("--catalog-cache", metavar="DIR", default=str(default_cache_dir()),
                    help="folder of device catalogs by digest, kept across restarts; 'none': memory only "
                         f"(default ${CACHE_ENV} or $XDG_CACHE_HOME/edge-agent/catalogs)")
+    add_tls_arguments(p)
+    p.add_argument("--auth-jwks", metavar="FILE|URL", default=None,
+                   help="--http: accept bearer JWTs signed by these keys (a JWKS file or https:// URL; with --auth-issuer)")
+    p.add_argument("--auth-issuer", metavar="URL", default=None,
+                   help="--http: the authorization server whose JWTs are accepted (their iss)")
+    p.add_argument("--auth-audience", metavar="AUD", action="append", default=None,
+                   help="--http: an accepted JWT aud (repeatable; default: the gateway's resource URL)")
+    p.add_argument("--auth-tokens", metavar="FILE", default=None,
+                   help="--http: accept the bearer tokens listed in FILE ('TOKEN-or-sha256:HEX SUBJECT ROLES' lines)")
+    p.add_argument("--public-url", metavar="URL", default=None,
+                   help="--http: the URL clients use for /mcp, behind a proxy (default: http://HOST:PORT/mcp)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")
     p.set_defaults(func=_gateway, cmd_name="gateway")
     return p

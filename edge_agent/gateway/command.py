@@ -25,6 +25,7 @@ import signal
 import stat
 import sys
 from dataclasses import dataclass, field
+from typing import Any
 
 import anyio
 
@@ -52,6 +53,8 @@ class GatewayOptions:
     init_concurrency: int = 64
     expose: str = "flat"  # or "catalog" (gateway/expose.py)
     catalog_cache: str | None = None  # folder of catalogs by digest (gateway/catalog.py); None: memory only
+    tls: Any = None  # edge_agent.mqtt.server.TlsSettings: CA, client certificate and key (mTLS brokers)
+    auth: Any = None  # gateway/auth.py HttpAuth: bearer tokens on --http (None: loopback only)
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -76,7 +79,8 @@ def parse_host_port(text: str) -> tuple[str, int]:
 def build(options: GatewayOptions) -> Gateway:
     fleet = Fleet(options.broker, server_name_filter=options.server_name_filter, eager=options.eager,
                   strategy=options.strategy, timeouts=options.timeouts, ping_interval=options.ping_interval,
-                  init_concurrency=options.init_concurrency, catalogs=CatalogStore(options.catalog_cache))
+                  init_concurrency=options.init_concurrency, catalogs=CatalogStore(options.catalog_cache),
+                  tls=options.tls)
     return Gateway(fleet, page_size=options.page_size, expose=options.expose)
 
 
@@ -194,10 +198,14 @@ async def serve_http(options: GatewayOptions) -> None:
         def capture_signals(self):  # ours (below): uvicorn's re-raises the signal after shutdown
             yield
 
+    from edge_agent.gateway.auth import refuse_open_bind
+
     assert options.http is not None
     host, port = options.http
+    refuse_open_bind(host, options.auth)  # ValueError: MCP on a LAN address without authentication
+    auth = {"auth": options.auth.settings, "token_verifier": options.auth.verifier} if options.auth else {}
     async with build(options) as gateway, anyio.create_task_group() as tg:
-        app = gateway.server.streamable_http_app(streamable_http_path=HTTP_PATH, host=host)
+        app = gateway.server.streamable_http_app(streamable_http_path=HTTP_PATH, host=host, **auth)
         server = _Server(uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="on"))
         tg.start_soon(_on_signals, lambda: setattr(server, "should_exit", True))
         shown = f"[{host}]" if ":" in host else host

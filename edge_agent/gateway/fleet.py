@@ -159,8 +159,9 @@ class Fleet:
                  listener: FleetListener | None = None, ping_interval: float = 30.0,
                  init_concurrency: int = 64, qos: int = 1, connect_timeout: float = 10.0,
                  username: str | None = None, password: str | None = None,
-                 catalogs: CatalogStore | None = None):
+                 catalogs: CatalogStore | None = None, tls: Any = None):
         self.broker_url = broker_url
+        self.tls = tls  # TlsSettings for an mqtts:// broker (CA, client certificate and key)
         self.server_name_filter = server_name_filter
         self.eager = eager
         self.balancer = Balancer(strategy)
@@ -235,7 +236,7 @@ class Fleet:
             try:
                 async with MqttLink(self.broker_url, client_id=cid, will=Will(topics.client_presence(cid), GOODBYE),
                                     qos=self.qos, username=self._username, password=self._password,
-                                    connect_timeout=self.connect_timeout) as link:
+                                    connect_timeout=self.connect_timeout, tls=self.tls) as link:
                     link.on_message = self._on_message
                     link.on_lost = lambda reason: lost.set()
                     self.link = link
