@@ -186,8 +186,9 @@ def cmd_acl(args: argparse.Namespace) -> int:
     unbound = [c.username for c in fleet.clients if not c.client_ids]
     if unbound:
         print(f"note: client user(s) {', '.join(unbound)} list no client_ids: they may use any client id (%c), "
-              "so a role rule on client ids cannot tell them apart (docs/security.md, \"Binding client ids\")",
-              file=sys.stderr)
+              "so a role rule on client ids cannot tell them apart (docs/security.md, \"Binding client ids\")"
+              + ("; and Mosquitto 2.0's dynamic security does not substitute %c: give them client_ids there"
+                 if args.dynsec else ""), file=sys.stderr)
     return 0
 
 
