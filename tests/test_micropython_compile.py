@@ -91,10 +91,11 @@ def test_make_mpy_target_builds_a_folder_to_copy(tmp_path):
     base = sum(p.stat().st_size for p in out.rglob("*.mpy") if p.name not in OPTIONAL or p.parent.name == "core")
     optional = sum((out / name).stat().st_size for name in OPTIONAL)
     # What every board on MQTT loads: 36,000 bytes with the shared protocol core (was 32 KB with
-    # the board's own copy of the rules), now built with -O3 (no line-number tables, see
-    # docs/esp32.md "Memory"), which makes room for the persistent session, Retain Handling and
-    # server/discover. The optional modules (Wi-Fi/DNS, TLS, NTP, serial) have a budget of their
-    # own: a board pays for them only when configured. The heap itself is measured by
-    # bench/mp_memory.py (tests/test_micropython_memory.py).
-    assert base < 34_000, f"{base} bytes of .mpy: the board loads all of it into RAM"
+    # the board's own copy of the rules); now 35,000, built with -O3 (no line-number tables, see
+    # docs/esp32.md "Build"), which made room for the persistent session, Receive Maximum,
+    # Retain Handling, server/discover and the deadline check (33,856 bytes), with ~1 KB left for
+    # the shared core's own growth. The optional modules (Wi-Fi/DNS, TLS, NTP, serial) have a
+    # budget of their own: a board pays for them only when configured. The heap itself is
+    # measured by bench/mp_memory.py (tests/test_micropython_memory.py).
+    assert base < 35_000, f"{base} bytes of .mpy: the board loads all of it into RAM"
     assert optional < 4_000, f"{optional} bytes of optional .mpy (net, tls, clock, stdio)"

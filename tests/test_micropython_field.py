@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +25,7 @@ import trustme
 from edge_agent.cloud import connect, mqtt_client
 from edge_agent.testing.broker import LocalBroker, free_port
 from tests.faults import CuttableProxy
-from tests.test_micropython_board import NAME, SID, Board, RawClient
+from tests.test_micropython_board import HOST, NAME, SID, Board, RawClient, node_binary
 
 pytestmark = pytest.mark.anyio
 
@@ -150,6 +151,46 @@ async def test_wifi_wrong_password_and_missing_ap_fail_fast_with_their_cause(bro
         world(w, wlan={"ssid": "greenhouse-iot", "password": "hunter2", "delay_ms": 300})
         b.wait_log(f"online as {NAME}", timeout=40)  # (the station retried by itself meanwhile, as an ESP32's does)
         assert "wifi: connecting to greenhouse-iot" in b.log
+
+
+async def test_losing_wifi_while_online_is_a_lost_link_at_once(broker, tmp_path):
+    """As mqtt_as does: the station is checked every 2 s, so the board does not wait 1.5 x
+    keepalive (45 s) to notice that the access point is gone."""
+    w = tmp_path / "world.json"
+    ap = {"ssid": "greenhouse-iot", "password": "hunter2", "delay_ms": 100}
+    world(w, wlan=ap)
+    with Board(tmp_path, wifi_site(broker), extra=("--world", str(w))) as b:
+        b.wait_log(f"online as {NAME}")
+        world(w, wlan={**ap, "up": False})
+        t0 = time.monotonic()
+        b.wait_log("mqtt: network down", timeout=5)
+        assert time.monotonic() - t0 < 4
+        b.wait_log("wifi: greenhouse-iot: no ap found (status 201)", timeout=10)
+        world(w, wlan=ap)
+        b.wait_log(f"online as {NAME}", count=2, timeout=40)
+
+
+def test_the_usb_console_turns_ctrl_c_off():
+    """``"serial": "usb"``: a 0x03 byte in the JSON-RPC stream must not raise KeyboardInterrupt
+    (``micropython.kbd_intr(-1)``, called before the console becomes the stream)."""
+    code = """
+import sys
+calls = []
+class Recorder:
+    def kbd_intr(self, c):
+        calls.append(c)
+real = sys.modules.get("micropython")
+sys.modules["micropython"] = Recorder()
+from edgemcp.stdio import usb
+try:
+    usb()
+except Exception:
+    pass
+print("KBD", calls)
+"""
+    done = subprocess.run([node_binary(), str(HOST / "board.mjs"), "--exec", code], capture_output=True, text=True,
+                          timeout=60, cwd=HOST)
+    assert "KBD [-1]" in done.stdout, done.stdout + done.stderr
 
 
 async def test_dns_answer_is_cached_and_used_while_dns_is_down(broker, tmp_path):

@@ -109,12 +109,13 @@ class Device:
             asyncio.create_task(link.run())
         if cfg["broker"]:
             gc.collect()
-            network = opener = None
+            network = opener = link_up = None
             host = cfg["broker"]
             if cfg["wifi_ssid"] or cfg["ca_file"] or not all(c in "0123456789." for c in host):
                 from . import net
                 if cfg["wifi_ssid"]:
-                    network = net.wifi(cfg["wifi_ssid"], cfg["wifi_password"], self.log, cfg["wifi_timeout"] * 1000)
+                    network, link_up = net.wifi(cfg["wifi_ssid"], cfg["wifi_password"], self.log,
+                                                cfg["wifi_timeout"] * 1000)
                 ssl = None
                 if cfg["ca_file"]:
                     from .tls import context
@@ -130,7 +131,7 @@ class Device:
                 meta["location"] = cfg["location"]
             exp = cfg["session_expiry"]
             link = MqttLink(self.server, cfg["server_id"], cfg["server_name"], host, cfg["port"],
-                            description=cfg["description"], meta=meta, network=network, opener=opener,
+                            description=cfg["description"], meta=meta, network=network, link_up=link_up, opener=opener,
                             username=cfg["username"], password=cfg["password"], keepalive=cfg["keepalive"],
                             qos=cfg["qos"], queue_len=cfg["queue_len"], max_packet=cfg["max_packet"],
                             clean=not exp, expiry=exp)

@@ -18,7 +18,8 @@ class MQTTClient:
     ``run()`` (a task) connects, and after a lost link or a failed attempt reconnects with
     exponential backoff (``min_delay`` .. ``max_delay`` ms, default 1 s .. 30 s, plus 0..511 ms
     of jitter); ``network`` (optional, ``async``) brings the
-    network up first (Wi-Fi). After each CONNACK it calls ``await on_up()`` (subscribe and
+    network up first (Wi-Fi), and ``link_up()`` (optional) says whether it still is: checked
+    every 2 s, False is a lost link. After each CONNACK it calls ``await on_up()`` (subscribe and
     announce there). Received PUBLISHes wait in a bounded queue (``queue_len``): ``await get()``
     returns ``(topic, payload, property block)``. A QoS 1 message is acknowledged when ``get()``
     takes it, and CONNECT's Receive Maximum is ``queue_len``, so the broker holds the rest of a
@@ -34,7 +35,7 @@ class MQTTClient:
 
     def __init__(self, client_id, host, port=1883, opener=None, keepalive=30, publish_user=None,
                  qos=1, queue_len=8, max_packet=2048, timeout=10, network=None, log=print, min_delay=1000,
-                 max_delay=30000, **connect_args):
+                 max_delay=30000, link_up=None, **connect_args):
         self.client_id = client_id
         self.host = host
         self.port = port
@@ -51,6 +52,7 @@ class MQTTClient:
         self._stop = False
         self._opener = opener
         self._network = network
+        self._link_up = link_up
         self._log = log
         self._pprops = m.properties(publish_user)
         self._q = []
@@ -149,6 +151,8 @@ class MQTTClient:
         ka = self.keepalive * 1000
         while True:
             await asyncio.sleep_ms(min(ka // 4, 2000) if ka else 2000)
+            if self._link_up and not self._link_up():  # as mqtt_as: Wi-Fi gone, do not wait for keepalive
+                return self._fail("network down")
             now = time.ticks_ms()
             for a in self._acks.values():
                 if time.ticks_diff(now, a[2]) > self.timeout:

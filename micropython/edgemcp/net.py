@@ -7,8 +7,9 @@ import time
 
 
 def wifi(ssid, password, log=print, timeout_ms=20000):
-    """An ``async`` callable for :class:`mqtt.MQTTClient`'s ``network``: returns at once when
-    the station is connected, else connects and waits up to ``timeout_ms`` for an address.
+    """``(up, is_up)`` for :class:`mqtt.MQTTClient`'s ``network`` and ``link_up``: ``await up()``
+    returns at once when the station is connected, else connects and waits up to
+    ``timeout_ms`` for an address; ``is_up()`` is the station's ``isconnected()``.
 
     Raises OSError naming the cause as soon as the station reports it (``STAT_WRONG_PASSWORD``,
     ``STAT_NO_AP_FOUND``, ``STAT_CONNECT_FAIL``, any other ESP-IDF reason by number): no wait for
@@ -45,7 +46,7 @@ def wifi(ssid, password, log=print, timeout_ms=20000):
             await asyncio.sleep_ms(100)
         raise OSError("wifi: %s not reachable in %d s (status %s)" % (ssid, timeout_ms // 1000, sta.status()))
 
-    return up
+    return up, sta.isconnected
 
 
 def opener(ttl=3600, ssl=None, log=print, timeout=10):
