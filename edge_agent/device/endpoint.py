@@ -16,6 +16,8 @@ start, so a client keeps calling across an agent restart without a new ``initial
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
 from typing import Any
 
@@ -54,6 +56,7 @@ class Endpoint:
         self.transport: MqttServerTransport | None = None
         self._tasks: set[asyncio.Task] = set()
         self.refused = 0  # initializes refused by a token check (missing, bad, another subject's id)
+        self._answer_acks: dict[tuple[str, str], asyncio.Future[Any]] = {}  # (client, request id) -> PUBACK
         self._unsaved: set[str] = set()  # sessions whose changed copy is not known to be on disk
         self.journal: ReplyJournal | None = None  # the durable reply cache (ack_when_handled)
         self.janitor = SessionJanitor(sessions=lambda: self.server.sessions, close=self._reaped,
@@ -71,11 +74,8 @@ class Endpoint:
                                            on_client_gone=ep.on_client_gone, store=store, **transport_kwargs)
         server.broadcast = ep.transport.send_capability
         if settings is not None and settings.ack_when_handled and store is not None:
-            transport = ep.transport
             ep.journal = ReplyJournal(store, lambda: server.registry.tools, max_entries=settings.reply_store_max,
-                                      ttl=settings.reply_ttl,
-                                      resend=lambda cid, reply, seq: transport.send_rpc(cid, reply, seq=seq)
-                                      if seq is not None else ep._sender(cid)(reply))
+                                      ttl=settings.reply_ttl, resend=ep._resend)
             server.reply_store = ep.journal
         if settings is not None:
             server.deadline_skew = settings.deadline_skew
@@ -108,15 +108,31 @@ class Endpoint:
             if "method" in message or store is None or not journal.keeps(client_id, message):
                 transport.send_rpc(client_id, message)
                 return
-            # an answer the durable reply cache keeps: it and its row in the outbox go to disk
-            # in one commit, and only then on the wire, so a crash can never let the client
-            # see an answer the cache forgot (the cache answers repeats with its seq)
-            seq = transport.send_rpc(client_id, message, hold=True)
+            # an answer the durable reply cache keeps: committed there first (its only copy on
+            # disk: no outbox row), then sent under its own sequence number; the request is
+            # acknowledged after this answer's PUBACK (_handled), so a crash before it makes the
+            # broker send the request again and the cache answer it, same seq (no second run)
+            seq = transport.next_seq()
             journal.sent(client_id, message, seq)
-            if seq is not None:
-                loop = asyncio.get_running_loop()
-                store.after_write(lambda: loop.call_soon_threadsafe(transport.release, seq), urgent=True)
+            acked = self._answer_ack(client_id, message.get("id"))
+            loop = asyncio.get_running_loop()
+            out = functools.partial(transport.send_rpc, client_id, message, seq=seq, acked=acked)
+            store.after_write(lambda: loop.call_soon_threadsafe(out), urgent=True)
         return send
+
+    def _answer_ack(self, client_id: str, request_id: Any) -> asyncio.Future[Any]:
+        """A future the PUBACK of the answer to ``request_id`` resolves (see :meth:`_handled`)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._answer_acks[(client_id, json.dumps(request_id))] = fut
+        return fut
+
+    def _resend(self, client_id: str, reply: dict[str, Any], seq: int | None) -> int | None:
+        """The durable reply cache answers a repeat: under ``seq`` (the first answer's), or as a new answer."""
+        assert self.transport is not None
+        if seq is None:
+            self._sender(client_id)(reply)
+            return None
+        return self.transport.send_rpc(client_id, reply, seq=seq, acked=self._answer_ack(client_id, reply.get("id")))
 
     # ---------------------------------------------------------------- persistence
     def _persist(self, session: Session, closed: bool) -> None:
@@ -182,7 +198,8 @@ class Endpoint:
         work = self._control(client_id, payload, incoming)
         self._spawn(work if incoming.ack is None else self._then_ack(work, incoming))
 
-    async def _control(self, client_id: str, payload: bytes, incoming: Incoming) -> None:
+    async def _control(self, client_id: str, payload: bytes, incoming: Incoming) -> Any:
+        # (returns False when its answer was not acknowledged: see _handled and _then_ack)
         transport = self.transport
         assert transport is not None
         if incoming.content_type in codec.ENCODINGS:
@@ -218,8 +235,7 @@ class Endpoint:
         if session is None or not session.modern:  # (a session-less client keeps its listens)
             session = self.server.open_session(client_id, self._sender(client_id), admission=admission)
         elif client_id in transport.clients:
-            await self._handled(session, msg, incoming)  # topics already served
-            return
+            return await self._handled(session, msg, incoming)  # topics already served
         try:
             await transport.serve_client(client_id)  # subscribe BEFORE answering (spec)
         except Exception as exc:
@@ -233,7 +249,7 @@ class Endpoint:
             info = ((msg.get("params") or {}).get("_meta") or {}).get(modern.CLIENT_INFO_META)
         log.info("client %s %s (%r)", client_id, "session-less, " + msg["method"] if sessionless else "initializing",
                  info.get("name", "?") if isinstance(info, dict) else "?")
-        await self._handled(session, msg, incoming)
+        return await self._handled(session, msg, incoming)
 
     def _refused(self, client_id: str, msg: dict[str, Any], err: RpcError) -> None:
         """An ``initialize`` refused by :meth:`McpServer.admit` (bad or missing token, another
@@ -271,20 +287,31 @@ class Endpoint:
         return True
 
     # ---------------------------------------------------------------- acknowledging when handled
-    async def _handled(self, session: Session, msg: dict[str, Any], incoming: Incoming) -> None:
+    async def _handled(self, session: Session, msg: dict[str, Any], incoming: Incoming) -> bool:
         """``server.handle``; with ``ack_when_handled``, also wait until the request (or the
-        copy of it that is in flight) is answered."""
+        copy of it that is in flight) is answered and, for an answer the durable reply cache
+        keeps, until the broker acknowledged that answer. False: it did not (the link died):
+        the request is then not acknowledged (the broker sends it again after the reconnect)."""
         await self.server.handle(session, msg, deadline=incoming.deadline)
-        if incoming.ack is not None and "method" in msg and "id" in msg:
-            entry = session.inflight.get(msg["id"])
-            if entry is not None:
-                await asyncio.wait([entry[0]])
+        if incoming.ack is None or "method" not in msg or "id" not in msg:
+            return True
+        entry = session.inflight.get(msg["id"])
+        if entry is not None:
+            await asyncio.wait([entry[0]])
+        acked = self._answer_acks.pop((session.id, json.dumps(msg["id"])), None)
+        if acked is None:
+            return True
+        assert self.transport is not None
+        done, _ = await asyncio.wait([acked], timeout=2.0 * self.transport.settings.keepalive + 1.0)
+        return bool(done)
 
     async def _then_ack(self, work: Any, incoming: Incoming) -> None:
+        ok = True
         try:
-            await work
+            ok = (await work) is not False
         finally:
-            self._ack_after(incoming)
+            if ok:
+                self._ack_after(incoming)
 
     def _ack_after(self, incoming: Incoming) -> None:
         """Send the message's PUBACK (``ack_when_handled``) once what its handling queued for

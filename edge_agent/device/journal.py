@@ -177,8 +177,8 @@ class ReplyJournal:
         entry = self.entries.get(key)
         if entry is not None and self.store is not None:
             fingerprint, reply, created, _, seq = entry
-            self.store.reply_put(key[0], key[1], fingerprint, json.dumps(reply) if reply is not None else None,
-                                 created, seq)
+            text = json.dumps(reply, separators=(",", ":")) if reply is not None else None
+            self.store.reply_put(key[0], key[1], fingerprint, text, created, seq)
 
     def _put(self, client_id: str, msg: dict[str, Any], reply: dict[str, Any] | None, seq: int | None) -> None:
         key = (client_id, _key(msg["id"]))

@@ -96,6 +96,17 @@ SEQ_RESERVE = 4096
 MAX_BATCH = 2000
 """A batch this long is committed without waiting for the rest of the window."""
 
+LAZY_WINDOW = 10.0
+"""Seconds a queue of nothing but deletes may wait for a commit (losing one in a crash only
+sends an acknowledged message again, which receivers drop by its sequence number)."""
+
+CANCELABLE = frozenset({"outbox_add", "count"})
+"""Writes an urgent commit leaves for the window (an outbox row the broker acknowledges within
+it is never written); :meth:`Store.after_write` does not wait for them."""
+
+LAZY = frozenset({"outbox_delete", "reply_delete"})
+"""Writes that alone never start a commit (see :data:`LAZY_WINDOW`)."""
+
 
 WRITE_ATTEMPTS = 3  # a batch the writer cannot commit is retried (0.5 s apart), then logged as lost
 
@@ -126,8 +137,12 @@ class Store:
         self._cond = threading.Condition()  # guards the queue, _busy and _closed
         self._queue: collections.deque[tuple[str, tuple[Any, ...]]] = collections.deque()
         self._busy = False
-        self._urgent = False  # commit what is queued without waiting for the window
-        self._first_queued = 0.0  # monotonic time the oldest queued write was queued
+        self._urgent = False  # commit what someone waits for without waiting for the window
+        self._everything = False  # commit all that is queued now (flush)
+        self._first_queued = 0.0  # monotonic time the oldest queued significant write was queued
+        self._first_lazy = 0.0  # monotonic time the oldest queued write was queued
+        self._significant = 0  # queued writes other than LAZY ones
+        self._pinned = 0  # queued or being written, not CANCELABLE nor LAZY: what after_write waits for
         self._closed = False
         self._writer: threading.Thread | None = None
         self._last_id = 0
@@ -173,7 +188,10 @@ class Store:
         at the end of the commit window. This is how a sender can make "on disk before it is
         acknowledged" hold without waiting on the loop."""
         with self._cond:
-            if self.write_behind and not self._closed and (self._queue or self._busy):
+            if self.write_behind and not self._closed and self._pinned:
+                if not self._significant:
+                    self._first_queued = time.monotonic()
+                self._significant += 1
                 self._queue.append(("callback", (callback,)))
                 if urgent:
                     self._urgent = True
@@ -190,8 +208,14 @@ class Store:
         with self._cond:
             if self._closed:
                 raise RuntimeError("store closed")
-            if not self._queue:
+            if op not in LAZY and not self._significant:
                 self._first_queued = time.monotonic()
+            if op not in LAZY:
+                self._significant += 1
+            if op not in LAZY and op not in CANCELABLE:
+                self._pinned += 1
+            if not self._queue:
+                self._first_lazy = time.monotonic()
             self._queue.append((op, args))
             if self._writer is None:
                 self._writer = threading.Thread(target=self._write_loop, name="edge-agent-store", daemon=True)
@@ -205,16 +229,48 @@ class Store:
                     self._cond.wait()
                 if not self._queue:
                     return  # closed and drained
-                # group commit: let the window fill, unless someone waits for the disk
-                end = self._first_queued + self.commit_window
-                while not (self._closed or self._urgent) and len(self._queue) < MAX_BATCH:
+                # group commit: let the window fill, unless someone waits for the disk; a queue of
+                # nothing but deletes (acknowledged rows) waits for the next commit, LAZY_WINDOW at most
+                while not (self._closed or self._urgent or self._everything) and len(self._queue) < MAX_BATCH:
+                    end = (self._first_queued + self.commit_window if self._significant
+                           else self._first_lazy + LAZY_WINDOW)
                     left = end - time.monotonic()
                     if left <= 0:
                         break
                     self._cond.wait(left)
-                batch = list(self._queue)
+                queued = list(self._queue)
+                if self._urgent and not (self._closed or self._everything):
+                    # only what someone waits for: the outbox rows the broker may acknowledge
+                    # within the window stay queued (and then cost nothing)
+                    batch = [item for item in queued if item[0] not in CANCELABLE and item[0] not in LAZY]
+                    rest = [item for item in queued if item[0] in CANCELABLE or item[0] in LAZY]
+                else:
+                    # a row added and acknowledged within the window is dropped both ways, here;
+                    # deletes alone never make a commit before LAZY_WINDOW
+                    added = {args[0] for op, args in queued if op in ("outbox_add", "outbox_add_pinned")}
+                    gone = added & {args[0] for op, args in queued if op == "outbox_delete"}
+                    if gone:
+                        queued = [item for item in queued
+                                  if not (item[0] in ("outbox_add", "outbox_add_pinned", "outbox_delete")
+                                          and item[1][0] in gone)]
+                    lazy_due = time.monotonic() - self._first_lazy >= LAZY_WINDOW
+                    if any(op not in LAZY and op != "callback" for op, _ in queued) or lazy_due \
+                            or self._closed or self._everything:
+                        batch, rest = queued, []
+                    else:
+                        batch = [item for item in queued if item[0] == "callback"]
+                        rest = [item for item in queued if item[0] != "callback"]
+                before = list(self._queue)
                 self._queue.clear()
-                self._urgent = False
+                self._queue.extend(rest)
+                done_pinned = _pinned_count(before) - _pinned_count(rest)
+                done_significant = sum(op not in LAZY for op, _ in before) - sum(op not in LAZY for op, _ in rest)
+                self._significant -= done_significant
+                if rest and any(op not in LAZY for op, _ in rest):
+                    self._first_queued = time.monotonic()
+                if not rest:
+                    self._first_lazy = 0.0
+                self._urgent = self._everything = False
                 self._busy = True
             callbacks = [args[0] for op, args in batch if op == "callback"]
             batch = [item for item in batch if item[0] != "callback"]
@@ -238,20 +294,21 @@ class Store:
                         log.exception("state store %s: after_write callback failed", self.path)
             finally:
                 with self._cond:
+                    self._pinned -= done_pinned
                     self._busy = False
                     self._cond.notify_all()
 
     def _apply(self, batch: list[tuple[str, tuple[Any, ...]]]) -> None:
         """One transaction for ``batch``, in order; an outbox row added and deleted within the
         batch is skipped both ways (it was acknowledged before it reached the file)."""
-        added = {args[0] for op, args in batch if op == "outbox_add"}
+        added = {args[0] for op, args in batch if op in ("outbox_add", "outbox_add_pinned")}
         gone = added & {args[0] for op, args in batch if op == "outbox_delete"}
         with self._db_lock:
             db = self._open()
             db.execute("BEGIN")
             try:
                 for op, args in batch:
-                    if op in ("outbox_add", "outbox_delete") and args[0] in gone:
+                    if op in ("outbox_add", "outbox_add_pinned", "outbox_delete") and args[0] in gone:
                         continue
                     if db.execute(_SQL[op], args).rowcount == 0 and op in ("seq_reserve", "seq_exact"):
                         db.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('outbox', ?)", args)
@@ -271,7 +328,7 @@ class Store:
         of the window). False on ``timeout`` (s)."""
         with self._cond:
             if self._queue:
-                self._urgent = True
+                self._everything = True
                 self._cond.notify_all()
             return self._cond.wait_for(lambda: not self._queue and not self._busy, timeout)
 
@@ -300,15 +357,22 @@ class Store:
 
     # ------------------------------------------------------------------ outbox
     def outbox_add(self, topic: str, payload: bytes, *, qos: int, retain: bool, kind: str,
-                   content_type: str | None = None, expires: float | None = None) -> int:
-        """Store a publication; returns its id (strictly increasing, never reused) at once."""
+                   content_type: str | None = None, expires: float | None = None, pinned: bool = False) -> int:
+        """Store a publication; returns its id (strictly increasing, never reused) at once.
+        ``pinned``: :meth:`after_write` waits for this row too (it goes out only once on disk)."""
         self._last_id += 1
         row_id = self._last_id
-        self._write("outbox_add", (row_id, topic, payload, qos, int(retain), kind, content_type, time.time(), expires))
+        self._write("outbox_add_pinned" if pinned else "outbox_add",
+                    (row_id, topic, payload, qos, int(retain), kind, content_type, time.time(), expires))
         return row_id
 
     def outbox_delete(self, row_id: int) -> None:
         self._write("outbox_delete", (row_id,))
+
+    def outbox_next_id(self) -> int:
+        """An outbox id (a sequence number) for a message sent without a row."""
+        self._last_id += 1
+        return self._last_id
 
     def outbox_sent(self, row_id: int) -> None:
         """Row ``row_id`` goes out on the wire (maybe before its row is committed): keep the id
@@ -389,10 +453,16 @@ class Store:
         return {k: int(v) for k, v in self._read("SELECT name, value FROM counters ORDER BY name")}
 
 
+def _pinned_count(items: list[tuple[str, tuple[Any, ...]]]) -> int:
+    return sum(op not in LAZY and op not in CANCELABLE and op != "callback" for op, _ in items)
+
+
 _SQL = {
     "outbox_add": "INSERT INTO outbox (id, topic, payload, qos, retain, kind, content_type, created, expires)"
                   " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "outbox_delete": "DELETE FROM outbox WHERE id = ?",
+    "outbox_add_pinned": "INSERT INTO outbox (id, topic, payload, qos, retain, kind, content_type, created, expires)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
     "session_put": "INSERT INTO sessions (client_id, data, updated) VALUES (?, ?, ?)"
                    " ON CONFLICT(client_id) DO UPDATE SET data = excluded.data, updated = excluded.updated",
     "session_delete": "DELETE FROM sessions WHERE client_id = ?",

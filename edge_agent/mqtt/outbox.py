@@ -58,9 +58,10 @@ class OutboxStore(Protocol):
     agent, :class:`MemoryStore` otherwise. Ids increase strictly and are never reused."""
 
     def outbox_add(self, topic: str, payload: bytes, *, qos: int, retain: bool, kind: str,
-                   content_type: str | None = None, expires: float | None = None) -> int: ...
+                   content_type: str | None = None, expires: float | None = None, pinned: bool = False) -> int: ...
     def outbox_delete(self, row_id: int) -> None: ...
     def outbox_sent(self, row_id: int) -> None: ...
+    def outbox_next_id(self) -> int: ...
     def outbox_rows(self, after: int = 0, limit: int = 1000) -> list[Any]: ...
     def outbox_stats(self) -> tuple[int, int]: ...
     def outbox_oldest(self, kind: str, exclude: Any = ()) -> Any: ...
@@ -97,7 +98,7 @@ class MemoryStore:
         self._last = 0
 
     def outbox_add(self, topic: str, payload: bytes, *, qos: int, retain: bool, kind: str,
-                   content_type: str | None = None, expires: float | None = None) -> int:
+                   content_type: str | None = None, expires: float | None = None, pinned: bool = False) -> int:
         self._last += 1
         self.rows[self._last] = OutboxRow(self._last, topic, payload, qos, retain, kind, content_type, time.time(),
                                           expires)
@@ -108,6 +109,10 @@ class MemoryStore:
 
     def outbox_sent(self, row_id: int) -> None:
         """(Nothing survives a restart: no id to reserve.)"""
+
+    def outbox_next_id(self) -> int:
+        self._last += 1
+        return self._last
 
     def outbox_rows(self, after: int = 0, limit: int = 1000) -> list[OutboxRow]:
         return [self.rows[i] for i in sorted(i for i in self.rows if i > after)[:limit]]
@@ -153,7 +158,8 @@ class Outbox:
         self.store.count(reason)
 
     def add(self, topic: str, payload: bytes, *, qos: int, retain: bool, kind: str,
-            content_type: str | None, expires: float | None, in_flight: Iterable[int] = ()) -> StoredRow | None:
+            content_type: str | None, expires: float | None, in_flight: Iterable[int] = (),
+            pinned: bool = False) -> StoredRow | None:
         """Store a publication, applying the bounds. Returns the row, or None when this
         (telemetry) message was dropped because nothing older could make room."""
         size = len(payload) + len(topic)
@@ -180,7 +186,7 @@ class Outbox:
                 return None
             self._drop(f"outbox_full_{victim.kind}", victim.id, victim.size)
         row_id = self.store.outbox_add(topic, payload, qos=qos, retain=retain, kind=kind,
-                                       content_type=content_type, expires=expires)
+                                       content_type=content_type, expires=expires, pinned=pinned)
         self._count += 1
         self._bytes += size
         return OutboxRow(row_id, topic, payload, qos, retain, kind, content_type, time.time(), expires)

@@ -165,7 +165,7 @@ class MqttServerTransport:
         self._waiting: collections.OrderedDict[int, StoredRow] = collections.OrderedDict()
         self._qos0_sent: collections.deque[float] = collections.deque(maxlen=65536)  # monotonic
         self._last_heard = 0.0  # monotonic time of the last packet from the broker we saw
-        self._held: dict[int, StoredRow] = {}  # published with hold, not released yet
+        self._answer_waiters: dict[int, asyncio.Future[Any]] = {}  # mid -> waiter for an answer's PUBACK
         self._qos0: collections.deque[tuple[str, bytes, str | None]] = collections.deque()
         self._pending_sub: dict[int, asyncio.Future] = {}
         self._published: dict[int, asyncio.Future] = {}  # mid -> waiter for its PUBACK (stop())
@@ -315,21 +315,31 @@ class MqttServerTransport:
         return codec.encode(message, self.encodings.get(client_id) if client_id else None)
 
     def send_rpc(self, client_id: str, message: dict[str, Any], *, seq: int | None = None,
-                 hold: bool = False) -> int | None:
+                 acked: asyncio.Future[Any] | None = None) -> int | None:
         """Publish a JSON-RPC message on ``$mcp-rpc/{client_id}/{server-id}/{server-name}``
         (a response, or a notification such as progress), in the session's encoding. Returns
         its ``EDGE-AGENT-SEQ`` (None: sent without one). ``seq``: send an answer again under the
         sequence number it first went out with (receivers that deduplicate by it see it once),
-        directly, not through the outbox (offline: not at all). ``hold``: store it in the outbox
-        but send it only at :meth:`release` (when what must be on disk first is)."""
+        directly, not through the outbox (offline: not at all), and ``acked`` (a future) is
+        resolved by its PUBACK. This is how an answer the durable reply cache keeps goes out:
+        its copy on disk is the reply cache's, and the request it answers is acknowledged only
+        after this PUBACK, so a crash before it makes the broker send the request again."""
         kind = "response" if "id" in message and "method" not in message else "notification"
         payload, content_type = self._encode(client_id, message), self.encodings.get(client_id)
         if seq is None:
-            return self.publish(self.rpc_topic(client_id), payload, kind=kind, content_type=content_type, hold=hold)
+            return self.publish(self.rpc_topic(client_id), payload, kind=kind, content_type=content_type)
         if self.connected.is_set():
             expires = time.time() + self.settings.message_expiry if self.settings.message_expiry else None
-            self._send(self.rpc_topic(client_id), payload, self.settings.qos(kind), False, content_type, seq, expires)
+            self.store.outbox_sent(seq)
+            info = self._send(self.rpc_topic(client_id), payload, self.settings.qos(kind), False, content_type, seq,
+                              expires)
+            if acked is not None and info.rc == MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._answer_waiters[info.mid] = acked
         return seq
+
+    def next_seq(self) -> int:
+        """A new ``EDGE-AGENT-SEQ`` (an outbox id no row will have) for :meth:`send_rpc` ``seq``."""
+        return self.store.outbox_next_id()
 
     def send_capability(self, message: dict[str, Any]) -> None:
         """Publish a notification on the server capability topic (always JSON):
@@ -338,11 +348,10 @@ class MqttServerTransport:
         self.publish(self.capability_topic, codec.encode(message), kind=kind)
 
     def publish(self, topic: str, payload: bytes, *, kind: str, content_type: str | None = None,
-                retain: bool = False, hold: bool = False) -> int | None:
+                retain: bool = False) -> int | None:
         """Publish with the QoS of ``kind``: QoS 1 through the outbox (stored until PUBACK),
         QoS 0 directly or, while offline, into a bounded in-memory queue (oldest dropped).
-        Returns the outbox row id (= ``EDGE-AGENT-SEQ``), or None (not through the outbox, or dropped).
-        ``hold`` (QoS 1): through the outbox, sent only at :meth:`release` of the returned id."""
+        Returns the outbox row id (= ``EDGE-AGENT-SEQ``), or None (not through the outbox, or dropped)."""
         qos = self.settings.qos(kind)
         if qos == 0:
             if self.connected.is_set():
@@ -354,7 +363,7 @@ class MqttServerTransport:
                 self._qos0.append((topic, payload, content_type))
             return None
         expires = time.time() + self.settings.message_expiry if kind == "response" and self.settings.message_expiry else None
-        if not self.settings.durable_outbox and self.connected.is_set() and not hold:
+        if not self.settings.durable_outbox and self.connected.is_set():
             self._send(topic, payload, qos, retain, content_type, None, expires)
             return None
         row = self.outbox.add(topic, payload, qos=qos, retain=retain, kind=kind, content_type=content_type,
@@ -363,17 +372,9 @@ class MqttServerTransport:
             self._waiting.pop(gone, None)
         if row is None:
             return None
-        if hold:
-            self._held[row.id] = row
-        elif self.connected.is_set():
+        if self.connected.is_set():
             self._send_row(row)
         return row.id
-
-    def release(self, row_id: int) -> None:
-        """Send a row published with ``hold`` (offline: it waits in the outbox for the next connect)."""
-        row = self._held.pop(row_id, None)
-        if row is not None and self.connected.is_set():
-            self._send_row(row)
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool, content_type: str | None,
               seq: int | None, expires: float | None) -> mqtt.MQTTMessageInfo:
@@ -413,9 +414,8 @@ class MqttServerTransport:
     def _drain(self) -> None:
         """After a (re)connect: send stored rows not already in paho's hands, oldest first,
         then the QoS 0 messages held while offline."""
-        held = set(self._held)
         self._waiting.clear()
-        for row in self.outbox.pending(exclude=[r for r, _, _ in self._inflight.values()] + list(held)):
+        for row in self.outbox.pending(exclude=[r for r, _, _ in self._inflight.values()]):
             self._send_row(row)
         while self._qos0:
             topic, payload, ct = self._qos0.popleft()
@@ -607,7 +607,7 @@ class MqttServerTransport:
         self._acked(mid, reason_code)
 
     def _acked(self, mid: int, reason_code: Any) -> None:
-        waiter = self._published.pop(mid, None)
+        waiter = self._published.pop(mid, None) or self._answer_waiters.pop(mid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(reason_code)
         entry = self._inflight.pop(mid, None)
