@@ -422,7 +422,9 @@ async def planted(n: int, args: argparse.Namespace, log_dir: Path) -> None:
     from edge_agent.server.mcp import McpServer, ServerInfo
     from edge_agent.testing.fleet_sim import plant_presences, sim_registry
 
-    with LocalBroker() as broker, tempfile.TemporaryDirectory(prefix="edge-agent-catalogs-") as cache, \
+    conf = args.broker_conf.replace("\\n", "\n")
+    with LocalBroker(extra_conf=conf) as broker, \
+            tempfile.TemporaryDirectory(prefix="edge-agent-catalogs-") as cache, \
             open(log_dir / f"planted-{n}.log", "w") as errlog:
         server = McpServer(sim_registry(SimDevice.__new__(SimDevice)), ServerInfo(name="edge-agent-sim", version="b"))
         CatalogStore(cache).put(catalog_digest(server), catalog(server))
@@ -432,7 +434,8 @@ async def planted(n: int, args: argparse.Namespace, log_dir: Path) -> None:
         planted_s = time.perf_counter() - t
         devices_s, listed = await asyncio.to_thread(devices_command, broker.url, n)
         wanted = {name for _, name in pairs}
-        print(f"\n## Planted presences: {n} (one client, default Mosquitto; catalog cache prefilled)\n")
+        print(f"\n## Planted presences: {n} (one client; Mosquitto {conf.strip() or 'defaults'}; catalog cache "
+              "prefilled)\n")
         print(f"planted in {planted_s:.1f} s; `edge-agent devices`: {devices_s:.2f} s, {listed} listed")
         print("\n| mode | first answer (s) | again (s) | gateway RSS (MB) | RSS peak (MB) |")
         print("|---|---:|---:|---:|---:|")
@@ -485,6 +488,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--expose", default="flat", choices=["flat"], help="gateway mode measured (flat: every tool)")
     p.add_argument("--planted", default=None, type=lambda s: [int(x) for x in s.split(",")],
                    help="instead: N retained presences planted by one client (no devices), e.g. 10000,100000")
+    p.add_argument("--broker-conf", default="", metavar="LINES",
+                   help="with --planted: mosquitto.conf lines (\\n-separated), e.g. 'max_queued_messages 0'")
     p.add_argument("--log-dir", default="/tmp/edge-agent-bench", help="where the gateway's stderr goes")
     p.add_argument("--keep-log", action="store_true", help="keep the gateway's stderr log")
     args = p.parse_args(argv)

@@ -199,17 +199,19 @@ class PresenceTable:
 
 
 PRESENCE_QOS = 0
-"""QoS of the presence subscriptions. At QoS 0 a broker's per-client queue limits cannot drop
-the retained burst: Mosquitto 2.0 (default ``max_queued_messages 1000``, ``max_inflight_messages
-20``) delivers 10,000 retained presences whole at QoS 0, and only the first 1,020 at QoS 1
-(measured: tests/test_fleet_presence.py, docs/fleet.md). Nothing is lost by it: presence is
-retained, so after a reconnect the broker sends every one again."""
+"""QoS of the presence subscriptions. At QoS 0 a broker's per-client queue limit only bites
+once the client's socket buffers are full: Mosquitto 2.0 (default ``max_queued_messages 1000``,
+``max_inflight_messages 20``) delivers 10,000 retained presences whole at QoS 0, and only the
+first 1,020 at QoS 1 (tests/test_fleet_presence.py); at 40,000 and more it drops QoS 0 too
+(about 17,000 arrive) unless ``max_queued_messages`` is raised: the end-of-retained marker
+detects that (docs/fleet.md). Nothing is lost by QoS 0: presence is retained, so after a
+reconnect the broker sends every one again."""
 
 GAP_ADVICE = (
     "the broker dropped presence messages (the end-of-retained marker, sent after them, never came back): "
     "raise the broker's per-client queue limit above the number of devices (Mosquitto: max_queued_messages, "
-    "default 1000, plus max_inflight_messages 20; EMQX: mqtt.max_mqueue_len; HiveMQ: max-queue-size), "
-    "or subscribe presence at QoS 0 (docs/fleet.md)")
+    "default 1000, 0 = no limit; it bounds QoS 0 too once the client's socket buffers are full, about "
+    "15,000 presences here; EMQX: mqtt.max_mqueue_len; HiveMQ: max-queue-size) (docs/fleet.md)")
 """What to do when the marker is lost: which broker setting to raise."""
 
 MARKER_QUIET = 2.0

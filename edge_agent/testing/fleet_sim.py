@@ -469,20 +469,24 @@ def plant_presences(broker_url: str, n: int, *, name_prefix: str = "devices/sim"
     client.loop_start()
     pairs = []
     try:
-        infos = []
-        for i in range(n):
-            sid, name = f"{id_prefix}-{i:0{width}d}", f"{name_prefix}/dev-{i:0{width}d}"
-            online = {"jsonrpc": "2.0", "method": "notifications/server/online",
-                      "params": {"server_name": name, "description": "Planted presence",
-                                 "meta": {"implementation": "edge-agent-sim", **(meta or {}), CATALOG_DIGEST: digest}}}
-            infos.append(client.publish(topics.server_presence(sid, name), json.dumps(online).encode(), qos=1,
-                                        retain=True))
-            pairs.append((sid, name))
         deadline = time.monotonic() + timeout
-        for info in infos:
-            info.wait_for_publish(max(0.0, deadline - time.monotonic()))
-            if not info.is_published():
-                raise TimeoutError(f"the broker did not acknowledge {n} presences within {timeout} s")
+        for start in range(0, n, 5000):  # in batches: paho keeps every unacknowledged message
+            infos = []
+            for i in range(start, min(n, start + 5000)):
+                sid, name = f"{id_prefix}-{i:0{width}d}", f"{name_prefix}/dev-{i:0{width}d}"
+                online = {"jsonrpc": "2.0", "method": "notifications/server/online",
+                          "params": {"server_name": name, "description": "Planted presence",
+                                     "meta": {"implementation": "edge-agent-sim", **(meta or {}),
+                                              CATALOG_DIGEST: digest}}}
+                infos.append(client.publish(topics.server_presence(sid, name), json.dumps(online).encode(), qos=1,
+                                            retain=True))
+                pairs.append((sid, name))
+            for info in infos:
+                if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                    raise TimeoutError(f"paho refused a presence: {mqtt.error_string(info.rc)}")
+                info.wait_for_publish(max(0.0, deadline - time.monotonic()))
+                if not info.is_published():
+                    raise TimeoutError(f"the broker did not acknowledge {n} presences within {timeout} s")
     finally:
         client.disconnect()
         client.loop_stop()
