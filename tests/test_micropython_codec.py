@@ -264,3 +264,25 @@ def test_ping_and_disconnect_match_paho(paho_session):
     assert fb.wait(2) == m.PINGREQ_PACKET
     c.disconnect()
     assert fb.wait(3) == m.DISCONNECT_PACKET
+
+
+def test_persistent_session_connect_decodes_with_paho():
+    """Clean Start 0 + Session Expiry Interval + Receive Maximum + Maximum Packet Size, as the
+    board connects (issue 16): paho reads the property block as we mean it."""
+    ours = bytes(m.connect("esp32-1", 30, user=[("MCP-COMPONENT-TYPE", "mcp-server")], clean=False, expiry=3600,
+                           receive_max=8, max_packet=2048))
+    _, i = m.dec_varint(ours, 1)
+    assert ours[i + 7] & 0x02 == 0  # Clean Start 0
+    props = Properties(PacketTypes.CONNECT)
+    props.unpack(ours[i + 10:])
+    assert (props.SessionExpiryInterval, props.ReceiveMaximum, props.MaximumPacketSize) == (3600, 8, 2048)
+    assert props.UserProperty == [("MCP-COMPONENT-TYPE", "mcp-server")]
+
+
+def test_subscribe_with_retain_handling_2_matches_paho(paho_session):
+    c, fb = paho_session
+    fb.wait(1)
+    rc, mid = c.subscribe([("$mcp-rpc/+/esp32-1/devices/x/esp1",
+                            SubscribeOptions(qos=1, noLocal=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))])
+    theirs = fb.wait(2)
+    assert bytes(m.subscribe(mid, [("$mcp-rpc/+/esp32-1/devices/x/esp1", 1 | m.NO_LOCAL | m.NO_RETAINED)])) == theirs

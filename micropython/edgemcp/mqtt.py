@@ -25,8 +25,9 @@ class MQTTClient:
     takes it, and CONNECT's Receive Maximum is ``queue_len``, so the broker holds the rest of a
     burst instead of the board's heap (a broker that sends more anyway: the oldest is dropped
     and counted in ``drops``). With a persistent session (``clean=False``, ``expiry``), a
-    message still queued when the link is lost is dropped: the broker sends it again. ``max_packet``: bytes of the preallocated input buffer, sent in CONNECT
-    as the Maximum Packet Size; a longer packet (from a broker that ignores it) is skipped
+    message still queued when the link is lost is dropped: the broker sends it again.
+    ``max_packet``: bytes of the preallocated input buffer, sent in CONNECT as the Maximum
+    Packet Size; a longer packet (from a broker that ignores it) is skipped
     unparsed and counted in ``too_big``. ``timeout`` (s): for the connection, the CONNACK,
     each write to drain and each acknowledgement; a write that cannot drain in time fails
     the link. ``publish``/``subscribe`` wait out an outage.
