@@ -168,3 +168,44 @@ def test_cli_with_client_certificate(tmp_path):
                 await agent.stop()
 
         asyncio.run(go())
+
+
+async def test_device_roles_apply_per_caller_through_the_gateway(broker, tmp_path):
+    """alice (operator) and bob (viewer) behind the gateway's bearer tokens: the gateway signs
+    each forwarded request with a device token for its caller; the device (gateway's key in
+    [[auth.issuers]], [rbac] viewer by default) lets alice switch the pump and refuses bob."""
+    from cryptography.hazmat.primitives import serialization
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    (tmp_path / "gw.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                        serialization.NoEncryption()))
+    minter = DeviceTokens(key, issuer="gw.example")
+    (tmp_path / "gw-jwks.json").write_text(json.dumps(minter.jwks()))
+    agent = Agent(cfg.from_dict({
+        "device": {"server_name": NAME, "server_id": SID, "simulate": True, "state_dir": str(tmp_path / "s")},
+        "drivers": [{"kind": "relay", "name": "pump_relay", "pin": 17}],
+        "rbac": {"default_role": "viewer"},
+        "auth": {"required": False, "issuers": [{"issuer": "gw.example", "jwks_file": str(tmp_path / "gw-jwks.json")}]},
+    }), broker_url=broker.url)
+    await agent.start(connect_timeout=10)
+    alice, bob = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    (tmp_path / "tokens").write_text(tokens_file_line(alice, "alice", ["operator"]) + "\n"
+                                     + tokens_file_line(bob, "bob", ["viewer"]) + "\n")
+    gw = await GatewayProcess(broker.url, tmp_path / "gw.log", "--auth-tokens", str(tmp_path / "tokens"),
+                              "--device-token-key", str(tmp_path / "gw.key"), "--device-token-issuer", "gw.example").ready()
+    tool = "devices.greenhouse.gw-auth__pump_relay_on"
+    try:
+        for token, allowed in ((alice, True), (bob, False)):
+            async with _client(token) as http, streamable_http_client(gw.url, http_client=http) as (read, write), \
+                    ClientSession(read, write, read_timeout_seconds=30) as s:
+                await s.initialize()
+                try:
+                    result = await s.call_tool(tool, {})
+                    ok = not result.is_error
+                except Exception as exc:  # the device's -32003, passed on by the gateway
+                    assert "Forbidden" in str(exc) and "viewer" in str(exc), exc
+                    ok = False
+                assert ok is allowed, (token == alice, result if ok else None)
+    finally:
+        gw.stop()
+        await agent.stop()

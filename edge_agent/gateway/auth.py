@@ -306,3 +306,35 @@ def describe(auth: HttpAuth | None) -> str:
     if auth is None:
         return "no authentication (loopback only)"
     return "bearer JWTs of " + json.dumps(str(auth.settings.issuer_url)) if auth.kind == "jwt" else "bearer tokens from a file"
+
+
+TOKEN_META = "dev.edge-agent/token"  # the key a device's edge_agent.server.tokens verifies
+
+
+def caller_of(ctx: Any) -> Caller | None:
+    """The caller of a gateway request: from the HTTP request of the SDK's request context
+    (``ctx.request.user``, set by the bearer middleware), else the auth context variable."""
+    request = getattr(ctx, "request", None)
+    try:
+        user = request.scope.get("user") if request is not None and hasattr(request, "scope") else None
+    except Exception:  # not an HTTP request (stdio)
+        user = None
+    token = getattr(user, "access_token", None)
+    if token is not None and getattr(token, "subject", None):
+        roles = (token.claims or {}).get("roles") or []
+        return Caller(token.subject, tuple(r for r in roles if isinstance(r, str)), token.client_id)
+    return current_caller()
+
+
+def with_device_token(params: dict[str, Any] | None, ctx: Any, minter: DeviceTokens | None, client_id: str | None,
+                      server_id: str) -> dict[str, Any] | None:
+    """``params`` with ``_meta["dev.edge-agent/token"]``: a device token :class:`DeviceTokens`
+    signs for the caller of ``ctx`` (bound to the gateway's ``client_id``, for ``server_id``), so
+    the device applies the caller's role to this request (never the caller's own token: no
+    passthrough). Unchanged without a minter, a caller or a client id."""
+    caller = caller_of(ctx) if minter is not None and client_id else None
+    if caller is None or minter is None or client_id is None:
+        return params
+    out = dict(params or {})
+    out["_meta"] = {**(out.get("_meta") or {}), TOKEN_META: minter.mint(caller, client_id=client_id, audience=server_id)}
+    return out

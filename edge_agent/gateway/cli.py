@@ -59,11 +59,16 @@ def _gateway(args: argparse.Namespace) -> int:
     try:
         tls = broker_tls(args)
         auth = _http_auth(args)
+        device_tokens = None
+        if args.device_token_key:
+            from edge_agent.gateway.auth import DeviceTokens
+
+            device_tokens = DeviceTokens.from_pem(args.device_token_key, issuer=args.device_token_issuer)
     except (ValueError, OSError) as bad:
         print(f"edge-agent gateway: {bad}", file=sys.stderr)
         return 2
     options = GatewayOptions(
-        tls=tls, auth=auth,
+        tls=tls, auth=auth, device_tokens=device_tokens,
         broker=broker, server_name_filter=args.filter, http=args.http, eager=args.eager, strategy=args.strategy,
         timeouts=Timeouts(initialize=args.timeout_initialize, ping=args.timeout_ping, call=args.timeout_call,
                           request=args.timeout_request),
@@ -149,6 +154,11 @@ def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
                    help="--http: an accepted JWT aud (repeatable; default: the gateway's resource URL)")
     p.add_argument("--auth-tokens", metavar="FILE", default=None,
                    help="--http: accept the bearer tokens listed in FILE ('TOKEN-or-sha256:HEX SUBJECT ROLES' lines)")
+    p.add_argument("--device-token-key", metavar="PEM", default=None,
+                   help="--http: sign each forwarded request with a short-lived device token for its caller "
+                        "(an Ed25519 or P-256 private key), so device roles apply per caller")
+    p.add_argument("--device-token-issuer", metavar="ISS", default="edge-agent-gateway",
+                   help="the iss of those device tokens, as devices' [[auth.issuers]] name it (default: edge-agent-gateway)")
     p.add_argument("--public-url", metavar="URL", default=None,
                    help="--http: the URL clients use for /mcp, behind a proxy (default: http://HOST:PORT/mcp)")
     p.add_argument("-v", "--verbose", action="count", default=0, help="log to stderr (-vv: debug)")

@@ -55,6 +55,7 @@ class GatewayOptions:
     catalog_cache: str | None = None  # folder of catalogs by digest (gateway/catalog.py); None: memory only
     tls: Any = None  # edge_agent.mqtt.server.TlsSettings: CA, client certificate and key (mTLS brokers)
     auth: Any = None  # gateway/auth.py HttpAuth: bearer tokens on --http (None: loopback only)
+    device_tokens: Any = None  # gateway/auth.py DeviceTokens: each request carries its caller's device token
 
 
 def parse_host_port(text: str) -> tuple[str, int]:
@@ -81,7 +82,9 @@ def build(options: GatewayOptions) -> Gateway:
                   strategy=options.strategy, timeouts=options.timeouts, ping_interval=options.ping_interval,
                   init_concurrency=options.init_concurrency, catalogs=CatalogStore(options.catalog_cache),
                   tls=options.tls)
-    return Gateway(fleet, page_size=options.page_size, expose=options.expose)
+    gateway = Gateway(fleet, page_size=options.page_size, expose=options.expose)
+    gateway.device_tokens = options.device_tokens
+    return gateway
 
 
 async def _on_signals(action) -> None:

@@ -51,6 +51,7 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS
 from edge_agent import __version__
 from edge_agent.client.discovery import catalog_digest
 from edge_agent.gateway import tasks as gateway_tasks
+from edge_agent.gateway.auth import with_device_token as _with_device_token
 from edge_agent.gateway.balance import with_digest
 from edge_agent.gateway.catalog import PageCache
 from edge_agent.gateway.fleet import DeviceGone, DeviceUnavailable, Fleet, Replica
@@ -190,6 +191,7 @@ class Gateway:
             raise ValueError(f"expose must be one of {', '.join(EXPOSE_MODES)}, not {expose!r}")
         self.expose = expose
         self.fleet = fleet
+        self.device_tokens: Any = None  # gateway/auth.py DeviceTokens: the caller's role reaches the device
         fleet.listener = self
         self.page_size = max(1, page_size)
         self.namer = Namer()
@@ -397,7 +399,10 @@ class Gateway:
         while True:
             replica = self._replica_for(client, server_name, unavailable)
             try:
-                return await self.fleet.request(replica, method, params, progress=progress), replica
+                sent = params if self.device_tokens is None else _with_device_token(
+                    params, ctx, self.device_tokens, self.fleet.link.client_id if self.fleet.link else None,
+                    replica.server_id)
+                return await self.fleet.request(replica, method, sent, progress=progress), replica
             except DeviceUnavailable:  # never sent: any other replica will do
                 self._unbind(client, replica)
                 unavailable.add(replica.server_id)

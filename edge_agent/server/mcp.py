@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import copy
 import json
 import logging
 import threading
@@ -298,8 +299,40 @@ class McpServer(Dispatcher):
                      deadline: float | None = None) -> None:
         """Handle one incoming message of ``session`` (see :meth:`Dispatcher.handle`).
         ``deadline``: Unix time (s) after which the transport says the message expired (MQTT
-        Message Expiry); destructive tools called after it are refused."""
+        Message Expiry); destructive tools called after it are refused. A request that carries
+        its own signed token (:meth:`per_request`) is answered for that token's subject and role."""
+        if self.policy.verifier is not None and isinstance(payload, dict):
+            acting = self.per_request(session, payload)
+            if acting is None:
+                return
+            session = acting
         await super().handle(session, payload, deadline)
+
+    PER_REQUEST_METHODS = frozenset(("tools/call", "tools/list", "resources/read", "resources/list",
+                                     "resources/templates/list", "prompts/get", "prompts/list",
+                                     "completion/complete"))
+
+    def per_request(self, session: Session, msg: dict[str, Any]) -> Session | None:
+        """``session`` as the subject of a token in the request's own ``params._meta`` (a
+        gateway's device token for its caller, or any client's under MCP 2026-07-28): a copy
+        with that token's role, subject and expiry, for one request of a method that changes
+        no session state (:data:`PER_REQUEST_METHODS`); the session itself when there is no
+        token. A refused token is answered -32003 at once, and None returned (nothing to do)."""
+        from edge_agent.server.tokens import TOKEN_META, TokenError
+
+        params = msg.get("params")
+        meta = params.get("_meta") if isinstance(params, dict) else None
+        if not isinstance(meta, dict) or TOKEN_META not in meta or msg.get("method") not in self.PER_REQUEST_METHODS \
+                or "id" not in msg:
+            return session
+        try:
+            admission = self.policy.admit(session.id, params)
+        except TokenError as exc:
+            session.send(jsonrpc.error(msg["id"], RpcError(FORBIDDEN, f"Unauthorized: {exc}", {"reason": "token"})))
+            return None
+        acting = copy.copy(session)  # shares the in-flight table, subscriptions, replies and sender
+        acting.role, acting.subject, acting.expires = admission.role, admission.subject, admission.expires
+        return acting
 
     async def answer(self, session: Session, req: Any) -> dict[str, Any] | None:  # type: ignore[override]
         """The core's answer, with the session-less revision (MCP 2026-07-28) on top: a request
