@@ -22,6 +22,7 @@ import mcp
 import pytest
 import trustme
 
+from edge_agent import acl
 from edge_agent.cloud import connect, mqtt_client
 from edge_agent.testing.broker import LocalBroker, free_port
 from tests.faults import CuttableProxy
@@ -285,3 +286,33 @@ async def test_tls_with_the_broker_verified_against_the_ca_in_flash(tls_broker, 
     with Board(tmp_path, wrong, label="wrong-name", extra=put) as b:
         b.wait_log("mqtt: ", timeout=15)
         assert "online as" not in b.log and "TLS wrong-name.test" in b.log, b.log
+
+
+async def test_board_serves_under_the_generated_acl_over_tls(tmp_path):
+    """The fleet ACL ``edge-agent acl`` writes lets the board subscribe its one wildcard RPC
+    filter ($mcp-rpc/+/{server-id}/{server-name}) and serve a client, over TLS with a password."""
+    ca = trustme.CA()
+    cert = ca.issue_cert("mqtt.test")
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
+    pwfile = tmp_path / "passwords"
+    pwfile.write_text("")
+    for user, pw in (("esp1", "esp-secret"), ("ops", "ops-secret")):
+        subprocess.run(["mosquitto_passwd", "-b", str(pwfile), user, pw], check=True, capture_output=True)
+    fleet = {"devices": [{"username": "esp1", "server_id": SID, "server_name": NAME}],
+             "clients": [{"username": "ops", "server_name_filters": ["devices/#"]}]}
+    (tmp_path / "acl").write_text(acl.mosquitto_acl(acl.fleet_from_dict(fleet)))
+    plain = free_port()
+    b = LocalBroker(allow_anonymous=False, workdir=tmp_path / "broker", listener_conf=(
+        f"cafile {tmp_path / 'ca.pem'}\ncertfile {tmp_path / 'server.pem'}\nkeyfile {tmp_path / 'server.key'}"),
+        extra_conf=f"password_file {pwfile}\nacl_file {tmp_path / 'acl'}\nlistener {plain} 127.0.0.1\n")
+    w = tmp_path / "world.json"
+    world(w, dns={"mqtt.test": "127.0.0.1"})
+    with b:
+        config = site(b, broker="mqtt.test", ca_file="/ca.pem", username="esp1", password="esp-secret")
+        with Board(tmp_path, config, extra=("--world", str(w), "--put", f"{tmp_path / 'ca.pem'}=/ca.pem")) as board:
+            board.wait_log(f"online as {NAME}", timeout=15)
+            assert "refused a subscription" not in board.log
+            async with connect(f"mqtt://ops:ops-secret@127.0.0.1:{plain}", NAME) as session:
+                assert not (await session.call_tool("pump_set", {"on": True})).is_error
