@@ -4,17 +4,16 @@ the gateway on the central broker finds, lists, calls and reads them, and sees o
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
 
 import anyio
 import pytest
-from mcp import ClientSession
-from mcp.shared.memory import create_client_server_memory_streams
 
 from edge_agent.client.discovery import discover
 from edge_agent.gateway.command import GatewayOptions, build
 from edge_agent.testing.broker import LocalBroker
 from edge_agent.testing.fleet_sim import LoopDriver, SimDevice, start_all
+
+from .test_gateway_inprocess import client
 
 pytestmark = pytest.mark.anyio
 
@@ -54,17 +53,6 @@ def central():
 def site(central):
     with LocalBroker(extra_conf=site_bridge(central.port)) as b:
         yield b
-
-
-@asynccontextmanager
-async def client(gw):
-    async with create_client_server_memory_streams() as ((c_read, c_write), (s_read, s_write)):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(gw.server.run, s_read, s_write, gw.init_options)
-            async with ClientSession(c_read, c_write, read_timeout_seconds=20) as session:
-                await session.initialize()
-                yield session
-            tg.cancel_scope.cancel()
 
 
 async def test_gateway_on_central_broker_serves_devices_on_a_bridged_site(central, site):

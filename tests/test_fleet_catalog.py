@@ -4,20 +4,19 @@ none after a restart (the disk cache), list_changed only for a digest that chang
 from __future__ import annotations
 
 import asyncio
-from contextlib import asynccontextmanager
 from typing import Any
 
 import anyio
 import mcp_types as types
 import pytest
-from mcp import ClientSession
-from mcp.shared.memory import create_client_server_memory_streams
 
 from edge_agent.gateway import catalog as gateway_catalog
 from edge_agent.gateway.command import GatewayOptions, build
 from edge_agent.server import catalog as server_catalog
 from edge_agent.server.registry import Tool
 from edge_agent.testing.fleet_sim import LoopDriver, SimDevice, start_all
+
+from .test_gateway_inprocess import client
 
 pytestmark = pytest.mark.anyio
 
@@ -44,25 +43,21 @@ async def fleet(broker):
     driver.close()
 
 
-@asynccontextmanager
-async def client(gw, notes: list | None = None):
-    async def handler(message: Any) -> None:
-        if notes is not None:
-            notes.append(message)
-
-    async with create_client_server_memory_streams() as ((c_read, c_write), (s_read, s_write)):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(gw.server.run, s_read, s_write, gw.init_options)
-            async with ClientSession(c_read, c_write, message_handler=handler, read_timeout_seconds=20) as session:
-                await session.initialize()
-                yield session
-            tg.cancel_scope.cancel()
-
-
 async def wait_until(predicate, timeout: float = 10.0) -> None:
     with anyio.fail_after(timeout):
         while not predicate():
             await anyio.sleep(0.02)
+
+
+async def all_tool_names(session) -> list[str]:
+    names: list[str] = []
+    cursor = None
+    while True:
+        page = await session.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
+        names += [t.name for t in page.tools]
+        cursor = page.next_cursor
+        if not cursor:
+            return names
 
 
 def sessions(gw) -> int:
@@ -126,14 +121,7 @@ async def test_list_changed_only_for_a_changed_digest(broker, fleet):
 async def test_warm_listing_is_served_without_work(broker, fleet):
     options = GatewayOptions(broker=broker.url, server_name_filter="devices/cat/#", ping_interval=0, page_size=7)
     async with build(options) as gw, client(gw) as s:
-        first = []
-        cursor = None
-        while True:
-            page = await s.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
-            first += [t.name for t in page.tools]
-            cursor = page.next_cursor
-            if not cursor:
-                break
+        first = await all_tool_names(s)
         assert len(first) == 4 * N and len(set(first)) == 4 * N
         cached = gw._aggregated["tools"]
         assert cached[0] == gw.fleet.generation
@@ -142,14 +130,7 @@ async def test_warm_listing_is_served_without_work(broker, fleet):
         # the later pages, once sent, go out again as they were (no SDK re-serialization)
         page_cache = next(m for m in gw.server.middleware if type(m).__name__ == "PageCache")
         hits = page_cache.hits
-        second = []
-        cursor = None
-        while True:
-            page = await s.list_tools(params=types.PaginatedRequestParams(cursor=cursor) if cursor else None)
-            second += [t.name for t in page.tools]
-            cursor = page.next_cursor
-            if not cursor:
-                break
+        second = await all_tool_names(s)
         assert second == first
         listed = gw._aggregated["tools"][1]
         kept = [page for _, page in page_cache.pages.values()]

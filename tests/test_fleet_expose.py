@@ -7,17 +7,15 @@ from __future__ import annotations
 import asyncio
 import json
 import random
-from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
-import anyio
 import pytest
-from mcp import ClientSession
-from mcp.shared.memory import create_client_server_memory_streams
 
 from edge_agent.gateway.command import GatewayOptions, build
 from edge_agent.testing.fleet_sim import LoopDriver, SimDevice, start_all
+
+from .test_gateway_inprocess import client
 
 pytestmark = pytest.mark.anyio
 
@@ -54,18 +52,7 @@ async def farm(broker):
     driver.close()
 
 
-@asynccontextmanager
-async def client(gw):
-    async with create_client_server_memory_streams() as ((c_read, c_write), (s_read, s_write)):
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(gw.server.run, s_read, s_write, gw.init_options)
-            async with ClientSession(c_read, c_write, read_timeout_seconds=60) as session:
-                await session.initialize()
-                yield session
-            tg.cancel_scope.cancel()
-
-
-async def call(session: ClientSession, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
+async def call(session: Any, tool: str, arguments: dict[str, Any]) -> dict[str, Any]:
     result = await session.call_tool(tool, arguments)
     assert not result.is_error, result.content
     return json.loads(result.content[0].text)  # what a model reads: the text
