@@ -197,3 +197,21 @@ async def test_cli_token_file(broker, tmp_path, keys, jwks):
         assert bare.returncode == 1 and "requires a signed token" in bare.stderr
     finally:
         await agent.stop()
+
+
+async def test_one_subject_shares_one_client_budget(broker, tmp_path, keys, jwks):
+    """The per-client rate limit follows the token's subject: alice under two client ids has one budget."""
+    config = _config(tmp_path, jwks)
+    config.limits.client_rate, config.limits.client_burst = 0.01, 1
+    agent = Agent(config, broker_url=broker.url)
+    await agent.start(connect_timeout=10)
+    try:
+        async with connect(broker.url, NAME, client_id="ops-a", token=mint(keys, "ops-a")) as a, \
+                connect(broker.url, NAME, client_id="ops-b", token=mint(keys, "ops-b")) as b:
+            assert not (await a.call_tool("pump_relay_on", {})).is_error
+            again = await b.call_tool("pump_relay_off", {})
+            assert again.is_error and "this client's rate limit" in again.content[0].text
+        async with connect(broker.url, NAME, client_id="ops-c", token=mint(keys, "ops-c", "carol")) as c:
+            assert not (await c.call_tool("pump_relay_off", {})).is_error  # another subject, its own budget
+    finally:
+        await agent.stop()

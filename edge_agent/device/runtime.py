@@ -157,8 +157,7 @@ class Agent:
                 meta["rateLimit"] = {"rate": rate[0], "burst": rate[1], "output": output}
 
             async def limited(arguments: dict[str, Any], ctx: ToolContext) -> Any:
-                session = self.server.sessions.get(ctx.session_id)
-                subject = session.subject if session is not None else None
+                subject = ctx.subject  # a per-request token's (a gateway's caller), else the session's
                 limits.take(name, f"subject {subject}" if subject else f"client {ctx.session_id}", output, rate)
                 return await self._call_tool(state, spec, arguments, ctx)
 

@@ -505,6 +505,7 @@ class McpServer(Dispatcher):
             log=lambda level, text: self.log_to(session, level, text, logger=name, request_level=request_level),
             meta=meta,
             deadline=deadline if destructive else None,
+            subject=session.subject,
         )
         try:
             return await core_tools.invoke(name, lambda: tool.handler(arguments, ctx), self._tool_failed)

@@ -40,6 +40,7 @@ class ToolContext:
     log: Callable[[str, str], None]
     meta: Mapping[str, Any] = field(default_factory=dict)
     deadline: float | None = None  # Unix s; set for destructive tools: re-check before actuating
+    subject: str | None = None  # who a verified token says the caller is (this request's, else the session's)
 
 
 ToolHandler = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
