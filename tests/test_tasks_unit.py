@@ -147,3 +147,32 @@ async def test_restart_stops_a_job_past_its_end_and_one_that_cannot_resume(tmp_p
         assert again == {"a" * 32: "failed", "b" * 32: "failed"}  # on disk too
     finally:
         await manager.close()
+
+
+async def test_a_viewer_neither_lists_nor_reads_nor_cancels_an_operators_task(tmp_path):
+    """Tasks are bound to what the caller may do: a role that may not call the job's tool
+    does not see its tasks (tasks/list, tasks/get, tasks/result, tasks/cancel)."""
+    from edge_agent.server.rbac import Policy
+
+    hw = Hardware()
+    server, manager, _ = build(tmp_path, hw)
+    server.policy = Policy(rules=[("ops-*", "operator")], default="viewer")
+    try:
+        async with memory_streams(server, "ops-1") as (read, write):
+            async with ClientSession(read, write) as operator:
+                await operator.initialize()
+                task = await tasks.call_tool_as_task(operator, "pump_run", {"seconds": 5})
+                listed = await tasks.raw_request(operator, "tasks/list", {})
+                assert [t["taskId"] for t in listed["tasks"]] == [task["taskId"]]
+                async with memory_streams(server, "viewer-1") as (vread, vwrite):
+                    async with ClientSession(vread, vwrite) as viewer:
+                        await viewer.initialize()
+                        assert (await tasks.raw_request(viewer, "tasks/list", {}))["tasks"] == []
+                        for method in ("tasks/get", "tasks/result", "tasks/cancel"):
+                            with pytest.raises(MCPError) as exc:
+                                await tasks.raw_request(viewer, method, {"taskId": task["taskId"]})
+                            assert exc.value.error.code == -32602, method
+                assert hw.on  # the viewer's cancel did not reach the pump
+    finally:
+        hw.release.set()
+        await manager.close()

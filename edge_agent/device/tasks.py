@@ -466,10 +466,19 @@ class TaskManager:
             raise RpcError(INVALID_PARAMS, f"Failed to retrieve task: Task has expired ({task_id})")
         return record
 
-    @staticmethod
-    def _visible(session: Session, record: TaskRecord) -> bool:
+    def _visible(self, session: Session, record: TaskRecord) -> bool:
+        """May ``session`` see (get, result, list, cancel) ``record``? Only a task of its own subject
+        (a task made with a verified token belongs to that subject), and only a task of a tool its
+        role may call: a viewer neither lists nor reads an operator's pump run (MCP 2025-11-25
+        tasks, "Security": tasks bound to the authorization context)."""
         subject = getattr(session, "subject", None)
-        return record.owner is None or record.owner == subject
+        if record.owner is not None and record.owner != subject:
+            return False
+        role = session.role
+        if role is None:
+            return True
+        tool = self.server.registry.tools.get(record.tool)
+        return role.allows_tool(record.tool, tool.annotations if tool else None)
 
     async def _get(self, session: Session, params: dict[str, Any], req: Any = None) -> dict[str, Any]:
         return self._find(session, params, "tasks/get").task()
