@@ -156,6 +156,10 @@ def test_cli_with_client_certificate(tmp_path):
                     sys.executable, "-m", "edge_agent", "call", NAME, "status_led_on", "--broker", url, *tls],
                     capture_output=True, text=True, timeout=60)
                 assert ok.returncode == 0, ok.stderr
+                listed = await asyncio.to_thread(subprocess.run, [
+                    sys.executable, "-m", "edge_agent", "devices", "--broker", url, *tls, "--json"],
+                    capture_output=True, text=True, timeout=60)
+                assert listed.returncode == 0 and SID in listed.stdout, listed.stderr
                 no_cert = await asyncio.to_thread(subprocess.run, [
                     sys.executable, "-m", "edge_agent", "call", NAME, "status_led_on", "--broker", url, *tls[:2],
                     "--timeout", "5"], capture_output=True, text=True, timeout=60)

@@ -486,7 +486,8 @@ async def _devices(args: argparse.Namespace) -> int:
     from edge_agent.cloud import discover
 
     report = RetainedReport()
-    found = await discover(args.broker, args.filter, timeout=args.timeout, until_retained=True, report=report)
+    found = await discover(args.broker, args.filter, timeout=args.timeout, until_retained=True, report=report,
+                           tls=broker_tls(args))
     if report.gap:  # the list may be incomplete: say why and which broker setting to raise
         _print(f"edge-agent devices: warning: {report.gap}", sys.stderr)
     if args.json:
@@ -972,6 +973,7 @@ def add_client_commands(subparsers: argparse._SubParsersAction) -> None:
     p = add("devices", _devices, "list the MCP servers online at the broker (exit 1 if none matches)", common,
             "give up waiting for the broker's retained presences after S seconds; it returns as soon as "
             f"they are in (default {DEVICES_WINDOW:g})", DEVICES_WINDOW)
+    add_tls_arguments(p)
     p.add_argument("filter", nargs="?", default="#", metavar="FILTER",
                    help="server-name filter with MQTT wildcards (default: #)")
     add("tools", _tools, "list a server's tools with their parameters", server, answer, REQUEST_TIMEOUT)

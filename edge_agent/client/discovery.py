@@ -259,7 +259,7 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
                    client_id: str | None = None, username: str | None = None,
                    password: str | None = None, connect_timeout: float = 10.0,
                    until_retained: bool = False, presence_qos: int = PRESENCE_QOS,
-                   report: RetainedReport | None = None) -> list[ServerPresence]:
+                   report: RetainedReport | None = None, tls: Any = None) -> list[ServerPresence]:
     """List the MCP servers online at ``broker_url`` whose server-name matches ``server_name_filter``.
 
     Subscribes to ``$mcp-server/presence/+/{server_name_filter}`` (or to the broker's suggested
@@ -303,7 +303,7 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
         table.feed(message)
 
     async with MqttLink(broker_url, client_id=client_id, username=username,
-                        password=password, connect_timeout=connect_timeout) as link:
+                        password=password, connect_timeout=connect_timeout, tls=tls) as link:
         link.on_message = on_message
         link.on_lost = lambda reason: marker_back.set()
         use_marker = until_retained
