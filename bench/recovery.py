@@ -758,7 +758,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--profiles", default=",".join(PROFILES),
                    help=f"comma-separated link profiles (default {','.join(PROFILES)})")
     p.add_argument("--scenarios", default="broker,agent,halfopen",
-                   help="comma-separated subset of broker,agent,halfopen (default: all)")
+                   help="comma-separated subset of broker,agent,halfopen and issue 12's fairness,inflightkill,"
+                        "sdwrites (bench/durability.py; default: the first three)")
+    p.add_argument("--flood", type=int, default=20000, help="fairness: requests of the flooding client")
+    p.add_argument("--kills", type=int, default=50, help="inflightkill: SIGKILLs")
+    p.add_argument("--sd-seconds", type=float, default=30.0, help="sdwrites: measuring window (s)")
     args = p.parse_args(argv)
     profiles = [x.strip() for x in args.profiles.split(",") if x.strip()]
     scenarios = [x.strip() for x in args.scenarios.split(",") if x.strip()]
@@ -766,8 +770,12 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--runs must be >= 1, --outage > 0, --keepalive >= 2")
     if not profiles or set(profiles) - set(PROFILES):
         p.error(f"--profiles: choose from {', '.join(PROFILES)}")
-    if not scenarios or set(scenarios) - {"broker", "agent", "halfopen"}:
-        p.error("--scenarios: choose from broker, agent, halfopen")
+    import durability  # bench/durability.py (issue 12)
+
+    extra = [s for s in scenarios if s in durability.SCENARIOS]
+    scenarios = [s for s in scenarios if s not in durability.SCENARIOS]
+    if (not scenarios and not extra) or set(scenarios) - {"broker", "agent", "halfopen"}:
+        p.error("--scenarios: choose from broker, agent, halfopen, " + ", ".join(durability.SCENARIOS))
 
     def on_sigterm(*_: Any) -> None:
         raise KeyboardInterrupt
@@ -800,7 +808,11 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"bench: {step}", file=sys.stderr, flush=True)
                 with contextlib.ExitStack() as cleanup:
                     fn(args, profile, workdir / f"{key}-{profile}", res, cleanup)
-        print(report(args, res, profiles, loadavg, time.monotonic() - t0))
+        if scenarios:
+            print(report(args, res, profiles, loadavg, time.monotonic() - t0))
+        if extra:
+            step = ",".join(extra)
+            print(durability.run(extra, flood=args.flood, kills=args.kills, seconds=args.sd_seconds))
         lost = [(f, pr, c) for (f, pr), cs in res.counts.items() for c in cs if pr == "unreliable" and c.lost]
         if lost:
             print(f"bench: FAILED: {len(lost)} run(s) lost notifications under the unreliable profile: "

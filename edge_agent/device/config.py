@@ -121,6 +121,7 @@ _SCHEMA: dict[str, Any] = {
                                     "description": "bytes; the broker sends no bigger packet (0: no limit)"},
                 "ack_when_handled": {"type": "boolean"},
                 "deadline_skew": {"type": "number", "minimum": 0, "maximum": 3600},
+                "max_inflight_per_client": {"type": "integer", "minimum": 1, "maximum": 100000},
                 "reply_store_max": {"type": "integer", "minimum": 1, "maximum": 1000000},
                 "reply_ttl": {"type": "number", "exclusiveMinimum": 0},
                 "max_sessions": {"type": "integer", "minimum": 1, "maximum": 100000},

@@ -22,7 +22,7 @@ import logging
 from typing import Any
 
 from edge_agent.core import binding, jsonrpc
-from edge_agent.core.jsonrpc import PARSE_ERROR, RpcError
+from edge_agent.core.jsonrpc import PARSE_ERROR, TOO_MANY_REQUESTS, RpcError
 from edge_agent.device import identity
 from edge_agent.device.janitor import SessionJanitor
 from edge_agent.device.journal import ReplyJournal, set_done
@@ -56,6 +56,8 @@ class Endpoint:
         self.transport: MqttServerTransport | None = None
         self._tasks: set[asyncio.Task] = set()
         self.refused = 0  # initializes refused by a token check (missing, bad, another subject's id)
+        self._pending: dict[str, int] = {}  # client id -> its requests being handled (tasks)
+        self._refusals = 0  # requests refused at the door by the per-client in-flight bound
         self._answer_acks: dict[tuple[str, str], asyncio.Future[Any]] = {}  # (client, request id) -> PUBACK
         self._unsaved: set[str] = set()  # sessions whose changed copy is not known to be on disk
         self.journal: ReplyJournal | None = None  # the durable reply cache (ack_when_handled)
@@ -79,6 +81,7 @@ class Endpoint:
             server.reply_store = ep.journal
         if settings is not None:
             server.deadline_skew = settings.deadline_skew
+            server.max_inflight = settings.max_inflight_per_client
             j = ep.janitor
             j.max_sessions, j.init_grace = settings.max_sessions, settings.session_init_grace
             j.probe_idle, j.probe_timeout = settings.session_probe_idle, settings.session_probe_timeout
@@ -280,11 +283,31 @@ class Endpoint:
             return False
         if self.janitor.is_probe_answer(msg):
             return False
-        if incoming.ack is None:
-            self._spawn(self.server.handle(session, msg, deadline=incoming.deadline))
-            return False
-        self._spawn(self._then_ack(self._handled(session, msg, incoming), incoming))
-        return True
+        bound = self.server.max_inflight
+        if bound is not None and "id" in msg and "method" in msg:
+            # the per-client in-flight bound, at the door: a flood is refused here, at once,
+            # without a task per request (MCP clients see -32004 and retry after an answer)
+            if self._pending.get(client_id, 0) >= bound:
+                self._refusals += 1
+                assert self.transport is not None
+                self.transport.send_rpc(client_id, jsonrpc.error(msg["id"], RpcError(
+                    TOO_MANY_REQUESTS, f"Too many requests in flight ({bound}) from this client: retry after an answer")))
+                return False
+        work = self.server.handle(session, msg, deadline=incoming.deadline) if incoming.ack is None \
+            else self._then_ack(self._handled(session, msg, incoming), incoming)
+        self._pending[client_id] = self._pending.get(client_id, 0) + 1
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(functools.partial(self._finished, client_id))
+        return incoming.ack is not None
+
+    def _finished(self, client_id: str, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        n = self._pending.get(client_id, 0) - 1
+        if n > 0:
+            self._pending[client_id] = n
+        else:
+            self._pending.pop(client_id, None)
 
     # ---------------------------------------------------------------- acknowledging when handled
     async def _handled(self, session: Session, msg: dict[str, Any], incoming: Incoming) -> bool:

@@ -56,6 +56,8 @@ class LinkSettings:
     the TTL must exceed any client's retry window.
     ``deadline_skew``: seconds added to a client's ``_meta["dev.edge-agent/deadline"]`` before a
     late tool call that is not read-only is refused (the client's and the device's clocks differ).
+    ``max_inflight_per_client``: requests one client may have being handled at once; more are
+    answered at once with JSON-RPC error -32004 "Too many requests in flight" (not queued).
     ``max_sessions``: MCP sessions kept at once (1..100000); one more evicts the least recently
     used (unauthenticated first). ``session_probe_idle``: seconds of silence from a client
     before the session janitor pings it; ``session_probe_timeout``: seconds it then has to send
@@ -86,6 +88,7 @@ class LinkSettings:
     durable_outbox: bool = False
     ack_when_handled: bool = False
     deadline_skew: float = 2.0
+    max_inflight_per_client: int = 64
     reply_store_max: int = 10000
     reply_ttl: float = 86400.0
     max_sessions: int = 1000
