@@ -103,8 +103,11 @@ class _Bridge:
 
     def __init__(self, link: MqttLink, server_name: str, *, encoding: str = codec.JSON,
                  tolerate_offline: float = 0.0, call_deadline: float | None = None,
-                 token: str | Callable[[], str] | None = None, request_timeout: float | None = None):
+                 token: str | Callable[[], str] | None = None, request_timeout: float | None = None,
+                 initialize_timeout: float | None = None):
         self.request_timeout = request_timeout
+        self.initialize_timeout = initialize_timeout
+        self._tried: set[str] = set()  # server-ids that did not answer an initialize in time
         self.link = link
         self.server_name = server_name
         self.encoding = encoding
@@ -385,10 +388,45 @@ class _Bridge:
             payload = codec.encode(data, self.encoding)
         else:
             payload = msg.model_dump_json(by_alias=True, exclude_unset=True).encode()
+        content_type = self.encoding if self.encoding == codec.CBOR else None
         try:
-            self.link.publish(topic, payload, content_type=self.encoding if self.encoding == codec.CBOR else None)
+            self.link.publish(topic, payload, content_type=content_type)
         except TransportError as exc:
             self.fail(str(exc))
+            return
+        if req is not None and req.method == "initialize" and self.initialize_timeout:
+            self.link.start_soon(self._initialize_watch, _key(req.id), payload, content_type)
+
+    async def _initialize_watch(self, key: str, payload: bytes, content_type: str | None) -> None:
+        """A stale retained presence (the server died with its broker, so no will cleared it; or
+        it failed over to another broker) must not cost a full request timeout: when the
+        ``initialize`` is not answered within ``initialize_timeout`` s, send it to another
+        replica of the server-name that is online, or, if there is none, send it again (a
+        server that comes back re-publishes its presence and answers it), every
+        ``initialize_timeout`` s, until it is answered or the request times out."""
+        assert self.initialize_timeout
+        while True:
+            await anyio.sleep(self.initialize_timeout)
+            if key not in self.pending or self.dead is not None or self.server is None:
+                return
+            current = self.server.server_id
+            self._tried.add(current)
+            others = [sid for sid in self._online_ids() if sid not in self._tried]
+            if others:
+                chosen = random.choice(others)
+                log.warning("server %s (%s) did not answer initialize within %g s (a stale presence?); "
+                            "trying replica %s", self.server_name, current, self.initialize_timeout, chosen)
+                self.link.unsubscribe([self.rpc_topic, self.capability_topic])
+                await self.open(self.presences.servers[(self.server_name, chosen)])
+            else:
+                log.info("server %s (%s) did not answer initialize within %g s; sending it again",
+                         self.server_name, current, self.initialize_timeout)
+                self._tried.discard(current)
+            try:
+                self.link.publish(self.control_topic, payload, content_type=content_type)
+            except TransportError as exc:
+                self.fail(str(exc))
+                return
 
     def _serves_modern(self) -> bool:
         """True if the server's presence announces a 2026-07-28 version (:data:`PROTOCOL_VERSIONS`)."""
@@ -420,7 +458,7 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
                       meta: dict[str, Any] | None = None, encoding: str = codec.JSON,
                       tolerate_offline: float = 0.0, call_deadline: float | None = None,
                       token: str | Callable[[], str] | None = None, request_timeout: float | None = None,
-                      tls: Any = None,
+                      tls: Any = None, initialize_timeout: float | None = 5.0,
                       ) -> AsyncIterator[tuple[MemoryObjectReceiveStream[SessionMessage | Exception],
                                                MemoryObjectSendStream[SessionMessage]]]:
     """Connect to the MCP server ``server_name`` through the broker; yield ``(read_stream, write_stream)``.
@@ -453,6 +491,10 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
         request_timeout: seconds; every other request (and ``tools/call`` without
             ``call_deadline``) carries the deadline now + this (``connect()`` passes its
             ``read_timeout_seconds``). None: no deadline.
+        initialize_timeout: seconds; an ``initialize`` not answered within it goes to another
+            online replica, or again to the same server (its presence may be stale: it died
+            with its broker, or failed over), every this many seconds, instead of waiting the
+            whole request timeout. None: sent once.
         tls: ``edge_agent.mqtt.server.TlsSettings`` for an ``mqtts://`` broker: CA file, and client
             certificate and key for mutual TLS (default: the system CAs, no client certificate).
         token: a signed client credential (JWT, bound to ``client_id``), or a callable that
@@ -477,7 +519,8 @@ async def mqtt_client(broker_url: str, server_name: str, *, server_id: str | Non
         if encoding not in codec.ENCODINGS:
             raise ValueError(f"encoding must be one of {codec.ENCODINGS}, not {encoding!r}")
         bridge = _Bridge(link, server_name, encoding=encoding, tolerate_offline=tolerate_offline,
-                         call_deadline=call_deadline, token=token, request_timeout=request_timeout)
+                         call_deadline=call_deadline, token=token, request_timeout=request_timeout,
+                         initialize_timeout=initialize_timeout)
         try:
             server = await bridge.find_server(server_id, discovery_timeout)
             await bridge.open(server)

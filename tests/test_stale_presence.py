@@ -1,0 +1,101 @@
+"""Presence you can trust (issue 12 item 6, client side): a retained presence nobody cleared
+(the server died with its broker, so its will never fired; or it failed over to another
+broker) costs a fresh client ``initialize_timeout`` seconds, not its whole request timeout:
+the initialize goes to another online replica, or again to the same server once it is back.
+Real Mosquitto; the stale presence is planted by a raw client."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+from edge_agent.cloud import connect
+from edge_agent.device import config as cfg
+from edge_agent.device.runtime import Agent
+
+from .agent_process import RawSubscriber
+
+NAME = "devices/lab/stale"
+
+
+def agent_config(tmp_path, server_id: str):
+    return cfg.from_dict({"device": {"server_name": NAME, "server_id": server_id, "simulate": True,
+                                     "state_dir": str(tmp_path / server_id)},
+                          "drivers": [{"kind": "relay", "name": "pump_relay", "pin": 17}]})
+
+
+def presence_topic(server_id: str) -> str:
+    return f"$mcp-server/presence/{server_id}/{NAME}"
+
+
+def plant(broker_url_port: int, server_id: str, payload: bytes) -> None:
+    """A retained presence for ``server_id`` that no live server stands behind (or clear it: b"")."""
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"planter-{time.monotonic_ns()}", protocol=mqtt.MQTTv5)
+    c.connect("127.0.0.1", broker_url_port)
+    c.loop_start()
+    c.publish(presence_topic(server_id), payload, qos=1, retain=True).wait_for_publish(5)
+    c.disconnect()
+    c.loop_stop()
+
+
+def live_presence(broker_url: str, server_id: str) -> bytes:
+    spy = RawSubscriber(broker_url, [presence_topic(server_id)])
+    try:
+        return bytes(spy.wait_for(lambda m: bool(m.payload), 10).payload)
+    finally:
+        spy.close()
+
+
+@pytest.mark.anyio
+async def test_a_stale_replica_costs_seconds_not_the_request_timeout(broker, tmp_path):
+    agent = Agent(agent_config(tmp_path, "live-1"), broker_url=broker.url)
+    await agent.start(connect_timeout=20)
+    # a ghost exactly like the live one (same release), under another server-id
+    await asyncio.to_thread(plant, broker.port, "ghost-1", await asyncio.to_thread(live_presence, broker.url, "live-1"))
+    try:
+        took = []
+        for _ in range(6):  # the replica is picked at random: the ghost is picked about every other time
+            t0 = time.monotonic()
+            async with connect(broker.url, NAME, initialize_timeout=1.0, read_timeout_seconds=30) as session:
+                assert any(t.name == "pump_relay_on" for t in (await session.list_tools()).tools)
+            took.append(time.monotonic() - t0)
+        print(f"\nstale replica beside a live one: connect took {', '.join(f'{t:.1f}' for t in took)} s")
+        assert max(took) < 8, took  # (without it: 30 s whenever the ghost was picked)
+    finally:
+        await asyncio.to_thread(plant, broker.port, "ghost-1", b"")
+        await agent.stop()
+
+
+@pytest.mark.anyio
+async def test_a_server_that_comes_back_is_initialized_without_waiting_out_the_timeout(broker, tmp_path):
+    first = Agent(agent_config(tmp_path, "back-1"), broker_url=broker.url)
+    await first.start(connect_timeout=20)
+    online = await asyncio.to_thread(live_presence, broker.url, "back-1")
+    await first.stop()
+    await asyncio.to_thread(plant, broker.port, "back-1", online)  # as if its broker had crashed: no will
+    again = Agent(agent_config(tmp_path, "back-1"), broker_url=broker.url)
+    try:
+        t0 = time.monotonic()
+
+        async def come_back():
+            await asyncio.sleep(2.5)
+            await again.start(connect_timeout=20)
+
+        back = asyncio.get_running_loop().create_task(come_back())
+        async with connect(broker.url, NAME, initialize_timeout=1.0, read_timeout_seconds=30) as session:
+            await session.list_tools()
+        took = time.monotonic() - t0
+        await back
+        print(f"\nstale presence, server back after 2.5 s: initialized after {took:.1f} s")
+        assert took < 8, took
+    finally:
+        await again.stop()
+
+
+@pytest.fixture
+def anyio_backend():
+    return "asyncio"
