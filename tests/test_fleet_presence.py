@@ -68,3 +68,18 @@ async def test_gateway_fleet_sees_every_device(big_broker):
         assert fleet.retained.complete and fleet.retained.gap is None
         assert len(fleet.server_names()) == N
         assert fleet.retained.presences == N
+
+
+async def test_gateway_fleet_reports_a_gap_with_the_setting_to_raise(big_broker, monkeypatch, caplog):
+    """The gateway's own check: presence read at QoS 1 (as before this fix) loses all but
+    1,020 on a default Mosquitto; the fleet says so instead of listing them as the fleet."""
+    import edge_agent.gateway.fleet as fleet_module
+
+    monkeypatch.setattr(fleet_module, "PRESENCE_QOS", 1)
+    async with Fleet(big_broker.url, server_name_filter="devices/sim/#", ping_interval=0) as fleet:
+        with anyio.fail_after(120):
+            await fleet.ready.wait()
+        assert len(fleet.server_names()) < N
+        assert not fleet.retained.complete
+        assert fleet.retained.gap is not None and "max_queued_messages" in fleet.retained.gap
+        assert any("max_queued_messages" in r.getMessage() for r in caplog.records if r.levelname == "WARNING")
