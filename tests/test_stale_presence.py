@@ -99,3 +99,48 @@ async def test_a_server_that_comes_back_is_initialized_without_waiting_out_the_t
 @pytest.fixture
 def anyio_backend():
     return "asyncio"
+
+
+def test_failover_clears_the_presence_left_on_the_broker_that_crashed(tmp_path):
+    """The device side: broker A crashes (no will) and comes back from its persistence with the
+    online presence; the agent, failed over to B meanwhile, clears it there."""
+    from edge_agent.testing.broker import LocalBroker, free_port
+
+    a = LocalBroker(free_port(), persistence=True, workdir=tmp_path / "a",
+                    extra_conf="autosave_on_changes true\nautosave_interval 1\n").start()
+    b = LocalBroker(free_port()).start()
+
+    async def go():
+        config = agent_config(tmp_path, "failover-1")
+        config.broker.urls = [a.url, b.url]
+        config.link.reconnect_min, config.link.reconnect_max = 0.1, 0.3
+        agent = Agent(config)
+        await agent.start(connect_timeout=20)
+        transport = agent.endpoint.transport
+        try:
+            assert transport.link_health()["broker"] == str(a.url)
+            await asyncio.to_thread(live_presence, a.url, "failover-1")
+            await asyncio.sleep(1.5)  # (A saves its retained messages)
+            await asyncio.to_thread(a.kill)  # no will: A comes back with the online presence
+            deadline = time.monotonic() + 20
+            while transport.link_health()["broker"] != str(b.url) or not transport.connected.is_set():
+                assert time.monotonic() < deadline, "no failover to B"
+                await asyncio.sleep(0.05)
+            await asyncio.to_thread(a.start)
+            t0 = time.monotonic()
+            while transport.link_health()["presence_cleared"] < 1:
+                assert time.monotonic() - t0 < 15, "the stale presence on A was never cleared"
+                await asyncio.sleep(0.1)
+            spy = await asyncio.to_thread(RawSubscriber, a.url, [presence_topic("failover-1")])
+            await asyncio.sleep(0.5)
+            assert not [m for m in spy.messages if m.payload], "A still has the online presence"
+            await asyncio.to_thread(spy.close)
+            print(f"\nfailover: the presence left on A cleared {time.monotonic() - t0:.1f} s after A was back")
+        finally:
+            await agent.stop()
+
+    try:
+        asyncio.run(go())
+    finally:
+        a.close()
+        b.close()

@@ -100,6 +100,7 @@ class LinkStats:
     malformed: int = 0
     retained_dropped: int = 0  # retained messages on the control or an RPC topic (see _route)
     redelivered: int = 0  # messages that came with the MQTT DUP flag (sent again by the broker)
+    presence_cleared: int = 0  # stale presences cleared on brokers this server failed over from
     last_error: str | None = None
     outage_started: float | None = None  # monotonic
     last_outage_s: float | None = None
@@ -173,6 +174,8 @@ class MqttServerTransport:
         self._watched: dict[int, tuple[str, list[str]]] = {}  # mid -> (subscribe|publish, topics): judged on ack
         self.settled = asyncio.Event()  # this connection's control SUBACK and presence PUBACK came
         self._stopping = False
+        self._presence_on: set[BrokerURL] = set()  # brokers our online presence was published on
+        self._clearing: dict[BrokerURL, asyncio.Task[None]] = {}  # presence cleanups under way
         # device://link "sessions" (live, bound, evicted, reaped): set by the endpoint
         self.session_counters: Callable[[], dict[str, Any]] | None = None
         self.policy = ReconnectPolicy(self.settings.reconnect_min, self.settings.reconnect_max)
@@ -278,6 +281,9 @@ class MqttServerTransport:
                     waiters.append(self._published.setdefault(info.mid, self.loop.create_future()))
             if waiters:
                 await asyncio.wait(waiters, timeout=timeout)
+        for task in list(self._clearing.values()):
+            task.cancel()
+        self._clearing.clear()
         await self.connection.stop(timeout)
         if self._own_driver:
             self.driver.close()
@@ -295,6 +301,24 @@ class MqttServerTransport:
                 f"other; this agent now waits a random backoff of up to {self.settings.reconnect_max:g} s before "
                 f"each reconnect and logs no further takeovers (they are counted in device://link \"takeovers\"). "
                 f"Fix: {self.collision_hint(self.server_id)}")
+
+    async def _clear_left(self, url: BrokerURL, retry: float = 5.0, give_up: float = 3600.0) -> None:
+        """Clear our presence on ``url``, a broker we left (see :mod:`edge_agent.mqtt.presence`)."""
+        from edge_agent.mqtt.presence import clear_presence
+
+        deadline = self.loop.time() + give_up
+        try:
+            while self.loop.time() < deadline:
+                if await clear_presence(self.driver, url, self.presence_topic, f"{self.server_id}-presence",
+                                        username=self.username, password=self.password, tls=self.tls):
+                    self.stats.presence_cleared += 1
+                    log.info("cleared the presence this server left behind on %s", url)
+                    return
+                await asyncio.sleep(retry)
+            log.warning("could not clear the presence this server left behind on %s within %g s", url, give_up)
+        finally:
+            if self._clearing.get(url) is asyncio.current_task():
+                del self._clearing[url]
 
     def _count_loss(self, loss: Loss) -> None:
         if loss.early:
@@ -538,7 +562,7 @@ class MqttServerTransport:
             "qos0_queued": len(self._qos0), "drops": drops, "rtt_ms": s.rtt_ms,
             "early_losses": s.early_losses, "takeovers": s.takeovers, "server_id_conflict": s.server_id_conflict,
             "published": s.published, "received": s.received, "malformed": s.malformed,
-            "redelivered": s.redelivered,
+            "redelivered": s.redelivered, "presence_cleared": s.presence_cleared,
             # messages paho would have closed the connection over (U+FEFF, NUL, invalid UTF-8 in
             # a property or the topic), dropped by the adapter (edge_agent.mqtt.loop.malformed_reason)
             "dropped_malformed": self.driver.malformed(self.client), "retained_dropped": s.retained_dropped,
@@ -550,6 +574,15 @@ class MqttServerTransport:
     # ----------------------------------------------------------------- paho callbacks (event loop)
     def _connected(self, flags, properties) -> None:
         self.stats.connects += 1
+        # failover: clear the presence left behind on the broker(s) this server was on before
+        here = self.connection.broker
+        for url in self._presence_on - {here}:
+            if url not in self._clearing:
+                self._clearing[url] = self.loop.create_task(self._clear_left(url))
+        self._presence_on = {here}
+        stale = self._clearing.pop(here, None)
+        if stale is not None:
+            stale.cancel()  # back on it: the fresh presence replaces the old one
         if self.stats.outage_started is not None:
             self.stats.last_outage_s = round(time.monotonic() - self.stats.outage_started, 3)
             self.stats.outage_started = None
