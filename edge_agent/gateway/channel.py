@@ -65,6 +65,11 @@ class _PublishStream:
 class DeviceChannel:
     """The MQTT side of one gateway→server session. Event-loop only (see :mod:`.link`)."""
 
+    initialize_timeout: float | None = 5.0
+    """Seconds after which an unanswered ``initialize`` is sent again (the server's presence may
+    be stale: it died with its broker, or failed over, and re-publishes it once back), instead
+    of waiting out the request timeout. None: sent once."""
+
     def __init__(self, link: MqttLink, server: ServerPresence):
         self.link = link
         self.server = server
@@ -143,10 +148,28 @@ class DeviceChannel:
                 topic = self.control_topic
         elif isinstance(msg, types.JSONRPCNotification) and msg.method == "notifications/cancelled":
             self.pending.pop(str((msg.params or {}).get("requestId")), None)
+        payload = msg.model_dump_json(by_alias=True, exclude_unset=True).encode()
         try:
-            self.link.publish(topic, msg.model_dump_json(by_alias=True, exclude_unset=True).encode())
+            self.link.publish(topic, payload)
         except TransportError as exc:
             self.fail(str(exc))
+            return
+        if isinstance(msg, types.JSONRPCRequest) and msg.method == "initialize" and self.initialize_timeout:
+            self.link.start_soon(self._initialize_again, str(msg.id), payload)
+
+    async def _initialize_again(self, key: str, payload: bytes) -> None:
+        """Send an unanswered ``initialize`` again every :attr:`initialize_timeout` seconds."""
+        assert self.initialize_timeout
+        while True:
+            await anyio.sleep(self.initialize_timeout)
+            if key not in self.pending or self.dead is not None:
+                return
+            log.info("%s did not answer initialize within %g s; sending it again", self.label, self.initialize_timeout)
+            try:
+                self.link.publish(self.control_topic, payload)
+            except TransportError as exc:
+                self.fail(str(exc))
+                return
 
     def close(self, *, goodbye: bool = True, unsubscribe: bool = True) -> None:
         """Leave this server (``notifications/disconnected`` on the RPC topic, unless the
