@@ -215,3 +215,31 @@ async def test_one_subject_shares_one_client_budget(broker, tmp_path, keys, jwks
             assert not (await c.call_tool("pump_relay_off", {})).is_error  # another subject, its own budget
     finally:
         await agent.stop()
+
+
+async def test_session_less_requests_carry_their_token(broker, tmp_path, keys, jwks):
+    """MCP 2026-07-28 (no initialize): every request carries the token; the device admits the
+    client from it and answers each request with that token's role."""
+    from mcp import Client
+
+    from edge_agent.cloud import mqtt_client
+
+    agent = Agent(_config(tmp_path, jwks), broker_url=broker.url)
+    await agent.start(connect_timeout=10)
+    try:
+        async with Client(mqtt_client(broker.url, NAME, client_id="ops-m", token=lambda: mint(keys, "ops-m"))) as c:
+            assert c.session.protocol_version == "2026-07-28"
+            assert not (await c.call_tool("pump_relay_on", {})).is_error
+        async with Client(mqtt_client(broker.url, NAME, client_id="ops-v",
+                                      token=lambda: mint(keys, "ops-v", "bob", ["viewer"]))) as v:
+            with pytest.raises(MCPError, match="Forbidden: role 'viewer'"):
+                await v.call_tool("pump_relay_on", {})
+        try:
+            async with Client(mqtt_client(broker.url, NAME, client_id="ops-n")) as n:
+                await n.call_tool("pump_relay_on", {})
+        except BaseException as exc:
+            assert "requires a signed token" in str(_leaf(exc)), repr(_leaf(exc))
+        else:
+            raise AssertionError("a session-less client without a token was served")
+    finally:
+        await agent.stop()

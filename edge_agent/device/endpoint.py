@@ -225,13 +225,11 @@ class Endpoint:
             return
         if incoming.content_type not in codec.ENCODINGS:
             transport.encodings.pop(client_id, None)
-        admission = None
-        if not sessionless:
-            try:  # a signed token in params._meta: role and subject (docs/security.md); before any eviction
-                admission = self.server.admit(client_id, msg.get("params"))
-            except RpcError as err:
-                self._refused(client_id, msg, err)
-                return
+        try:  # a signed token in params._meta: role and subject (docs/security.md); before any eviction
+            admission = self.server.admit(client_id, msg.get("params"))  # (session-less: that request's token)
+        except RpcError as err:
+            self._refused(client_id, msg, err)
+            return
         self.janitor.admit(client_id)
         self.janitor.seen(client_id)
         session = self.server.sessions.get(client_id) if sessionless else None
@@ -360,9 +358,14 @@ class Endpoint:
         assert self.transport is not None
         if modern.is_modern_request(msg) and client_id in self.transport.clients:
             # a session-less client needs no session to be served: its topics are (still) ours
+            try:  # its own token (params._meta) decides, as for an initialize
+                admission = self.server.admit(client_id, msg.get("params"))
+            except RpcError as err:
+                self._refused(client_id, msg, err)
+                return False
             self.janitor.admit(client_id)
             self.janitor.seen(client_id)
-            session = self.server.open_session(client_id, self._sender(client_id))
+            session = self.server.open_session(client_id, self._sender(client_id), admission=admission)
             self._spawn(self._then_ack(self._handled(session, msg, incoming), incoming))
             return True
         refusal = binding.no_session(msg)
