@@ -5,8 +5,12 @@
 A token is accepted when (RFC 7519, RFC 8725 best current practice):
 
 - its signature verifies with a key of its issuer (``iss``), taken from that issuer's JWKS (a
-  file, or a systemd credential); only asymmetric algorithms: ``EdDSA`` (Ed25519) and ``ES256``,
-  never ``none`` nor HMAC (a device that holds only public keys cannot mint tokens);
+  file, or a systemd credential): ``EdDSA`` (Ed25519) and ``ES256`` with public keys, never
+  ``none``; ``HS256`` (HMAC-SHA256, what an ESP32 board can verify: docs/esp32.md) only with a
+  key the JWKS gives as ``kty: "oct"`` (a shared secret of >= 32 bytes). The key's type must fit
+  the token's ``alg``: a public key is never used as an HMAC secret ("algorithm confusion",
+  RFC 8725 section 2.1). A device holding an oct key could mint tokens for that issuer itself:
+  give each device its own secret (docs/security.md);
 - ``exp`` lies in the future and ``nbf``/``iat`` (when present) in the past, with ``clock_skew``
   seconds of tolerance;
 - ``aud`` names this device (its server-id or server-name, or the configured audience);
@@ -30,7 +34,9 @@ from typing import Any, Iterable
 from edge_agent.errors import EdgeAgentError
 
 TOKEN_META = "dev.edge-agent/token"
-ALGORITHMS = ("EdDSA", "ES256")
+ALGORITHMS = ("EdDSA", "ES256")  # with public keys (kty OKP / EC)
+HMAC = "HS256"  # with a shared secret (kty oct) only
+MIN_SECRET = 32  # bytes of an oct key: RFC 7518 section 3.2, a key at least as long as the hash
 MAX_TOKEN = 8192  # bytes: a JWT with a few claims is < 1 KiB
 
 
@@ -60,24 +66,30 @@ class Issuer:
     _keys: list[Any] | None = field(default=None, repr=False)
 
     def keys(self) -> list[Any]:
-        """The usable keys, as ``jwt.PyJWK`` (parsed once).
+        """The usable keys, as ``jwt.PyJWK`` (parsed once): EdDSA/ES256 public keys, and
+        HS256 secrets (``kty: "oct"``, ``alg`` absent or ``HS256``, ``k`` of >= 32 bytes).
 
         Raises:
-            TokenError: the JWKS holds no usable public key.
+            TokenError: the JWKS holds no usable key.
         """
         if self._keys is None:
             import jwt
 
             keys = []
             for jwk in self.jwks.get("keys", []) if isinstance(self.jwks, dict) else []:
-                if not isinstance(jwk, dict) or "d" in jwk or jwk.get("kty") == "oct":
-                    continue  # never a private or a symmetric key: the device only verifies
+                if not isinstance(jwk, dict) or "d" in jwk:
+                    continue  # never a private key: the device only verifies
+                if jwk.get("kty") == "oct" and (jwk.get("alg", HMAC) != HMAC or len(_secret(jwk)) < MIN_SECRET):
+                    continue  # an HS256 secret only, and not a guessable one
                 try:
-                    keys.append(jwt.PyJWK(jwk))
+                    key = jwt.PyJWK(jwk)
                 except (jwt.exceptions.PyJWKError, jwt.exceptions.InvalidKeyError, ValueError, TypeError):
                     continue
+                if key.algorithm_name in ALGORITHMS + (HMAC,):
+                    keys.append(key)
             if not keys:
-                raise TokenError(f"issuer {self.issuer!r}: its JWKS has no usable EdDSA/ES256 public key")
+                raise TokenError(f"issuer {self.issuer!r}: its JWKS has no usable key (EdDSA/ES256 public key, "
+                                 f"or an HS256 secret of kty \"oct\" with >= {MIN_SECRET} bytes)")
             self._keys = keys
         return self._keys
 
@@ -119,7 +131,7 @@ class Verifier:
 
         Raises:
             TokenError: not a string JWT, too long, unknown issuer or key, bad signature, an
-                algorithm other than EdDSA/ES256, expired or not yet valid, wrong audience, no
+                algorithm other than EdDSA/ES256/HS256 or one no key of the issuer is for, expired or not yet valid, wrong audience, no
                 ``sub``, or bound to another client id.
         """
         import jwt
@@ -134,8 +146,8 @@ class Verifier:
         except jwt.exceptions.PyJWTError as exc:
             raise TokenError(f"not a JWT ({exc})") from None
         alg = header.get("alg")
-        if alg not in ALGORITHMS:
-            raise TokenError(f"algorithm {alg!r} is not accepted (only {', '.join(ALGORITHMS)})")
+        if alg not in ALGORITHMS + (HMAC,):
+            raise TokenError(f"algorithm {alg!r} is not accepted (only {', '.join(ALGORITHMS + (HMAC,))})")
         iss = unverified.get("iss")
         issuer = self.issuers.get(iss) if isinstance(iss, str) else None
         if issuer is None or not isinstance(iss, str):
@@ -144,6 +156,12 @@ class Verifier:
         keys = [k for k in issuer.keys() if kid is None or k.key_id in (kid, None)]
         if not keys:
             raise TokenError(f"issuer {iss!r} has no key {kid!r}")
+        # the key decides the algorithm, never the token: an HS256 token is checked with oct
+        # secrets only, an EdDSA/ES256 one with public keys of that algorithm only
+        keys = [k for k in keys if k.algorithm_name == alg and (k.key_type == "oct") == (alg == HMAC)]
+        if not keys:
+            raise TokenError(f"issuer {iss!r} has no key for algorithm {alg!r}"
+                             + (" (HS256 needs a kty \"oct\" secret in its JWKS)" if alg == HMAC else ""))
         when = time.time() if now is None else now
         for key in keys:
             try:
@@ -203,6 +221,20 @@ def _decode(jwt: Any, token: str, key: Any, alg: str, audiences: Iterable[str], 
     return claims
 
 
+def _secret(jwk: dict[str, Any]) -> bytes:
+    """The bytes of an oct JWK's ``k`` (base64url), b"" when it has none or it is malformed."""
+    import base64
+    import binascii
+
+    k = jwk.get("k")
+    if not isinstance(k, str):
+        return b""
+    try:
+        return base64.urlsafe_b64decode(k + "=" * (-len(k) % 4))
+    except (binascii.Error, ValueError):
+        return b""
+
+
 def _roles(value: Any) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(value.split())
@@ -241,7 +273,8 @@ def verifier_from_config(table: dict[str, Any], *, server_id: str, server_name: 
 
 def sign(claims: dict[str, Any], private_key: Any, *, kid: str | None = None, algorithm: str = "EdDSA") -> str:
     """A signed JWT (for issuers of ours: the gateway's device tokens, tests, ``edge-agent token``).
-    ``private_key``: a ``cryptography`` private key or PEM bytes."""
+    ``private_key``: a ``cryptography`` private key or PEM bytes; for ``algorithm="HS256"`` the
+    shared secret (bytes, >= 32) of the device's oct key (:func:`secret_jwk`)."""
     import jwt
 
     return jwt.encode(claims, private_key, algorithm=algorithm, headers={"kid": kid} if kid else None)
@@ -263,4 +296,21 @@ def public_jwk(private_or_public_key: Any, kid: str | None = None) -> dict[str, 
     if kid:
         jwk["kid"] = kid
     jwk["use"] = "sig"
+    return jwk
+
+
+def secret_jwk(secret: bytes, kid: str | None = None) -> dict[str, Any]:
+    """The oct JWK of an HS256 secret (``{"kty": "oct", "k": base64url, "alg": "HS256"}``), for
+    the issuer's JWKS of a device that verifies HS256 (a board: docs/esp32.md "Signed tokens").
+
+    Raises:
+        ValueError: ``secret`` is shorter than 32 bytes (RFC 7518 section 3.2).
+    """
+    import base64
+
+    if len(secret) < MIN_SECRET:
+        raise ValueError(f"an HS256 secret needs at least {MIN_SECRET} bytes, got {len(secret)}")
+    jwk = {"kty": "oct", "k": base64.urlsafe_b64encode(secret).rstrip(b"=").decode(), "alg": HMAC, "use": "sig"}
+    if kid:
+        jwk["kid"] = kid
     return jwk
