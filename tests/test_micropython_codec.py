@@ -217,6 +217,30 @@ def test_connect_matches_paho(paho_session):
     assert theirs[i + 7] == 0x2E  # connect flags: will retain, will QoS 1, will flag, clean start
 
 
+def test_will_delay_interval_matches_paho():
+    """The will's Will Delay Interval (3.1.3.2.2), as paho writes it: before the user properties."""
+    fb = FakeBroker()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="esp32-1", protocol=mqtt.MQTTv5)
+    will = Properties(PacketTypes.WILLMESSAGE)
+    will.WillDelayInterval = 5
+    will.UserProperty = USER
+    c.will_set("$mcp-server/presence/esp32-1/devices/x/esp1", b"", qos=1, retain=True, properties=will)
+    props = Properties(PacketTypes.CONNECT)
+    props.SessionExpiryInterval = 600
+    c.connect("127.0.0.1", fb.port, keepalive=30, clean_start=False, properties=props)
+    c.loop_start()
+    try:
+        theirs = fb.wait(1)
+    finally:
+        c.disconnect()
+        c.loop_stop()
+        fb.close()
+    ours = m.connect("esp32-1", 30, clean=False, expiry=600, will_topic="$mcp-server/presence/esp32-1/devices/x/esp1",
+                     will_payload=b"", will_retain=True, will_qos=1, will_user=USER, will_delay=5)
+    assert bytes(ours) == theirs
+    assert b"\x18\x00\x00\x00\x05" in theirs
+
+
 def test_subscribe_with_no_local_matches_paho(paho_session):
     c, fb = paho_session
     fb.wait(1)

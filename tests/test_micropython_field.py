@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import json
 import re
+import signal
+import socket
 import subprocess
+import threading
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -127,6 +130,124 @@ async def test_a_request_sent_while_the_board_is_offline_is_answered_when_it_ret
                 assert answer["result"]["isError"] is False and answer["result"]["structuredContent"] == {"on": True}
                 late = raw.answer("too-late", timeout=10)["result"]
                 assert late["isError"] is True and "fan_set refused: the command arrived" in late["content"][0]["text"]
+            finally:
+                raw.close()
+    finally:
+        proxy.close()
+
+
+async def test_a_short_outage_keeps_the_presence_and_a_long_one_clears_it_after_the_will_delay(broker, tmp_path):
+    """Will Delay Interval: the broker holds the board's will (the empty retained presence)
+    while the board comes back within ``will_delay``; when it does not, the will follows."""
+    proxy = CuttableProxy(broker.port)
+    presence = f"$mcp-server/presence/{SID}/{NAME}"
+    try:
+        with Board(tmp_path, site(broker, port=proxy.port, session_expiry=600, will_delay=3)) as b:
+            b.wait_log(f"online as {NAME}")
+            raw = RawClient(broker, "raw-will")
+            try:
+                proxy.cut()  # the broker sees the link drop at once; the board is back in ~1 s
+                b.wait_log(f"online as {NAME}", count=2, timeout=20)
+                time.sleep(3.5)  # past the will delay: a will sent at the cut would have arrived
+                with raw.lock:
+                    assert [m for m in raw.messages if m.topic == presence and not m.payload] == []
+                b.stop(signal.SIGKILL)  # power cut: this time it does not come back
+                proxy.cut()  # (the proxy does not pass an EOF on: the broker sees the link end here)
+                cut = time.monotonic()
+                while not any(m.topic == presence and not m.payload for m in list(raw.messages)):
+                    assert time.monotonic() < cut + 15, "no empty will after the board died"
+                    await anyio.sleep(0.05)
+                assert time.monotonic() - cut > 2.5  # held for the will delay (3 s)
+            finally:
+                raw.close()
+    finally:
+        proxy.close()
+
+
+COUNTER_MAIN = """
+from edgemcp import Device
+
+app = Device(server_name=%r, description="counter")
+runs = [0]
+
+
+@app.tool("bump", "Count one more (changes the board: never run twice for one request)", destructive=True)
+def bump():
+    runs[0] += 1
+    return {"runs": runs[0]}
+
+
+app.run()
+""" % NAME
+
+
+class PubackLosingProxy(CuttableProxy):
+    """A CuttableProxy that, once ``armed``, swallows the next PUBACK the board sends and cuts
+    every link: a request the board took (and acknowledged) whose PUBACK the broker never got."""
+
+    armed = False
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                down, _ = self.server.accept()
+            except OSError:
+                return
+            try:
+                up = socket.create_connection(("127.0.0.1", self.target_port))
+            except OSError:
+                down.close()
+                continue
+            self.socks += [down, up]
+            threading.Thread(target=self._board_to_broker, args=(down, up), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(up, down), daemon=True).start()
+
+    def _board_to_broker(self, src: socket.socket, dst: socket.socket) -> None:
+        buf = b""
+        try:
+            while data := src.recv(65536):
+                buf += data
+                while len(buf) >= 2:  # whole MQTT packets: fixed header, remaining length (2.1.4)
+                    n, i, shift = 0, 1, 0
+                    while i < len(buf) and buf[i] & 0x80:
+                        n |= (buf[i] & 0x7F) << shift
+                        i, shift = i + 1, shift + 7
+                    if i >= len(buf) or len(buf) < i + 1 + (n | (buf[i] & 0x7F) << shift):
+                        break
+                    end = i + 1 + (n | (buf[i] & 0x7F) << shift)
+                    packet, buf = buf[:end], buf[end:]
+                    if self.armed and packet[0] >> 4 == 4:  # PUBACK
+                        self.armed = False
+                        self.cut()
+                        return
+                    dst.sendall(packet)
+        except OSError:
+            pass
+
+
+async def test_a_request_whose_puback_was_lost_is_answered_again_not_run_again(broker, tmp_path):
+    """The board acknowledges a QoS 1 request when it takes it; if that PUBACK is lost with the
+    link, the broker sends the request again (DUP) after the reconnect. A tool that changes
+    something is not run twice: the redelivery gets the kept answer."""
+    proxy = PubackLosingProxy(broker.port)
+    main = tmp_path / "counter_main.py"
+    main.write_text(COUNTER_MAIN)
+    try:
+        with Board(tmp_path, site(broker, port=proxy.port, session_expiry=600), main=main) as b:
+            b.wait_log(f"online as {NAME}")
+            raw = RawClient(broker, "raw-dup")
+            try:
+                raw.initialize()
+                proxy.armed = True
+                raw.send(raw.rpc, {"jsonrpc": "2.0", "id": "once", "method": "tools/call",
+                                   "params": {"name": "bump", "arguments": {}}})
+                assert raw.answer("once", timeout=30)["result"]["structuredContent"] == {"runs": 1}
+                b.wait_log("already answered", timeout=30)  # the redelivery came, and was not run
+                assert raw.answer("once", timeout=10)["result"]["structuredContent"] == {"runs": 1}
+                assert not proxy.armed and "mqtt: " in b.log  # the link was cut once
+                raw.send(raw.rpc, {"jsonrpc": "2.0", "id": "twice", "method": "tools/call",
+                                   "params": {"name": "bump", "arguments": {}}})
+                assert raw.answer("twice")["result"]["structuredContent"] == {"runs": 2}
             finally:
                 raw.close()
     finally:

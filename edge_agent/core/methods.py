@@ -10,21 +10,23 @@ READ = "read"  # lists, reads, subscriptions, read-only tool calls: the viewer r
 WRITE = "write"  # changes the device beyond a session: only roles that list it
 
 # name -> (capability path or None, allowed before initialize, durable, access)
-# A capability path "resources.subscribe" means {"resources": {"subscribe": true}}.
+# A capability path "resources.subscribe" means {"resources": {"subscribe": true}}. The access
+# classes are spelt as literals (OPEN, READ, WRITE): a tuple of constants is one constant object
+# (in flash when the board library is frozen) instead of a tuple built in RAM at import.
 KNOWN = {
-    "initialize": (None, True, True, OPEN),
-    "ping": (None, True, False, OPEN),
-    "logging/setLevel": ("logging", True, True, READ),
-    "tools/list": ("tools", False, False, READ),
-    "tools/call": ("tools", False, False, READ),  # each tool is checked again by its annotations
-    "resources/list": ("resources", False, False, READ),
-    "resources/templates/list": ("resources", False, False, READ),
-    "resources/read": ("resources", False, False, READ),
-    "resources/subscribe": ("resources.subscribe", False, True, READ),
-    "resources/unsubscribe": ("resources.subscribe", False, True, READ),
-    "prompts/list": ("prompts", False, False, READ),
-    "prompts/get": ("prompts", False, False, READ),
-    "completion/complete": ("completions", False, False, READ),
+    "initialize": (None, True, True, "open"),
+    "ping": (None, True, False, "open"),
+    "logging/setLevel": ("logging", True, True, "read"),
+    "tools/list": ("tools", False, False, "read"),
+    "tools/call": ("tools", False, False, "read"),  # each tool is checked again by its annotations
+    "resources/list": ("resources", False, False, "read"),
+    "resources/templates/list": ("resources", False, False, "read"),
+    "resources/read": ("resources", False, False, "read"),
+    "resources/subscribe": ("resources.subscribe", False, True, "read"),
+    "resources/unsubscribe": ("resources.subscribe", False, True, "read"),
+    "prompts/list": ("prompts", False, False, "read"),
+    "prompts/get": ("prompts", False, False, "read"),
+    "completion/complete": ("completions", False, False, "read"),
 }
 
 # Notifications the dispatcher handles itself (never refused by a role).

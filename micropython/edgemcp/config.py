@@ -18,11 +18,13 @@ DEFAULTS = {
     "queue_len": 8,  # inbound messages kept while busy; the oldest is dropped beyond
     "max_packet": 2048,  # bytes: the preallocated MQTT input buffer (longer messages are dropped, counted)
     "session_expiry": 3600,  # s the broker keeps the session and queues requests while offline; 0: clean
+    "will_delay": 5,  # s before the broker publishes the will (empty presence): a shorter outage keeps it
     "ca_file": None,  # CA (PEM/DER file in flash) to verify the broker: TLS (port 8883); None: plain TCP
     "dns_ttl": 3600,  # s a resolved broker address is reused (and used past it while DNS is down)
     "wifi_timeout": 20,  # s to wait for an address (a wrong password or no AP fails at once)
     "ntp": "pool.ntp.org",  # NTP server setting the clock at start and every ntp_every s; None: off
     "ntp_every": 86400,  # s
+    "auth": None,  # signed client tokens (HS256, edgemcp.tokens.Auth: {"issuers": {iss: secret}, ...}); None: open
     "serial": None,  # "usb" (the REPL console), {"uart": 1, "tx": 17, "rx": 16, "baudrate": 115200}, or None
     "log": True,  # print log lines (forced off when serving on the USB console)
 }

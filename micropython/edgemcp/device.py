@@ -38,6 +38,9 @@ class Device:
                                  "(JSON: value, unit, timestamp; subscribable).")
         self.server.after_call = self._refresh
         self.server.log = self.log
+        if cfg["auth"]:  # a token in every initialize (docs/esp32.md "Signed tokens")
+            from .tokens import Auth
+            Auth(cfg["auth"], cfg["server_id"], cfg["server_name"]).install(self.server)
         self.links = []
         self._updates = {}
         self._t0 = time.ticks_ms()
@@ -134,7 +137,7 @@ class Device:
                             description=cfg["description"], meta=meta, network=network, link_up=link_up, opener=opener,
                             username=cfg["username"], password=cfg["password"], keepalive=cfg["keepalive"],
                             qos=cfg["qos"], queue_len=cfg["queue_len"], max_packet=cfg["max_packet"],
-                            clean=not exp, expiry=exp)
+                            clean=not exp, expiry=exp, will_delay=cfg["will_delay"])
             self.links.append(link)
             asyncio.create_task(link.run())
         gc.collect()

@@ -8,18 +8,19 @@ def digital_out(app, name, pin, description="", inverted=False, destructive=True
     """An on/off output (relay, LED): tool ``{name}_set`` {on: boolean}, resource
     ``sensor://{name}/state`` (true = on)."""
     p = Pin(pin, Pin.OUT, value=1 if inverted else 0)
+    uri = "sensor://%s/state" % name  # one string for the resource and the tool's updates
 
     def state():
         return bool(p.value()) != inverted
 
     @app.tool(name + "_set", "%s: switch on (true) or off (false)" % (description or name),
               params={"on": ("boolean", None, None, "", "true = on")}, destructive=destructive, idempotent=True,
-              updates=("sensor://%s/state" % name,))
+              updates=(uri,))
     def set_(on):
         p.value(1 if on != inverted else 0)
         return {"on": state()}
 
-    app.resource("sensor://%s/state" % name, name + " state", "", state, poll=1, description=description or name)
+    app.resource(uri, name + " state", "", state, poll=1, description=description or name)
     return p
 
 
@@ -36,18 +37,19 @@ def pwm(app, name, pin, description="", freq=1000):
     """A PWM output (dimmable LED, fan): tool ``{name}_set`` {duty: 0..1}, resource
     ``sensor://{name}/duty`` (0..1). ``freq``: Hz."""
     p = PWM(Pin(pin), freq=freq, duty_u16=0)
+    uri = "sensor://%s/duty" % name
 
     def duty():
         return round(p.duty_u16() / 65535, 4)
 
     @app.tool(name + "_set", "%s: set the PWM duty cycle (0 = off, 1 = full)" % (description or name),
               params={"duty": ("number", 0, 1, "", "duty cycle")}, destructive=False, idempotent=True,
-              updates=("sensor://%s/duty" % name,))
+              updates=(uri,))
     def set_(duty):
         p.duty_u16(int(duty * 65535 + 0.5))
         return {"duty": duty}
 
-    app.resource("sensor://%s/duty" % name, name + " duty", "", duty, poll=5, description=description or name)
+    app.resource(uri, name + " duty", "", duty, poll=5, description=description or name)
     return p
 
 
@@ -56,6 +58,7 @@ def servo(app, name, pin, description="", min_us=500, max_us=2500):
     ``sensor://{name}/angle`` (°). ``min_us``/``max_us``: pulse widths (µs) at -90/+90 °."""
     p = PWM(Pin(pin), freq=50, duty_u16=0)
     st = [0.0]
+    uri = "sensor://%s/angle" % name
 
     def move(angle):
         us = min_us + (angle + 90) * (max_us - min_us) / 180
@@ -64,12 +67,12 @@ def servo(app, name, pin, description="", min_us=500, max_us=2500):
 
     @app.tool(name + "_set_angle", "%s: turn to an angle" % (description or name),
               params={"angle": ("number", -90, 90, "°", "target angle")}, destructive=True, idempotent=True,
-              updates=("sensor://%s/angle" % name,))
+              updates=(uri,))
     def set_angle(angle):
         move(angle)
         return {"angle": angle}
 
-    app.resource("sensor://%s/angle" % name, name + " angle", "°", lambda: st[0], poll=5, description=description or name)
+    app.resource(uri, name + " angle", "°", lambda: st[0], poll=5, description=description or name)
     move(0)
     return p
 

@@ -70,10 +70,10 @@ class MqttLink:
         self.server.log("online as %s (%s)" % (self.name, self.sid))
 
     async def send(self, cid, msg):
-        await self.c.publish(self.rpc(cid), mcp.dumps(msg).encode())
+        await self.c.publish(self.rpc(cid), mcp.encode(msg))
 
     async def broadcast(self, msg):
-        await self.c.publish(self.capability, mcp.dumps(msg).encode())
+        await self.c.publish(self.capability, mcp.encode(msg))
 
     async def run(self):
         """Connect and serve until :meth:`stop`."""
@@ -116,7 +116,10 @@ class MqttLink:
             msg = None
         if not binding.opens_session(msg):
             return await self._refuse(cid, msg if msg is not None else payload, binding.control_refusal)
-        s = self.server.open_session(cid, self)
+        auth = getattr(self.server, "auth", None)  # edgemcp.tokens (config "auth"): a valid token or no session
+        s = await auth.open(self, cid, msg) if auth else self.server.open_session(cid, self)
+        if not s:
+            return
         self.clients.add(cid)
         codes = await self.c.subscribe(self._topics(cid))  # BEFORE the answer (spec)
         if codes is None or max(codes) >= 0x80:

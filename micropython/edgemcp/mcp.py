@@ -18,10 +18,32 @@ from .core.results import resource_updated, tool_error
 jsonrpc.MAX_DEPTH = 32  # json.loads recurses on the C stack: deeper input is -32700 unparsed
 
 
+class Json:
+    """A result already encoded: ``parts``, a list of JSON texts (str) that joined are the
+    result. :func:`encode` splices them into the response (tools/list encodes one tool at a
+    time: never every tool's dicts at once, never a second copy of the text)."""
+
+    def __init__(self, parts):
+        self.parts = parts
+
+
 def dumps(msg):
     """Compact JSON for the wire (and how client input is quoted in the board's own messages)."""
     return json.dumps(msg, separators=(",", ":"))
 
+
+def encode(msg):
+    """``msg`` (a JSON-RPC message) as the UTF-8 bytes sent."""
+    r = msg.get("result") if isinstance(msg, dict) else None
+    if isinstance(r, Json):
+        p = r.parts
+        p.insert(0, '{"jsonrpc":"2.0","id":%s,"result":' % dumps(msg["id"]))
+        p.append("}")
+        for i in range(len(p)):
+            p[i] = p[i].encode()  # one part at a time: a copy of one tool, not of the list
+        r.parts = None  # (the response stays referenced while it is sent: only the bytes stay)
+        return b"".join(p)
+    return dumps(msg).encode()
 
 
 def error(mid, code, message):
@@ -81,6 +103,7 @@ class Server(Dispatcher):
     """
 
     max_inflight = 4  # per session: one more is answered -32004 at once (core.dispatch)
+    done_len = 8  # answers of changing tools/calls kept to answer a redelivery again (see answered)
 
     def __init__(self, name, version, title=None, instructions=None):
         Dispatcher.__init__(self)
@@ -92,6 +115,10 @@ class Server(Dispatcher):
         self.resources = {}
         self.after_call = None  # after_call(tool name) after each tools/call: re-read the sensors
         self.log = print
+        # (client id, request id, result as JSON text) of the last done_len answered tools/calls
+        # that change something (not readOnlyHint): a QoS 1 request whose PUBACK was lost with
+        # the link comes back (DUP) after the reconnect, and is answered from here, not run again
+        self.done = []
         add = self.table.add
         add("tools/list", self._tools_list)
         add("tools/call", self._tools_call)
@@ -104,12 +131,19 @@ class Server(Dispatcher):
         return self.table.capabilities({"tools": {"listChanged": False}, "resources": {"listChanged": False}})
 
     def add_tool(self, name, description, params, fn, annotations=None, title=None):
-        d = {"name": name, "description": description, "inputSchema": schema(params or {})}
+        # kept as declared (the compact table): the descriptor and its inputSchema are built
+        # when asked for, so a board's heap holds no dicts of dicts per tool
+        self.tools[name] = (description, params or {}, fn, annotations, title)
+
+    def tool(self, name):
+        """Tool ``name``'s tools/list entry (a new dict), and its function; KeyError if unknown."""
+        description, params, fn, annotations, title = self.tools[name]
+        d = {"name": name, "description": description, "inputSchema": schema(params)}
         if annotations:
             d["annotations"] = annotations
         if title:
             d["title"] = title
-        self.tools[name] = (d, fn)
+        return d, fn
 
     def add_resource(self, uri, name, unit, read, poll=5, description="", deadband=0):
         self.resources[uri] = r = Resource(uri, name, unit, read, poll, description, deadband)
@@ -123,6 +157,7 @@ class Server(Dispatcher):
         return s
 
     def close_session(self, sid):
+        self.done = [d for d in self.done if d[0] != sid]  # a new session may use those ids again
         s = self.sessions.pop(sid, None)
         if s:
             self.cancel_all(s)
@@ -135,6 +170,29 @@ class Server(Dispatcher):
             gc.collect()
             self.log("no memory to answer")
             await s.t.send(s.id, error(msg.get("id"), INTERNAL_ERROR, "Out of memory"))
+
+    def answered(self, s, msg, reply):
+        # core.dispatch hook, before the answer leaves: keep what a changing tool answered
+        p = msg.get("params") or {}
+        if msg["method"] != "tools/call" or "result" not in reply or p.get("name") not in self.tools:
+            return
+        ann = self.tools[p["name"]][3]
+        if not (ann and ann.get("readOnlyHint")):
+            try:
+                self.done.append((s.id, msg["id"], dumps(reply["result"])))
+            except MemoryError:  # too big to keep (a redelivery of it would run again)
+                return
+            if len(self.done) > self.done_len:
+                self.done.pop(0)
+
+    async def replay(self, s, msg):
+        # core.dispatch hook for a request not in flight: a redelivery of one already answered
+        for sid, mid, text in self.done:
+            if sid == s.id and mid == msg["id"] and msg["method"] == "tools/call":
+                self.log("%s already answered: its answer sent again, not run again" % dumps(mid))
+                await self.emit(s, {"jsonrpc": "2.0", "id": mid, "result": Json([text])})
+                return True
+        return False
 
     def log_error(self, method, exc):
         self.log("%s: %r" % (method, exc))
@@ -153,7 +211,11 @@ class Server(Dispatcher):
     # ------------------------------------------------------------------ methods
     async def _tools_list(self, s, p, req):
         _no_cursor(p)
-        return {"tools": [d for d, _ in self.tools.values()]}
+        parts = ['{"tools":[']
+        for n in self.tools:
+            parts.append(("," if len(parts) > 1 else "") + dumps(self.tool(n)[0]))
+        parts.append("]}")
+        return Json(parts)
 
     async def _resources_list(self, s, p, req):
         _no_cursor(p)
@@ -161,10 +223,9 @@ class Server(Dispatcher):
 
     async def _tools_call(self, s, p, req):
         name, args = _tools.name_and_arguments(p)
-        tool = self.tools.get(name)
-        if tool is None:
+        if name not in self.tools:
             raise _tools.unknown(name)
-        d, fn = tool
+        d, fn = self.tool(name)
         refused = _tools.check_arguments(name, d["inputSchema"], args)
         if refused:
             return refused

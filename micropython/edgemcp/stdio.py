@@ -20,7 +20,7 @@ class SerialLink:
         self._lock = asyncio.Lock()
 
     async def send(self, sid, msg):
-        data = mcp.dumps(msg).encode()
+        data = mcp.encode(msg)
         async with self._lock:
             self.w.write(data)
             self.w.write(b"\n")

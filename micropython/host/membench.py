@@ -197,8 +197,9 @@ async def main():
     initialized = pkt(rpc, b'{"jsonrpc":"2.0","method":"notifications/initialized"}')
     tools = pkt(rpc, b'{"jsonrpc":"2.0","id":2,"method":"tools/list"}')
     sub = pkt(rpc, b'{"jsonrpc":"2.0","id":3,"method":"resources/subscribe","params":{"uri":"sensor://vent/angle"}}')
-    call = [pkt(rpc, b'{"jsonrpc":"2.0","id":4,"method":"tools/call","params":{"name":"vent_set_angle","arguments":{"angle":%d}}}' % a)
-            for a in (30, -30)]  # two moves: each must send an update
+    call = [pkt(rpc, b'{"jsonrpc":"2.0","id":%d,"method":"tools/call","params":{"name":"vent_set_angle","arguments":{"angle":%d}}}'
+                % (i, a)) for i, a in ((4, 30), (6, -30))]  # two moves: each must send an update; two ids (the
+    # board answers a repeated id of a changing tool from its ring of answers, without running it)
     read = pkt(rpc, b'{"jsonrpc":"2.0","id":5,"method":"resources/read","params":{"uri":"sensor://soil_temp/value"}}')
 
     async def measure(what, packet, replies, note=""):
