@@ -19,11 +19,13 @@ BOARD = sorted((MPY / "edgemcp").glob("*.py")) + sorted((MPY / "edgemcp" / "core
 # What a MicroPython 1.27 ESP32 firmware provides (built in or frozen), plus our own package.
 # The host shim (micropython/host) also uses the WebAssembly port's js/host modules.
 # ssl and ntptime are frozen into ESP32_GENERIC (ports/esp32/boards/manifest.py: bundle-networking).
-MICROPYTHON_MODULES = {"asyncio", "binascii", "gc", "json", "machine", "math", "micropython", "network",
+MICROPYTHON_MODULES = {"asyncio", "binascii", "gc", "hashlib", "json", "machine", "math", "micropython", "network",
                        "ntptime", "socket", "ssl", "sys", "time", "edgemcp"}
 HOST_ONLY = {"js", "host", "hostio", "hostworld", "rtc"}
 # Loaded only when configured (Wi-Fi/DNS, TLS, NTP, a serial line): a byte budget of their own.
 OPTIONAL = {"net.mpy", "tls.mpy", "clock.mpy", "stdio.mpy"}
+# Loaded only with "auth" in the config (signed tokens, HS256): a budget of its own too.
+AUTH = "tokens.mpy"
 
 
 def mpy_cross(*args: str) -> subprocess.CompletedProcess:
@@ -88,7 +90,8 @@ def test_make_mpy_target_builds_a_folder_to_copy(tmp_path):
     built = {p.name for p in out.iterdir()} | {"core/" + p.name for p in (out / "core").iterdir()}
     assert {"core/dispatch.mpy", "core/jsonrpc.mpy", "core/args.mpy", "core/topics.mpy"} <= built
     assert {"__init__.mpy", "device.mpy", "mcp.mpy", "mqtt.mpy", "mqtt5.mpy", "link.mpy", "stdio.mpy", "hw.mpy"} <= built
-    base = sum(p.stat().st_size for p in out.rglob("*.mpy") if p.name not in OPTIONAL or p.parent.name == "core")
+    base = sum(p.stat().st_size for p in out.rglob("*.mpy")
+               if p.name not in OPTIONAL | {AUTH} or p.parent.name == "core")
     optional = sum((out / name).stat().st_size for name in OPTIONAL)
     # What every board on MQTT loads: 36,000 bytes with the shared protocol core (was 32 KB with
     # the board's own copy of the rules); now 35,000, built with -O3 (no line-number tables, see
@@ -99,3 +102,5 @@ def test_make_mpy_target_builds_a_folder_to_copy(tmp_path):
     # measured by bench/mp_memory.py (tests/test_micropython_memory.py).
     assert base < 35_000, f"{base} bytes of .mpy: the board loads all of it into RAM"
     assert optional < 4_000, f"{optional} bytes of optional .mpy (net, tls, clock, stdio)"
+    # the token check (4,130 bytes: mostly the Pi's refusal texts, which a client shows its user)
+    assert (out / AUTH).stat().st_size < 4_500, f"{(out / AUTH).stat().st_size} bytes of tokens.mpy"
