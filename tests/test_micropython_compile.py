@@ -102,5 +102,5 @@ def test_make_mpy_target_builds_a_folder_to_copy(tmp_path):
     # measured by bench/mp_memory.py (tests/test_micropython_memory.py).
     assert base < 35_000, f"{base} bytes of .mpy: the board loads all of it into RAM"
     assert optional < 4_000, f"{optional} bytes of optional .mpy (net, tls, clock, stdio)"
-    # the token check (4,130 bytes: mostly the Pi's refusal texts, which a client shows its user)
+    # the token check (4,102 bytes: mostly the Pi's refusal texts, which a client shows its user)
     assert (out / AUTH).stat().st_size < 4_500, f"{(out / AUTH).stat().st_size} bytes of tokens.mpy"

@@ -112,8 +112,7 @@ class Auth:
         if a == "all" or name not in self.server.tools:
             return True
         if a == "read_only":
-            d = self.server.tool(name)[0] if hasattr(self.server, "tool") else self.server.tools[name][0]
-            return bool((d.get("annotations") or {}).get("readOnlyHint"))
+            return bool((self.server.tool(name)[0].get("annotations") or {}).get("readOnlyHint"))
         return name in a
 
     def authorize(self, s, m):
