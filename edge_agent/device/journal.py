@@ -20,7 +20,13 @@ What it records, for tools whose annotations do not say ``readOnlyHint: true``:
   executed again: the same command twice leaves the actuator where once would.
 
 The same id with different content is a new request (the client reused an id): executed, and
-its reply replaces the old one. Spec: MCP 2025-11-25 ``server/tools`` (tool annotations);
+its reply replaces the old one.
+
+On disk (the store's ``reply_log``): one row per entry, appended under a growing row number
+(lookups are in memory), holding the reply without its ``jsonrpc`` and ``id`` members (put
+back when read); entries evicted by the bound are deleted :data:`PRUNE_BATCH` at a time, with
+a commit that happens anyway. What an SD card pays per kept answer is one commit of about one
+1 KiB page. Spec: MCP 2025-11-25 ``server/tools`` (tool annotations);
 JSON-RPC 2.0 (a request id is unique per client while the request is outstanding).
 """
 
@@ -41,6 +47,12 @@ log = logging.getLogger(__name__)
 
 INTERRUPTED = ("{tool} was interrupted by an agent restart while it ran: it may or may not have taken effect, "
                "and it was not executed again (check the device's state, then send a new request if still wanted)")
+
+
+PRUNE_BATCH = 64
+"""Evicted entries whose rows are deleted together (one batch touches a few leaves once instead
+of one leaf per commit), at most; a sixteenth of ``max_entries`` if that is less. A crash may
+leave that many extra rows, dropped at the next load."""
 
 
 def _fingerprint(msg: dict[str, Any]) -> str:
@@ -72,9 +84,11 @@ class ReplyJournal:
         self.resend = resend
         self.max_entries = max(1, max_entries)
         self.ttl = ttl
-        # (client id, request id key) -> (fingerprint, reply or None, created, interrupted, seq)
+        # (client id, request id key) -> (fingerprint, reply or None, created, interrupted, seq,
+        # row number in the store or None)
         self.entries: OrderedDict[tuple[str, str],
-                                  tuple[str, dict[str, Any] | None, float, bool, int | None]] = OrderedDict()
+                                  tuple[str, dict[str, Any] | None, float, bool, int | None, int | None]] = OrderedDict()
+        self._evicted: list[int] = []  # rows of evicted entries, deleted PRUNE_BATCH at a time
         self.replayed = 0  # answers given again from here
         self.interrupted = 0  # requests refused because a crash interrupted them
 
@@ -83,16 +97,24 @@ class ReplyJournal:
         if self.store is None:
             return 0
         cutoff = time.time() - self.ttl
-        for client_id, request_id, fingerprint, reply, created, seq in self.store.replies():
-            if created < cutoff:
-                self.store.reply_delete(client_id, request_id)
-                continue
+        for client_id, request_id, fingerprint, reply, created, seq, n in self.store.replies():
             try:
-                decoded = json.loads(reply) if reply is not None else None
+                decoded = _unpack(reply, request_id) if reply is not None else None
             except ValueError:
-                self.store.reply_delete(client_id, request_id)
+                decoded = None
+                created = cutoff - 1
+            key = (client_id, request_id)
+            old = self.entries.pop(key, None)
+            if old is not None and old[5] is not None:
+                self.store.reply_delete(old[5])
+            if created < cutoff:
+                self.store.reply_delete(n)
                 continue
-            self.entries[(client_id, request_id)] = (fingerprint, decoded, created, decoded is None, seq)
+            self.entries[key] = (fingerprint, decoded, created, decoded is None, seq, n)
+        while len(self.entries) > self.max_entries:
+            row = self.entries.popitem(last=False)[1][5]
+            if row is not None:
+                self.store.reply_delete(row)
         if self.entries:
             log.info("reply cache: %d answer(s) of earlier runs kept", len(self.entries))
         return len(self.entries)
@@ -117,7 +139,7 @@ class ReplyJournal:
         entry = self.entries.get((client_id, _key(msg["id"])))
         if entry is None or self.resend is None:
             return False
-        fingerprint, reply, created, interrupted, seq = entry
+        fingerprint, reply, created, interrupted, seq, _ = entry
         if fingerprint != _fingerprint(msg) or time.time() - created > self.ttl:
             return False
         if reply is None:
@@ -169,31 +191,50 @@ class ReplyJournal:
         entry = self.entries.get(key)
         if entry is None or entry[1] is not reply:
             return
-        self.entries[key] = entry[:4] + (seq,)
+        self.entries[key] = entry[:4] + (seq, entry[5])
         self._write(client_id, reply.get("id"))
 
     def _write(self, client_id: str, request_id: Any) -> None:
         key = (client_id, _key(request_id))
         entry = self.entries.get(key)
         if entry is not None and self.store is not None:
-            fingerprint, reply, created, _, seq = entry
-            text = json.dumps(reply, separators=(",", ":")) if reply is not None else None
-            self.store.reply_put(key[0], key[1], fingerprint, text, created, seq)
+            fingerprint, reply, created, _, seq, n = entry
+            text = _pack(reply) if reply is not None else None
+            n = self.store.reply_put(key[0], key[1], fingerprint, text, created, seq, n=n)
+            self.entries[key] = entry[:5] + (n,)
 
     def _put(self, client_id: str, msg: dict[str, Any], reply: dict[str, Any] | None, seq: int | None) -> None:
         key = (client_id, _key(msg["id"]))
         now = time.time()
         fingerprint = _fingerprint(msg)
-        self.entries.pop(key, None)
-        self.entries[key] = (fingerprint, reply, now, False, seq)
+        old = self.entries.pop(key, None)
+        # the same request's started mark, or an old request with this id: its row is replaced
+        self.entries[key] = (fingerprint, reply, now, False, seq, old[5] if old is not None else None)
         cutoff = now - self.ttl
         while self.entries:
             oldest_key, oldest = next(iter(self.entries.items()))
             if len(self.entries) <= self.max_entries and oldest[2] >= cutoff:
                 break
             del self.entries[oldest_key]
-            if self.store is not None:
-                self.store.reply_delete(*oldest_key)
+            if oldest[5] is not None:
+                self._evicted.append(oldest[5])
+        if self.store is not None and len(self._evicted) >= min(PRUNE_BATCH, max(1, self.max_entries // 16)):
+            for n in self._evicted:
+                self.store.reply_delete(n)
+            self._evicted.clear()
+
+
+def _pack(reply: dict[str, Any]) -> str:
+    """A reply as stored: JSON without ``jsonrpc`` and ``id`` (the row has the id)."""
+    return json.dumps({k: v for k, v in reply.items() if k not in ("jsonrpc", "id")}, separators=(",", ":"))
+
+
+def _unpack(text: str, request_id: str) -> dict[str, Any]:
+    """The reply :func:`_pack` stored for ``request_id`` (JSON text of the id). Raises ValueError."""
+    body = json.loads(text)
+    if not isinstance(body, dict):
+        raise ValueError("not a stored reply")
+    return {"jsonrpc": "2.0", "id": json.loads(request_id), **{k: v for k, v in body.items() if k not in ("jsonrpc", "id")}}
 
 
 def set_done(fut: asyncio.Future[None]) -> None:

@@ -6,8 +6,8 @@ Holds what must survive a crash or a power cut:
 - ``sessions``: initialized MCP client sessions with their resource subscriptions and log level,
   so a cloud client keeps calling across an agent restart without a new ``initialize``;
 - ``counters``: drop counters by reason (they are reported in ``device://link``);
-- ``replies``: the durable reply cache of non-read-only tool calls, keyed by (mcp-client-id,
-  request id) (:mod:`edge_agent.device.journal`).
+- ``reply_log``: the durable reply cache of non-read-only tool calls, one row per (mcp-client-id,
+  request id), keyed by a growing row number (:mod:`edge_agent.device.journal`).
 
 With ``write_behind`` (the default) writes never block the caller (the asyncio thread): they
 go, in call order, to one writer thread that applies whatever has queued up in one
@@ -76,15 +76,25 @@ CREATE TABLE IF NOT EXISTS counters (
     name TEXT PRIMARY KEY,
     value INTEGER NOT NULL
 );
-CREATE TABLE IF NOT EXISTS replies (
+CREATE TABLE IF NOT EXISTS reply_log (
+    n INTEGER PRIMARY KEY,
     client_id TEXT NOT NULL,
     request_id TEXT NOT NULL,
-    fingerprint TEXT NOT NULL,
+    fingerprint BLOB NOT NULL,
     reply TEXT,
     created REAL NOT NULL,
-    seq INTEGER,
-    PRIMARY KEY (client_id, request_id)
-) WITHOUT ROWID;
+    seq INTEGER
+);
+"""
+# ``reply_log`` is keyed by a row number that only grows (the journal looks entries up by
+# (client id, request id) in memory): a new reply is appended to the table's rightmost leaf, one
+# 1 KiB page in the WAL per commit, where a table keyed by (client id, request id) inserted at
+# random places and split and rebalanced three leaves and their parent (4 pages) every few
+# commits. A file written before it has a ``replies`` table: moved into ``reply_log`` at open.
+MIGRATE_REPLIES = """
+INSERT INTO reply_log (client_id, request_id, fingerprint, reply, created, seq)
+    SELECT client_id, request_id, fingerprint, reply, created, seq FROM replies ORDER BY created;
+DROP TABLE replies;
 """
 
 COMMIT_WINDOW = 0.2
@@ -147,9 +157,12 @@ class Store:
         self._writer: threading.Thread | None = None
         self._last_id = 0
         self._reserved = 0  # outbox ids up to this are reserved on disk (queued, at least)
+        self._reply_n = 0  # the last reply_log row number handed out
         if path != ":memory:" and os.path.exists(path):
             with self._db_lock:
-                self._last_id = self._reserved = self._last_id_on_disk(self._open())
+                db = self._open()
+                self._last_id = self._reserved = self._last_id_on_disk(db)
+                self._reply_n = int(db.execute("SELECT COALESCE(MAX(n), 0) FROM reply_log").fetchone()[0])
 
     # ------------------------------------------------------------------ connection, writer
     def _open(self) -> sqlite3.Connection:
@@ -164,6 +177,8 @@ class Store:
             db.execute("PRAGMA wal_autocheckpoint=256")
             db.execute("PRAGMA journal_size_limit=1048576")
             db.executescript(SCHEMA)
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'replies'").fetchone():
+                db.executescript("BEGIN;" + MIGRATE_REPLIES + "COMMIT;")
             self._db = db
         return self._db
 
@@ -431,19 +446,32 @@ class Store:
 
     # ------------------------------------------------------------------ durable reply cache
     def reply_put(self, client_id: str, request_id: str, fingerprint: str, reply: str | None,
-                  created: float, seq: int | None = None) -> None:
-        """Store (or replace) the reply to ``request_id`` (JSON text of the id) of ``client_id``;
-        ``reply`` None: the request started and has no reply yet; ``seq``: the EDGE-AGENT-SEQ
-        the reply went out with."""
-        self._write("reply_put", (client_id, request_id, fingerprint, reply, created, seq))
+                  created: float, seq: int | None = None, *, n: int | None = None) -> int:
+        """Store the reply to ``request_id`` (JSON text of the id) of ``client_id``; ``reply``
+        None: the request started and has no reply yet; ``seq``: the EDGE-AGENT-SEQ the reply
+        went out with; ``fingerprint``: hex digest of the request. ``n``: the row to replace
+        (None: a new row, appended). Returns the row number (for :meth:`reply_delete`)."""
+        if n is None:
+            self._reply_n += 1
+            n = self._reply_n
+        try:
+            digest: str | bytes = bytes.fromhex(fingerprint)
+        except ValueError:
+            digest = fingerprint
+        self._write("reply_put", (n, client_id, request_id, digest, reply, created, seq))
+        return n
 
-    def reply_delete(self, client_id: str, request_id: str) -> None:
-        self._write("reply_delete", (client_id, request_id))
+    def reply_delete(self, n: int) -> None:
+        """Delete reply row ``n`` (with the next commit: a delete alone never starts one)."""
+        self._write("reply_delete", (n,))
 
-    def replies(self) -> list[tuple[str, str, str, str | None, float, int | None]]:
-        """Every stored reply ``(client_id, request_id, fingerprint, reply, created, seq)``, oldest first."""
-        return [tuple(r) for r in self._read(  # type: ignore[misc]
-            "SELECT client_id, request_id, fingerprint, reply, created, seq FROM replies ORDER BY created")]
+    def replies(self) -> list[tuple[str, str, str, str | None, float, int | None, int]]:
+        """Every stored reply ``(client_id, request_id, fingerprint (hex), reply, created, seq, n)``,
+        oldest first."""
+        rows = self._read("SELECT client_id, request_id, fingerprint, reply, created, seq, n FROM reply_log"
+                          " ORDER BY created, n")
+        return [(r[0], r[1], r[2].hex() if isinstance(r[2], bytes) else r[2], r[3], r[4], r[5], r[6])
+                for r in rows]
 
     # ------------------------------------------------------------------ counters
     def count(self, name: str, by: int = 1) -> None:
@@ -466,9 +494,9 @@ _SQL = {
     "session_put": "INSERT INTO sessions (client_id, data, updated) VALUES (?, ?, ?)"
                    " ON CONFLICT(client_id) DO UPDATE SET data = excluded.data, updated = excluded.updated",
     "session_delete": "DELETE FROM sessions WHERE client_id = ?",
-    "reply_put": "INSERT OR REPLACE INTO replies (client_id, request_id, fingerprint, reply, created, seq)"
-                 " VALUES (?, ?, ?, ?, ?, ?)",
-    "reply_delete": "DELETE FROM replies WHERE client_id = ? AND request_id = ?",
+    "reply_put": "INSERT OR REPLACE INTO reply_log (n, client_id, request_id, fingerprint, reply, created, seq)"
+                 " VALUES (?, ?, ?, ?, ?, ?, ?)",
+    "reply_delete": "DELETE FROM reply_log WHERE n = ?",
     # the outbox id sequence: raised (reserve) or set (exact, at a clean close); inserted if missing
     "seq_reserve": "UPDATE sqlite_sequence SET seq = MAX(seq, ?) WHERE name = 'outbox'",
     "seq_exact": "UPDATE sqlite_sequence SET seq = MAX(?, (SELECT COALESCE(MAX(id), 0) FROM outbox))"
