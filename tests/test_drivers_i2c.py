@@ -158,6 +158,33 @@ def test_bme280_reads_the_simulated_chip_in_forced_mode():
     driver.close()
 
 
+def test_bme280_a_real_reading_equal_to_a_reset_value_is_a_reading():
+    """adc_H 0x8000 is what a reset leaves in the humidity registers, and also what the chip
+    measures near 66 %RH: only all three channels at their reset values mean "no measurement"
+    (a CI run once failed a greenhouse humidity read this way)."""
+    chip = BME280Model(fixed())
+    t_fine = bme280.compensate_temperature(chip.raw_values(ENV["temperature"], 50, 1000)[0], chip.calibration)[1]
+    humidity = bme280.compensate_humidity(0x8000, t_fine, chip.calibration)
+    assert 60 < humidity < 70
+    chip = BME280Model(fixed(humidity=humidity))
+    assert chip.raw_values(ENV["temperature"], humidity, ENV["pressure"])[1] == 0x8000
+    ctx, _ = bench((0x77, chip))
+    driver = driver_class("bme280")("air", {"address": 0x77}, context=ctx)
+    assert sensor(driver, "humidity").read() == pytest.approx(humidity, abs=0.01)
+    driver.close()
+
+    class PowerLoss(BME280Model):  # the chip loses power during the measurement
+        def _convert(self, ctrl_meas: int) -> None:
+            super()._convert(ctrl_meas)
+            self.pending = bytes([0x80, 0, 0, 0x80, 0, 0, 0x80, 0])
+
+    ctx, _ = bench((0x77, PowerLoss(fixed())))
+    driver = driver_class("bme280")("air", {"address": 0x77}, context=ctx)
+    with pytest.raises(DriverError, match="reset values"):
+        sensor(driver, "humidity").read()
+    driver.close()
+
+
 def test_bme280_other_chip_and_unplugged_and_recovery():
     chip = BME280Model(fixed())
     chip.regs[bme280.REG_ID] = 0x58

@@ -188,7 +188,10 @@ class BME280(I2CDriver):
         else:
             raise DriverError(f"{self.where}: the forced measurement did not finish")
         adc_p, adc_t, adc_h = parse_data(bytes(bus.read_i2c_block_data(self.address, REG_DATA, 8)))
-        if adc_t == SKIPPED_20 or adc_p == SKIPPED_20 or adc_h == SKIPPED_16:
+        # After a reset all three hold 0x80000/0x80000/0x8000 (datasheet 5.4.7-5.4.9). One channel
+        # alone at that value is a real reading (humidity near 66 %RH gives adc_H 0x8000), so only
+        # all three together say that no measurement happened.
+        if adc_t == SKIPPED_20 and adc_p == SKIPPED_20 and adc_h == SKIPPED_16:
             raise DriverError(f"{self.where}: the data registers hold their reset values (no measurement "
                               "happened: the chip was reset or lost power during the read)")
         assert self.calibration is not None
