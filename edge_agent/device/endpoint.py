@@ -284,12 +284,17 @@ class Endpoint:
         bound = self.server.max_inflight
         if bound is not None and "id" in msg and "method" in msg:
             # the per-client in-flight bound, at the door: a flood is refused here, at once,
-            # without a task per request (MCP clients see -32004 and retry after an answer)
-            if self._pending.get(client_id, 0) >= bound:
+            # without a task per request (MCP clients see -32004 and retry after an answer). An
+            # answer still queued for the broker counts as in flight: a client that sends faster
+            # than its answers drain is refused, not queued in our heap; that refusal goes at
+            # QoS 0, so it neither waits behind nor adds to the backlog (issue 13 item 4)
+            assert self.transport is not None
+            queued = self.transport.backlog(client_id)
+            if self._pending.get(client_id, 0) + queued >= bound:
                 self._refusals += 1
-                assert self.transport is not None
                 self.transport.send_rpc(client_id, jsonrpc.error(msg["id"], RpcError(
-                    TOO_MANY_REQUESTS, f"Too many requests in flight ({bound}) from this client: retry after an answer")))
+                    TOO_MANY_REQUESTS, f"Too many requests in flight ({bound}) from this client: retry after an answer")),
+                    qos=0 if queued else None)
                 return False
         work = self.server.handle(session, msg, deadline=incoming.deadline) if incoming.ack is None \
             else self._then_ack(self._handled(session, msg, incoming), incoming)

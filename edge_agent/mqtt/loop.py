@@ -285,9 +285,20 @@ class LoopDriver:
     the handler sees it (QoS 1/2 is still acknowledged), counts it (:meth:`malformed`) and logs
     a warning with the reason: the first drop of each client at once, then at most one line
     per ``MALFORMED_LOG_INTERVAL`` seconds with the count since.
+
+    Backpressure (every link): while paho holds more than ``MAX_UNWRITTEN`` packets it could
+    not write to the socket (the broker reads slower than we answer), the socket is not read:
+    what the broker has for us stays in the broker (bounded by its own queue limits) instead of
+    becoming answers in our heap; reading resumes once the socket took half of them. Only the
+    unwritten packets count: a QoS 1 message waiting for a free slot of the in-flight window
+    (the broker's Receive Maximum) waits for a PUBACK, which only a read brings, so pausing on
+    those would stop the link for good; that queue is bounded per client where requests come
+    in (the device endpoint counts a client's unacknowledged answers against its in-flight
+    bound: ``MqttServerTransport.backlog``). ``paused`` counts the pauses.
     """
 
     MALFORMED_LOG_INTERVAL = 60.0
+    MAX_UNWRITTEN = 1000
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *, misc_interval: float = 1.0):
         if not misc_interval > 0:
@@ -308,6 +319,8 @@ class LoopDriver:
         self._batch_handle: asyncio.Handle | None = None
         self._malformed: dict[mqtt.Client, int] = {}  # messages dropped as malformed, per client
         self._malformed_logged: dict[mqtt.Client, tuple[float, int]] = {}  # last warning: (monotonic, count)
+        self._paused: set[mqtt.Client] = set()  # clients whose socket is not read now (backpressure)
+        self.paused = 0  # how many times a client's reading was paused
 
     # -- malformed messages ---------------------------------------------------------------------
     def malformed(self, client: mqtt.Client) -> int:
@@ -489,6 +502,7 @@ class LoopDriver:
             client.loop_write()
         if client.want_write() and client in self._fds:
             self._add_writer(client)
+        self._resume(client)
 
     def drop(self, client: mqtt.Client) -> None:
         """Shut the client's socket down (no DISCONNECT: the broker publishes the will). paho sees
@@ -514,11 +528,31 @@ class LoopDriver:
         finally:
             self._deferring = None
         self._write_soon(client)  # the PUBACK of what was read, and what the callbacks sent
+        if paho_private.unwritten_packets(client) > self.MAX_UNWRITTEN:
+            self._pause(client)
 
     def _writable(self, client: mqtt.Client) -> None:
         client.loop_write()
         if not client.want_write():
             self._remove_writer(client)
+        self._resume(client)
+
+    def _pause(self, client: mqtt.Client) -> None:
+        """Stop reading ``client``'s socket until paho's unwritten packets drain (see the class)."""
+        fd = self._fds.get(client)
+        if fd is None or client in self._paused:
+            return
+        self._paused.add(client)
+        self.paused += 1
+        self.loop.remove_reader(fd)
+        self._add_writer(client)  # the writer callback resumes reading
+
+    def _resume(self, client: mqtt.Client) -> None:
+        if client in self._paused and paho_private.unwritten_packets(client) <= self.MAX_UNWRITTEN // 2:
+            self._paused.discard(client)
+            fd = self._fds.get(client)
+            if fd is not None:
+                self.loop.add_reader(fd, self._readable, client)
 
     def _register(self, client: mqtt.Client, sock: Any) -> None:
         self._unregister(client)
@@ -529,6 +563,7 @@ class LoopDriver:
     def _unregister(self, client: mqtt.Client) -> None:
         fd = self._fds.pop(client, None)
         self._writers.discard(client)
+        self._paused.discard(client)
         if fd is not None:
             self.loop.remove_reader(fd)
             self.loop.remove_writer(fd)

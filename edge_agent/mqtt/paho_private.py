@@ -9,6 +9,8 @@ needs:
 - whether paho is inside one of our callbacks right now (``Client._in_callback_mutex``, a
   ``threading.Lock`` held while paho calls ``on_message``, ``on_connect``, ...): a write from
   inside a callback must be left to the event loop, a write from outside may go out at once;
+- how many packets paho holds that are not written to the socket yet (``Client._out_packet``,
+  a deque), for the adapter's read backpressure;
 - which class its packet decoders build properties with (``paho.mqtt._packet.Properties``), so
   the adapter can give them its own (:class:`edge_agent.mqtt.loop.DecodedProperties`): cheaper,
   and for a PUBLISH it marks what paho would refuse (U+FEFF, NUL, invalid UTF-8) instead of
@@ -24,7 +26,7 @@ from __future__ import annotations
 
 import paho.mqtt.client as mqtt
 
-__all__ = ["clock", "in_callback", "ping_sent_at", "use_properties_class"]
+__all__ = ["clock", "in_callback", "ping_sent_at", "unwritten_packets", "use_properties_class"]
 
 clock = mqtt.time_func
 """paho's clock (``time.monotonic``), the one :func:`ping_sent_at` is measured on; seconds."""
@@ -41,6 +43,12 @@ def in_callback(client: mqtt.Client) -> bool:
     write: ``loop_write`` would take the same lock). Conservatively True if the lock is gone."""
     lock = getattr(client, "_in_callback_mutex", None)
     return lock is None or lock.locked()
+
+
+def unwritten_packets(client: mqtt.Client) -> int:
+    """Packets paho has queued for the socket and not written yet (0 if paho has no such queue)."""
+    queue = getattr(client, "_out_packet", None)
+    return len(queue) if queue is not None else 0
 
 
 def use_properties_class(cls: type) -> bool:

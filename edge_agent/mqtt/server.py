@@ -167,6 +167,9 @@ class MqttServerTransport:
         self._qos0_sent: collections.deque[float] = collections.deque(maxlen=65536)  # monotonic
         self._last_heard = 0.0  # monotonic time of the last packet from the broker we saw
         self._answer_waiters: dict[int, asyncio.Future[Any]] = {}  # mid -> waiter for an answer's PUBACK
+        # QoS 1 messages to a client's RPC topic handed to paho and not yet acknowledged (backlog())
+        self._rpc_mids: dict[int, str] = {}  # mid -> mcp-client-id
+        self._backlog: dict[str, int] = {}  # mcp-client-id -> how many
         self._qos0: collections.deque[tuple[str, bytes, str | None]] = collections.deque()
         self._pending_sub: dict[int, asyncio.Future] = {}
         self._published: dict[int, asyncio.Future] = {}  # mid -> waiter for its PUBACK (stop())
@@ -338,8 +341,15 @@ class MqttServerTransport:
     def _encode(self, client_id: str | None, message: dict[str, Any]) -> bytes:
         return codec.encode(message, self.encodings.get(client_id) if client_id else None)
 
+    def backlog(self, client_id: str) -> int:
+        """QoS 1 messages to ``client_id``'s RPC topic handed to paho and not yet acknowledged by
+        the broker (queued behind paho's in-flight window, which the broker's Receive Maximum
+        bounds, or in flight). The endpoint counts them against the client's in-flight bound: a
+        client that sends faster than its answers drain is refused, not queued in our heap."""
+        return self._backlog.get(client_id, 0)
+
     def send_rpc(self, client_id: str, message: dict[str, Any], *, seq: int | None = None,
-                 acked: asyncio.Future[Any] | None = None) -> int | None:
+                 acked: asyncio.Future[Any] | None = None, qos: int | None = None) -> int | None:
         """Publish a JSON-RPC message on ``$mcp-rpc/{client_id}/{server-id}/{server-name}``
         (a response, or a notification such as progress), in the session's encoding. Returns
         its ``EDGE-AGENT-SEQ`` (None: sent without one). ``seq``: send an answer again under the
@@ -347,11 +357,13 @@ class MqttServerTransport:
         directly, not through the outbox (offline: not at all), and ``acked`` (a future) is
         resolved by its PUBACK. This is how an answer the durable reply cache keeps goes out:
         its copy on disk is the reply cache's, and the request it answers is acknowledged only
-        after this PUBACK, so a crash before it makes the broker send the request again."""
+        after this PUBACK, so a crash before it makes the broker send the request again.
+        ``qos``: instead of the profile's QoS for the kind (0: a refusal that must not wait
+        behind the client's backlog nor add to it)."""
         kind = "response" if "id" in message and "method" not in message else "notification"
         payload, content_type = self._encode(client_id, message), self.encodings.get(client_id)
         if seq is None:
-            return self.publish(self.rpc_topic(client_id), payload, kind=kind, content_type=content_type)
+            return self.publish(self.rpc_topic(client_id), payload, kind=kind, content_type=content_type, qos=qos)
         if self.connected.is_set():
             expires = time.time() + self.settings.message_expiry if self.settings.message_expiry else None
             self.store.outbox_sent(seq)
@@ -372,11 +384,11 @@ class MqttServerTransport:
         self.publish(self.capability_topic, codec.encode(message), kind=kind)
 
     def publish(self, topic: str, payload: bytes, *, kind: str, content_type: str | None = None,
-                retain: bool = False) -> int | None:
-        """Publish with the QoS of ``kind``: QoS 1 through the outbox (stored until PUBACK),
-        QoS 0 directly or, while offline, into a bounded in-memory queue (oldest dropped).
+                retain: bool = False, qos: int | None = None) -> int | None:
+        """Publish with the QoS of ``kind`` (or ``qos``): QoS 1 through the outbox (stored until
+        PUBACK), QoS 0 directly or, while offline, into a bounded in-memory queue (oldest dropped).
         Returns the outbox row id (= ``EDGE-AGENT-SEQ``), or None (not through the outbox, or dropped)."""
-        qos = self.settings.qos(kind)
+        qos = self.settings.qos(kind) if qos is None else qos
         if qos == 0:
             if self.connected.is_set():
                 self._send(topic, payload, 0, retain, content_type, None, None)
@@ -413,6 +425,13 @@ class MqttServerTransport:
                 props.MessageExpiryInterval = max(1, int(expires - time.time()))
         info = self.driver.publish(self.client, topic, payload, qos=qos, retain=retain, properties=props)
         self.stats.published += 1
+        if qos and topic.startswith("$mcp-rpc/"):
+            client_id = topic.split("/", 2)[1]
+            earlier = self._rpc_mids.get(info.mid)
+            if earlier is not None:  # (paho's mids wrap at 65535)
+                self._unqueued(info.mid)
+            self._rpc_mids[info.mid] = client_id
+            self._backlog[client_id] = self._backlog.get(client_id, 0) + 1
         if qos == 0:
             self._qos0_sent.append(time.monotonic())
         return info
@@ -639,7 +658,17 @@ class MqttServerTransport:
             self._judged(mid, [reason_code])
         self._acked(mid, reason_code)
 
+    def _unqueued(self, mid: int) -> None:
+        client_id = self._rpc_mids.pop(mid, None)
+        if client_id is not None:
+            n = self._backlog.get(client_id, 0) - 1
+            if n > 0:
+                self._backlog[client_id] = n
+            else:
+                self._backlog.pop(client_id, None)
+
     def _acked(self, mid: int, reason_code: Any) -> None:
+        self._unqueued(mid)
         waiter = self._published.pop(mid, None) or self._answer_waiters.pop(mid, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(reason_code)
