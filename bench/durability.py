@@ -4,7 +4,8 @@
 - ``fairness``: 32 raw MQTT 5 clients on one agent (``lan``): one floods ``--flood`` pings
   (20,000) without waiting, 31 send a ping every 100 ms and wait for each answer. Table: p50/p99
   /max of the quiet clients' pings during the flood, how the flood was answered (results,
-  -32004 "too many requests in flight"), how long it took.
+  -32004 "too many requests in flight"), how long it took. ``--broker-conf "max_queued_messages 100"``
+  (lines for mosquitto.conf): the same under other broker limits.
 - ``inflightkill``: tests/test_exactly_once.py's scenario as a measurement: a stream of
   destructive calls to a ledger relay while the agent (``unreliable``) is SIGKILLed ``--kills``
   times at random points; calls, kills, answers per call, relay moves per call, interrupted.
@@ -119,12 +120,12 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(q * len(values)))] if values else float("nan")
 
 
-def fairness(flood: int = 20000, quiet: int = 31) -> dict[str, Any]:
+def fairness(flood: int = 20000, quiet: int = 31, broker_conf: str = "") -> dict[str, Any]:
     from edge_agent.testing.broker import LocalBroker
     from tests.agent_process import AgentProcess, write_config
 
     work = Path(tempfile.mkdtemp(prefix="edge-agent-fair-"))
-    broker = LocalBroker().start()
+    broker = LocalBroker(extra_conf=broker_conf.replace(";", "\n")).start()
     sid, name = "fair-1", "devices/lab/fair"
     config = write_config(work / "a.toml", server_name=name, server_id=sid, state_dir=work / "state",
                           drivers='[[drivers]]\nkind = "relay"\nname = "pump_relay"\npin = 17\n')
@@ -170,7 +171,7 @@ def fairness(flood: int = 20000, quiet: int = 31) -> dict[str, Any]:
         return {"clients": quiet + 1, "flood": flood, "flood_s": took, "flood_answered": flooder.count - 1,
                 "agent_cpu_s": _cpu(agent.proc.pid) if agent.proc else float("nan"),
                 "flood_refused": flooder.refused, "quiet_pings": len(lat), "quiet_lost": lost[0],
-                "p50_ms": 1000 * _pct(lat, 0.5), "p99_ms": 1000 * _pct(lat, 0.99), "max_ms": 1000 * max(lat),
+                "broker_conf": broker_conf, "p50_ms": 1000 * _pct(lat, 0.5), "p99_ms": 1000 * _pct(lat, 0.99), "max_ms": 1000 * max(lat),
                 "idle_p50_ms": 1000 * _pct(idle, 0.5), "idle_p99_ms": 1000 * _pct(idle, 0.99)}
     finally:
         for c in clients:
@@ -213,7 +214,8 @@ def report(results: dict[str, Any]) -> str:
     out = []
     if "fairness" in results:
         f = results["fairness"]
-        out += ["### Fairness: one client floods, 31 ping every 100 ms (lan)", "",
+        out += ["### Fairness: one client floods, 31 ping every 100 ms (lan)"
+                + (f", broker: {f['broker_conf']}" if f.get("broker_conf") else ""), "",
                 "| clients | flood | answers to the flood | in | of which -32004 | quiet pings (lost) | p50 ms | p99 ms | max ms "
                 "| idle p50/p99 ms |", "|---|---|---|---|---|---|---|---|---|---|",
                 f"| {f['clients']} | {f['flood']} | {f['flood_answered']} | {f['flood_s']:.1f} s | {f['flood_refused']} | {f['quiet_pings']} ({f['quiet_lost']}) "
@@ -233,11 +235,12 @@ def report(results: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def run(scenarios: list[str], *, flood: int = 20000, kills: int = 50, seconds: float = 30.0) -> str:
+def run(scenarios: list[str], *, flood: int = 20000, kills: int = 50, seconds: float = 30.0,
+        broker_conf: str = "") -> str:
     results: dict[str, Any] = {}
     if "fairness" in scenarios:
         print("bench: fairness", file=sys.stderr, flush=True)
-        results["fairness"] = fairness(flood)
+        results["fairness"] = fairness(flood, broker_conf=broker_conf)
     if "inflightkill" in scenarios:
         print("bench: inflightkill", file=sys.stderr, flush=True)
         results["inflightkill"] = inflight_kill(kills)
@@ -253,11 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--flood", type=int, default=20000, help="requests the flooding client sends (default 20000)")
     p.add_argument("--kills", type=int, default=50, help="SIGKILLs in the in-flight-kill scenario (default 50)")
     p.add_argument("--seconds", type=float, default=30.0, help="measuring window of sdwrites (default 30 s)")
+    p.add_argument("--broker-conf", default="", help="fairness: mosquitto.conf lines, ';'-separated")
     args = p.parse_args(argv)
     scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
     if set(scenarios) - set(SCENARIOS):
         p.error(f"--scenarios: choose from {', '.join(SCENARIOS)}")
-    print(run(scenarios, flood=args.flood, kills=args.kills, seconds=args.seconds))
+    print(run(scenarios, flood=args.flood, kills=args.kills, seconds=args.seconds, broker_conf=args.broker_conf))
     return 0
 
 
