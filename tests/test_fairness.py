@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 import time
 
+import pytest
+
 from edge_agent.device import config as cfg
 from edge_agent.device.runtime import Agent
 
@@ -52,6 +54,48 @@ def test_a_flood_is_bounded_per_client_and_refused_clearly(broker, tmp_path):
         finally:
             await asyncio.to_thread(flooder.close)
             await asyncio.to_thread(quiet.close)
+            await agent.stop()
+
+    asyncio.run(go())
+
+
+@pytest.mark.parametrize("profile", ["lan", "unreliable"])
+def test_answers_queued_for_the_broker_count_against_the_bound(broker, tmp_path, profile):
+    """A client that sends faster than its answers drain (QoS 1 answers wait behind the broker's
+    Receive Maximum) is refused, not queued in the agent's heap: its answers handed to paho or
+    waiting for a slot of the in-flight window never exceed its in-flight bound, and the
+    refusals go out at QoS 0 (issue 13 item 4)."""
+    bound = 8
+    data = {"device": {"server_name": NAME, "server_id": SID, "simulate": True, "state_dir": str(tmp_path / "s")},
+            "link": {"profile": profile, "max_inflight_per_client": bound},
+            "drivers": [{"kind": "relay", "name": "pump_relay", "pin": 17}]}
+
+    async def go():
+        agent = Agent(cfg.from_dict(data), broker_url=broker.url)
+        await agent.start(connect_timeout=20)
+        transport = agent.endpoint.transport
+        flooder = await asyncio.to_thread(RawMcpClient, broker.url, "flooder-q", SID, NAME)
+        try:
+            await asyncio.to_thread(flooder.initialize)
+            n, most = 600, 0
+            for i in range(n):  # pipelined; tools/list answers are ~1 KB each
+                flooder.send("tools/list", id=f"f{i}")
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                most = max(most, transport.backlog("flooder-q"))
+                answered = [r for r in flooder.received if r.message and str(r.message.get("id", "")).startswith("f")]
+                if len(answered) >= n:
+                    break
+                await asyncio.sleep(0)
+            refused = [r for r in answered if "error" in r.message]
+            assert len(answered) == n, f"{n - len(answered)} requests of the flood never answered"
+            assert refused and all(r.message["error"]["code"] == -32004 for r in refused)
+            assert 0 < most <= bound, most
+            assert transport.backlog("flooder-q") == 0
+            print(f"\n{profile}: flood of {n} tools/list: {n - len(refused)} answered, {len(refused)} refused; "
+                  f"at most {most} answers queued for the broker (bound {bound})")
+        finally:
+            await asyncio.to_thread(flooder.close)
             await agent.stop()
 
     asyncio.run(go())

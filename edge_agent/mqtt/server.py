@@ -170,6 +170,7 @@ class MqttServerTransport:
         # QoS 1 messages to a client's RPC topic handed to paho and not yet acknowledged (backlog())
         self._rpc_mids: dict[int, str] = {}  # mid -> mcp-client-id
         self._backlog: dict[str, int] = {}  # mcp-client-id -> how many
+        self._waiting_rpc: dict[str, int] = {}  # mcp-client-id -> its RPC rows in _waiting
         self._qos0: collections.deque[tuple[str, bytes, str | None]] = collections.deque()
         self._pending_sub: dict[int, asyncio.Future] = {}
         self._published: dict[int, asyncio.Future] = {}  # mid -> waiter for its PUBACK (stop())
@@ -346,7 +347,17 @@ class MqttServerTransport:
         the broker (queued behind paho's in-flight window, which the broker's Receive Maximum
         bounds, or in flight). The endpoint counts them against the client's in-flight bound: a
         client that sends faster than its answers drain is refused, not queued in our heap."""
-        return self._backlog.get(client_id, 0)
+        return self._backlog.get(client_id, 0) + self._waiting_rpc.get(client_id, 0)
+
+    def _waits(self, row: StoredRow | None, by: int) -> None:
+        """Count ``row`` (an RPC message) into (+1) or out of (-1) a client's rows in ``_waiting``."""
+        if row is not None and row.topic.startswith("$mcp-rpc/"):
+            client_id = row.topic.split("/", 2)[1]
+            n = self._waiting_rpc.get(client_id, 0) + by
+            if n > 0:
+                self._waiting_rpc[client_id] = n
+            else:
+                self._waiting_rpc.pop(client_id, None)
 
     def send_rpc(self, client_id: str, message: dict[str, Any], *, seq: int | None = None,
                  acked: asyncio.Future[Any] | None = None, qos: int | None = None) -> int | None:
@@ -405,7 +416,7 @@ class MqttServerTransport:
         row = self.outbox.add(topic, payload, qos=qos, retain=retain, kind=kind, content_type=content_type,
                               expires=expires, in_flight=(r for r, _, _ in self._inflight.values()))
         for gone in self.outbox.last_dropped:
-            self._waiting.pop(gone, None)
+            self._waits(self._waiting.pop(gone, None), -1)
         if row is None:
             return None
         if self.connected.is_set():
@@ -440,6 +451,8 @@ class MqttServerTransport:
         """Hand a stored row to paho, or, while paho's in-flight window is full, queue it here
         (where the outbox policy still reaches it)."""
         if len(self._inflight) >= self.settings.max_inflight:
+            if row.id not in self._waiting:
+                self._waits(row, 1)
             self._waiting[row.id] = row
             return
         if row.expires is not None and row.expires <= time.time():
@@ -458,6 +471,7 @@ class MqttServerTransport:
         """After a (re)connect: send stored rows not already in paho's hands, oldest first,
         then the QoS 0 messages held while offline."""
         self._waiting.clear()
+        self._waiting_rpc.clear()
         for row in self.outbox.pending(exclude=[r for r, _, _ in self._inflight.values()]):
             self._send_row(row)
         while self._qos0:
@@ -684,7 +698,9 @@ class MqttServerTransport:
             self.store.count("refused_by_broker")
         self.outbox.ack(row_id, size)
         while self._waiting and len(self._inflight) < self.settings.max_inflight and self.connected.is_set():
-            self._send_row(self._waiting.popitem(last=False)[1])  # a slot in paho's window is free
+            row = self._waiting.popitem(last=False)[1]  # a slot in paho's window is free
+            self._waits(row, -1)
+            self._send_row(row)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
         self._subacked(mid, reason_codes)
