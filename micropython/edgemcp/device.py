@@ -12,10 +12,7 @@
 #     app.run()
 import asyncio
 import gc
-import sys
 import time
-
-from . import __version__, mcp
 
 
 class Device:
@@ -29,18 +26,8 @@ class Device:
             options["server_name"] = server_name
         if description:
             options["description"] = description
-        from . import config  # startup-only code: unloaded again below, the GC takes it back
-        self.cfg = cfg = config.load(options)
-        del sys.modules["edgemcp.config"]
-        delattr(sys.modules["edgemcp"], "config")
-        self.server = mcp.Server("edgemcp", __version__, title=cfg["server_name"],
-                                 instructions=cfg["description"] + ". Actuators are tools; readings are resources "
-                                 "(JSON: value, unit, timestamp; subscribable).")
-        self.server.after_call = self._refresh
-        self.server.log = self.log
-        if cfg["auth"]:  # a token in every initialize (docs/esp32.md "Signed tokens")
-            from .tokens import Auth
-            Auth(cfg["auth"], cfg["server_id"], cfg["server_name"]).install(self.server)
+        from . import start  # code that runs once: it unloads itself, the GC takes it back
+        start.device(self, options)
         self.links = []
         self._updates = {}
         self._t0 = time.ticks_ms()
@@ -93,53 +80,8 @@ class Device:
 
     async def main(self):
         Device.running = self
-        cfg = self.cfg
-        serial = cfg["serial"]
-        if serial:
-            gc.collect()
-            from .stdio import SerialLink
-            if serial == "usb":
-                from .stdio import usb
-                cfg["log"] = False  # the console carries the JSON-RPC lines now
-                r, w = usb()
-            elif isinstance(serial, dict):
-                from .stdio import uart
-                r, w = uart(serial["uart"], serial.get("baudrate", 115200), serial.get("tx"), serial.get("rx"))
-            else:
-                r, w = serial  # a stream pair (host tests)
-            link = SerialLink(self.server, r, w)
-            self.links.append(link)
-            asyncio.create_task(link.run())
-        if cfg["broker"]:
-            gc.collect()
-            network = opener = link_up = None
-            host = cfg["broker"]
-            if cfg["wifi_ssid"] or cfg["ca_file"] or not all(c in "0123456789." for c in host):
-                from . import net
-                if cfg["wifi_ssid"]:
-                    network, link_up = net.wifi(cfg["wifi_ssid"], cfg["wifi_password"], self.log,
-                                                cfg["wifi_timeout"] * 1000)
-                ssl = None
-                if cfg["ca_file"]:
-                    from .tls import context
-                    ssl = context(cfg["ca_file"])
-                opener = net.opener(cfg["dns_ttl"], ssl, self.log)
-            if cfg["ntp"]:
-                from .clock import keep
-                asyncio.create_task(keep(cfg["ntp"], cfg["ntp_every"], self.log))
-            from .link import MqttLink
-            gc.collect()
-            meta = {"version": __version__, "implementation": "edgemcp"}
-            if cfg["location"]:
-                meta["location"] = cfg["location"]
-            exp = cfg["session_expiry"]
-            link = MqttLink(self.server, cfg["server_id"], cfg["server_name"], host, cfg["port"],
-                            description=cfg["description"], meta=meta, network=network, link_up=link_up, opener=opener,
-                            username=cfg["username"], password=cfg["password"], keepalive=cfg["keepalive"],
-                            qos=cfg["qos"], queue_len=cfg["queue_len"], max_packet=cfg["max_packet"],
-                            clean=not exp, expiry=exp, will_delay=cfg["will_delay"])
-            self.links.append(link)
-            asyncio.create_task(link.run())
+        from . import start  # imported again, and unloaded once the links run
+        start.links(self)
         gc.collect()
         await self._poll()
 
