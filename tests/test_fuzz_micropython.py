@@ -299,14 +299,22 @@ def check_decoders_strict(case: tuple[bytes, int]) -> None:
 # --------------------------------------------------------------------------- MCP core of the board
 
 class BoardTransport:
+    """Records what the board's link would put on the wire: ``mcp.encode(msg)`` (a result the
+    board pre-encoded, ``mcp.Json``, is spliced there), read back as JSON."""
+
     def __init__(self) -> None:
         self.out: list[dict[str, Any]] = []
 
+    def _wire(self, msg: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(msg.get("result"), mcp.Json):
+            return json.loads(mcp.encode(msg))
+        return msg  # strict_json() below checks that it encodes as the board's json.dumps would
+
     async def send(self, sid: str, msg: dict[str, Any]) -> None:
-        self.out.append(msg)
+        self.out.append(self._wire(msg))
 
     async def broadcast(self, msg: dict[str, Any]) -> None:
-        self.out.append(msg)
+        self.out.append(self._wire(msg))
 
 
 def make_board() -> tuple[Any, Any, BoardTransport, list[str]]:

@@ -252,8 +252,13 @@ class FakeTransport:
         self.clients: set[str] = set()
         self.sent: list[tuple[str, dict[str, Any], bytes]] = []
 
-    def send_rpc(self, client_id: str, message: dict[str, Any]) -> None:
+    def send_rpc(self, client_id: str, message: dict[str, Any], qos: int | None = None) -> None:
         self.sent.append((client_id, message, codec.encode(message, self.encodings.get(client_id))))
+
+    def backlog(self, client_id: str) -> int:
+        """Answers to ``client_id`` the broker has not acknowledged yet: none here (each is
+        'sent' at once)."""
+        return 0
 
     def send_capability(self, message: dict[str, Any]) -> None:
         codec.encode(message)
