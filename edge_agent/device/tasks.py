@@ -370,23 +370,10 @@ class TaskManager:
             session.send(jsonrpc.notification("notifications/tasks/status", record.task()))
 
     def _progress_fn(self, record: TaskRecord) -> Callable[..., None]:
-        last: list[float] = []
-
-        def progress(value: float, total: float | None = None, message: str | None = None) -> None:
-            token = self._tokens.get(record.task_id)
-            session = self._session(record)
-            if token is None or session is None or (last and value <= last[0]):
-                return
-            last[:] = [value]
-            params: dict[str, Any] = {"progressToken": token, "progress": value,
-                                      "_meta": {RELATED: {"taskId": record.task_id}}}
-            if total is not None:
-                params["total"] = total
-            if message is not None:
-                params["message"] = message
-            session.send(jsonrpc.notification("notifications/progress", params))
-
-        return progress
+        """The job's progress, to the client of the task while it is there (its token may
+        arrive with tasks/result after a restart)."""
+        return self.server.progress_fn(lambda: self._session(record), lambda: self._tokens.get(record.task_id),
+                                       {RELATED: {"taskId": record.task_id}})
 
     def _log(self, record: TaskRecord, level: str, text: str) -> None:
         session = self._session(record)

@@ -500,7 +500,7 @@ class McpServer(Dispatcher):
         request_level = meta.get(modern.LOG_LEVEL_META) if session.modern else None
         ctx = ToolContext(
             session_id=session.id,
-            progress=self._progress_fn(session, meta.get("progressToken")),
+            progress=self.progress_fn(session, meta.get("progressToken")),
             cancelled=cancelled,
             log=lambda level, text: self.log_to(session, level, text, logger=name, request_level=request_level),
             meta=meta,
@@ -531,21 +531,31 @@ class McpServer(Dispatcher):
         if self.on_tool_error is not None and not isinstance(exc, ToolInputError):
             self.on_tool_error(name, exc)
 
-    def _progress_fn(self, session: Session, token: Any) -> Callable[..., None]:
+    def progress_fn(self, session: Session | Callable[[], Session | None], token: Any,
+                    meta: dict[str, Any] | None = None) -> Callable[..., None]:
+        """``progress(value, total=None, message=None)`` sending ``notifications/progress`` for
+        ``token`` to ``session`` (MCP 2025-11-25 basic/utilities/progress: a value not above the
+        last one is not sent, progress MUST increase). ``session`` and ``token`` may be
+        callables asked at each call (a task's client may be away, then back); ``meta`` goes
+        into each notification's ``_meta`` (a task's related-task id). No token: a no-op."""
         if token is None:
             return lambda *a, **k: None
         last: list[float] = []
 
         def progress(value: float, total: float | None = None, message: str | None = None) -> None:
-            if last and value <= last[0]:
-                return  # progress MUST increase (basic/utilities/progress)
+            target = session() if callable(session) else session
+            progress_token = token() if callable(token) else token
+            if target is None or progress_token is None or (last and value <= last[0]):
+                return
             last[:] = [value]
-            params: dict[str, Any] = {"progressToken": token, "progress": value}
+            params: dict[str, Any] = {"progressToken": progress_token, "progress": value}
+            if meta:
+                params["_meta"] = meta
             if total is not None:
                 params["total"] = total
             if message is not None:
                 params["message"] = message
-            session.send(jsonrpc.notification("notifications/progress", params))
+            target.send(jsonrpc.notification("notifications/progress", params))
 
         return progress
 
