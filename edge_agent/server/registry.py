@@ -31,7 +31,7 @@ class ToolContext:
     ``notifications/message`` to the caller's session if its level allows.
     ``session_id``: the caller's session (mcp-client-id). ``deadline``: for destructive tools,
     the Unix time after which the command must not be executed (MQTT message expiry or
-    ``_meta["io.edge-agent/deadline"]``); a handler that waits (e.g. for a lock) re-checks it.
+    ``_meta["dev.edge-agent/deadline"]``); a handler that waits (e.g. for a lock) re-checks it.
     """
 
     session_id: str
