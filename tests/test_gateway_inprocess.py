@@ -242,3 +242,35 @@ async def test_a_replica_that_drops_the_gateway_is_left_for_another(broker):
         for d in replicas.values():
             await d.stop()
         driver.close()
+
+
+async def test_a_replica_that_does_not_answer_initialize_costs_the_failover_timeout_not_30_s(broker):
+    """A stale replica (a retained presence nobody stands behind: the broker crashed, so no will
+    came) beside a live one: the first request waits ``initialize_failover`` (here 1 s), not the
+    30 s initialize timeout, then goes to the live replica (issue 12 item 6). Alone, a replica
+    keeps the whole initialize timeout."""
+    driver = LoopDriver(asyncio.get_running_loop())
+    mute, good = (SimDevice(broker.url, sid, "devices/pool/worker", driver=driver) for sid in ("w-1", "w-2"))
+
+    async def ignore(cid: str, payload: bytes) -> None:  # a presence, but nobody answers initialize
+        return None
+
+    mute._initialize = ignore
+    for d in (mute, good):
+        await d.start()
+    try:
+        async with gateway(broker.url, strategy="round-robin", timeouts=Timeouts(initialize_failover=1.0)) as gw:
+            await wait_until(lambda: len(gw.fleet.replicas_of("devices/pool/worker")) == 2, what="two replicas")
+            mute_replica, good_replica = gw.fleet.replicas_of("devices/pool/worker")
+            assert gw.fleet._initialize_timeout(mute_replica) == 1.0
+            async with client(gw) as a:  # round-robin puts the first session on w-1: it fails over
+                with anyio.fail_after(6):
+                    who = await a.call_tool("devices.pool.worker__whoami", {})
+                assert who.structured_content["server_id"] == "w-2"
+            await good.stop()
+            await wait_until(lambda: not good_replica.usable, what="w-2 offline")
+            assert gw.fleet._initialize_timeout(mute_replica) == 30.0  # alone: the whole timeout
+    finally:
+        for d in (mute, good):
+            await d.stop()
+        driver.close()

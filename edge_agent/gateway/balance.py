@@ -30,6 +30,9 @@ from typing import Protocol, TypeVar
 from edge_agent.client.discovery import ServerPresence, catalog_digest, newest_digest
 
 STRATEGIES = ("random", "round-robin", "least-outstanding")
+# seconds an initialize waits while another online replica of its server-name could take the
+# request instead (gateway --timeout-initialize-failover; fleet.Timeouts.initialize_failover)
+INITIALIZE_FAILOVER = 5.0
 
 
 class Candidate(Protocol):

@@ -71,7 +71,7 @@ def _gateway(args: argparse.Namespace) -> int:
         tls=tls, auth=auth, device_tokens=device_tokens,
         broker=broker, server_name_filter=args.filter, http=args.http, eager=args.eager, strategy=args.strategy,
         timeouts=Timeouts(initialize=args.timeout_initialize, ping=args.timeout_ping, call=args.timeout_call,
-                          request=args.timeout_request),
+                          request=args.timeout_request, initialize_failover=args.timeout_initialize_failover),
         ping_interval=args.ping_interval, page_size=args.page_size, expose=args.expose,
         catalog_cache=None if args.catalog_cache in ("", "none") else args.catalog_cache)
     try:
@@ -108,12 +108,14 @@ def _http_auth(args: argparse.Namespace):
 
 def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     """Register ``gateway``: one MCP endpoint (stdio or Streamable HTTP) for every device."""
-    from edge_agent.gateway.balance import (
-        STRATEGIES,  # pure: keeps building the parser free of ``mcp``
+    from edge_agent.gateway.balance import (  # pure: keeps building the parser free of ``mcp``
+        INITIALIZE_FAILOVER,
+        STRATEGIES,
     )
     from edge_agent.gateway.catalog import CACHE_ENV, default_cache_dir  # pure too
 
-    t = argparse.Namespace(initialize=INITIALIZE_TIMEOUT, ping=PING_TIMEOUT, call=CALL_TIMEOUT, request=REQUEST_TIMEOUT)
+    t = argparse.Namespace(initialize=INITIALIZE_TIMEOUT, ping=PING_TIMEOUT, call=CALL_TIMEOUT, request=REQUEST_TIMEOUT,
+                           initialize_failover=INITIALIZE_FAILOVER)
     help_ = "serve every MCP server at the broker as one MCP server (stdio, or Streamable HTTP with --http)"
     p = subparsers.add_parser("gateway", help=help_, description=help_ + ". See docs/gateway.md.")
     p.add_argument("--broker", metavar="URL", default=None,
@@ -129,6 +131,9 @@ def add_gateway_command(subparsers: argparse._SubParsersAction) -> argparse.Argu
                         "(default: least-outstanding)")
     p.add_argument("--timeout-initialize", metavar="S", type=_positive_float, default=t.initialize,
                    help=f"seconds a device may take to answer initialize (default {t.initialize:g})")
+    p.add_argument("--timeout-initialize-failover", metavar="S", type=_positive_float, default=t.initialize_failover,
+                   help="seconds a device may take to answer initialize while another replica of its server-name "
+                        f"is online to take the request instead (default {t.initialize_failover:g})")
     p.add_argument("--timeout-ping", metavar="S", type=_positive_float, default=t.ping,
                    help=f"seconds a device may take to answer ping (default {t.ping:g})")
     p.add_argument("--timeout-call", metavar="S", type=_positive_float, default=t.call,

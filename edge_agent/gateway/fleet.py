@@ -49,7 +49,7 @@ from edge_agent.client.discovery import (
 from edge_agent.client.link import Incoming, MqttLink, Will, suggested_filters
 from edge_agent.core import topics
 from edge_agent.errors import TransportError
-from edge_agent.gateway.balance import Balancer
+from edge_agent.gateway.balance import INITIALIZE_FAILOVER, Balancer
 from edge_agent.gateway.catalog import KINDS, CatalogStore, announced_digest
 from edge_agent.gateway.channel import DeviceChannel
 from edge_agent.mqtt.reconnect import ReconnectPolicy
@@ -91,6 +91,9 @@ class Timeouts:
     ping: float = 10.0
     call: float = 60.0
     request: float = 30.0
+    # an initialize waits only this long while another online replica of the same server-name
+    # could serve instead (a stale retained presence: the broker crashed, so no will came)
+    initialize_failover: float = INITIALIZE_FAILOVER
 
     def for_method(self, method: str) -> float:
         if method == "tools/call":
@@ -429,6 +432,13 @@ class Fleet:
         """The server-names with at least one instance online, sorted."""
         return sorted(self._by_name)
 
+    def _initialize_timeout(self, replica: Replica) -> float:
+        """``timeouts.initialize``, or the shorter ``timeouts.initialize_failover`` while another
+        usable replica of the same server-name is there to take the request (it was never sent
+        to this one: docs/gateway.md, "A replica that cannot be initialized")."""
+        others = any(r is not replica and r.usable for r in self.replicas_of(replica.server_name))
+        return min(self.timeouts.initialize, self.timeouts.initialize_failover) if others else self.timeouts.initialize
+
     def replicas_of(self, server_name: str) -> list[Replica]:
         same_name = self._by_name.get(server_name)
         return [same_name[sid] for sid in sorted(same_name)] if same_name else []
@@ -504,12 +514,12 @@ class Fleet:
                                      client_info=CLIENT_INFO) as client_session:
                 async with self._init_limit:  # bounds concurrent initializations (a fleet's first list)
                     await channel.open()
+                    limit = self._initialize_timeout(replica)
                     try:
-                        with anyio.fail_after(self.timeouts.initialize):
+                        with anyio.fail_after(limit):
                             result = await client_session.initialize()
                     except TimeoutError:
-                        raise TransportError(f"{replica.label}: initialize timed out after "
-                                             f"{self.timeouts.initialize:g} s") from None
+                        raise TransportError(f"{replica.label}: initialize timed out after {limit:g} s") from None
                 replica.capabilities = result.capabilities
                 replica.failed_at = None
                 session = replica.session = client_session
