@@ -83,3 +83,11 @@ def test_control_refusal():
     assert binding.control_refusal(7) is None
     odd = binding.control_refusal({"jsonrpc": "2.0", "id": 1, "method": "\ud800"})
     odd["error"]["message"].encode("utf-8")  # client input quoted, safe for the wire
+
+
+def test_legacy_discover_is_a_fast_method_not_found_naming_the_handshake_versions():
+    answer = binding.legacy_discover({"jsonrpc": "2.0", "id": 3, "method": "server/discover"}, ("2025-11-25", "2024-11-05"))
+    assert answer["id"] == 3 and answer["error"]["code"] == -32601
+    assert "2025-11-25, 2024-11-05" in answer["error"]["message"]
+    assert binding.legacy_discover({"jsonrpc": "2.0", "method": "server/discover"}, ("2025-11-25",)) is None
+    assert binding.legacy_discover({"jsonrpc": "2.0", "id": 1, "method": "ping"}, ("2025-11-25",)) is None

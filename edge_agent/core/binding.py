@@ -82,6 +82,16 @@ def no_session(msg):
         jsonrpc.INVALID_REQUEST, "Session not initialized: send initialize on the server control topic"))
 
 
+def legacy_discover(msg, versions):
+    """The answer of a server that speaks only the handshake revisions (``versions``) to an MCP
+    2026-07-28 ``server/discover`` request: -32601 at once, naming them (the SDKs fall back to
+    ``initialize`` on any error but -32022), or None when ``msg`` is not such a request."""
+    if not isinstance(msg, dict) or msg.get("method") != "server/discover" or not jsonrpc.is_id(msg.get("id")):
+        return None
+    return jsonrpc.error(msg["id"], jsonrpc.RpcError(
+        jsonrpc.METHOD_NOT_FOUND, "Method not found: server/discover (initialize: " + ", ".join(versions) + ")"))
+
+
 def control_refusal(msg):
     """The answer to a request other than initialize on the control topic (-32600), or None."""
     if not isinstance(msg, dict) or "method" not in msg or not jsonrpc.is_id(msg.get("id")):

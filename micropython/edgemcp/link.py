@@ -124,11 +124,7 @@ class MqttLink:
             msg = jsonrpc.loads(payload) if not isinstance(payload, dict) else payload
         except jsonrpc.RpcError as e:
             return await self.send(cid, jsonrpc.error(None, e))
-        answer = refusal(msg)
-        if answer and msg.get("method") == "server/discover":  # MCP 2026-07-28: a legacy server's
-            # answer, at once: the SDKs fall back to initialize on any error but -32022
-            answer = mcp.error(msg["id"], -32601, "Method not found: server/discover (initialize: " +
-                               ", ".join(mcp.VERSIONS) + ")")
+        answer = binding.legacy_discover(msg, mcp.VERSIONS) or refusal(msg)
         if answer:
             await self.send(cid, answer)
 
