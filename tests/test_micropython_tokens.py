@@ -219,3 +219,35 @@ def test_hmac_sha256_under_micropython_matches_rfc_4231():
     assert lines[:4] == expected
     assert expected[0] == "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"  # RFC 4231 4.2
     assert done.stdout.splitlines()[4:] == ["True False False", "b'\\xfb\\xff' b'abc'"]
+
+
+def test_a_bad_auth_config_is_a_clear_error_at_start():
+    """The board's ``auth`` config without ``issuers``, with a malformed one, a secret that is not
+    base64url of >= 32 bytes, or bad roles stops ``Device(...)`` with a ValueError saying what is
+    wrong (it was a raw KeyError, or a TypeError deep in the HMAC code), under MicroPython."""
+    k = b64url(SECRET)
+    bad = [True, {}, {"issuers": None}, {"issuers": [ISS, k]}, {"issuers": {}}, {"issuers": {ISS: 42}},
+           {"issuers": {ISS: "not base64!"}}, {"issuers": {ISS: [k, b64url(b"short")]}},
+           {"issuers": {ISS: k}, "roles": ["operator"]}, {"issuers": {ISS: k}, "roles": {"operator": "root"}},
+           {"issuers": {ISS: k}, "default_role": "admin"}]
+    code = "from edgemcp import Device\n"
+    for auth in bad + [{"issuers": {ISS: [k]}, "roles": {"viewer": "read_only", "pump": ["pump_set"]}}]:
+        code += f"""
+try:
+    Device(server_name={NAME!r}, broker="127.0.0.1", ntp=None, log=False, auth={auth!r})
+    print("OK")
+except ValueError as e:
+    print("ValueError:", e)
+"""
+    done = subprocess.run([node_binary(), str(HOST / "board.mjs"), "--exec", code], cwd=HOST,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == len(bad) + 1, done.stdout
+    issuers, secret, roles = ('auth: "issuers" must map each token issuer to its secret(s)',
+                              "auth: a secret of issuer %r is not base64url of 32 bytes or more" % ISS,
+                              'auth: "roles" must map each role to "all", "read_only" or a list of tool names')
+    expected = [issuers] * 5 + [secret] * 3 + [roles] * 2 + ["auth: default_role 'admin' is not in roles"]
+    for line, want in zip(lines, expected):
+        assert line.startswith("ValueError: " + want), (line, want, done.stdout)
+    assert lines[-1] == "OK"

@@ -30,7 +30,7 @@ def device(app, options):
                                      "resources (JSON: value, unit, timestamp; subscribable).")
     server.after_call = app._refresh
     server.log = app.log
-    if cfg["auth"]:  # a token in every initialize (docs/esp32.md "Signed tokens")
+    if cfg["auth"] is not None:  # a token in every initialize (docs/esp32.md "Signed tokens")
         from .tokens import Auth
         Auth(cfg["auth"], cfg["server_id"], cfg["server_name"]).install(server)
     unload("start")

@@ -59,23 +59,33 @@ class Auth:
     ``issuers`` ({iss: secret or [secrets]}, each the base64url ``k`` of the issuer's oct JWK,
     >= 32 bytes), ``audience`` (default: server-id and server-name), ``clock_skew`` (s, 30),
     ``roles_claim`` ("roles"), ``roles`` ({name: "all" | "read_only" | [tool names]}, default
-    operator: all, viewer: read_only), ``default_role`` ("viewer"). Raises ValueError for a bad
-    secret or default role."""
+    operator: all, viewer: read_only), ``default_role`` ("viewer"). Raises ValueError at start,
+    naming what is wrong: no ``issuers`` (or not an issuer -> secret(s) map), a secret that is
+    not base64url or shorter than 32 bytes, ``roles`` not mapping each role to "all",
+    "read_only" or a list, a default role not in ``roles``."""
 
     def __init__(self, cfg, server_id, server_name):
+        iss = cfg.get("issuers") if isinstance(cfg, dict) else None
+        if not iss or not isinstance(iss, dict):
+            raise ValueError('auth: "issuers" must map each token issuer to its secret(s): {iss: k or [k, ...]}')
         self.keys = {}
-        for iss, ks in cfg["issuers"].items():
-            self.keys[iss] = p = []
+        for i, ks in iss.items():
+            self.keys[i] = p = []
             for k in ks if isinstance(ks, list) else [ks]:
-                k = b64url(k)
+                try:
+                    k = b64url(k)
+                except Exception:  # not a str, not base64url
+                    k = b""
                 if len(k) < 32:
-                    raise ValueError("auth: a secret of issuer %r is shorter than 32 bytes" % iss)
+                    raise ValueError("auth: a secret of issuer %r is not base64url of 32 bytes or more" % i)
                 p.append(pads(k))
         a = cfg.get("audience")
         self.aud = a if isinstance(a, list) else [a] if a else [server_id, server_name]
         self.skew = cfg.get("clock_skew", 30)
         self.claim = cfg.get("roles_claim", "roles")
-        self.roles = cfg.get("roles") or {"operator": "all", "viewer": "read_only"}
+        self.roles = r = cfg.get("roles") or {"operator": "all", "viewer": "read_only"}
+        if not isinstance(r, dict) or any(v not in ("all", "read_only") and not isinstance(v, list) for v in r.values()):
+            raise ValueError('auth: "roles" must map each role to "all", "read_only" or a list of tool names')
         self.default = cfg.get("default_role", "viewer")
         if self.default not in self.roles:
             raise ValueError("auth: default_role %r is not in roles" % self.default)
