@@ -40,6 +40,7 @@ from typing import Any
 
 from edge_agent.core import topics
 from edge_agent.errors import ConfigError
+from edge_agent.mqtt.lanes import lane_client_id
 
 # user names and client ids: what every broker takes and no config syntax can trip over
 _PLAIN = re.compile(r"^[A-Za-z0-9_.@:-]{1,128}$")
@@ -242,9 +243,10 @@ def device_rules(d: Device, fleet: Fleet | None = None) -> list[tuple[str, str]]
         ("read", topics.client_presence("+")),
         ("read", topics.client_capability("+")),
     ]
-    if fleet is None or fleet.needs_patterns:  # the %c patterns would give it the client topics of its id
-        rules += [("deny", f"$mcp-rpc/{sid}/#"), ("deny", topics.client_presence(sid)),
-                  ("deny", topics.client_capability(sid))]
+    if fleet is None or fleet.needs_patterns:  # the %c patterns would give it the client topics of its ids
+        for own in (sid, lane_client_id(sid)):  # (its busy lane connects as <server-id>-busy)
+            rules += [("deny", f"$mcp-rpc/{own}/#"), ("deny", topics.client_presence(own)),
+                      ("deny", topics.client_capability(own))]
     if fleet is not None and fleet.needs_patterns:
         # a device under a client's fixed id would get that id's RPC topics to OTHER devices
         # from the %c pattern (and act as that client there); its own RPC topics stay its own

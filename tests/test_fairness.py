@@ -90,7 +90,10 @@ def test_answers_queued_for_the_broker_count_against_the_bound(broker, tmp_path,
             refused = [r for r in answered if "error" in r.message]
             assert len(answered) == n, f"{n - len(answered)} requests of the flood never answered"
             assert refused and all(r.message["error"]["code"] == -32004 for r in refused)
-            assert 0 < most <= bound, most
+            # the bound, plus at most one refusal: a refusal while the client's answers are all
+            # still being handled (none queued) goes at the profile's QoS and is queued itself;
+            # the next ones see it and go at QoS 0
+            assert 0 < most <= bound + 1, most
             assert transport.backlog("flooder-q") == 0
             print(f"\n{profile}: flood of {n} tools/list: {n - len(refused)} answered, {len(refused)} refused; "
                   f"at most {most} answers queued for the broker (bound {bound})")

@@ -260,6 +260,9 @@ class FakeTransport:
         'sent' at once)."""
         return 0
 
+    def crowded(self, client_id: str, in_flight: int) -> None:
+        """The busy lane's trigger: one connection here, nothing to move."""
+
     def send_capability(self, message: dict[str, Any]) -> None:
         codec.encode(message)
 

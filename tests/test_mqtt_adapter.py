@@ -83,6 +83,40 @@ def test_in_callback_is_true_only_inside_a_paho_callback(broker):
         client.loop_write()
 
 
+def test_read_packets_reads_at_most_its_limit_and_leaves_the_rest_in_the_socket(broker):
+    """``read_packets``: paho's ``_packet_read``/``_loop_rc_handle`` steps, bounded; what is left
+    is read by the next call (the socket stays readable)."""
+    client = _client("adapter-batch")
+    for name in ("_packet_read", "_loop_rc_handle", "_sock"):
+        assert hasattr(client, name), f"paho moved Client.{name}: update paho_private.read_packets"
+    got: list[bytes] = []
+    ready = threading.Event()
+    client.on_message = lambda c, u, m: got.append(m.payload)
+    client.on_subscribe = lambda *a: ready.set()
+    client.connect("127.0.0.1", broker.port, keepalive=30)
+    sender = _client("adapter-batch-pub")
+    sender.connect("127.0.0.1", broker.port, keepalive=30)
+    try:
+        client.socket().setblocking(False)
+        client.subscribe("adapter/batch", qos=0)
+        _pump_until(client, ready.is_set)
+        sender.loop_start()
+        for i in range(100):
+            sender.publish("adapter/batch", str(i).encode(), qos=0)
+        time.sleep(0.5)  # all 100 are in the socket by now
+        assert paho_private.read_packets(client, 10) == mqtt.MQTT_ERR_SUCCESS
+        assert len(got) == 10, len(got)
+        deadline = time.monotonic() + 5
+        while len(got) < 100 and time.monotonic() < deadline:
+            paho_private.read_packets(client, 10)
+        assert got == [str(i).encode() for i in range(100)]  # all of them, in order, none twice
+    finally:
+        sender.loop_stop()
+        sender.disconnect()
+        client.disconnect()
+        client.loop_write()
+
+
 def test_no_module_but_paho_private_touches_paho_privates():
     """Every ``client._something`` (and the like) on a paho object is in paho_private.py."""
     pattern = re.compile(r"\b(?:client|c|_client|mqtt_client)\._[a-z]\w*")

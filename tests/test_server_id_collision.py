@@ -235,7 +235,8 @@ def test_reason_0x8e_backs_off_and_is_logged_once(caplog):
             server_id=SID, server_name=NAME, description="d", meta={}, loop=asyncio.get_running_loop(),
             on_control=lambda *a: None, on_rpc=lambda *a: None, on_client_gone=lambda *a: None,
             broker=parse_broker_url(f"mqtt://127.0.0.1:{peer.port}"),
-            settings=link_settings("lan", reconnect_min=r_min, reconnect_max=r_max))
+            # (busy_lane_after=0: no busy lane, whose connections the peer would count too)
+            settings=link_settings("lan", reconnect_min=r_min, reconnect_max=r_max, busy_lane_after=0))
         await transport.start(timeout=5)
         t0 = time.monotonic()
         await asyncio.sleep(window)

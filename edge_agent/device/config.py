@@ -128,6 +128,10 @@ _SCHEMA: dict[str, Any] = {
                 "session_probe_idle": {"type": "number", "exclusiveMinimum": 0},
                 "session_probe_timeout": {"type": "number", "exclusiveMinimum": 0},
                 "session_init_grace": {"type": "number", "exclusiveMinimum": 0},
+                "busy_lane_after": {"type": "integer", "minimum": 0, "maximum": 100000,
+                                    "description": "requests in flight that move a client to the busy lane (0: never)"},
+                "busy_lane_calm": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+                "busy_lane_standby": {"type": "boolean"},
             },
         },
         "store": {

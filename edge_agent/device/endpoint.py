@@ -290,7 +290,9 @@ class Endpoint:
             # QoS 0, so it neither waits behind nor adds to the backlog (issue 13 item 4)
             assert self.transport is not None
             queued = self.transport.backlog(client_id)
-            if self._pending.get(client_id, 0) + queued >= bound:
+            in_flight = self._pending.get(client_id, 0) + queued
+            self.transport.crowded(client_id, in_flight)  # many at once: a broker queue of its own
+            if in_flight >= bound:
                 self._refusals += 1
                 self.transport.send_rpc(client_id, jsonrpc.error(msg["id"], RpcError(
                     TOO_MANY_REQUESTS, f"Too many requests in flight ({bound}) from this client: retry after an answer")),

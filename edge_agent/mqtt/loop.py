@@ -299,6 +299,7 @@ class LoopDriver:
 
     MALFORMED_LOG_INTERVAL = 60.0
     MAX_UNWRITTEN = 1000
+    READ_BATCH = 32  # packets read from one socket per loop step
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *, misc_interval: float = 1.0):
         if not misc_interval > 0:
@@ -320,6 +321,7 @@ class LoopDriver:
         self._malformed: dict[mqtt.Client, int] = {}  # messages dropped as malformed, per client
         self._malformed_logged: dict[mqtt.Client, tuple[float, int]] = {}  # last warning: (monotonic, count)
         self._paused: set[mqtt.Client] = set()  # clients whose socket is not read now (backpressure)
+        self._read_batch: dict[mqtt.Client, int] = {}  # packets per step, where not READ_BATCH (attach)
         self.paused = 0  # how many times a client's reading was paused
 
     # -- malformed messages ---------------------------------------------------------------------
@@ -357,14 +359,18 @@ class LoopDriver:
                         count - last[1], now - last[0], count, where, reason)
 
     # -- attach / detach ------------------------------------------------------------------------
-    def attach(self, client: mqtt.Client, *, tick: Callable[[], None] | None = None) -> None:
+    def attach(self, client: mqtt.Client, *, tick: Callable[[], None] | None = None, read_batch: int | None = None) -> None:
         """Drive ``client`` (installs its four ``on_socket_*`` callbacks; ``on_socket_open`` also
-        sets TCP_NODELAY). ``tick`` is called after each ``loop_misc`` sweep of this client."""
+        sets TCP_NODELAY). ``tick`` is called after each ``loop_misc`` sweep of this client.
+        ``read_batch``: packets read from its socket per loop step (default ``READ_BATCH``; fewer:
+        it yields to the other sockets sooner)."""
         client.on_socket_open = self._on_open
         client.on_socket_close = self._on_close
         client.on_socket_register_write = self._on_register_write
         client.on_socket_unregister_write = self._on_unregister_write
         self.clients[client] = tick
+        if read_batch is not None:
+            self._read_batch[client] = max(1, read_batch)
         self._guard(client)
         sock = client.socket()
         if sock is not None and client not in self._fds:
@@ -376,6 +382,7 @@ class LoopDriver:
     def detach(self, client: mqtt.Client) -> None:
         """Stop driving ``client`` (its socket, if any, stays as it is)."""
         self.clients.pop(client, None)
+        self._read_batch.pop(client, None)
         self._unregister(client)
 
     def close(self) -> None:
@@ -518,18 +525,24 @@ class LoopDriver:
         self._guard(client)  # on_message may have been set since attach()
         self._deferring = client
         try:
-            rc = client.loop_read()
-            # TLS: records already decrypted into the SSL object are invisible to the selector.
+            # at most READ_BATCH packets per step: what is left keeps the socket readable, and the
+            # other sockets and the tasks (answers) get their turn in between (fairness)
+            rc = paho_private.read_packets(client, self._read_batch.get(client, self.READ_BATCH))
+            # TLS: records already decrypted into the SSL object are invisible to the selector:
+            # read them at the next step
             sock: Any = client.socket()
-            while rc == mqtt.MQTT_ERR_SUCCESS and sock is not None and getattr(sock, "pending", None) \
+            if rc == mqtt.MQTT_ERR_SUCCESS and sock is not None and getattr(sock, "pending", None) \
                     and sock.pending():
-                rc = client.loop_read()
-                sock = client.socket()
+                self.loop.call_soon(self._read_pending, client, sock)
         finally:
             self._deferring = None
         self._write_soon(client)  # the PUBACK of what was read, and what the callbacks sent
         if paho_private.unwritten_packets(client) > self.MAX_UNWRITTEN:
             self._pause(client)
+
+    def _read_pending(self, client: mqtt.Client, sock: Any) -> None:
+        if client.socket() is sock and client in self._fds and client not in self._paused:
+            self._readable(client)
 
     def _writable(self, client: mqtt.Client) -> None:
         client.loop_write()
@@ -650,7 +663,7 @@ class Connection:
                  on_attempt_failed: Callable[[str], None] | None = None,
                  on_loss: Callable[[Loss], None] | None = None,
                  takeover_message: Callable[[Loss, BrokerURL], str] | None = None,
-                 max_packet_size: int | None = None):
+                 max_packet_size: int | None = None, read_batch: int | None = None):
         if not brokers:
             raise ValueError("at least one broker URL is needed")
         self.client, self.brokers, self.driver = client, list(brokers), driver
@@ -658,6 +671,7 @@ class Connection:
         self.clean_start = clean_start
         self.connect_properties = connect_properties
         self.max_packet_size = max_packet_size
+        self.read_batch = read_batch
         self.username, self.password, self.tls_insecure = username, password, tls_insecure
         self.log = logger
         self.on_connected, self.on_disconnected = on_connected, on_disconnected
@@ -683,7 +697,7 @@ class Connection:
         stopped connection may be started again."""
         if self._task is None:
             self._stopping = False
-            self.driver.attach(self.client, tick=self._tick)
+            self.driver.attach(self.client, tick=self._tick, read_batch=self.read_batch)
             self._task = self.driver.loop.create_task(self._run(), name="mqtt-connection")
 
     async def stop(self, timeout: float = 5.0) -> None:

@@ -11,6 +11,10 @@ needs:
   inside a callback must be left to the event loop, a write from outside may go out at once;
 - how many packets paho holds that are not written to the socket yet (``Client._out_packet``,
   a deque), for the adapter's read backpressure;
+- how to read a bounded number of packets: ``loop_read`` reads as many as paho has messages
+  queued in and out (thousands under a flood, all in one event-loop callback, while every other
+  socket and task waits); :func:`read_packets` reads at most ``limit`` with the same
+  ``_packet_read``/``_loop_rc_handle`` steps ``loop_read`` takes;
 - which class its packet decoders build properties with (``paho.mqtt._packet.Properties``), so
   the adapter can give them its own (:class:`edge_agent.mqtt.loop.DecodedProperties`): cheaper,
   and for a PUBLISH it marks what paho would refuse (U+FEFF, NUL, invalid UTF-8) instead of
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import paho.mqtt.client as mqtt
 
-__all__ = ["clock", "in_callback", "ping_sent_at", "unwritten_packets", "use_properties_class"]
+__all__ = ["clock", "in_callback", "ping_sent_at", "read_packets", "unwritten_packets", "use_properties_class"]
 
 clock = mqtt.time_func
 """paho's clock (``time.monotonic``), the one :func:`ping_sent_at` is measured on; seconds."""
@@ -49,6 +53,24 @@ def unwritten_packets(client: mqtt.Client) -> int:
     """Packets paho has queued for the socket and not written yet (0 if paho has no such queue)."""
     queue = getattr(client, "_out_packet", None)
     return len(queue) if queue is not None else 0
+
+
+def read_packets(client: mqtt.Client, limit: int) -> mqtt.MQTTErrorCode:
+    """``client.loop_read()``, but reading at most ``limit`` packets (>= 1); what is left stays
+    in the socket, whose readiness brings the caller back. Falls back to ``loop_read`` (no
+    bound) if paho lacks the steps."""
+    step, handle = getattr(client, "_packet_read", None), getattr(client, "_loop_rc_handle", None)
+    if step is None or handle is None or not hasattr(client, "_sock"):
+        return client.loop_read()
+    for _ in range(max(1, limit)):
+        if client._sock is None:
+            return mqtt.MQTTErrorCode.MQTT_ERR_NO_CONN
+        rc = step()
+        if rc > 0:
+            return handle(rc)
+        if rc == mqtt.MQTTErrorCode.MQTT_ERR_AGAIN:
+            break
+    return mqtt.MQTTErrorCode.MQTT_ERR_SUCCESS
 
 
 def use_properties_class(cls: type) -> bool:

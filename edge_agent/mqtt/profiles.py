@@ -65,6 +65,14 @@ class LinkSettings:
     without ``notifications/initialized`` (:mod:`edge_agent.device.janitor`).
     ``max_packet_size``: the MQTT 5 Maximum Packet Size announced in CONNECT (bytes, default
     256 KiB; 0: none): the broker sends no bigger packet, so one huge message costs no memory.
+    ``busy_lane_after``: requests in flight at once (answers queued for the broker included) that
+    move a client to the busy lane, a second MQTT session of this server, so its flood queues at
+    the broker apart from the other clients' requests (0: never; :mod:`edge_agent.mqtt.lanes`);
+    ``busy_lane_calm``: seconds below that before it moves back. ``busy_lane_standby``: connect
+    the lane with the main connection (default) instead of at the first move: one more broker
+    connection per device, and the other clients do not wait for the lane's connect at a first
+    flood (measured in ``bench/durability.py --scenarios fairness``; a large fleet may prefer
+    ``false``).
     """
 
     profile: str = "lan"
@@ -96,6 +104,9 @@ class LinkSettings:
     session_probe_timeout: float = 30.0
     session_init_grace: float = 60.0
     max_packet_size: int = 262144
+    busy_lane_after: int = 16
+    busy_lane_calm: float = 30.0
+    busy_lane_standby: bool = True
 
     def qos(self, kind: str) -> int:
         """QoS for a message kind: ``response``, ``notification`` or ``telemetry``."""

@@ -25,7 +25,7 @@ import collections
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -37,6 +37,7 @@ from edge_agent.core import binding, topics
 from edge_agent.errors import TransportError
 from edge_agent.mqtt import codec
 from edge_agent.mqtt.broker_url import BrokerURL
+from edge_agent.mqtt.lanes import BusyLane, LaneTable, keep_sorting
 from edge_agent.mqtt.loop import Connection, LoopDriver, PackedProperties, Refusals
 from edge_agent.mqtt.outbox import MemoryStore, Outbox, OutboxStore, StoredRow
 from edge_agent.mqtt.profiles import LinkSettings
@@ -47,6 +48,10 @@ log = logging.getLogger(__name__)
 DISCONNECTED = binding.DISCONNECTED
 SEQ_PROPERTY = "EDGE-AGENT-SEQ"
 REFUSAL_RETRY_S = 30.0  # a refused control subscription or presence is tried again this often
+LANE_MID = 1 << 20  # added to the busy lane's paho mids (<= 65535) in the PUBACK bookkeeping
+LATE_MAX = 1024  # such messages held at once; more are handled at once
+LATE_BATCH = 8  # messages of a client on the busy lane that came on the main connection, per loop step
+RETRY_LANE_S = 300.0  # a busy lane the broker refused is tried again after this long
 
 __all__ = ["DISCONNECTED", "Incoming", "LinkSettings", "MqttServerTransport", "user_properties"]
 
@@ -54,6 +59,14 @@ __all__ = ["DISCONNECTED", "Incoming", "LinkSettings", "MqttServerTransport", "u
 def user_properties(props: Any) -> dict[str, str]:
     """The MQTT 5 user properties of a packet as a dict (last value wins)."""
     return dict(getattr(props, "UserProperty", None) or [])
+
+
+class Sent(NamedTuple):
+    """A PUBLISH handed to paho: its rc, and its key in the PUBACK bookkeeping (paho's mid, or
+    ``LANE_MID`` + mid on the busy lane)."""
+
+    rc: MQTTErrorCode
+    mid: int
 
 
 @dataclass(frozen=True)
@@ -183,6 +196,11 @@ class MqttServerTransport:
         # device://link "sessions" (live, bound, evicted, reaped): set by the endpoint
         self.session_counters: Callable[[], dict[str, Any]] | None = None
         self.policy = ReconnectPolicy(self.settings.reconnect_min, self.settings.reconnect_max)
+        # the busy lane (edge_agent.mqtt.lanes): clients that pipeline get a broker queue of their own
+        self.lanes = LaneTable(self.settings.busy_lane_after, self.settings.busy_lane_calm)
+        self.lane: BusyLane | None = None
+        self._sorter: asyncio.Task[None] | None = None
+        self._late: collections.deque[tuple[Any, ...]] = collections.deque()  # see _on_message
 
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.server_id, protocol=mqtt.MQTTv5,
                         manual_ack=self.settings.ack_when_handled)
@@ -288,6 +306,11 @@ class MqttServerTransport:
         for task in list(self._clearing.values()):
             task.cancel()
         self._clearing.clear()
+        if self._sorter is not None:
+            self._sorter.cancel()
+            self._sorter = None
+        if self.lane is not None:
+            await self.lane.stop(min(timeout, 2.0))
         await self.connection.stop(timeout)
         if self._own_driver:
             self.driver.close()
@@ -424,7 +447,14 @@ class MqttServerTransport:
         return row.id
 
     def _send(self, topic: str, payload: bytes, qos: int, retain: bool, content_type: str | None,
-              seq: int | None, expires: float | None) -> mqtt.MQTTMessageInfo:
+              seq: int | None, expires: float | None, lane_ok: bool = True) -> Sent:
+        """Hand one PUBLISH to paho. A message to the RPC topic of a client on the busy lane goes
+        out on the lane (``lane_ok``; not the durable outbox's rows, which keep the main
+        connection's window): its answers then neither wait behind nor hold up the other
+        clients' in paho's in-flight window. Returns paho's rc and the message's key for the
+        PUBACK bookkeeping (the lane's mids are offset by ``LANE_MID``)."""
+        lane = self.lane if lane_ok and self.lanes.on_lane and self.lane is not None and self.lane.up \
+            and topic.startswith("$mcp-rpc/") and topic.split("/", 2)[1] in self.lanes.on_lane else None
         if content_type is None and seq is None and expires is None:
             props = self._pub_props
         else:
@@ -434,18 +464,20 @@ class MqttServerTransport:
                 props.ContentType = content_type
             if expires is not None:
                 props.MessageExpiryInterval = max(1, int(expires - time.time()))
-        info = self.driver.publish(self.client, topic, payload, qos=qos, retain=retain, properties=props)
+        info = self.driver.publish(lane.client if lane else self.client, topic, payload, qos=qos, retain=retain,
+                                   properties=props)
+        mid = info.mid + LANE_MID if lane else info.mid
         self.stats.published += 1
         if qos and topic.startswith("$mcp-rpc/"):
             client_id = topic.split("/", 2)[1]
-            earlier = self._rpc_mids.get(info.mid)
+            earlier = self._rpc_mids.get(mid)
             if earlier is not None:  # (paho's mids wrap at 65535)
-                self._unqueued(info.mid)
-            self._rpc_mids[info.mid] = client_id
+                self._unqueued(mid)
+            self._rpc_mids[mid] = client_id
             self._backlog[client_id] = self._backlog.get(client_id, 0) + 1
         if qos == 0:
             self._qos0_sent.append(time.monotonic())
-        return info
+        return Sent(info.rc, mid)
 
     def _send_row(self, row: StoredRow) -> None:
         """Hand a stored row to paho, or, while paho's in-flight window is full, queue it here
@@ -460,7 +492,8 @@ class MqttServerTransport:
             self.outbox.drops["expired"] += 1
             self.store.count("expired")
             return
-        info = self._send(row.topic, row.payload, row.qos, row.retain, row.content_type, row.id, row.expires)
+        info = self._send(row.topic, row.payload, row.qos, row.retain, row.content_type, row.id, row.expires,
+                          lane_ok=False)
         if info.rc in (MQTTErrorCode.MQTT_ERR_SUCCESS, MQTTErrorCode.MQTT_ERR_NO_CONN):
             self._inflight[info.mid] = (row.id, row.size, time.monotonic())
             self.store.outbox_sent(row.id)
@@ -545,6 +578,7 @@ class MqttServerTransport:
         """
         topics.check_id(client_id, "mcp-client-id")
         self.clients.add(client_id)
+        self._off_lane(client_id)  # (initialized again: back on the main connection, subscribed below)
         if not self.connected.is_set():
             return
         fut = self.loop.create_future()
@@ -570,8 +604,104 @@ class MqttServerTransport:
             self.send_rpc(client_id, DISCONNECTED)
         self.clients.discard(client_id)
         self.encodings.pop(client_id, None)
-        if self.client.is_connected():
+        if not self._off_lane(client_id) and self.client.is_connected():
             self.client.unsubscribe([t for t, _ in self._client_filters(client_id)])
+
+    # ----------------------------------------------------------------- the busy lane
+    def crowded(self, client_id: str, in_flight: int) -> None:
+        """The endpoint's count of ``client_id``'s requests in flight (answers queued for the
+        broker included): at ``busy_lane_after`` the client moves to the busy lane
+        (:mod:`edge_agent.mqtt.lanes`)."""
+        if self.lanes.crowded(client_id, in_flight) and client_id in self.clients and not self._stopping:
+            self._to_lane(client_id)
+
+    def _lane(self) -> BusyLane:
+        if self.lane is None:
+            s = self.settings
+            here = self.connection.broker
+            self.lane = BusyLane(
+                server_id=self.server_id, brokers=[here] + [b for b in self.brokers if b != here],
+                driver=self.driver, keepalive=s.keepalive, connack_timeout=s.connack_timeout,
+                session_expiry=s.session_expiry, reconnect_min=s.reconnect_min, reconnect_max=s.reconnect_max,
+                max_packet_size=s.max_packet_size or None, username=self.username, password=self.password,
+                tls=self.tls, manual_ack=s.ack_when_handled, max_inflight=s.max_inflight, on_message=self._on_message,
+                on_publish=lambda mid, code: self._on_publish(None, None, mid + LANE_MID, code, None),
+                on_refused=self._lane_refused, on_down=self._lane_down)
+            self.lane.start()
+            self._sorter = self.loop.create_task(keep_sorting(self.lanes, self._from_lane, self.lanes.calm / 4))
+        return self.lane
+
+    def _to_lane(self, client_id: str) -> None:
+        self.lanes.moving.add(client_id)
+
+        def then(ok: bool) -> None:
+            self.lanes.moving.discard(client_id)
+            if not ok or client_id not in self.clients:
+                if ok and self.lane is not None:
+                    self.lane.unsubscribe(client_id)
+                return
+            self.lanes.on_lane[client_id] = time.monotonic()
+            self.lanes.moves += 1
+            if self.client.is_connected():
+                self.client.unsubscribe([t for t, _ in self._client_filters(client_id)])
+            log.info("client %s pipelines %d+ requests: moved to the busy lane (a broker queue of its own)",
+                     client_id[:64], self.lanes.after)
+        self._lane().subscribe(client_id, self._client_filters(client_id), then)
+
+    def _from_lane(self, client_id: str) -> None:
+        """Back to the main connection: subscribe there, then leave the lane on the SUBACK."""
+        if client_id not in self.lanes.on_lane or not self.connected.is_set():
+            return
+        rc, mid = self.client.subscribe(self._client_filters(client_id))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
+            return
+        fut = self._pending_sub[mid] = self.loop.create_future()
+
+        def back(f: asyncio.Future[Any]) -> None:
+            self._pending_sub.pop(mid, None)
+            if f.cancelled() or any(getattr(c, "is_failure", False) for c in f.result()):
+                return
+            if self._off_lane(client_id, resubscribe=False):
+                self.lanes.returns += 1
+                log.info("client %s calm for %g s: back on the main connection", client_id[:64], self.lanes.calm)
+        fut.add_done_callback(back)
+
+    def _off_lane(self, client_id: str, resubscribe: bool = False) -> bool:
+        """Forget ``client_id`` on the lane (unsubscribing there); True if it was on it."""
+        self.lanes.moving.discard(client_id)
+        was = self.lanes.on_lane.pop(client_id, None) is not None
+        if self.lane is not None:
+            self.lane.unsubscribe(client_id)
+        if was and resubscribe and self.client.is_connected():
+            self.client.subscribe(self._client_filters(client_id))
+        return was
+
+    def _lane_down(self) -> None:
+        """The lane's connection went down: its clients are served on the main one again."""
+        for cid in list(self.lanes.on_lane):
+            self.lanes.on_lane.pop(cid, None)
+            if cid in self.clients and not self._stopping and self.client.is_connected():
+                self.client.subscribe(self._client_filters(cid))
+        self.lanes.moving.clear()
+
+    def _lane_refused(self, text: str) -> None:
+        self.lanes.refused_until = time.monotonic() + RETRY_LANE_S
+        self.lanes.moving.clear()
+        lane, self.lane = self.lane, None
+        if self._sorter is not None:
+            self._sorter.cancel()
+            self._sorter = None
+        if lane is not None:
+            self.loop.create_task(lane.stop())
+        if self.lanes.refusals_logged:
+            log.debug("the broker refused the busy lane again: %s", text)
+            return
+        self.lanes.refusals_logged += 1
+        log.warning("the broker refused this server's busy lane (MQTT client id %s: %s); clients that pipeline "
+                    "stay on the main connection, where their flood queues ahead of the others' requests. "
+                    "Allow this client id for the device's user, or set [link] busy_lane_after = 0 "
+                    "(docs/unreliable-links.md, \"A client that floods\"); trying again every %g s",
+                    lane.client_id if lane else "?", text, RETRY_LANE_S)
 
     def link_health(self) -> dict[str, Any]:
         """``device://link``: connected or not, reconnects, last outage, outbox, drops, RTT;
@@ -602,6 +732,9 @@ class MqttServerTransport:
             "serving": self.serving, "refused": dict(self.refusals.by_topic), "refusals": self.refusals.count,
             "keepalive_s": self.settings.keepalive, "session_expiry_s": self.settings.session_expiry,
             "sessions": self.session_counters() if self.session_counters is not None else None,
+            "busy_lane": {"up": bool(self.lane and self.lane.up), "clients": len(self.lanes.on_lane),
+                          "received": self.lane.received if self.lane else 0,
+                          "moves": self.lanes.moves, "returns": self.lanes.returns, "late": self.lanes.late},
         }
 
     # ----------------------------------------------------------------- paho callbacks (event loop)
@@ -637,7 +770,8 @@ class MqttServerTransport:
         subs = [(self.control_topic, SubscribeOptions(qos=self.settings.qos_rpc,
                                                       retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))]
         for cid in self.clients:
-            subs.extend(self._client_filters(cid))
+            if cid not in self.lanes.on_lane:
+                subs.extend(self._client_filters(cid))
         self.settled.clear()
         self._watched.clear()
         _, mid = self.client.subscribe(subs)
@@ -645,6 +779,8 @@ class MqttServerTransport:
             self._watched[mid] = ("subscribe", [t for t, _ in subs])
         self.publish_presence()
         self._drain()
+        if self.settings.busy_lane_standby and self.lanes.after and self.lane is None:
+            self._lane()  # connected before any client floods: the first move is one round trip
         self.connected.set()
         if self.on_connected:
             self.on_connected()
@@ -712,24 +848,48 @@ class MqttServerTransport:
         if fut is not None and not fut.done():
             fut.set_result(list(reason_codes or []))
 
-    def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:
-        self._last_heard = time.monotonic()
-        ack = self._acker(message.mid, message.qos) if self.settings.ack_when_handled and message.qos else None
-        self._route(message.topic, bytes(message.payload), message.properties, time.time(), message.retain, ack,
-                    bool(message.dup))
+    def _on_message(self, client, userdata, message: mqtt.MQTTMessage, lane: BusyLane | None = None) -> None:
+        """A PUBLISH on the main connection or (``lane``) on the busy lane: routed alike."""
+        ack = self._acker(message.mid, message.qos, lane) if self.settings.ack_when_handled and message.qos else None
+        args = (message.topic, bytes(message.payload), message.properties, time.time(), message.retain, ack,
+                bool(message.dup))
+        if lane is None:
+            self._last_heard = time.monotonic()
+            if (self.lanes.on_lane or self.lanes.moving) and len(self._late) < LATE_MAX \
+                    and message.topic.startswith("$mcp-rpc/") and self.lanes.busy(message.topic.split("/", 2)[1]):
+                # a busy client's message on the main connection (queued at the broker before the
+                # client moved, or while it moves), ahead of the other clients' requests: taken
+                # off the socket now, handled a few per loop step after them
+                self.lanes.late += 1
+                self._late.append(args)
+                if len(self._late) == 1:
+                    self.loop.call_soon(self._late_step)
+                return
+        self._route(*args)
 
-    def _acker(self, mid: int, qos: int) -> Callable[[], None]:
-        """The PUBACK of message ``mid`` of this connection, sent when called (once)."""
-        connection = self.stats.connects
+    def _late_step(self) -> None:
+        for _ in range(min(LATE_BATCH, len(self._late))):
+            self._route(*self._late.popleft())
+        if self._late:
+            self.loop.call_soon(self._late_step)
+
+    def _acker(self, mid: int, qos: int, lane: BusyLane | None = None) -> Callable[[], None]:
+        """The PUBACK of message ``mid`` of this connection (or of the busy lane's), sent when
+        called (once)."""
+        if lane is None:
+            epoch, up, client = (lambda: self.stats.connects), self.connected.is_set, self.client
+        else:
+            epoch, up, client = (lambda: lane.connects), (lambda: lane.up), lane.client
+        connection = epoch()
         done = False
 
         def ack() -> None:
             nonlocal done
-            if done or connection != self.stats.connects or not self.connected.is_set():
+            if done or connection != epoch() or not up():
                 return  # sent, or the connection it came on is gone (the broker sends it again)
             done = True
-            self.client.ack(mid, qos)
-            self.driver.flush(self.client)
+            client.ack(mid, qos)
+            self.driver.flush(client)
         return ack
 
     def _route(self, topic: str, payload: bytes, properties: Any, received: float, retain: bool = False,

@@ -1,0 +1,125 @@
+"""The busy lane (issue 12 item 7, edge_agent/mqtt/lanes.py), against a real Mosquitto.
+
+A client that pipelines moves to a second MQTT session of the server, so its flood queues at
+the broker apart from the other clients' requests; it moves back when calm, and at once when
+the lane's connection dies. Nothing it sent is left unanswered by any of these moves.
+(Latency figures: ``python bench/durability.py --scenarios fairness``.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from edge_agent.device import config as cfg
+from edge_agent.device.runtime import Agent
+
+from .raw_client import RawMcpClient
+
+NAME, SID = "devices/lab/lane", "lane-1"
+
+
+def _agent(broker, tmp_path, **link):
+    data = {"device": {"server_name": NAME, "server_id": SID, "simulate": True, "state_dir": str(tmp_path / "s")},
+            "link": {"busy_lane_after": 8, **link},
+            "drivers": [{"kind": "relay", "name": "pump_relay", "pin": 17}]}
+    return Agent(cfg.from_dict(data), broker_url=broker.url)
+
+
+async def _until(check, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+def _answered(client: RawMcpClient, prefix: str) -> set[str]:
+    with client.lock:
+        return {r.message["id"] for r in client.received
+                if r.message and "method" not in r.message and str(r.message.get("id", "")).startswith(prefix)}
+
+
+def test_a_pipelining_client_moves_to_the_lane_and_back_and_everything_is_answered(broker, tmp_path):
+    async def go():
+        agent = _agent(broker, tmp_path, busy_lane_calm=1.0)
+        await agent.start(connect_timeout=20)
+        transport = agent.endpoint.transport
+        flooder = await asyncio.to_thread(RawMcpClient, broker.url, "flooder", SID, NAME)
+        quiet = await asyncio.to_thread(RawMcpClient, broker.url, "quiet", SID, NAME)
+        try:
+            await asyncio.to_thread(flooder.initialize)
+            await asyncio.to_thread(quiet.initialize)
+            await _until(lambda: transport.lane is not None and transport.lane.up, 10, "the lane (standby) is up")
+            assert transport.lane.client_id == f"{SID}-busy"
+            n = 3000
+            for i in range(n):  # pipelined, nothing awaited
+                flooder.send("ping", id=f"f{i}")
+            quiet_answers = [await asyncio.to_thread(quiet.request, "ping", None, 10) for _ in range(20)]
+            assert all(a.get("result") == {} for a in quiet_answers), quiet_answers[:3]
+            await _until(lambda: len(_answered(flooder, "f")) >= n, 60, "every flood request answered")
+            link = transport.link_health()["busy_lane"]
+            assert link["moves"] == 1 and link["clients"] == 1, link
+            assert link["received"] > 0, link  # the flood came on the lane once it moved
+            assert link["late"] < n, link  # ... and stopped coming on the main connection
+            errors = {r.message["error"]["code"] for r in flooder.received
+                      if r.message and "error" in r.message and str(r.message.get("id")).startswith("f")}
+            assert errors <= {-32004}, errors
+            # calm for busy_lane_calm: back on the main connection, and still served there
+            await _until(lambda: transport.link_health()["busy_lane"]["returns"] == 1, 10, "the client moves back")
+            assert "flooder" not in transport.lanes.on_lane
+            received = transport.lane.received
+            reply = await asyncio.to_thread(flooder.request, "ping", None, 10)
+            assert reply.get("result") == {}, reply
+            assert transport.lane.received == received, "served on the lane after it moved back"
+        finally:
+            await asyncio.to_thread(flooder.close)
+            await asyncio.to_thread(quiet.close)
+            await agent.stop()
+
+    asyncio.run(go())
+
+
+def test_when_the_lane_dies_its_clients_are_served_on_the_main_connection(broker, tmp_path):
+    async def go():
+        agent = _agent(broker, tmp_path, busy_lane_calm=600.0)
+        await agent.start(connect_timeout=20)
+        transport = agent.endpoint.transport
+        flooder = await asyncio.to_thread(RawMcpClient, broker.url, "flooder2", SID, NAME)
+        try:
+            await asyncio.to_thread(flooder.initialize)
+            await _until(lambda: transport.lane is not None and transport.lane.up, 10, "the lane is up")
+            for i in range(200):
+                flooder.send("ping", id=f"g{i}")
+            await _until(lambda: "flooder2" in transport.lanes.on_lane, 20, "the flooder moves to the lane")
+            await _until(lambda: len(_answered(flooder, "g")) >= 200, 30, "the flood answered")
+            transport.driver.drop(transport.lane.client)  # the lane's TCP connection dies
+            await _until(lambda: "flooder2" not in transport.lanes.on_lane, 10, "its clients leave the lane")
+            reply = await asyncio.to_thread(flooder.request, "ping", None, 10)
+            assert reply.get("result") == {}, reply
+            await _until(lambda: transport.lane.up, 20, "the lane reconnects")
+            assert not transport.lanes.on_lane
+        finally:
+            await asyncio.to_thread(flooder.close)
+            await agent.stop()
+
+    asyncio.run(go())
+
+
+def test_busy_lane_after_zero_keeps_one_broker_session(broker, tmp_path):
+    async def go():
+        agent = _agent(broker, tmp_path, busy_lane_after=0)
+        await agent.start(connect_timeout=20)
+        transport = agent.endpoint.transport
+        flooder = await asyncio.to_thread(RawMcpClient, broker.url, "flooder3", SID, NAME)
+        try:
+            await asyncio.to_thread(flooder.initialize)
+            for i in range(300):
+                flooder.send("ping", id=f"h{i}")
+            await _until(lambda: len(_answered(flooder, "h")) >= 300, 30, "the flood answered")
+            assert transport.lane is None and transport.link_health()["busy_lane"]["moves"] == 0
+        finally:
+            await asyncio.to_thread(flooder.close)
+            await agent.stop()
+
+    asyncio.run(go())
