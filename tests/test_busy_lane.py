@@ -123,3 +123,40 @@ def test_busy_lane_after_zero_keeps_one_broker_session(broker, tmp_path):
             await agent.stop()
 
     asyncio.run(go())
+
+
+def test_requests_queued_on_the_lane_while_the_agent_was_killed_are_answered_after_the_restart(broker, tmp_path):
+    """``unreliable`` (persistent sessions): SIGKILL while a client is on the lane; what it sends
+    meanwhile waits in the lane's broker session and is answered once the agent is back."""
+    import json
+    import signal
+
+    from .agent_process import AgentProcess, write_config
+
+    sid, name = "lane-kill", "devices/lab/lanekill"
+    config = write_config(tmp_path / "a.toml", server_name=name, server_id=sid, state_dir=tmp_path / "state",
+                          drivers='[[drivers]]\nkind = "relay"\nname = "pump_relay"\npin = 17\n'
+                                  '[link]\nprofile = "unreliable"\nbusy_lane_after = 8\nbusy_lane_calm = 600\n')
+    agent = AgentProcess(config, broker.url, sid, name).start()
+    client = RawMcpClient(broker.url, "kill-flooder", sid, name, persistent=True)
+    try:
+        client.initialize()
+        for i in range(300):
+            client.send("ping", id=f"k{i}")
+        deadline = time.monotonic() + 60
+        while len(_answered(client, "k")) < 300:
+            assert time.monotonic() < deadline, f"{300 - len(_answered(client, 'k'))} of the flood unanswered"
+            time.sleep(0.05)
+        link = json.loads(client.request("resources/read", {"uri": "device://link"})["result"]["contents"][0]["text"])
+        assert link["busy_lane"]["clients"] == 1, link["busy_lane"]
+        agent.signal(signal.SIGKILL)
+        agent.wait()
+        for i in range(5):  # the agent is down: these wait in the lane's session at the broker
+            client.send("ping", id=f"q{i}")
+        time.sleep(0.5)
+        agent.start()
+        for i in range(5):
+            assert client.wait_response(f"q{i}", timeout=30).get("result") == {}
+    finally:
+        client.close()
+        agent.stop()

@@ -27,10 +27,15 @@ sessions. That is safe: the core drops a repeat of a request in flight, the repl
 repeat of a finished call that is not read-only, and a read-only request may be answered twice
 (the client keeps the first answer).
 
-The lane's session: clean start at its first connection in this process (a lane session a
-previous run left, with what was queued for clients that were flooding then, is discarded), then
-the main connection's session expiry and ``clean_start = False``, so an outage of the lane alone
-loses nothing. A broker that refuses the lane (an ACL bound to one client id per user, e.g.
+The lane's session follows the main connection's: with a persistent session (``unreliable``:
+``clean_start = false``, a session expiry) what the broker queued on the lane while the agent was
+down (a crash while a client was on the lane) is delivered at the next start and answered like
+any request (the sessions are restored by then); the filters that session still holds are then
+unsubscribed for every client the main connection serves (a message in between reaches both: see
+above). Filters of clients that left meanwhile stay in that session until it expires; what comes
+on them gets the core's -32600 "no session" answer. With a clean start (``lan``) the lane's
+first connection in a process starts clean too; later ones do not, so an outage of the lane
+alone loses nothing. A broker that refuses the lane (an ACL bound to one client id per user, e.g.
 Mosquitto's dynamic security ``clientid``) turns it off: the clients go back to the main
 connection, a warning names the cause, and the lane is tried again after five minutes.
 
@@ -82,12 +87,14 @@ class BusyLane:
                  connack_timeout: float, session_expiry: int, reconnect_min: float, reconnect_max: float,
                  max_packet_size: int | None, username: str | None, password: str | None,
                  tls: Any, manual_ack: bool, max_inflight: int, on_message: Callable[..., None],
-                 on_publish: Callable[[int, Any], None], on_refused: Callable[[str], None],
+                 on_publish: Callable[[int, Any], None], clean_start: bool,
+                 stale: Callable[[], list[Filters]], on_refused: Callable[[str], None],
                  on_down: Callable[[], None]):
         self.client_id = lane_client_id(server_id)
         self.driver = driver
         self.session_expiry = session_expiry
         self.on_refused, self.on_down = on_refused, on_down
+        self.stale = stale  # filters of the clients the main connection serves (session present)
         self.connects = 0
         self.up = False
         self.clients: dict[str, Filters] = {}  # client id -> its filters, subscribed on this lane
@@ -112,7 +119,7 @@ class BusyLane:
         self.client = c
         self.connection = Connection(
             c, brokers, driver=driver, keepalive=keepalive, connack_timeout=connack_timeout,
-            policy=ReconnectPolicy(reconnect_min, reconnect_max), clean_start=True,
+            policy=ReconnectPolicy(reconnect_min, reconnect_max), clean_start=clean_start,
             connect_properties=self._connect_properties, username=username, password=password,
             tls_insecure=bool(getattr(tls, "insecure", False)), logger=log, on_connected=self._connected,
             on_disconnected=self._disconnected, on_attempt_failed=self._attempt_failed,
@@ -140,8 +147,10 @@ class BusyLane:
         self.connects += 1
         self.up = True
         self.connection.clean_start = False  # from now on an outage of the lane loses nothing
-        if self.leftover:  # (its session kept them; the clients are served on the main connection now)
-            self.client.unsubscribe([t for filters in self.leftover for t, _ in filters])
+        if getattr(flags, "session_present", False):  # its session kept filters of clients served elsewhere
+            self.leftover += self.stale()
+        if self.leftover:
+            self.client.unsubscribe(sorted({t for filters in self.leftover for t, _ in filters}))
             self.leftover.clear()
         waiting, self.waiting = self.waiting, {}
         for cid, then in waiting.items():

@@ -626,6 +626,8 @@ class MqttServerTransport:
                 max_packet_size=s.max_packet_size or None, username=self.username, password=self.password,
                 tls=self.tls, manual_ack=s.ack_when_handled, max_inflight=s.max_inflight, on_message=self._on_message,
                 on_publish=lambda mid, code: self._on_publish(None, None, mid + LANE_MID, code, None),
+                clean_start=s.clean_start,
+                stale=lambda: [self._client_filters(c) for c in self.clients if c not in self.lanes.on_lane],
                 on_refused=self._lane_refused, on_down=self._lane_down)
             self.lane.start()
             self._sorter = self.loop.create_task(keep_sorting(self.lanes, self._from_lane, self.lanes.calm / 4))
