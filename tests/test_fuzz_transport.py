@@ -82,7 +82,7 @@ TRICKY_IDS = ["presence", "capability", "$mcp-rpc", "$mcp-server", "a b", "é", 
 ids_any = st.text(max_size=12) | st.sampled_from(TRICKY_IDS + ["", "a/b", "+", "#", "a+", "#b"])
 valid_ids = (st.text(min_size=1, max_size=12).filter(lambda s: not any(c in s for c in "/+#"))
              | st.sampled_from(TRICKY_IDS))
-# A server-id of "presence"/"capability" makes the control topic ambiguous: known bug K10.
+# A server-id of "presence"/"capability" would make the control topic ambiguous: check_id refuses it.
 valid_server_ids = valid_ids.filter(lambda s: s not in ("presence", "capability"))
 levels = st.text(min_size=1, max_size=6).filter(lambda s: not any(c in s for c in "/+#"))
 valid_names = st.lists(levels, min_size=2, max_size=4).map("/".join)
@@ -111,6 +111,16 @@ def check_parse_any(topic: str) -> None:
     t = topics.parse(topic)
     if t is not None:
         assert rebuild(t) == topic, f"{topic!r} parsed as {t} which builds {rebuild(t)!r}"
+
+
+def check_reserved_server_id(server_id: str) -> None:
+    try:
+        topics.check_id(server_id, "server-id")
+    except ValueError as exc:
+        assert "reserved" in str(exc), exc
+    else:
+        raise AssertionError(f"server-id {server_id!r} accepted")
+    assert topics.check_id(server_id, "mcp-client-id") == server_id  # a client id may be anything valid
 
 
 def check_roundtrips(case: tuple[str, str, str]) -> None:
@@ -473,11 +483,9 @@ PROPERTIES = [
              wire_payloads().filter(no_known_bugs), check_endpoint_unknown, 60),
     Property("codec.decode", "deeply nested JSON is a ValueError",
              st.integers(1_000, 100_000), lambda n: check_codec_decode((b"[" * n + b"]" * n, None)), 5),
-    Property("topics.parse", "control topic of a server-id named presence/capability round-trips",
-             st.tuples(st.sampled_from(["presence", "capability"]), valid_names),
-             lambda c: check_roundtrips(("client", *c)), 5,
-             known_bug="K10 server-id 'presence'/'capability' passes check_id but its control topic parses as None "
-                       "or as another server's presence"),
+    Property("topics.check_id", "a server-id named presence/capability is refused (its control topic would be "
+             "another server's presence or capability topic)",
+             st.sampled_from(["presence", "capability"]), check_reserved_server_id, 2),
     Property("topics.check_*", "accepted ids/names make valid MQTT topics",
              st.tuples(mqtt_bad_ids, valid_names) | st.tuples(valid_ids, st.builds(lambda b: "a/" + b, mqtt_bad_ids)),
              check_accepted_ids_are_mqtt_topics, 20),

@@ -22,7 +22,9 @@ MAX_DEPTH = 64  # JSON nesting of an incoming message: deeper is refused before 
 
 def encode(message: dict[str, Any], content_type: str | None = None) -> bytes:
     """Encode a JSON-RPC message; compact JSON unless ``content_type`` is CBOR. A lone
-    surrogate (echoed from bad input) becomes a ``\\uXXXX`` escape in JSON and U+FFFD in CBOR."""
+    surrogate (bad input echoed into an answer; Python's ``json`` decodes ``"\\ud800"`` into
+    one) becomes U+FFFD, in JSON as in CBOR: UTF-8 cannot carry it, and strict JSON parsers
+    (serde_json, for one) refuse even its ``\\uXXXX`` escape."""
     if content_type == CBOR:
         import cbor2
 
@@ -30,8 +32,10 @@ def encode(message: dict[str, Any], content_type: str | None = None) -> bytes:
             return cbor2.dumps(message)
         except UnicodeEncodeError:
             return cbor2.dumps(_scrub(message))
-    # backslashreplace turns a lone surrogate into the JSON escape \udXXX inside its string
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
+    try:
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(_scrub(message), separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def _scrub(value: Any) -> Any:
