@@ -38,7 +38,22 @@ def load_codec():
     return module
 
 
+def load_connect():
+    """micropython/edgemcp/connect.py (the CONNECT builder: code that runs once per connection,
+    so not in the codec the board keeps) under CPython, in the package as ``_codec_edgemcp``."""
+    sys.modules.setdefault("micropython", types.SimpleNamespace(const=lambda x: x))
+    edgemcp = ROOT / "micropython" / "edgemcp"
+    spec = importlib.util.spec_from_file_location("_codec_edgemcp", edgemcp / "__init__.py",
+                                                  submodule_search_locations=[str(edgemcp)])
+    package = importlib.util.module_from_spec(spec)
+    sys.modules["_codec_edgemcp"] = package
+    spec.loader.exec_module(package)
+    importlib.import_module("_codec_edgemcp.mqtt5")  # (the package's __getattr__ imports by the board's name)
+    return importlib.import_module("_codec_edgemcp.connect")
+
+
 m = load_codec()
+cm = load_connect()
 USER = [("MCP-COMPONENT-TYPE", "mcp-server"), ("MCP-MQTT-CLIENT-ID", "esp32-1")]
 
 
@@ -208,7 +223,7 @@ def paho_session():
 def test_connect_matches_paho(paho_session):
     _, fb = paho_session
     theirs = fb.wait(1)
-    ours = m.connect("esp32-1", 30, user=[("MCP-COMPONENT-TYPE", "mcp-server"), ("MCP-META", '{"version":"0.1.0"}')],
+    ours = cm.connect("esp32-1", 30, user=[("MCP-COMPONENT-TYPE", "mcp-server"), ("MCP-META", '{"version":"0.1.0"}')],
                      will_topic="$mcp-server/presence/esp32-1/devices/x/esp1", will_payload=b"", will_retain=True,
                      will_qos=1, will_user=USER)
     assert bytes(ours) == theirs
@@ -235,7 +250,7 @@ def test_will_delay_interval_matches_paho():
         c.disconnect()
         c.loop_stop()
         fb.close()
-    ours = m.connect("esp32-1", 30, clean=False, expiry=600, will_topic="$mcp-server/presence/esp32-1/devices/x/esp1",
+    ours = cm.connect("esp32-1", 30, clean=False, expiry=600, will_topic="$mcp-server/presence/esp32-1/devices/x/esp1",
                      will_payload=b"", will_retain=True, will_qos=1, will_user=USER, will_delay=5)
     assert bytes(ours) == theirs
     assert b"\x18\x00\x00\x00\x05" in theirs
@@ -293,7 +308,7 @@ def test_ping_and_disconnect_match_paho(paho_session):
 def test_persistent_session_connect_decodes_with_paho():
     """Clean Start 0 + Session Expiry Interval + Receive Maximum + Maximum Packet Size, as the
     board connects (issue 16): paho reads the property block as we mean it."""
-    ours = bytes(m.connect("esp32-1", 30, user=[("MCP-COMPONENT-TYPE", "mcp-server")], clean=False, expiry=3600,
+    ours = bytes(cm.connect("esp32-1", 30, user=[("MCP-COMPONENT-TYPE", "mcp-server")], clean=False, expiry=3600,
                            receive_max=8, max_packet=2048))
     _, i = m.dec_varint(ours, 1)
     assert ours[i + 7] & 0x02 == 0  # Clean Start 0

@@ -193,10 +193,11 @@ async def main():
     print(json.dumps({"topic": topic, "size": len(payload), "too_big": c.too_big, "received": c.received}))
     await c.disconnect()
 
-raw = m.connect("x", 30, max_packet=1024)
+from edgemcp import connect as cm
+raw = cm.connect("x", 30, max_packet=1024)
 _, i = m.dec_varint(raw, 1)
 print(json.dumps({"connect_mps": m.prop(m._props(raw, i + 10)[0], 0x27),
-                  "none": m.prop(m._props(m.connect("x"), 12)[0], 0x27)}))
+                  "none": m.prop(m._props(cm.connect("x"), 12)[0], 0x27)}))
 asyncio.run(main())
 """
 

@@ -41,7 +41,12 @@ def test_peak_heap_is_within_budget():
     operations = [r for r in rows if r["live_peak"] is not None]
     assert len(operations) == 5 and not any("INCOMPLETE" in r["note"] for r in rows)
     assert by_what["import edgemcp"]["bytes"] < 58 * 1024
-    assert all(r["bytes"] < 10 * 1024 for r in operations), bench.table(rows)
+    # 10 KB per operation until board4: initialize now imports edgemcp/session.py and the core's
+    # binding rules for the message and unloads them again (tools/list: edgemcp/lists.py), and
+    # with the GC off their loading counts (initialize 13.5 KB, tools/list 9.1 KB allocated);
+    # the idle heap lost as much, so the budget that matters, idle + the worst operation, did
+    # not move (72.6 -> 72.7 KB)
+    assert all(r["bytes"] < 15 * 1024 for r in operations), bench.table(rows)
     assert all(abs(r["left"]) < 512 for r in operations), "an operation leaks: " + bench.table(rows)
     assert bench.peak(rows) < bench.BUDGET, bench.table(rows)
 

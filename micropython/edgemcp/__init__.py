@@ -10,3 +10,16 @@ def __getattr__(name):
         from .device import Device
         return Device
     return __import__("edgemcp." + name, None, None, (name,))
+
+
+def unload(*names):
+    """Forget modules ``edgemcp.<name>`` (``core.<name>`` for the shared core's): their bytecode
+    (.mpy) and function objects become garbage once no running frame holds one of them."""
+    import sys
+    for n in names:
+        sys.modules.pop("edgemcp." + n, None)
+        core = n[:5] == "core."
+        try:
+            delattr(sys.modules["edgemcp.core" if core else "edgemcp"], n[5:] if core else n)
+        except (AttributeError, KeyError):
+            pass

@@ -15,7 +15,7 @@ DEFAULTS = {
     "password": None,
     "keepalive": 30,  # s
     "qos": 1,  # QoS of RPC messages and notifications (presence is always QoS 1)
-    "queue_len": 8,  # inbound messages kept while busy; the oldest is dropped beyond
+    "queue_len": 4,  # inbound messages kept while busy (CONNECT's Receive Maximum); the oldest is dropped beyond
     "max_packet": 2048,  # bytes: the preallocated MQTT input buffer (longer messages are dropped, counted)
     "session_expiry": 3600,  # s the broker keeps the session and queues requests while offline; 0: clean
     "will_delay": 5,  # s before the broker publishes the will (empty presence): a shorter outage keeps it

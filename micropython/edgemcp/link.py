@@ -4,13 +4,8 @@
 import asyncio
 
 from . import mcp
-from .core import binding, jsonrpc, topics
+from .core import topics
 from .mqtt import MQTTClient
-from .mqtt5 import USER_PROPERTY, prop
-
-_TYPE = binding.COMPONENT_TYPE
-_CID = binding.CLIENT_ID
-_GONE = binding.DISCONNECTED_METHOD
 
 
 class MqttLink:
@@ -33,12 +28,15 @@ class MqttLink:
         self.meta = meta or {}
         self.clients = set()
         self._name(server_name)
-        pub = [(_TYPE, "mcp-server"), (_CID, server_id)]
+        from . import session
+        b = session.binding
+        pub = [(b.COMPONENT_TYPE, "mcp-server"), (b.CLIENT_ID, server_id)]
         self.c = MQTTClient(server_id, host, port, publish_user=pub, log=server.log,
-                            user=[(_TYPE, "mcp-server"), (binding.META, mcp.dumps(self.meta))],
+                            user=[(b.COMPONENT_TYPE, "mcp-server"), (b.META, mcp.dumps(self.meta))],
                             will_topic=self.presence, will_payload=b"", will_retain=True, will_qos=1,
                             will_user=pub, **client)
         self.c.on_up = self._on_up
+        session.done()
 
     def _name(self, name):
         self.name = name
@@ -78,7 +76,7 @@ class MqttLink:
 
     async def _route(self, topic, payload, props):
         if topic == self.control:
-            return await self._control(prop(props, USER_PROPERTY, _CID), payload)
+            return await self._rare("control", props, payload)
         t = topics.parse(topic)  # by prefix, not by our subscriptions (interop checklist)
         if t is None:
             return
@@ -87,64 +85,26 @@ class MqttLink:
                 return
             cid = t.client_id
             s = self.server.sessions.get(cid)
-            if payload and _GONE.encode() in payload and binding.client_gone(payload):
-                await self.gone(cid)
-            elif s and s.t is self:
-                await self.server.handle(s, payload)
-            else:  # a client without a session (the board restarted): tell it to initialize
-                await self._refuse(cid, payload, binding.no_session)
-        elif t.kind == "client-presence" and binding.client_gone(payload):
-            await self.gone(t.client_id)
+            if s and s.t is self and payload and b"/disconnected" not in payload:
+                await self.server.handle(s, payload)  # a request of its session: the hot path
+            else:  # its end, or a client without a session: edgemcp/session.py
+                await self._rare("rpc", cid, payload)
+        elif t.kind == "client-presence":
+            await self._rare("presence", t.client_id, payload)
 
-    async def _control(self, cid, payload):
-        # without a valid client id (none, empty, a wildcard, a "/") there is no topic to answer
-        # on, and subscribing its topics would hear other clients (or make the broker drop us)
-        if binding.valid_client_id(cid) is None:
-            return self.server.log("initialize with a bad " + _CID + " dropped: " + mcp.dumps(cid))
+    async def _rare(self, step, *args):
+        # the session rules (edgemcp/session.py): imported for this message, unloaded again
+        from . import session
         try:
-            msg = jsonrpc.loads(payload)
-        except Exception:
-            msg = None
-        if not binding.opens_session(msg):
-            return await self._refuse(cid, msg if msg is not None else payload, binding.control_refusal)
-        auth = getattr(self.server, "auth", None)  # edgemcp.tokens (config "auth"): a valid token or no session
-        s = await auth.open(self, cid, msg) if auth else self.server.open_session(cid, self)
-        if not s:
-            return
-        self.clients.add(cid)
-        codes = await self.c.subscribe(self._topics(cid))  # BEFORE the answer (spec)
-        if codes is None or max(codes) >= 0x80:
-            self.server.log("cannot subscribe the topics of " + cid)
-            return await self.gone(cid)
-        await self.server.handle(s, msg)
-
-    async def _refuse(self, cid, payload, refusal):
-        """Answer ``payload`` with ``refusal(msg)`` (a core binding rule), -32700 if not JSON."""
-        try:
-            msg = jsonrpc.loads(payload) if not isinstance(payload, dict) else payload
-        except jsonrpc.RpcError as e:
-            return await self.send(cid, jsonrpc.error(None, e))
-        answer = binding.legacy_discover(msg, mcp.VERSIONS) or refusal(msg)
-        if answer:
-            await self.send(cid, answer)
+            await getattr(session, step)(self, *args)
+        finally:
+            session.done()
 
     async def gone(self, cid, notify=False):
         """Client ``cid`` left (or, with ``notify``, is dropped): forget its session and
         unsubscribe its topics."""
-        self.server.close_session(cid)
-        if cid in self.clients:
-            self.clients.discard(cid)
-            if notify:
-                await self.send(cid, binding.DISCONNECTED)
-            await self.c.unsubscribe([t for t, _ in self._topics(cid)])
+        await self._rare("gone", cid, notify)
 
     async def stop(self):
         """Clean stop: tell every client, clear the retained presence, DISCONNECT."""
-        if self.c.up:
-            for cid in list(self.clients):
-                await self.send(cid, binding.DISCONNECTED)
-            await self.c.publish(self.presence, b"", True, 1)
-        for cid in self.clients:
-            self.server.close_session(cid)
-        self.clients = set()
-        await self.c.disconnect()
+        await self._rare("stop")

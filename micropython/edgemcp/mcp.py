@@ -8,10 +8,11 @@ import gc
 import json
 import time
 
+from . import unload
 from .core import jsonrpc, lifecycle
 from .core import tools as _tools
 from .core.dispatch import Dispatcher
-from .core.jsonrpc import INTERNAL_ERROR, INVALID_PARAMS, RpcError
+from .core.jsonrpc import INTERNAL_ERROR, RpcError
 from .core.lifecycle import VERSIONS
 from .core.results import resource_updated, tool_error
 
@@ -104,6 +105,7 @@ class Server(Dispatcher):
 
     max_inflight = 4  # per session: one more is answered -32004 at once (core.dispatch)
     done_len = 8  # answers of changing tools/calls kept to answer a redelivery again (see answered)
+    done_max = 512  # characters of such an answer at most (the ring holds <= 4 KB); a longer one is not kept
 
     def __init__(self, name, version, title=None, instructions=None):
         Dispatcher.__init__(self)
@@ -120,9 +122,9 @@ class Server(Dispatcher):
         # the link comes back (DUP) after the reconnect, and is answered from here, not run again
         self.done = []
         add = self.table.add
-        add("tools/list", self._tools_list)
+        add("tools/list", self._lists)
         add("tools/call", self._tools_call)
-        add("resources/list", self._resources_list)
+        add("resources/list", self._lists)
         add("resources/read", self._resources_read)
         add("resources/subscribe", self._subscribe)
         add("resources/unsubscribe", self._subscribe)
@@ -179,9 +181,12 @@ class Server(Dispatcher):
         ann = self.tools[p["name"]][3]
         if not (ann and ann.get("readOnlyHint")):
             try:
-                self.done.append((s.id, msg["id"], dumps(reply["result"])))
-            except MemoryError:  # too big to keep (a redelivery of it would run again)
+                text = dumps(reply["result"])
+            except MemoryError:
                 return
+            if len(text) > self.done_max:  # too big to keep (a redelivery of it would run again)
+                return
+            self.done.append((s.id, msg["id"], text))
             if len(self.done) > self.done_len:
                 self.done.pop(0)
 
@@ -209,31 +214,28 @@ class Server(Dispatcher):
                     self.log("broadcast: %r" % e)
 
     # ------------------------------------------------------------------ methods
-    async def _tools_list(self, s, p, req):
-        _no_cursor(p)
-        parts = ['{"tools":[']
-        for n in self.tools:
-            parts.append(("," if len(parts) > 1 else "") + dumps(self.tool(n)[0]))
-        parts.append("]}")
-        return Json(parts)
-
-    async def _resources_list(self, s, p, req):
-        _no_cursor(p)
-        return {"resources": [_describe(r) for r in self.resources.values()]}
+    async def _lists(self, s, p, req):
+        # tools/list, resources/list: edgemcp/lists.py, imported for the request, unloaded again
+        from . import lists
+        try:
+            return lists.answer(self, p, req.method)
+        finally:
+            unload("lists")
 
     async def _tools_call(self, s, p, req):
         name, args = _tools.name_and_arguments(p)
         if name not in self.tools:
             raise _tools.unknown(name)
-        d, fn = self.tool(name)
-        refused = _tools.check_arguments(name, d["inputSchema"], args)
+        _, params, fn, ann, _ = self.tools[name]
+        sch = schema(params)
+        refused = _tools.check_arguments(name, sch, args)
         if refused:
             return refused
-        late = _late(p, d)
+        late = _late(p, ann)
         if late:  # queued at the broker while the board was away, past the client's deadline
             return tool_error("%s refused: the command arrived %.1f s after its deadline, so it was not executed "
                               "(send it again if it is still wanted)" % (name, late))
-        for k, sub in d["inputSchema"]["properties"].items():
+        for k, sub in sch["properties"].items():
             if k not in args and "default" in sub:
                 args[k] = sub["default"]
         try:
@@ -303,27 +305,14 @@ class Server(Dispatcher):
             self.log("read %s: %r" % (r.uri, e))
 
 
-def _late(p, d):
+def _late(p, ann):
     """Seconds a non-read-only call is past ``_meta["dev.edge-agent/deadline"]`` (Unix s, as
     the Pi checks it), or 0; 0 too while the clock is not set (the board cannot tell)."""
     dl = (p.get("_meta") or {}).get("dev.edge-agent/deadline")
-    if not _num(dl) or d.get("annotations", {}).get("readOnlyHint") or time.gmtime()[0] < 2024:
+    if not _num(dl) or (ann or {}).get("readOnlyHint") or time.gmtime()[0] < 2024:
         return 0
     late = time.time() + (946684800 if time.gmtime(0)[0] == 2000 else 0) - dl  # ESP32: epoch 2000
     return late if late > 0 else 0
-
-
-def _no_cursor(p):
-    if p.get("cursor") is not None:
-        raise RpcError(INVALID_PARAMS, "Invalid cursor")
-
-
-def _describe(r):
-    d = r.description or r.name
-    if r.unit:
-        d += " (%s)" % r.unit
-    return {"uri": r.uri, "name": r.name, "description": d + ". JSON: {value, unit, timestamp}",
-            "mimeType": "application/json", "_meta": {"unit": r.unit, "poll_interval_s": r.poll}}
 
 
 def _num(v):

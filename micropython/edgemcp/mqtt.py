@@ -31,11 +31,11 @@ class MQTTClient:
     unparsed and counted in ``too_big``. ``timeout`` (s): for the connection, the CONNACK,
     each write to drain and each acknowledgement; a write that cannot drain in time fails
     the link. ``publish``/``subscribe`` wait out an outage.
-    ``connect_args``: CONNECT's user properties, will, credentials (``mqtt5.connect``).
+    ``connect_args``: CONNECT's user properties, will, credentials (``connect.connect``).
     """
 
     def __init__(self, client_id, host, port=1883, opener=None, keepalive=30, publish_user=None,
-                 qos=1, queue_len=8, max_packet=2048, timeout=10, network=None, log=print, min_delay=1000,
+                 qos=1, queue_len=4, max_packet=2048, timeout=10, network=None, log=print, min_delay=1000,
                  max_delay=30000, link_up=None, **connect_args):
         self.client_id = client_id
         self.host = host

@@ -138,42 +138,6 @@ def _packet(first, body):
     return bytes((first,)) + varint(len(body)) + body
 
 
-def connect(client_id, keepalive=60, user=None, clean=True, will_topic=None, will_payload=b"",
-            will_retain=False, will_qos=0, will_user=None, username=None, password=None, max_packet=0,
-            expiry=0, receive_max=0, will_delay=0):
-    """CONNECT (3.1), MQTT 5, with the user properties ``user``; the will (if ``will_topic``)
-    carries ``will_user``. ``clean``: Clean Start (3.1.2.4); ``expiry``: Session Expiry
-    Interval (3.1.2.11.2, s; 0 leaves it out: the session ends with the connection), so with
-    ``clean=False`` the broker keeps the subscriptions and queues QoS 1 messages while the
-    client is away. ``receive_max``: Receive Maximum (3.1.2.11.3; 0 leaves it out: 65535), the
-    QoS 1 messages the broker sends before waiting for a PUBACK. ``max_packet``: Maximum Packet Size (3.1.2.11.4, bytes; 0 leaves it out:
-    no limit), so the broker never sends a packet larger than the client can hold.
-    ``will_delay``: the will's Will Delay Interval (3.1.3.2.2, s; 0 leaves it out): the broker
-    publishes the will only when the client has not come back within it (or when the session
-    ends, if sooner: with ``expiry`` 0 that is at once)."""
-    flags = (2 if clean else 0) | (0x80 if username is not None else 0) | (0x40 if password is not None else 0)
-    if will_topic is not None:
-        flags |= 4 | will_qos << 3 | (0x20 if will_retain else 0)
-    body = bytearray(b"\x00\x04MQTT\x05")
-    body.append(flags)
-    body.extend(keepalive.to_bytes(2, "big"))
-    head = b"\x11" + expiry.to_bytes(4, "big") if expiry else b""
-    if receive_max:
-        head += b"\x21" + receive_max.to_bytes(2, "big")
-    if max_packet:
-        head += b"\x27" + max_packet.to_bytes(4, "big")
-    body.extend(properties(user, head))
-    _s(body, client_id)
-    if will_topic is not None:
-        body.extend(properties(will_user, b"\x18" + will_delay.to_bytes(4, "big") if will_delay else b""))
-        _s(body, will_topic)
-        _s(body, will_payload)
-    for x in (username, password):
-        if x is not None:
-            _s(body, x)
-    return _packet(0x10, body)
-
-
 def publish_header(topic, size, qos=0, retain=False, pid=0, props=b"\x00", dup=False):
     """Fixed and variable header of a PUBLISH (3.3) whose payload has ``size`` bytes: write
     this, then the payload, so the payload is never copied. ``props``: the encoded property

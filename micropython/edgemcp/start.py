@@ -4,19 +4,8 @@
 # the serving-time heap holds neither its bytecode (.mpy on the filesystem) nor its function
 # objects (frozen) (docs/esp32.md "Memory").
 import gc
-import sys
 
-from . import __version__, mcp
-
-
-def unload(name):
-    """Forget module ``edgemcp.<name>`` (its bytecode and function objects become garbage once
-    nothing holds one of its functions)."""
-    sys.modules.pop("edgemcp." + name, None)
-    try:
-        delattr(sys.modules["edgemcp"], name)
-    except AttributeError:
-        pass
+from . import __version__, mcp, unload
 
 
 def device(app, options):
