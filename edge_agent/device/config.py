@@ -132,6 +132,8 @@ _SCHEMA: dict[str, Any] = {
                                     "description": "requests in flight that move a client to the busy lane (0: never)"},
                 "busy_lane_calm": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
                 "busy_lane_standby": {"type": "boolean"},
+                "receive_maximum": {"type": "integer", "minimum": 0, "maximum": 65535,
+                                    "description": "MQTT 5 Receive Maximum in CONNECT (0: not sent)"},
             },
         },
         "store": {

@@ -87,12 +87,12 @@ class BusyLane:
                  connack_timeout: float, session_expiry: int, reconnect_min: float, reconnect_max: float,
                  max_packet_size: int | None, username: str | None, password: str | None,
                  tls: Any, manual_ack: bool, max_inflight: int, on_message: Callable[..., None],
-                 on_publish: Callable[[int, Any], None], clean_start: bool,
+                 on_publish: Callable[[int, Any], None], clean_start: bool, receive_maximum: int,
                  stale: Callable[[], list[Filters]], on_refused: Callable[[str], None],
                  on_down: Callable[[], None]):
         self.client_id = lane_client_id(server_id)
         self.driver = driver
-        self.session_expiry = session_expiry
+        self.session_expiry, self.receive_maximum = session_expiry, receive_maximum
         self.on_refused, self.on_down = on_refused, on_down
         self.stale = stale  # filters of the clients the main connection serves (session present)
         self.connects = 0
@@ -132,6 +132,8 @@ class BusyLane:
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry
+        if self.receive_maximum:
+            props.ReceiveMaximum = self.receive_maximum
         props.UserProperty = [("MCP-COMPONENT-TYPE", topics.COMPONENT_SERVER)]
         return props
 

@@ -73,6 +73,11 @@ class LinkSettings:
     connection per device, and the other clients do not wait for the lane's connect at a first
     flood (measured in ``bench/durability.py --scenarios fairness``; a large fleet may prefer
     ``false``).
+    ``receive_maximum``: the MQTT 5 Receive Maximum in CONNECT (1..65535; 0: not sent, the
+    broker's own limit applies: Mosquitto's ``max_inflight_messages``, 20): how many QoS 1
+    requests the broker hands this device before it acknowledged them. Under
+    ``ack_when_handled`` a request is acknowledged only once handled, so 20 slow calls would
+    hold every slot and stall the link for all clients; ``unreliable`` sets 1024.
     """
 
     profile: str = "lan"
@@ -107,6 +112,7 @@ class LinkSettings:
     busy_lane_after: int = 16
     busy_lane_calm: float = 30.0
     busy_lane_standby: bool = True
+    receive_maximum: int = 0
 
     def qos(self, kind: str) -> int:
         """QoS for a message kind: ``response``, ``notification`` or ``telemetry``."""
@@ -130,6 +136,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "persist_sessions": True,
         "durable_outbox": True,
         "ack_when_handled": True,
+        "receive_maximum": 1024,
         "session_probe_timeout": 3600.0,  # a client with a persistent MQTT session may be away a while
     },
 }

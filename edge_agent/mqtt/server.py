@@ -262,6 +262,8 @@ class MqttServerTransport:
     def _connect_properties(self) -> Properties:
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.settings.session_expiry
+        if self.settings.receive_maximum:
+            props.ReceiveMaximum = self.settings.receive_maximum
         props.UserProperty = [("MCP-COMPONENT-TYPE", topics.COMPONENT_SERVER),
                               ("MCP-META", codec.encode({"implementation": "edge-agent", **self.meta}).decode())]
         return props
@@ -626,7 +628,7 @@ class MqttServerTransport:
                 max_packet_size=s.max_packet_size or None, username=self.username, password=self.password,
                 tls=self.tls, manual_ack=s.ack_when_handled, max_inflight=s.max_inflight, on_message=self._on_message,
                 on_publish=lambda mid, code: self._on_publish(None, None, mid + LANE_MID, code, None),
-                clean_start=s.clean_start,
+                clean_start=s.clean_start, receive_maximum=s.receive_maximum,
                 stale=lambda: [self._client_filters(c) for c in self.clients if c not in self.lanes.on_lane],
                 on_refused=self._lane_refused, on_down=self._lane_down)
             self.lane.start()
