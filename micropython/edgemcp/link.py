@@ -3,7 +3,7 @@
 # the Pi agent does them (edge_agent/device/endpoint.py, edge_agent/mqtt/server.py).
 import asyncio
 
-from . import mcp
+from . import mcp, unload
 from .core import topics
 from .mqtt import MQTTClient
 
@@ -28,15 +28,14 @@ class MqttLink:
         self.meta = meta or {}
         self.clients = set()
         self._name(server_name)
-        from . import session
-        b = session.binding
+        from .core import binding as b
         pub = [(b.COMPONENT_TYPE, "mcp-server"), (b.CLIENT_ID, server_id)]
         self.c = MQTTClient(server_id, host, port, publish_user=pub, log=server.log,
                             user=[(b.COMPONENT_TYPE, "mcp-server"), (b.META, mcp.dumps(self.meta))],
                             will_topic=self.presence, will_payload=b"", will_retain=True, will_qos=1,
                             will_user=pub, **client)
         self.c.on_up = self._on_up
-        session.done()
+        unload("core.binding")  # (connect.py and session.py import it again)
 
     def _name(self, name):
         self.name = name
@@ -58,11 +57,12 @@ class MqttLink:
         finally:
             connect.done()
 
-    async def send(self, cid, msg):
-        await self.c.publish(self.rpc(cid), mcp.encode(msg))
+    def send(self, cid, msg):
+        # (not a coroutine itself: the caller awaits the publish, one frame less per answer in flight)
+        return self.c.publish(self.rpc(cid), mcp.encode(msg))
 
-    async def broadcast(self, msg):
-        await self.c.publish(self.capability, mcp.encode(msg))
+    def broadcast(self, msg):
+        return self.c.publish(self.capability, mcp.encode(msg))
 
     async def run(self):
         """Connect and serve until :meth:`stop`."""
@@ -93,12 +93,14 @@ class MqttLink:
             await self._rare("presence", t.client_id, payload)
 
     async def _rare(self, step, *args):
-        # the session rules (edgemcp/session.py): imported for this message, unloaded again
-        from . import session
+        # the session rules (edgemcp/session.py; edgemcp/initialize.py for an initialize) with
+        # the core's binding rules: imported for this message, unloaded again
+        name = "initialize" if step == "control" else "session"
+        mod = __import__("edgemcp." + name, None, None, (name,))
         try:
-            await getattr(session, step)(self, *args)
+            await getattr(mod, step)(self, *args)
         finally:
-            session.done()
+            unload(name, "session", "core.binding")  # (an initialize may have needed session.refuse)
 
     async def gone(self, cid, notify=False):
         """Client ``cid`` left (or, with ``notify``, is dropped): forget its session and

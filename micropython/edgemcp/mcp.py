@@ -11,6 +11,7 @@ import time
 from . import unload
 from .core import jsonrpc, lifecycle
 from .core import tools as _tools
+from .core.args import is_number as _num
 from .core.dispatch import Dispatcher
 from .core.jsonrpc import INTERNAL_ERROR, RpcError
 from .core.lifecycle import VERSIONS
@@ -315,8 +316,6 @@ def _late(p, ann):
     return late if late > 0 else 0
 
 
-def _num(v):
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 __all__ = ("VERSIONS", "Server", "dumps", "error", "schema")

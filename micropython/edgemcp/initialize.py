@@ -1,0 +1,35 @@
+# An initialize on the control topic of the MQTT link (``MqttLink`` in edgemcp/link.py): the
+# client's id checked, its session opened (with a token check under "auth"), its topics
+# subscribed before the answer. Once per client session, so the link imports this module (with
+# the shared core's binding rules) for the message and unloads both again; what else a
+# session's start and end need is in edgemcp/session.py (docs/esp32.md "Memory").
+from . import mcp
+from .core import binding, jsonrpc
+from .mqtt5 import USER_PROPERTY, prop
+
+
+async def control(link, props, payload):
+    """A message on the control topic: an initialize opens a session (the client's topics
+    subscribed BEFORE the answer, as the spec says); anything else is refused."""
+    cid = prop(props, USER_PROPERTY, binding.CLIENT_ID)
+    # without a valid client id (none, empty, a wildcard, a "/") there is no topic to answer
+    # on, and subscribing its topics would hear other clients (or make the broker drop us)
+    if binding.valid_client_id(cid) is None:
+        return link.server.log("initialize with a bad " + binding.CLIENT_ID + " dropped: " + mcp.dumps(cid))
+    try:
+        msg = jsonrpc.loads(payload)
+    except Exception:
+        msg = None
+    if not binding.opens_session(msg):
+        from .session import refuse
+        return await refuse(link, cid, msg if msg is not None else payload, binding.control_refusal)
+    auth = getattr(link.server, "auth", None)  # edgemcp.tokens (config "auth"): a valid token or no session
+    s = await auth.open(link, cid, msg) if auth else link.server.open_session(cid, link)
+    if not s:
+        return
+    link.clients.add(cid)
+    codes = await link.c.subscribe(link._topics(cid))  # BEFORE the answer (spec)
+    if codes is None or max(codes) >= 0x80:
+        link.server.log("cannot subscribe the topics of " + cid)
+        return await link.gone(cid)
+    await link.server.handle(s, msg)
