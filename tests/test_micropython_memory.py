@@ -68,12 +68,21 @@ def test_fixed_heap_figures():
     # frozen), and the benchmark no longer counts its own packets and helpers as the board's (the
     # burst already did so for its packets). The ring of the last 8 answers of changing tools (a
     # redelivery is answered from it, not run again) costs ~1 KB in the burst.
+    # board4 (the benchmark now counts the MQTT codec, which it used to import before its
+    # baseline: +0.7 KB frozen, +2.9 KB .mpy on every figure; board3's code measured so: frozen
+    # 20.0/23.7/32.8, .mpy 45.6/49.3/58.4): frozen idle 19.4, peak 22.9, burst 30.3. Tightened
+    # from 20/24/33 (idle and peak kept: 0.6 and 1.1 KB of margin)
     assert fig["unix-frozen"]["idle"] < 20 * kb and fig["unix-frozen"]["peak"] < 24 * kb  # issue 16: peak <= 24
-    assert fig["unix-frozen"]["burst"] < 33 * kb
+    assert fig["unix-frozen"]["burst"] < 31.5 * kb
     # board3: .mpy idle 42.5, peak 46.2, burst 55.4 (frozen 19.1, 22.8, 31.9): the run-once code
     # (edgemcp/start.py at start, edgemcp/connect.py at each connection) is unloaded before the
     # board serves (-1.3 KB from .mpy), and the benchmark compiles with -s like `make mpy` (the
     # checkout's long source paths were qstrs in RAM: -0.8 KB). Tightened from 46/50/59.
-    assert fig["unix-mpy"]["idle"] < 44 * kb and fig["unix-mpy"]["peak"] < 48 * kb
-    assert fig["unix-mpy"]["burst"] < 57 * kb
+    # board4: .mpy idle 42.9, peak 46.6, burst 53.9 with the codec counted (45.6/49.3/58.4 before
+    # board4's changes): the session rules (initialize.py, session.py with the core's binding)
+    # and the lists loaded per message and unloaded, the CONNECT builder in connect.py, 4 queued
+    # messages instead of 8 (Receive Maximum), one frame less per answer in flight. Tightened
+    # from 44/48/57 (idle kept)
+    assert fig["unix-mpy"]["idle"] < 44 * kb and fig["unix-mpy"]["peak"] < 47.5 * kb
+    assert fig["unix-mpy"]["burst"] < 55 * kb
     assert all(abs(r["left"] - r["idle"]) < 9 * kb for r in rows)  # one session's state, no leak
