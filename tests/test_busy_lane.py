@@ -9,6 +9,7 @@ the lane's connection dies. Nothing it sent is left unanswered by any of these m
 from __future__ import annotations
 
 import asyncio
+import collections
 import time
 
 from edge_agent.device import config as cfg
@@ -62,6 +63,10 @@ def test_a_pipelining_client_moves_to_the_lane_and_back_and_everything_is_answer
             assert link["moves"] == 1 and link["clients"] == 1, link
             assert link["received"] > 0, link  # the flood came on the lane once it moved
             assert link["late"] < n, link  # ... and stopped coming on the main connection
+            with flooder.lock:  # once each: a copy that reached both sessions during the move is dropped
+                counts = collections.Counter(r.message["id"] for r in flooder.received if r.message
+                                             and "method" not in r.message and str(r.message.get("id")).startswith("f"))
+            assert max(counts.values()) == 1, [k for k, v in counts.items() if v > 1][:5]
             errors = {r.message["error"]["code"] for r in flooder.received
                       if r.message and "error" in r.message and str(r.message.get("id")).startswith("f")}
             assert errors <= {-32004}, errors

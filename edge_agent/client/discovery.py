@@ -270,11 +270,13 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
     hides only itself.
 
     With ``until_retained``, it returns as soon as the broker has delivered the retained
-    presences (``timeout`` is then only a cap): after the SUBACK it publishes a random marker,
-    to :func:`marker_topic`, subscribed on the same connection at the presences' QoS. A
-    broker queues a subscription's retained messages before it handles a later PUBLISH, and
-    delivers one connection's messages in order, so when the marker comes back every retained
-    presence is in (plus :data:`RETAINED_GRACE` of quiet). If the broker refuses the marker
+    presences (``timeout`` is then only a cap): right behind the SUBSCRIBE, in the same write,
+    it publishes a random marker to :func:`marker_topic`, subscribed on the same connection at
+    the presences' QoS. A broker queues a subscription's retained messages before it handles the
+    next PUBLISH, and delivers one connection's messages in order, so when the marker comes back
+    every retained presence is in, and when the broker's queue overflowed the marker is dropped
+    with the rest (published after the SUBACK instead, it found room once the first presences
+    were read, and came back over a gap) (plus :data:`RETAINED_GRACE` of quiet). If the broker refuses the marker
     topic, it falls back to waiting until no presence came for :data:`MARKER_QUIET` seconds. A marker that does not come back while
     the presences have stopped arriving means the broker dropped messages (a queue limit):
     ``report.gap`` then says so, naming the broker setting to raise, and it is logged as a
@@ -318,13 +320,12 @@ async def discover(broker_url: str, server_name_filter: str = "#", *, timeout: f
         broker_filters = suggested_filters(link.connack_properties)
         if broker_filters:
             log.info("broker suggests server-name filters %s", broker_filters)
-        await link.subscribe(((f, False) for f in presence_subscriptions(broker_filters, server_name_filter)),
-                             qos=presence_qos)
+        sent = await link.subscribe(((f, False) for f in presence_subscriptions(broker_filters, server_name_filter)),
+                                    qos=presence_qos, marker=(marker, token) if use_marker else None)
         started = anyio.current_time()
-        marker_mid = -1
+        marker_mid = sent.mid if sent is not None else -1
         with anyio.move_on_after(timeout):
             if use_marker:
-                marker_mid = link.publish(marker, token).mid
                 while not marker_back.is_set() and link.lost is None:
                     quiet = anyio.current_time() - max(last_presence[0], started)
                     if quiet >= MARKER_QUIET:

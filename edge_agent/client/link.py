@@ -296,10 +296,16 @@ class MqttLink:
         assert self._task_group is not None, "the link is not open"
         self._task_group.start_soon(cast(Any, func), *args)
 
-    async def subscribe(self, subscriptions: Iterable[tuple[str, bool]], *, qos: int | None = None) -> None:
+    async def subscribe(self, subscriptions: Iterable[tuple[str, bool]], *, qos: int | None = None,
+                        marker: tuple[str, bytes] | None = None) -> mqtt.MQTTMessageInfo | None:
         """Subscribe to ``(topic_filter, no_local)`` pairs at ``qos`` (default: the link's QoS);
         wait for the SUBACK. (Retained presence is subscribed at QoS 0: a broker's queue limits,
         e.g. Mosquitto's ``max_queued_messages``, bound QoS 1/2 deliveries only; docs/fleet.md.)
+        ``marker``: ``(topic, payload)`` published right behind the SUBSCRIBE, in the same write,
+        before the SUBACK: the broker handles it after queuing every retained message the
+        subscription brings, so it comes back after them, or is dropped with them when the
+        broker's queue overflowed (the end-of-retained marker, :func:`edge_agent.client.discovery.discover`).
+        Returns the marker's message info (None without a marker).
 
         Raises:
             TransportError: the broker refused one of them (e.g. an ACL), or no SUBACK within
@@ -313,6 +319,7 @@ class MqttLink:
             raise TransportError(f"cannot subscribe at {self.url}: {mqtt.error_string(rc)}")
         done, codes = anyio.Event(), cast(list[Any], [])
         self._subacks[mid] = (done, codes)
+        sent = self.publish(*marker) if marker is not None else None
         with anyio.move_on_after(self.connect_timeout):
             await done.wait()
         self._check_alive()
@@ -323,6 +330,7 @@ class MqttLink:
             if getattr(code, "is_failure", False):
                 raise TransportError(f"broker {self.url} refused the subscription to {topic}: {code}")
         log.debug("subscribed to %s", [t for t, _ in subs])
+        return sent
 
     def unsubscribe(self, topic_filters: list[str]) -> None:
         """Unsubscribe (fire and forget; a no-op once the connection is gone)."""

@@ -254,16 +254,15 @@ class Fleet:
                             raise
                         log.info("no end-of-retained marker (%s): waiting for quiet", exc)
                     # QoS 0: a broker's queue limits (Mosquitto's max_queued_messages) cannot drop it
-                    await link.subscribe(((f, False) for f in presence_subscriptions(broker_filters,
-                                                                                    self.server_name_filter)),
-                                         qos=PRESENCE_QOS)
+                    sent = await link.subscribe(((f, False) for f in presence_subscriptions(
+                        broker_filters, self.server_name_filter)), qos=PRESENCE_QOS, marker=self._marker)
                     log.info("gateway connected to %s as %s; watching $mcp-server/presence/+/%s",
                              link.url, cid, self.server_name_filter)
                     policy.connected(anyio.current_time())
                     if first:
                         task_status.started()
                         first = False
-                    await self._settle(link)
+                    await self._settle(link, sent.mid if sent is not None else -1)
                     self.ready.set()
                     await lost.wait()  # the broker sends our will: every device drops our sessions
                     delay = policy.lost(anyio.current_time(), reason_code=None, from_broker=False).delay
@@ -278,7 +277,7 @@ class Fleet:
                 self._link_gone("the gateway lost its broker connection")
             await anyio.sleep(delay)
 
-    async def _settle(self, link: MqttLink) -> None:
+    async def _settle(self, link: MqttLink, mid: int) -> None:
         """Wait for the retained presence burst: until the end-of-retained marker comes back
         (:func:`edge_agent.client.discovery.discover`), or, with no marker, until SETTLE_QUIET s
         pass without a new presence. A marker that does not come back once presences stopped
@@ -287,8 +286,6 @@ class Fleet:
         start = anyio.current_time()
         self._last_presence = start
         if self._marker is not None:
-            topic, token = self._marker
-            mid = link.publish(topic, token).mid
             while not self._marker_back.is_set():
                 now = anyio.current_time()
                 quiet = now - self._last_presence

@@ -23,9 +23,9 @@ same way. The lane connects at the first move and stays up with the main connect
 
 A move subscribes on the new connection first and unsubscribes on the old one when the SUBACK
 came, so nothing published meanwhile is lost; a message published in between reaches both
-sessions. That is safe: the core drops a repeat of a request in flight, the reply cache answers a
-repeat of a finished call that is not read-only, and a read-only request may be answered twice
-(the client keeps the first answer).
+sessions, byte for byte. :class:`Overlap` drops the second copy: while a client moves (and as
+long as its messages keep coming on both connections), a payload already seen on the other
+connection is acknowledged and dropped, so every request is handled, and answered, once.
 
 The lane's session follows the main connection's: with a persistent session (``unreliable``:
 ``clean_start = false``, a session expiry) what the broker queued on the lane while the agent was
@@ -248,6 +248,49 @@ class LaneTable:
         """Clients on the lane whose last crowded moment is ``calm`` seconds old."""
         limit = time.monotonic() - self.calm
         return [cid for cid, t in self.on_lane.items() if t <= limit]
+
+
+class Overlap:
+    """Messages of a moving client that reach both sessions, handled once (see the module).
+
+    Per client: the payloads seen lately and on which connection (0: main, 1: the lane), at most
+    ``KEEP`` of them; a client's record ends ``QUIET_S`` seconds after its last message on the
+    connection it left (its copies there have all come by then).
+    """
+
+    KEEP = 4096
+    QUIET_S = 5.0
+
+    def __init__(self) -> None:
+        self.clients: dict[str, tuple[dict[bytes, int], list[float]]] = {}  # id -> (payload -> conn, [until])
+        self.dropped = 0
+
+    def start(self, client_id: str) -> None:
+        seen, until = self.clients.setdefault(client_id, ({}, [0.0]))
+        until[0] = time.monotonic() + self.QUIET_S
+
+    def duplicate(self, client_id: str, conn: int, payload: bytes, left: int) -> bool:
+        """True if ``payload`` of ``client_id`` already came on the other connection (drop it).
+        ``conn``: where it came (0: main, 1: the lane); ``left``: the connection the client left."""
+        record = self.clients.get(client_id)
+        if record is None:
+            return False
+        seen, until = record
+        now = time.monotonic()
+        if now > until[0]:
+            del self.clients[client_id]
+            return False
+        other = seen.get(payload)
+        if other is not None and other != conn:
+            del seen[payload]
+            self.dropped += 1
+            return True
+        seen[payload] = conn
+        if len(seen) > self.KEEP:
+            del seen[next(iter(seen))]  # the oldest (dicts keep insertion order)
+        if conn == left:
+            until[0] = now + self.QUIET_S  # still coming on the connection it left
+        return False
 
 
 async def keep_sorting(table: LaneTable, move_back: Callable[[str], None], period: float) -> None:

@@ -37,7 +37,7 @@ from edge_agent.core import binding, topics
 from edge_agent.errors import TransportError
 from edge_agent.mqtt import codec
 from edge_agent.mqtt.broker_url import BrokerURL
-from edge_agent.mqtt.lanes import BusyLane, LaneTable, keep_sorting
+from edge_agent.mqtt.lanes import BusyLane, LaneTable, Overlap, keep_sorting
 from edge_agent.mqtt.loop import Connection, LoopDriver, PackedProperties, Refusals
 from edge_agent.mqtt.outbox import MemoryStore, Outbox, OutboxStore, StoredRow
 from edge_agent.mqtt.profiles import LinkSettings
@@ -201,6 +201,7 @@ class MqttServerTransport:
         self.lane: BusyLane | None = None
         self._sorter: asyncio.Task[None] | None = None
         self._late: collections.deque[tuple[Any, ...]] = collections.deque()  # see _on_message
+        self.overlap = Overlap()  # a moving client's messages that reach both sessions
 
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.server_id, protocol=mqtt.MQTTv5,
                         manual_ack=self.settings.ack_when_handled)
@@ -637,6 +638,7 @@ class MqttServerTransport:
 
     def _to_lane(self, client_id: str) -> None:
         self.lanes.moving.add(client_id)
+        self.overlap.start(client_id)
 
         def then(ok: bool) -> None:
             self.lanes.moving.discard(client_id)
@@ -659,6 +661,7 @@ class MqttServerTransport:
         rc, mid = self.client.subscribe(self._client_filters(client_id))
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
             return
+        self.overlap.start(client_id)
         fut = self._pending_sub[mid] = self.loop.create_future()
 
         def back(f: asyncio.Future[Any]) -> None:
@@ -738,7 +741,8 @@ class MqttServerTransport:
             "sessions": self.session_counters() if self.session_counters is not None else None,
             "busy_lane": {"up": bool(self.lane and self.lane.up), "clients": len(self.lanes.on_lane),
                           "received": self.lane.received if self.lane else 0,
-                          "moves": self.lanes.moves, "returns": self.lanes.returns, "late": self.lanes.late},
+                          "moves": self.lanes.moves, "returns": self.lanes.returns, "late": self.lanes.late,
+                          "duplicates_dropped": self.overlap.dropped},
         }
 
     # ----------------------------------------------------------------- paho callbacks (event loop)
@@ -857,6 +861,12 @@ class MqttServerTransport:
         ack = self._acker(message.mid, message.qos, lane) if self.settings.ack_when_handled and message.qos else None
         args = (message.topic, bytes(message.payload), message.properties, time.time(), message.retain, ack,
                 bool(message.dup))
+        if self.overlap.clients and message.topic.startswith("$mcp-rpc/"):
+            cid = message.topic.split("/", 2)[1]
+            if self.overlap.duplicate(cid, 0 if lane is None else 1, args[1], 1 if cid not in self.lanes.on_lane else 0):
+                if ack is not None:
+                    ack()  # the copy that came on the other connection is the one handled
+                return
         if lane is None:
             self._last_heard = time.monotonic()
             if (self.lanes.on_lane or self.lanes.moving) and len(self._late) < LATE_MAX \
