@@ -31,7 +31,9 @@ DEFAULTS = {
 
 
 def load(overrides=None, site="site_config"):
-    """The effective configuration (a new dict). Raises ValueError naming a bad key."""
+    """The effective configuration (a new dict). Raises ValueError naming a bad key: unknown, a
+    bad server-name or server-id, nothing to serve on, a number of the wrong type or out of its
+    range, a serial line that is neither "usb" nor a UART dict."""
     cfg = dict(DEFAULTS)
     if overrides:
         cfg.update(overrides)
@@ -44,6 +46,18 @@ def load(overrides=None, site="site_config"):
     cfg["server_id"] = topics.check_id(cfg["server_id"] or default_id(), "server-id")
     if not cfg["broker"] and not cfg["serial"]:
         raise ValueError("nothing to serve on: set broker (MQTT) and/or serial, e.g. in site_config.py")
+    # a wrong type or range fails here, naming the key, not later inside the MQTT client
+    for key, lo, hi in (("port", 1, 65535), ("keepalive", 0, 65535), ("qos", 0, 1), ("queue_len", 1, 65535),
+                        ("max_packet", 128, 268435455), ("session_expiry", 0, 4294967295),
+                        ("will_delay", 0, 4294967295), ("dns_ttl", 0, None), ("wifi_timeout", 1, None),
+                        ("ntp_every", 1, None)):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int if hi else (int, float)) or v < lo or hi and v > hi:
+            raise ValueError("%s must be a %s from %s%s, not %r" % (
+                key, "whole number" if hi else "number (s)", lo, " to %d" % hi if hi else "", v))
+    s = cfg["serial"]
+    if s and s != "usb" and not (isinstance(s, dict) and isinstance(s.get("uart"), int)) and not isinstance(s, tuple):
+        raise ValueError('serial must be "usb" or {"uart": 1, "tx": 17, "rx": 16, "baudrate": 115200}, not %r' % (s,))
     return cfg
 
 
