@@ -58,11 +58,12 @@ class MqttLink:
             connect.done()
 
     def send(self, cid, msg):
-        # (not a coroutine itself: the caller awaits the publish, one frame less per answer in flight)
-        return self.c.publish(self.rpc(cid), mcp.encode(msg))
+        # not waiting for the PUBACK (mqtt.MQTTClient.publish keeps the message until then), and
+        # not a coroutine itself: the caller awaits the publish, one frame less per answer
+        return self.c.publish(self.rpc(cid), mcp.encode(msg), wait=False)
 
     def broadcast(self, msg):
-        return self.c.publish(self.capability, mcp.encode(msg))
+        return self.c.publish(self.capability, mcp.encode(msg), wait=False)
 
     async def run(self):
         """Connect and serve until :meth:`stop`."""

@@ -48,10 +48,6 @@ def encode(msg):
     return dumps(msg).encode()
 
 
-def error(mid, code, message):
-    return jsonrpc.error(mid, RpcError(code, message))
-
-
 class Resource:
     def __init__(self, uri, name, unit, read, poll, description, deadband):
         self.uri = uri
@@ -172,7 +168,7 @@ class Server(Dispatcher):
         except MemoryError:  # too big to encode: this answer is lost, not the link
             gc.collect()
             self.log("no memory to answer")
-            await s.t.send(s.id, error(msg.get("id"), INTERNAL_ERROR, "Out of memory"))
+            await s.t.send(s.id, jsonrpc.error(msg.get("id"), RpcError(INTERNAL_ERROR, "Out of memory")))
 
     def answered(self, s, msg, reply):
         # core.dispatch hook, before the answer leaves: keep what a changing tool answered
@@ -318,4 +314,4 @@ def _late(p, ann):
 
 
 
-__all__ = ("VERSIONS", "Server", "dumps", "error", "schema")
+__all__ = ("VERSIONS", "Server", "dumps", "schema")

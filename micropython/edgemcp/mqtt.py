@@ -30,7 +30,9 @@ class MQTTClient:
     Packet Size; a longer packet (from a broker that ignores it) is skipped
     unparsed and counted in ``too_big``. ``timeout`` (s): for the connection, the CONNACK,
     each write to drain and each acknowledgement; a write that cannot drain in time fails
-    the link. ``publish``/``subscribe`` wait out an outage.
+    the link. ``publish``/``subscribe`` wait out an outage; a QoS 1 PUBLISH is kept until its
+    PUBACK and sent again (DUP) on the next links, so a sender need not wait for the PUBACK
+    (``publish(..., wait=False)``: answers and notifications).
     ``connect_args``: CONNECT's user properties, will, credentials (``connect.connect``).
     """
 
@@ -62,7 +64,8 @@ class MQTTClient:
         self._upev = asyncio.Event()
         self._gone = asyncio.Event()
         self._lock = asyncio.Lock()
-        self._acks = {}
+        self._acks = {}  # packet id -> its acknowledgement slot (see _acked; publish's has more)
+        self._again = []  # PUBLISH slots to send again once the link is back
         self._pid = 0
         self._w = self._r = None
         self._mv = memoryview(bytearray(max_packet))
@@ -81,6 +84,10 @@ class MQTTClient:
                 kt = asyncio.create_task(self._pinger())
                 self.up = True
                 self._upev.set()
+                again, self._again = self._again, []
+                for a in again:  # QoS 1 messages the lost link left unacknowledged: again, DUP
+                    await self._post(a)
+                again = None
                 if self.on_up:
                     asyncio.create_task(self._call_up())
                 await self._gone.wait()
@@ -93,8 +100,8 @@ class MQTTClient:
             self.up = False
             self._upev.clear()
             await self._close()
-            for a in self._acks.values():  # wake every waiter: its packet is lost with the link
-                a[0].set()
+            for a in self._acks.values():  # lost with the link: a PUBLISH is sent again, or given up
+                self._lost(a)
             self._acks = {}
             if self._stop:
                 return
@@ -231,23 +238,21 @@ class MQTTClient:
                     a = self._acks.pop(pid, None)
                     if a:
                         a[1] = codes
-                        a[0].set()
+                        if a[0]:
+                            a[0].set()
                 elif t == m.DISCONNECT:
                     raise OSError("DISCONNECT from the broker: %d" % (body[0] if n else 0))
         except Exception as e:  # PINGRESP and others: _read_packet noted the time
             self._fail(repr(e))
 
-    def _slot(self):
-        # a packet id and its acknowledgement slot: [event, reason codes, ticks when sent]
+    async def _acked(self, build):
+        # a SUBSCRIBE/UNSUBSCRIBE, ``build(packet id)``, sent; then its acknowledgement's reason
+        # codes, or None when the link failed meanwhile (_pinger fails the link when an
+        # acknowledgement is overdue). Its slot: [event, reason codes, ticks when sent]
         pid = self._pid = self._pid % 65535 + 1
         a = self._acks[pid] = [asyncio.Event(), None, time.ticks_ms()]
-        return pid, a
-
-    async def _acked(self, pid, a, head, payload=None):
-        # send, then wait for the acknowledgement: its reason codes, or None when the link
-        # failed meanwhile (_pinger fails the link when an acknowledgement is overdue)
         try:
-            await self._send(head, payload)
+            await self._send(build(pid))
         except Exception as e:
             self._acks.pop(pid, None)
             self._fail(repr(e))
@@ -276,25 +281,54 @@ class MQTTClient:
             await self._ack(item)
             return item[0], item[1], item[2]
 
-    async def publish(self, topic, payload, retain=False, qos=None, tries=3):
-        """Publish; QoS 1 waits for the PUBACK and resends (DUP) after a lost link. True once
-        the broker has it; False after ``tries`` attempts."""
+    async def publish(self, topic, payload, retain=False, qos=None, wait=True):
+        """Publish. At QoS 1 the message is kept until its PUBACK and sent again (DUP) after a
+        lost link, up to 3 times. ``wait``: return once the broker has it (True) or the third
+        link was lost (False); else once it is written (answers, notifications: their sender
+        goes on, and the heap holds only the message; with ``2 * queue_len`` unacknowledged it
+        waits anyway). QoS 0: sent on the next link up to 3 times."""
         qos = self.qos if qos is None else qos
-        for i in range(tries):
-            await self._upev.wait()
-            if not qos:
+        if not qos:
+            for i in range(3):
+                await self._upev.wait()
                 try:
                     await self._send(m.publish_header(topic, len(payload), 0, retain, 0, self._pprops), payload)
                     return True
                 except Exception as e:
                     self._fail(repr(e))
-                    continue
-            pid, a = self._slot()
-            codes = await self._acked(pid, a, m.publish_header(topic, len(payload), qos, retain, pid, self._pprops,
-                                                               i > 0), payload)
-            if codes is not None:
-                return codes[0] < 0x80
-        return False
+            return False
+        await self._upev.wait()
+        # the slot: [event or None, reason codes, ticks sent, topic, payload, retain, times sent]
+        a = [asyncio.Event() if wait or len(self._acks) >= 2 * self._qlen else None, None, 0, topic, payload,
+             retain, 0]
+        await self._post(a)
+        if not a[0]:
+            return True
+        await a[0].wait()
+        return a[1] is not None and a[1][0] < 0x80
+
+    async def _post(self, a):
+        # send the PUBLISH of slot ``a`` under a new packet id (DUP after the first time)
+        pid = self._pid = self._pid % 65535 + 1
+        a[2] = time.ticks_ms()
+        a[6] += 1
+        self._acks[pid] = a
+        try:
+            await self._send(m.publish_header(a[3], len(a[4]), 1, a[5], pid, self._pprops, a[6] > 1), a[4])
+        except Exception as e:
+            self._acks.pop(pid, None)
+            self._lost(a)
+            self._fail(repr(e))
+
+    def _lost(self, a):
+        # slot ``a`` lost with its link: a PUBLISH sent fewer than 3 times is sent again on the
+        # next one; else (and a SUBSCRIBE's) its waiter wakes to None
+        if len(a) > 3 and a[6] < 3:
+            self._again.append(a)
+        else:
+            a[1] = None
+            if a[0]:
+                a[0].set()
 
     async def subscribe(self, topics):
         """Subscribe to ``[(filter, no_local)]`` at the client's QoS with Retain Handling 2 (no
@@ -302,14 +336,12 @@ class MQTTClient:
         and counted in ``retained`` if a broker sends it anyway); the SUBACK's reason codes
         (< 0x80: granted), or None when the link failed meanwhile."""
         await self._upev.wait()
-        pid, a = self._slot()
-        return await self._acked(pid, a, m.subscribe(pid, [(t, self.qos | m.NO_RETAINED | (m.NO_LOCAL if nl else 0))
-                                                           for t, nl in topics]))
+        return await self._acked(lambda pid: m.subscribe(pid, [(t, self.qos | m.NO_RETAINED | (m.NO_LOCAL if nl else 0))
+                                                               for t, nl in topics]))
 
     async def unsubscribe(self, topics):
         if self.up:
-            pid, a = self._slot()
-            return await self._acked(pid, a, m.unsubscribe(pid, topics))
+            return await self._acked(lambda pid: m.unsubscribe(pid, topics))
 
     async def disconnect(self):
         """Clean DISCONNECT (the broker discards the will); ``run()`` then returns."""
