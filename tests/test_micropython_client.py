@@ -194,3 +194,32 @@ asyncio.run(main())
     assert out["ok"] is True and out["connects"] == 2
     assert out["firsts"] == [0x32, 0x3A], out  # QoS 1, then QoS 1 + DUP on the new link
     assert "acknowledgement" in out["logs"][0]
+
+
+def test_a_publish_not_waited_for_is_kept_until_its_puback_and_resent_with_dup():
+    """``publish(..., wait=False)`` (the board's answers and notifications) returns once the
+    message is written; the client keeps it until the PUBACK and sends it again (DUP) on the next
+    link when the first never acknowledged it, then forgets it."""
+    out = run_micropython('''
+async def main():
+    fakes = []
+
+    async def opener(h, p):
+        f = Fake(puback=len(fakes) > 0)  # the first broker connection never acknowledges
+        fakes.append(f)
+        return f, f
+
+    c = MQTTClient("t", "h", opener=opener, timeout=1, log=logs.append)
+    asyncio.create_task(c.run())
+    await until(lambda: c.up)
+    ok = await c.publish("a/b", b"answer", wait=False)
+    at_once = (c.connects, len(c._acks))
+    await until(lambda: c.connects == 2 and c.up and not c._acks and not c._again)
+    sent = [b for f in fakes for b in f.written if b[0] >> 4 == 3]
+    print(json.dumps({"ok": ok, "at_once": at_once, "firsts": [b[0] for b in sent],
+                      "payloads": sum(b == b"answer" for f in fakes for b in f.written)}))  # (written after its header)
+
+asyncio.run(main())
+''')
+    assert out["ok"] is True and out["at_once"] == [1, 1], out  # returned on the first link, kept
+    assert out["firsts"] == [0x32, 0x3A] and out["payloads"] == 2, out
