@@ -106,6 +106,22 @@ def parse_strips_slashes(mp):
     mp.setattr(topics, "parse", parse)
 
 
+def encode_escapes_surrogates(mp):  # what codec.encode did before 2026-12-01 (known bug K2)
+    orig = codec.encode
+
+    def encode(message, content_type=None):
+        if content_type == codec.CBOR:
+            return orig(message, content_type)
+        return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode("utf-8", "backslashreplace")
+    mp.setattr(codec, "encode", encode)
+
+
+def check_id_allows_reserved(mp):  # known bug K10
+    orig = topics.check_id
+    mp.setattr(topics, "check_id", lambda value, what="client id": value if value in ("presence", "capability")
+               else orig(value, what))
+
+
 def rpc_swaps_ids(mp):
     mp.setattr(topics, "rpc", lambda c, s, n: f"$mcp-rpc/{s}/{c}/{n}")
 
@@ -222,6 +238,8 @@ MUTANTS = [
     ("topics.parse", "rebuilds to itself", parse_strips_slashes),
     ("topics.parse", "builders round-trip", rpc_swaps_ids),
     ("topics.check_*", "only ValueError", check_id_allows_plus),
+    ("topics.check_id", "presence/capability is refused", check_id_allows_reserved),
+    ("McpServer.handle", "lone surrogates", encode_escapes_surrogates),
     ("broker_url", "str() is scheme", str_shows_password),
     ("broker_url", "parse back to the parts", no_unquote),
     ("Endpoint.on_rpc", "session's RPC topic", parse_error_code_wrong),
