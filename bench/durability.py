@@ -257,10 +257,12 @@ def report(results: dict[str, Any]) -> str:
                        f"({f['quiet_lost']}) | {f['p50_ms']:.1f} | {f['max_ms']:.0f} | {f['flood_answered']} "
                        f"({f['flood_refused']}) | {f['flood_s']:.1f} s | {lane.get('late', '-')} "
                        f"| {f['idle_p50_ms']:.1f} / {f['idle_p99_ms']:.1f} |")
-        worst = max((r for _, runs in rows for r in runs), key=lambda r: r["p99_ms"], default=None)
-        if worst is not None:
-            out += ["", "slowest quiet pings of the worst run (ms @ s after the flood began): "
-                    + ", ".join(f"{ms} @ {at:.2f}" for ms, at in worst["slowest"][:8])]
+        out += ["", "Slowest quiet pings of each row's worst run (ms @ s after the flood began; a stall of all "
+                "quiet clients at one instant is the machine, one at ~0.1 s the move):", ""]
+        for label, runs in rows:
+            worst = max(runs, key=lambda r: r["p99_ms"])
+            out.append(f"- {label}: " + ", ".join(f"{ms} @ {at:.2f}" for ms, at in worst["slowest"][:6])
+                       + f" (busy lane: {worst.get('lane')})")
         out.append("")
     if "inflightkill" in results:
         k = results["inflightkill"]

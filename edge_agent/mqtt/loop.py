@@ -299,7 +299,7 @@ class LoopDriver:
 
     MALFORMED_LOG_INTERVAL = 60.0
     MAX_UNWRITTEN = 1000
-    READ_BATCH = 32  # packets read from one socket per loop step
+    READ_BATCH = 64  # packets read from one socket per loop step
 
     def __init__(self, loop: asyncio.AbstractEventLoop | None = None, *, misc_interval: float = 1.0):
         if not misc_interval > 0:
