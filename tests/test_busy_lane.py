@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import time
 
 from edge_agent.device import config as cfg
@@ -85,14 +86,23 @@ def test_a_pipelining_client_moves_to_the_lane_and_back_and_everything_is_answer
     asyncio.run(go())
 
 
+@contextlib.asynccontextmanager
+async def _flooder(broker, tmp_path, client_id: str, **link):
+    """An agent (``_agent``) and one initialized raw client; both closed at the end."""
+    agent = _agent(broker, tmp_path, **link)
+    await agent.start(connect_timeout=20)
+    client = await asyncio.to_thread(RawMcpClient, broker.url, client_id, SID, NAME)
+    try:
+        await asyncio.to_thread(client.initialize)
+        yield agent.endpoint.transport, client
+    finally:
+        await asyncio.to_thread(client.close)
+        await agent.stop()
+
+
 def test_when_the_lane_dies_its_clients_are_served_on_the_main_connection(broker, tmp_path):
     async def go():
-        agent = _agent(broker, tmp_path, busy_lane_calm=600.0)
-        await agent.start(connect_timeout=20)
-        transport = agent.endpoint.transport
-        flooder = await asyncio.to_thread(RawMcpClient, broker.url, "flooder2", SID, NAME)
-        try:
-            await asyncio.to_thread(flooder.initialize)
+        async with _flooder(broker, tmp_path, "flooder2", busy_lane_calm=600.0) as (transport, flooder):
             await _until(lambda: transport.lane is not None and transport.lane.up, 10, "the lane is up")
             for i in range(200):
                 flooder.send("ping", id=f"g{i}")
@@ -104,28 +114,17 @@ def test_when_the_lane_dies_its_clients_are_served_on_the_main_connection(broker
             assert reply.get("result") == {}, reply
             await _until(lambda: transport.lane.up, 20, "the lane reconnects")
             assert not transport.lanes.on_lane
-        finally:
-            await asyncio.to_thread(flooder.close)
-            await agent.stop()
 
     asyncio.run(go())
 
 
 def test_busy_lane_after_zero_keeps_one_broker_session(broker, tmp_path):
     async def go():
-        agent = _agent(broker, tmp_path, busy_lane_after=0)
-        await agent.start(connect_timeout=20)
-        transport = agent.endpoint.transport
-        flooder = await asyncio.to_thread(RawMcpClient, broker.url, "flooder3", SID, NAME)
-        try:
-            await asyncio.to_thread(flooder.initialize)
+        async with _flooder(broker, tmp_path, "flooder3", busy_lane_after=0) as (transport, flooder):
             for i in range(300):
                 flooder.send("ping", id=f"h{i}")
             await _until(lambda: len(_answered(flooder, "h")) >= 300, 30, "the flood answered")
             assert transport.lane is None and transport.link_health()["busy_lane"]["moves"] == 0
-        finally:
-            await asyncio.to_thread(flooder.close)
-            await agent.stop()
 
     asyncio.run(go())
 
