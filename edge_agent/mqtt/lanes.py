@@ -57,6 +57,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from edge_agent.core import topics
+from edge_agent.mqtt.acks import OrderedAcks
 from edge_agent.mqtt.broker_url import BrokerURL
 from edge_agent.mqtt.loop import Connection, LoopDriver
 from edge_agent.mqtt.reconnect import ReconnectPolicy
@@ -117,6 +118,7 @@ class BusyLane:
             if tls.insecure:
                 c.tls_insecure_set(True)
         self.client = c
+        self.acks = OrderedAcks(lambda mid, qos: c.ack(mid, qos), lambda: driver.flush(c))  # (ack_when_handled)
         self.connection = Connection(
             c, brokers, driver=driver, keepalive=keepalive, connack_timeout=connack_timeout,
             policy=ReconnectPolicy(reconnect_min, reconnect_max), clean_start=clean_start,
@@ -164,6 +166,7 @@ class BusyLane:
         so none waits for the lane's reconnect; its session may keep their subscriptions, which
         the next connect removes."""
         self.up = False
+        self.acks.reset(-1)
         self.leftover += list(self.clients.values())
         self.clients.clear()
         self._subacks.clear()

@@ -36,6 +36,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from edge_agent.core import binding, topics
 from edge_agent.errors import TransportError
 from edge_agent.mqtt import codec
+from edge_agent.mqtt.acks import OrderedAcks
 from edge_agent.mqtt.broker_url import BrokerURL
 from edge_agent.mqtt.lanes import BusyLane, LaneTable, Overlap, keep_sorting
 from edge_agent.mqtt.loop import Connection, LoopDriver, PackedProperties, Refusals
@@ -202,6 +203,7 @@ class MqttServerTransport:
         self._sorter: asyncio.Task[None] | None = None
         self._late: collections.deque[tuple[Any, ...]] = collections.deque()  # see _on_message
         self.overlap = Overlap()  # a moving client's messages that reach both sessions
+        self._acks = OrderedAcks(lambda mid, qos: self.client.ack(mid, qos), lambda: self.driver.flush(self.client))
 
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.server_id, protocol=mqtt.MQTTv5,
                         manual_ack=self.settings.ack_when_handled)
@@ -796,6 +798,7 @@ class MqttServerTransport:
     def _disconnected(self, reason_code) -> None:
         was = self.connected.is_set()
         self.connected.clear()
+        self._acks.reset(-1)  # what is unacknowledged the broker sends again on the next connection
         # QoS 0 messages written after the broker's last sign of life (a PUBACK, a message; at
         # the latest the PINGRESP 1.5 keepalives ago) went into a connection that died: counted
         # as lost (some may have arrived: nobody can tell)
@@ -889,22 +892,13 @@ class MqttServerTransport:
 
     def _acker(self, mid: int, qos: int, lane: BusyLane | None = None) -> Callable[[], None]:
         """The PUBACK of message ``mid`` of this connection (or of the busy lane's), sent when
-        called (once)."""
-        if lane is None:
-            epoch, up, client = (lambda: self.stats.connects), self.connected.is_set, self.client
-        else:
-            epoch, up, client = (lambda: lane.connects), (lambda: lane.up), lane.client
-        connection = epoch()
-        done = False
-
-        def ack() -> None:
-            nonlocal done
-            if done or connection != epoch() or not up():
-                return  # sent, or the connection it came on is gone (the broker sends it again)
-            done = True
-            client.ack(mid, qos)
-            self.driver.flush(client)
-        return ack
+        called (once) and every earlier message of the connection is acknowledged
+        (:mod:`edge_agent.mqtt.acks`). A connection that is gone sends nothing: the broker sends
+        the message again on the next one."""
+        acks, epoch = (self._acks, self.stats.connects) if lane is None else (lane.acks, lane.connects)
+        if acks.epoch != epoch:
+            acks.reset(epoch)
+        return acks.add(mid, qos)
 
     def _route(self, topic: str, payload: bytes, properties: Any, received: float, retain: bool = False,
                ack: Callable[[], None] | None = None, dup: bool = False) -> None:
