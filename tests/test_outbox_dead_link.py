@@ -100,3 +100,29 @@ def test_qos0_telemetry_lost_on_a_dead_link_is_counted(broker, tmp_path):
         assert drops.get("qos0_unconfirmed", 0) >= 20, drops  # ~3 s at 20 updates/s went into the void
 
     asyncio.run(go())
+
+
+def test_waiting_rows_take_turns_by_topic_and_keep_each_topics_order():
+    """Rows waiting for the in-flight window: round-robin by topic (one client's backlog of
+    answers does not hold up another's), oldest first within a topic (issue 12 item 7)."""
+    from dataclasses import dataclass
+
+    from edge_agent.mqtt.outbox import WaitingRows
+
+    @dataclass
+    class Row:
+        id: int
+        topic: str
+
+    flood, quiet, cap = "$mcp-rpc/flood/s/d/x", "$mcp-rpc/quiet/s/d/x", "$mcp-server/capability/s/d/x"
+    waiting = WaitingRows()
+    for i in range(1, 6):
+        waiting.add(Row(i, flood))  # type: ignore[arg-type]
+    waiting.add(Row(6, quiet))  # type: ignore[arg-type]
+    waiting.add(Row(7, cap))  # type: ignore[arg-type]
+    waiting.add(Row(8, quiet))  # type: ignore[arg-type]
+    assert waiting.rpc("flood") == 5 and waiting.rpc("quiet") == 2 and len(waiting) == 8
+    assert waiting.discard(3) is not None and waiting.discard(3) is None and 3 not in waiting
+    order = [waiting.pop_next().id for _ in range(len(waiting))]
+    assert order == [1, 6, 7, 2, 8, 4, 5], order  # turns: flood, quiet, capability, flood, quiet, ...
+    assert waiting.rpc("flood") == 0 and len(waiting) == 0

@@ -118,7 +118,7 @@ class BusyLane:
             if tls.insecure:
                 c.tls_insecure_set(True)
         self.client = c
-        self.acks = OrderedAcks(lambda mid, qos: c.ack(mid, qos), lambda: driver.flush(c))  # (ack_when_handled)
+        self.acks = OrderedAcks(lambda mid, qos: c.ack(mid, qos), lambda: driver.write_soon(c))  # (ack_when_handled)
         self.connection = Connection(
             c, brokers, driver=driver, keepalive=keepalive, connack_timeout=connack_timeout,
             policy=ReconnectPolicy(reconnect_min, reconnect_max), clean_start=clean_start,

@@ -479,6 +479,11 @@ class LoopDriver:
         self._write_soon(client)
         return info
 
+    def write_soon(self, client: mqtt.Client) -> None:
+        """Write what paho has queued for ``client`` at the start of the next loop step, with
+        whatever else joins it by then (one corked write), e.g. a run of PUBACKs."""
+        self._write_soon(client)
+
     def _write_soon(self, client: mqtt.Client) -> None:
         joined = self._batch.get(client)
         self._batch[client] = 1 if joined is None else joined + 1

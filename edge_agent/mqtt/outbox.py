@@ -19,6 +19,7 @@ window (``max_inflight``) of rows; the others wait here, where the policy reache
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections import Counter
@@ -219,3 +220,89 @@ class Outbox:
                     self._drop("expired", row.id, row.size)
                     continue
                 out.append(row)
+
+
+class WaitingRows:
+    """Stored rows waiting for a slot of paho's in-flight window, served **round-robin by
+    topic** (each client's RPC topic, the capability topic), oldest first within a topic.
+
+    In arrival order, one client that pipelines would put its answers ahead of every other
+    client's in this queue (the window is shared: the broker's Receive Maximum); by topic, a
+    quiet client's answer goes out at the next free slot whatever another client has queued,
+    and each topic keeps its own order (issue 12 item 7). ``rpc(client_id)``: that client's RPC
+    rows waiting here (counted against its in-flight bound, see ``MqttServerTransport.backlog``).
+    """
+
+    def __init__(self) -> None:
+        self._by_topic: dict[str, collections.OrderedDict[int, StoredRow]] = {}
+        self._turns: collections.deque[str] = collections.deque()  # topics with rows, next first
+        self._topic_of: dict[int, str] = {}  # row id -> its topic
+        self._rpc: dict[str, int] = {}  # mcp-client-id -> its RPC rows here
+
+    def __len__(self) -> int:
+        return len(self._topic_of)
+
+    def __contains__(self, row_id: object) -> bool:
+        return row_id in self._topic_of
+
+    def rpc(self, client_id: str) -> int:
+        return self._rpc.get(client_id, 0)
+
+    def _count(self, topic: str, by: int) -> None:
+        if topic.startswith("$mcp-rpc/"):
+            client_id = topic.split("/", 2)[1]
+            n = self._rpc.get(client_id, 0) + by
+            if n > 0:
+                self._rpc[client_id] = n
+            else:
+                self._rpc.pop(client_id, None)
+
+    def add(self, row: StoredRow) -> None:
+        """Queue ``row`` (again: replaced in place)."""
+        known = self._topic_of.get(row.id)
+        if known is not None:
+            self._by_topic[known][row.id] = row
+            return
+        rows = self._by_topic.get(row.topic)
+        if rows is None:
+            rows = self._by_topic[row.topic] = collections.OrderedDict()
+            self._turns.append(row.topic)
+        rows[row.id] = row
+        self._topic_of[row.id] = row.topic
+        self._count(row.topic, 1)
+
+    def pop_next(self) -> StoredRow:
+        """The oldest row of the topic whose turn it is (the topic then goes last).
+
+        Raises:
+            IndexError: nothing waits.
+        """
+        topic = self._turns.popleft()
+        rows = self._by_topic[topic]
+        _, row = rows.popitem(last=False)
+        if rows:
+            self._turns.append(topic)
+        else:
+            del self._by_topic[topic]
+        del self._topic_of[row.id]
+        self._count(topic, -1)
+        return row
+
+    def discard(self, row_id: int) -> StoredRow | None:
+        """Remove row ``row_id`` (the outbox dropped it); the row, or None if it was not here."""
+        topic = self._topic_of.pop(row_id, None)
+        if topic is None:
+            return None
+        rows = self._by_topic[topic]
+        row = rows.pop(row_id)
+        if not rows:
+            del self._by_topic[topic]
+            self._turns.remove(topic)
+        self._count(topic, -1)
+        return row
+
+    def clear(self) -> None:
+        self._by_topic.clear()
+        self._turns.clear()
+        self._topic_of.clear()
+        self._rpc.clear()

@@ -40,7 +40,7 @@ from edge_agent.mqtt.acks import OrderedAcks
 from edge_agent.mqtt.broker_url import BrokerURL
 from edge_agent.mqtt.lanes import BusyLane, LaneTable, Overlap, keep_sorting
 from edge_agent.mqtt.loop import Connection, LoopDriver, PackedProperties, Refusals
-from edge_agent.mqtt.outbox import MemoryStore, Outbox, OutboxStore, StoredRow
+from edge_agent.mqtt.outbox import MemoryStore, Outbox, OutboxStore, StoredRow, WaitingRows
 from edge_agent.mqtt.profiles import LinkSettings
 from edge_agent.mqtt.reconnect import Loss, ReconnectPolicy
 
@@ -177,14 +177,13 @@ class MqttServerTransport:
                              max_bytes=self.settings.outbox_max_bytes)
         self._inflight: dict[int, tuple[int, int, float]] = {}  # mid -> (row id, size, sent monotonic)
         # stored rows waiting for a free slot in paho's in-flight window (max_inflight), oldest first
-        self._waiting: collections.OrderedDict[int, StoredRow] = collections.OrderedDict()
+        self._waiting = WaitingRows()  # round-robin by topic: one client's answers do not hold up another's
         self._qos0_sent: collections.deque[float] = collections.deque(maxlen=65536)  # monotonic
         self._last_heard = 0.0  # monotonic time of the last packet from the broker we saw
         self._answer_waiters: dict[int, asyncio.Future[Any]] = {}  # mid -> waiter for an answer's PUBACK
         # QoS 1 messages to a client's RPC topic handed to paho and not yet acknowledged (backlog())
         self._rpc_mids: dict[int, str] = {}  # mid -> mcp-client-id
         self._backlog: dict[str, int] = {}  # mcp-client-id -> how many
-        self._waiting_rpc: dict[str, int] = {}  # mcp-client-id -> its RPC rows in _waiting
         self._qos0: collections.deque[tuple[str, bytes, str | None]] = collections.deque()
         self._pending_sub: dict[int, asyncio.Future] = {}
         self._published: dict[int, asyncio.Future] = {}  # mid -> waiter for its PUBACK (stop())
@@ -203,7 +202,7 @@ class MqttServerTransport:
         self._sorter: asyncio.Task[None] | None = None
         self._late: collections.deque[tuple[Any, ...]] = collections.deque()  # see _on_message
         self.overlap = Overlap()  # a moving client's messages that reach both sessions
-        self._acks = OrderedAcks(lambda mid, qos: self.client.ack(mid, qos), lambda: self.driver.flush(self.client))
+        self._acks = OrderedAcks(lambda mid, qos: self.client.ack(mid, qos), lambda: self.driver.write_soon(self.client))
 
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.server_id, protocol=mqtt.MQTTv5,
                         manual_ack=self.settings.ack_when_handled)
@@ -375,17 +374,7 @@ class MqttServerTransport:
         the broker (queued behind paho's in-flight window, which the broker's Receive Maximum
         bounds, or in flight). The endpoint counts them against the client's in-flight bound: a
         client that sends faster than its answers drain is refused, not queued in our heap."""
-        return self._backlog.get(client_id, 0) + self._waiting_rpc.get(client_id, 0)
-
-    def _waits(self, row: StoredRow | None, by: int) -> None:
-        """Count ``row`` (an RPC message) into (+1) or out of (-1) a client's rows in ``_waiting``."""
-        if row is not None and row.topic.startswith("$mcp-rpc/"):
-            client_id = row.topic.split("/", 2)[1]
-            n = self._waiting_rpc.get(client_id, 0) + by
-            if n > 0:
-                self._waiting_rpc[client_id] = n
-            else:
-                self._waiting_rpc.pop(client_id, None)
+        return self._backlog.get(client_id, 0) + self._waiting.rpc(client_id)
 
     def send_rpc(self, client_id: str, message: dict[str, Any], *, seq: int | None = None,
                  acked: asyncio.Future[Any] | None = None, qos: int | None = None) -> int | None:
@@ -444,7 +433,7 @@ class MqttServerTransport:
         row = self.outbox.add(topic, payload, qos=qos, retain=retain, kind=kind, content_type=content_type,
                               expires=expires, in_flight=(r for r, _, _ in self._inflight.values()))
         for gone in self.outbox.last_dropped:
-            self._waits(self._waiting.pop(gone, None), -1)
+            self._waiting.discard(gone)
         if row is None:
             return None
         if self.connected.is_set():
@@ -488,9 +477,7 @@ class MqttServerTransport:
         """Hand a stored row to paho, or, while paho's in-flight window is full, queue it here
         (where the outbox policy still reaches it)."""
         if len(self._inflight) >= self.settings.max_inflight:
-            if row.id not in self._waiting:
-                self._waits(row, 1)
-            self._waiting[row.id] = row
+            self._waiting.add(row)
             return
         if row.expires is not None and row.expires <= time.time():
             self.outbox.ack(row.id, row.size)
@@ -509,7 +496,6 @@ class MqttServerTransport:
         """After a (re)connect: send stored rows not already in paho's hands, oldest first,
         then the QoS 0 messages held while offline."""
         self._waiting.clear()
-        self._waiting_rpc.clear()
         for row in self.outbox.pending(exclude=[r for r, _, _ in self._inflight.values()]):
             self._send_row(row)
         while self._qos0:
@@ -845,8 +831,7 @@ class MqttServerTransport:
             self.store.count("refused_by_broker")
         self.outbox.ack(row_id, size)
         while self._waiting and len(self._inflight) < self.settings.max_inflight and self.connected.is_set():
-            row = self._waiting.popitem(last=False)[1]  # a slot in paho's window is free
-            self._waits(row, -1)
+            row = self._waiting.pop_next()  # a slot in paho's window is free: the next topic's turn
             self._send_row(row)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:
