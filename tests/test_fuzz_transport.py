@@ -270,8 +270,9 @@ class FakeTransport:
         'sent' at once)."""
         return 0
 
-    def crowded(self, client_id: str, in_flight: int) -> None:
+    def crowded(self, client_id: str, in_flight: int, bound: int) -> int:
         """The busy lane's trigger: one connection here, nothing to move."""
+        return bound
 
     def send_capability(self, message: dict[str, Any]) -> None:
         codec.encode(message)

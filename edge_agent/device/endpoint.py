@@ -291,7 +291,8 @@ class Endpoint:
             assert self.transport is not None
             queued = self.transport.backlog(client_id)
             in_flight = self._pending.get(client_id, 0) + queued
-            self.transport.crowded(client_id, in_flight)  # many at once: a broker queue of its own
+            # many at once: a broker queue of its own, and on it a bound of busy_lane_after
+            bound = self.transport.crowded(client_id, in_flight, bound)
             if in_flight >= bound:
                 self._refusals += 1
                 self.transport.send_rpc(client_id, jsonrpc.error(msg["id"], RpcError(

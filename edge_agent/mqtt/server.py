@@ -599,12 +599,15 @@ class MqttServerTransport:
             self.client.unsubscribe([t for t, _ in self._client_filters(client_id)])
 
     # ----------------------------------------------------------------- the busy lane
-    def crowded(self, client_id: str, in_flight: int) -> None:
+    def crowded(self, client_id: str, in_flight: int, bound: int) -> int:
         """The endpoint's count of ``client_id``'s requests in flight (answers queued for the
         broker included): at ``busy_lane_after`` the client moves to the busy lane
-        (:mod:`edge_agent.mqtt.lanes`)."""
+        (:mod:`edge_agent.mqtt.lanes`). Returns the client's in-flight bound: ``bound``, or
+        ``busy_lane_after`` while it is on the lane (a flood's work, answers written to the
+        durable outbox included, stays small beside the other clients')."""
         if self.lanes.crowded(client_id, in_flight) and client_id in self.clients and not self._stopping:
             self._to_lane(client_id)
+        return min(bound, self.lanes.after) if client_id in self.lanes.on_lane else bound
 
     def _lane(self) -> BusyLane:
         if self.lane is None:
