@@ -5,12 +5,41 @@
 #
 # - A session opens with an ``initialize`` request on the server's control topic; its user
 #   property MCP-MQTT-CLIENT-ID names the client (it must be a valid client id: never a
-#   wildcard, never a "/").
+#   wildcard, never a "/": :func:`check_id`, the id rule of "Message Topics": server-id and
+#   mcp-client-id are MQTT client ids, any string without "/", "+", "#").
 # - It closes on ``notifications/disconnected`` on the RPC topic or the client's presence
 #   topic, or an empty payload on the client's presence topic (the client's will).
 # - The server's presence is a retained ``notifications/server/online``; its will and its
 #   clean shutdown clear it with an empty retained payload.
-from . import jsonrpc, topics
+from . import jsonrpc
+
+# Byte limits of the ids (names.MAX_NAME: the server-name's), so that the longest topic,
+# $mcp-rpc/{mcp-client-id}/{server-id}/{server-name}, stays within an MQTT string's 65535 bytes (MQTT 5 §1.5.4): 256 bytes per id is far beyond
+# any real client id (MQTT 5 §3.1.3.1 only promises 23; ours are names or UUIDs) and leaves
+# 65535 - 11 - 2 * 256 = 65012 bytes for the server-name. Checked before any state is kept.
+MAX_ID = 256
+
+
+def _utf8_size(value, what):
+    try:
+        return len(value.encode("utf-8"))
+    except ValueError:  # UnicodeEncodeError: a lone surrogate (CPython only)
+        raise ValueError("%s %r is not valid UTF-8" % (what, value))
+
+
+def check_id(value, what="client id"):
+    """``value`` if it is a valid server-id / mcp-client-id.
+
+    Raises ValueError: empty, contains ``/``, ``+``, ``#`` or NUL, not valid UTF-8, longer than
+    ``MAX_ID`` (256) bytes, or a server-id that would make ``$mcp-server/{id}/...`` another topic."""
+    if not isinstance(value, str) or not value or any(c in value for c in "/+#\x00"):
+        raise ValueError("%s %r must be non-empty and contain no '/', '+', '#' or NUL" % (what, value))
+    size = _utf8_size(value, what)
+    if size > MAX_ID:
+        raise ValueError("%s is %d bytes; at most %d" % (what, size, MAX_ID))
+    if what == "server-id" and value in ("presence", "capability"):
+        raise ValueError("server-id %r is reserved: $mcp-server/%s/... is another topic" % (value, value))
+    return value
 
 COMPONENT_TYPE = "MCP-COMPONENT-TYPE"
 CLIENT_ID = "MCP-MQTT-CLIENT-ID"
@@ -56,10 +85,10 @@ def opens_session(msg):
 
 def valid_client_id(cid):
     """``cid`` (the MCP-MQTT-CLIENT-ID user property) if it can name a session's topics, else
-    None: never a wildcard, a "/", NUL, empty or over 256 bytes (``topics.MAX_ID``: every topic
+    None: never a wildcard, a "/", NUL, empty or over 256 bytes (``MAX_ID``: every topic
     built from it stays within MQTT's 65535 bytes)."""
     try:
-        return topics.check_id(cid, "mcp-client-id")
+        return check_id(cid, "mcp-client-id")
     except ValueError:
         return None
 

@@ -1,59 +1,17 @@
-# Topic names of the MCP-over-MQTT transport: building, checking and parsing. No I/O.
+# Topic names of the MCP-over-MQTT transport: building and parsing (the id check is in
+# binding.py, the server-name check in names.py). No I/O.
 # Source: mqtt-ai/mcp-over-mqtt, specification/2025-03-26/basic/mqtt_transport.md, "Message
 # Topics". server-id and mcp-client-id are MQTT client ids: any string without "/", "+", "#";
 # a server-name is "/"-separated with at least one "/", no wildcards, no leading "/".
 # Runs on CPython and MicroPython.
+import sys
 
 COMPONENT_SERVER = "mcp-server"
 COMPONENT_CLIENT = "mcp-client"
-# Byte limits, so that the longest topic, $mcp-rpc/{mcp-client-id}/{server-id}/{server-name},
-# stays within an MQTT string's 65535 bytes (MQTT 5 §1.5.4): 256 bytes per id is far beyond
-# any real client id (MQTT 5 §3.1.3.1 only promises 23; ours are names or UUIDs) and leaves
-# 65535 - 11 - 2 * 256 = 65012 bytes for the server-name. Checked before any state is kept.
-MAX_ID = 256
-MAX_NAME = 65012
 
-
-def _utf8_size(value, what):
-    try:
-        return len(value.encode("utf-8"))
-    except ValueError:  # UnicodeEncodeError: a lone surrogate (CPython only)
-        raise ValueError("%s %r is not valid UTF-8" % (what, value))
-
-
-def check_id(value, what="client id"):
-    """``value`` if it is a valid server-id / mcp-client-id.
-
-    Raises ValueError: empty, contains ``/``, ``+``, ``#`` or NUL, not valid UTF-8, longer than
-    ``MAX_ID`` (256) bytes, or a server-id that would make ``$mcp-server/{id}/...`` another topic."""
-    if not isinstance(value, str) or not value or any(c in value for c in "/+#\x00"):
-        raise ValueError("%s %r must be non-empty and contain no '/', '+', '#' or NUL" % (what, value))
-    size = _utf8_size(value, what)
-    if size > MAX_ID:
-        raise ValueError("%s is %d bytes; at most %d" % (what, size, MAX_ID))
-    if what == "server-id" and value in ("presence", "capability"):
-        raise ValueError("server-id %r is reserved: $mcp-server/%s/... is another topic" % (value, value))
-    return value
-
-
-def check_server_name(name):
-    """``name`` if it is a valid server-name (e.g. ``devices/greenhouse/pi-01``).
-
-    Raises ValueError with the rule it breaks."""
-    if not isinstance(name, str) or not name or name.startswith("/") or name.endswith("/"):
-        raise ValueError("server-name %r must not be empty nor start or end with '/'" % (name,))
-    if "/" not in name:
-        raise ValueError("server-name %r must be hierarchical: at least one '/' (e.g. 'devices/%s')" % (name, name))
-    if "+" in name or "#" in name:
-        raise ValueError("server-name %r must not contain the wildcards '+' or '#'" % (name,))
-    if "\x00" in name:
-        raise ValueError("server-name %r must not contain NUL" % (name,))
-    size = _utf8_size(name, "server-name")
-    if size > MAX_NAME:
-        raise ValueError("server-name is %d bytes; at most %d" % (size, MAX_NAME))
-    if "//" in name:
-        raise ValueError("server-name %r must not contain an empty level ('//')" % (name,))
-    return name
+if sys.implementation.name != "micropython":  # the Pi's callers name them here (core/binding.py, core/names.py)
+    from .binding import MAX_ID, check_id  # noqa: F401
+    from .names import MAX_NAME, check_server_name  # noqa: F401
 
 
 def server_control(server_id, server_name):

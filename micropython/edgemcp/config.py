@@ -41,9 +41,9 @@ def load(overrides=None, site="site_config"):
     for key in cfg:
         if key not in DEFAULTS:
             raise ValueError("unknown config key %r (known: %s)" % (key, ", ".join(sorted(DEFAULTS))))
-    from .core import topics  # the shared rules (ValueError naming the one broken)
-    topics.check_server_name(cfg["server_name"])
-    cfg["server_id"] = topics.check_id(cfg["server_id"] or default_id(), "server-id")
+    from .core import binding, names  # the shared rules (ValueError naming the one broken); start.py unloads them
+    names.check_server_name(cfg["server_name"])
+    cfg["server_id"] = binding.check_id(cfg["server_id"] or default_id(), "server-id")
     if not cfg["broker"] and not cfg["serial"]:
         raise ValueError("nothing to serve on: set broker (MQTT) and/or serial, e.g. in site_config.py")
     # a wrong type or range fails here, naming the key, not later inside the MQTT client

@@ -13,7 +13,7 @@ def device(app, options):
     from . import config
     app.cfg = cfg = config.load(options)
     del config
-    unload("config")
+    unload("config", "core.names", "core.binding")
     app.server = server = mcp.Server("edgemcp", __version__, title=cfg["server_name"],
                                      instructions=cfg["description"] + ". Actuators are tools; readings are "
                                      "resources (JSON: value, unit, timestamp; subscribable).")
