@@ -5,6 +5,7 @@ folder ready to copy."""
 from __future__ import annotations
 
 import ast
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,10 @@ STARTUP = {"config.mpy", "start.mpy", "connect.mpy", "core/names.mpy"}
 # without a session, the clean stop; lists.py: tools/list, resources/list); a board on MQTT
 # does not keep them between messages
 ON_DEMAND = {"initialize.mpy", "session.mpy", "lists.mpy", "core/binding.mpy"}
+# board5: the Pi's own rules of the shared core (subset.py: which schemas args.py covers;
+# loglevel.py: logging/setLevel); no board module imports them (checked below), so they are
+# built but never loaded: no budget.
+PI_ONLY = {"core/subset.mpy", "core/loglevel.mpy"}
 # Loaded only with "auth" in the config (signed tokens, HS256): a budget of its own too.
 AUTH = "tokens.mpy"
 
@@ -102,7 +107,7 @@ def test_make_mpy_target_builds_a_folder_to_copy(tmp_path):
     assert {"core/dispatch.mpy", "core/jsonrpc.mpy", "core/args.mpy", "core/topics.mpy"} <= built
     assert {"__init__.mpy", "device.mpy", "mcp.mpy", "mqtt.mpy", "mqtt5.mpy", "link.mpy", "stdio.mpy", "hw.mpy"} <= built
     base = sum(p.stat().st_size for p in out.rglob("*.mpy")
-               if str(p.relative_to(out)) not in OPTIONAL | STARTUP | ON_DEMAND | {AUTH})
+               if str(p.relative_to(out)) not in OPTIONAL | STARTUP | ON_DEMAND | PI_ONLY | {AUTH})
     optional = sum((out / name).stat().st_size for name in OPTIONAL)
     startup = sum((out / name).stat().st_size for name in STARTUP)
     on_demand = sum((out / name).stat().st_size for name in ON_DEMAND)
@@ -129,10 +134,32 @@ def test_make_mpy_target_builds_a_folder_to_copy(tmp_path):
     # board5: the id and server-name checks moved out of core/topics.py (resident) into
     # core/binding.py (check_id: on demand, at an initialize) and core/names.py (run once, at
     # start): base 29,281 -> 28,412 bytes, run-once 4,951 -> 5,628 (budget 5,500 -> 6,000),
-    # on demand 3,515 -> 3,986 (budget 4,000 -> 4,500).
+    # on demand 3,515 -> 3,986 (budget 4,000 -> 4,500). Then args.supported (the Pi's choice
+    # of validator) and the logging levels left the resident args/lifecycle for PI_ONLY modules.
     assert base < 30_000, f"{base} bytes of .mpy: the board loads all of it into RAM"
     assert startup < 6_000, f"{startup} bytes of run-once .mpy (config, start, connect, core/names)"
     assert on_demand < 4_500, f"{on_demand} bytes of .mpy loaded per message (initialize, session, lists, core/binding)"
     assert optional < 4_000, f"{optional} bytes of optional .mpy (net, tls, clock, stdio)"
     # the token check (4,102 bytes: mostly the Pi's refusal texts, which a client shows its user)
     assert (out / AUTH).stat().st_size < 4_500, f"{(out / AUTH).stat().st_size} bytes of tokens.mpy"
+
+
+def test_the_board_serves_without_the_pis_own_rules():
+    """board5: the rules only the Pi uses (core/subset.py, core/loglevel.py, core/names.py) are
+    not loaded by what a board serves with, and the core modules it keeps do not hold them (their
+    re-exports are for CPython only): run on the 32-bit unix MicroPython with edgemcp frozen."""
+    binary = os.environ.get("EDGEMCP_UNIX32")
+    if not binary:
+        pytest.skip("EDGEMCP_UNIX32 not set: no 32-bit unix MicroPython with edgemcp frozen on this machine")
+    code = ("import sys, edgemcp.mcp, edgemcp.link\n"
+            "from edgemcp.core import args, lifecycle, topics\n"
+            "print(sorted(m for m in sys.modules if m.startswith('edgemcp.core.')))\n"
+            "print([n for m, n in ((args, 'supported'), (args, 'KEYWORDS'), (lifecycle, 'set_level'),"
+            " (lifecycle, 'LOG_LEVELS'), (topics, 'check_id'), (topics, 'check_server_name'))"
+            " if hasattr(m, n)])\n")
+    done = subprocess.run([binary, "-c", code], capture_output=True, text=True, timeout=60, cwd=str(MPY / "host"))
+    assert done.returncode == 0, done.stderr + done.stdout
+    loaded, kept = done.stdout.splitlines()
+    assert "edgemcp.core.args" in loaded and "edgemcp.core.topics" in loaded  # (the check ran)
+    assert not any(name in loaded for name in ("subset", "loglevel", "names", "binding")), loaded
+    assert kept == "[]", kept

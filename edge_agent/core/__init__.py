@@ -5,6 +5,8 @@
 # on MicroPython (the ESP32 board library: `make mpy` builds it from these files).
 #
 # Modules: jsonrpc (framing and error codes), methods (the method table), lifecycle (versions,
-# sessions), args (tool argument checks over a JSON Schema subset), results (tool result
-# shapes), dispatch (the request engine), topics (topic names), binding (the transport's
-# session rules and user properties).
+# sessions), loglevel (logging levels), args (tool argument checks over a JSON Schema subset),
+# subset (whether a schema stays within it), results (tool result shapes), dispatch (the request
+# engine), topics (topic names), binding (the transport's session rules, client ids and user
+# properties), names (the server-name rule). The board never loads loglevel and subset, and
+# names only at start (docs/esp32.md "Memory").

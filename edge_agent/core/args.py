@@ -4,33 +4,15 @@
 # properties, additionalProperties, items, minItems, maxItems, default) and MCP server/tools
 # (inputSchema is an object schema). Runs on CPython and MicroPython.
 #
-# A schema using any other keyword is outside the subset: :func:`supported` says so, and the
-# Pi server checks such a tool with the full validator instead (edge_agent/server).
+# A schema using any other keyword is outside the subset: subset.supported says so (the Pi
+# server checks such a tool with the full validator instead, edge_agent/server; the board has
+# only this checker and never loads subset.py).
+import sys
+
 from .jsonrpc import quote
 
-KEYWORDS = set(("type", "enum", "const", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum",
-                      "minLength", "maxLength", "required", "properties", "additionalProperties", "items",
-                      "minItems", "maxItems", "default", "description", "title", "examples", "$schema",
-                      "format", "x-unit", "unit"))
-
-
-def supported(schema):
-    """True if every keyword of ``schema`` (recursively) is one this module checks."""
-    if not isinstance(schema, dict):
-        return isinstance(schema, bool)
-    for key, value in schema.items():
-        if key not in KEYWORDS:
-            return False
-        if key == "properties":
-            if not isinstance(value, dict) or not all(supported(s) for s in value.values()):
-                return False
-        elif key in ("items", "additionalProperties"):
-            if not supported(value):
-                return False
-        elif key == "type" and not (isinstance(value, str) or isinstance(value, list)):
-            return False
-    return True
-
+if sys.implementation.name != "micropython":  # the Pi's callers name them here (core/subset.py)
+    from .subset import KEYWORDS, supported  # noqa: F401
 
 def is_number(v):
     return isinstance(v, (int, float)) and not isinstance(v, bool)

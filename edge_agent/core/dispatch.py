@@ -187,4 +187,5 @@ class Dispatcher:
 
     async def set_level(self, session, params, req):
         """logging/setLevel, for servers that add it to their table."""
-        return lifecycle.set_level(session, params)
+        from .loglevel import set_level
+        return set_level(session, params)

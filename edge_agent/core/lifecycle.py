@@ -1,17 +1,18 @@
 # MCP lifecycle: protocol versions, the session states, the initialize result.
 # Source: MCP 2025-11-25 basic/lifecycle (version negotiation: answer the requested version if
 # supported, else the newest we support). Runs on CPython and MicroPython.
+import sys
+
 from .jsonrpc import INVALID_PARAMS, RpcError
+
+if sys.implementation.name != "micropython":  # the Pi's callers name them here (core/loglevel.py)
+    from .loglevel import LOG_LEVELS, log_allowed, set_level  # noqa: F401
 
 VERSIONS = ("2025-11-25", "2025-06-18", "2025-03-26", "2024-11-05")  # newest first
 
 NEW = "new"  # no initialize yet
 INITIALIZING = "initializing"  # initialize answered, notifications/initialized not yet seen
 READY = "ready"
-
-# Syslog severities, RFC 5424 order (MCP server/utilities/logging).
-LOG_LEVELS = ("debug", "info", "notice", "warning", "error", "critical", "alert", "emergency")
-
 
 class Session:
     """One MCP client's session, keyed by its mcp-client-id.
@@ -61,18 +62,3 @@ def initialize(session, params, server_info, capabilities, instructions=None):
     if instructions:
         out["instructions"] = instructions
     return out
-
-
-def set_level(session, params):
-    """logging/setLevel. Raises RpcError(-32602) for a level outside :data:`LOG_LEVELS`."""
-    level = params.get("level")
-    if level not in LOG_LEVELS:
-        raise RpcError(INVALID_PARAMS, "logging/setLevel: level must be one of " + ", ".join(LOG_LEVELS))
-    session.log_level = level
-    return {}
-
-
-def log_allowed(session, level):
-    """True if ``session`` wants notifications/message at ``level``."""
-    return session.initialized and level in LOG_LEVELS and \
-        LOG_LEVELS.index(level) >= LOG_LEVELS.index(session.log_level)
