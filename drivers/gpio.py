@@ -565,7 +565,17 @@ class _HCSR04(DistanceSensor):
     last_echo: float | None = None
 
     def _read(self):
-        value = super()._read()
+        if getattr(self, "_trigger", None) is None:
+            # closed while gpiozero's queue thread still samples: ReferenceError is how that
+            # thread learns its parent is gone (gpiozero.mixins.GPIOQueue.fill); without it the
+            # thread dies on an AttributeError at every stop
+            raise ReferenceError("distance sensor closed")
+        try:
+            value = super()._read()
+        except AttributeError:
+            if getattr(self, "_trigger", None) is None:  # closed during this read
+                raise ReferenceError("distance sensor closed") from None
+            raise
         if value is not None:
             self.last_echo = time.monotonic()
         return value

@@ -264,8 +264,13 @@ def test_distance_simulated_echo(ctx):
     value = distance.read()
     assert value == pytest.approx(water.target.distance(), abs=0.1)
     assert 0 <= value <= 2
+    hcsr04 = water.sensor
     water.close()
     water.close()
+    # gpiozero's queue thread may sample once more after close: it must learn the sensor is gone
+    # (ReferenceError ends that thread quietly), not die on an AttributeError
+    with pytest.raises(ReferenceError):
+        hcsr04._read()
 
 
 @pytest.mark.filterwarnings("ignore::gpiozero.exc.PWMSoftwareFallback", "ignore::gpiozero.exc.DistanceSensorNoEcho")
