@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+import anyio
 import pytest
 
 from edge_agent.cloud import connect
@@ -97,12 +98,17 @@ def _config(tmp_path):
     })
 
 
-async def test_broker_bound_client_ids(tmp_path):
+async def test_broker_bound_client_ids(tmp_path, caplog):
     with dynsec_broker(tmp_path) as broker:
         agent = Agent(_config(tmp_path), broker_url=broker.url)
         await agent.start(connect_timeout=10)
         try:
             assert await service.refused(agent) is None
+            # the busy lane (<server-id>-busy) is another client id: refused, said once, the device serves
+            with anyio.fail_after(10):
+                while not any("busy lane" in r.getMessage() for r in caplog.records if r.levelname == "WARNING"):
+                    await anyio.sleep(0.05)
+            assert not agent.endpoint.transport.link_health()["busy_lane"]["up"]
             async with connect(broker.url, NAME, client_id="ops-1", username="ops", password="ops-pw") as ops:
                 assert not (await ops.call_tool("pump_relay_on", {})).is_error  # the dynsec rules carry MCP
             for user, cid in (("ops", "ops-2"), ("eve", "ops-1"), ("dev1", "ops-1"), ("eve", A)):
