@@ -17,9 +17,15 @@ requests never wait behind it (a fair share per session at the broker; the one e
 both sockets in turn, a bounded batch of packets each). Its answers go out on the lane too, so
 they neither wait behind the others' answers in the main connection's in-flight window (the
 broker's Receive Maximum) nor fill it; only the durable outbox's stored rows keep the main
-connection (they are resent there after a reconnect). A client whose
-in-flight count stayed below ``busy_lane_after`` for ``busy_lane_calm`` seconds moves back the
-same way. The lane connects at the first move and stays up with the main connection.
+connection (they are resent there after a reconnect). On the lane the client's in-flight bound
+is ``busy_lane_after``. A client whose in-flight count stayed below ``busy_lane_after`` for
+``busy_lane_calm`` seconds moves back the same way; when the lane's connection dies, its clients
+move back at once. The lane connects with the main connection (``busy_lane_standby``, the
+default) or at the first move, and then stays up.
+
+The flood a client had already queued on the main connection when it moved is taken off that
+socket at once and handled a few messages per loop step after the other clients' (the
+transport's ``late``), so the requests queued behind it are not held up by its handling.
 
 A move subscribes on the new connection first and unsubscribes on the old one when the SUBACK
 came, so nothing published meanwhile is lost; a message published in between reaches both
