@@ -659,19 +659,17 @@ class MqttServerTransport:
             self._pending_sub.pop(mid, None)
             if f.cancelled() or any(getattr(c, "is_failure", False) for c in f.result()):
                 return
-            if self._off_lane(client_id, resubscribe=False):
+            if self._off_lane(client_id):
                 self.lanes.returns += 1
                 log.info("client %s calm for %g s: back on the main connection", client_id[:64], self.lanes.calm)
         fut.add_done_callback(back)
 
-    def _off_lane(self, client_id: str, resubscribe: bool = False) -> bool:
+    def _off_lane(self, client_id: str) -> bool:
         """Forget ``client_id`` on the lane (unsubscribing there); True if it was on it."""
         self.lanes.moving.discard(client_id)
         was = self.lanes.on_lane.pop(client_id, None) is not None
         if self.lane is not None:
             self.lane.unsubscribe(client_id)
-        if was and resubscribe and self.client.is_connected():
-            self.client.subscribe(self._client_filters(client_id))
         return was
 
     def _lane_down(self) -> None:
