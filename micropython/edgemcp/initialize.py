@@ -1,16 +1,18 @@
 # An initialize on the control topic of the MQTT link (``MqttLink`` in edgemcp/link.py): the
 # client's id checked, its session opened (with a token check under "auth"), its topics
 # subscribed before the answer. Once per client session, so the link imports this module (with
-# the shared core's binding rules) for the message and unloads both again; what else a
-# session's start and end need is in edgemcp/session.py (docs/esp32.md "Memory").
-from . import mcp
-from .core import binding, jsonrpc
+# the shared core's binding rules, unloaded again before the session is opened) for the
+# message and unloads it again; what else a session's start and end need is in
+# edgemcp/session.py (docs/esp32.md "Memory").
+from . import mcp, unload
+from .core import jsonrpc
 from .mqtt5 import USER_PROPERTY, prop
 
 
 async def control(link, props, payload):
     """A message on the control topic: an initialize opens a session (the client's topics
     subscribed BEFORE the answer, as the spec says); anything else is refused."""
+    from .core import binding  # unloaded once the message is known to open a session (below)
     cid = prop(props, USER_PROPERTY, binding.CLIENT_ID)
     # without a valid client id (none, empty, a wildcard, a "/") there is no topic to answer
     # on, and subscribing its topics would hear other clients (or make the broker drop us)
@@ -23,6 +25,11 @@ async def control(link, props, payload):
     if not binding.opens_session(msg):
         from .session import refuse
         return await refuse(link, cid, msg if msg is not None else payload, binding.control_refusal)
+    # the session is opened, its topics subscribed and the initialize answered without the
+    # binding rules in the heap: its import and the answer's are not live at once (board5:
+    # the initialize was the .mpy heap's peak, 0.9 KB above a tools/call)
+    del binding
+    unload("core.binding")
     auth = getattr(link.server, "auth", None)  # edgemcp.tokens (config "auth"): a valid token or no session
     s = await auth.open(link, cid, msg) if auth else link.server.open_session(cid, link)
     if not s:
