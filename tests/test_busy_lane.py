@@ -164,39 +164,3 @@ def test_requests_queued_on_the_lane_while_the_agent_was_killed_are_answered_aft
     finally:
         client.close()
         agent.stop()
-
-
-def test_slow_calls_held_unacknowledged_do_not_stall_other_clients(broker, tmp_path):
-    """``unreliable`` acknowledges a request only once handled: 24 slow calls (more than
-    Mosquitto's default window of 20 unacknowledged messages) from three clients hold theirs,
-    and a fourth client's ping is still answered long before the first of them ends (the
-    CONNECT Receive Maximum, 1024, is the window; without it the ping waits behind them)."""
-    data = {"device": {"server_name": NAME, "server_id": SID, "simulate": True, "state_dir": str(tmp_path / "s")},
-            "link": {"profile": "unreliable"},
-            "drivers": [{"kind": "led", "name": "status_led", "pin": 18}]}
-
-    async def go():
-        agent = Agent(cfg.from_dict(data), broker_url=broker.url)
-        await agent.start(connect_timeout=20)
-        callers = [await asyncio.to_thread(RawMcpClient, broker.url, f"slow-{i}", SID, NAME) for i in range(5)]
-        quiet = await asyncio.to_thread(RawMcpClient, broker.url, "quiet-slow", SID, NAME)
-        try:
-            for c in [*callers, quiet]:
-                await asyncio.to_thread(c.initialize)
-            for c in callers:
-                for i in range(8):
-                    c.send("tools/call", {"name": "status_led_blink", "arguments": {"times": 1, "on_time": 1.0,
-                                                                                    "off_time": 0.05}}, id=f"s{i}")
-            await asyncio.sleep(0.3)  # all 40 reached the broker
-            reply = await asyncio.to_thread(quiet.request, "ping", None, 30)
-            assert reply.get("result") == {}, reply
-            pinged = time.time()
-            first = [r.at for c in callers for r in c.received
-                     if r.message and str(r.message.get("id", "")).startswith("s") and "method" not in r.message]
-            assert not first or min(first) > pinged, "the ping waited for a slow call to end"
-        finally:
-            for c in [*callers, quiet]:
-                await asyncio.to_thread(c.close)
-            await agent.stop()
-
-    asyncio.run(go())
