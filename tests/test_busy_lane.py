@@ -44,7 +44,7 @@ def _answered(client: RawMcpClient, prefix: str) -> set[str]:
 
 def test_a_pipelining_client_moves_to_the_lane_and_back_and_everything_is_answered(broker, tmp_path):
     async def go():
-        agent = _agent(broker, tmp_path, busy_lane_calm=1.0)
+        agent = _agent(broker, tmp_path, busy_lane_calm=2.0)
         await agent.start(connect_timeout=20)
         transport = agent.endpoint.transport
         flooder = await asyncio.to_thread(RawMcpClient, broker.url, "flooder", SID, NAME)
@@ -61,7 +61,9 @@ def test_a_pipelining_client_moves_to_the_lane_and_back_and_everything_is_answer
             assert all(a.get("result") == {} for a in quiet_answers), quiet_answers[:3]
             await _until(lambda: len(_answered(flooder, "f")) >= n, 60, "every flood request answered")
             link = transport.link_health()["busy_lane"]
-            assert link["moves"] == 1 and link["clients"] == 1, link
+            # (on a loaded machine a pause in the flood longer than busy_lane_calm may move it back
+            # and forth once more: at least one move, and it is on the lane now)
+            assert link["moves"] >= 1 and link["clients"] == 1, link
             assert link["received"] > 0, link  # the flood came on the lane once it moved
             assert link["late"] < n, link  # ... and stopped coming on the main connection
             with flooder.lock:  # once each: a copy that reached both sessions during the move is dropped
@@ -72,7 +74,8 @@ def test_a_pipelining_client_moves_to_the_lane_and_back_and_everything_is_answer
                       if r.message and "error" in r.message and str(r.message.get("id")).startswith("f")}
             assert errors <= {-32004}, errors
             # calm for busy_lane_calm: back on the main connection, and still served there
-            await _until(lambda: transport.link_health()["busy_lane"]["returns"] == 1, 10, "the client moves back")
+            moves = transport.link_health()["busy_lane"]["moves"]
+            await _until(lambda: transport.link_health()["busy_lane"]["returns"] == moves, 20, "the client moves back")
             assert "flooder" not in transport.lanes.on_lane
             received = transport.lane.received
             reply = await asyncio.to_thread(flooder.request, "ping", None, 10)

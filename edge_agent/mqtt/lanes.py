@@ -262,19 +262,25 @@ class LaneTable:
 class Overlap:
     """Messages of a moving client that reach both sessions, handled once (see the module).
 
-    Per client: the payloads seen lately and on which connection (0: main, 1: the lane), at most
-    ``KEEP`` of them; a client's record ends ``QUIET_S`` seconds after its last message on the
-    connection it left (its copies there have all come by then).
+    Per client: the hashes of the payloads seen lately (Python's per-process salted ``hash``, 8
+    bytes, not the payloads: a client's messages may be 256 KiB each) and on which connection
+    (0: main, 1: the lane), at most ``KEEP`` of them, and ``MAX_TOTAL`` over all clients (past
+    it a move is not watched: a repeat may then be handled twice, as before this existed); a
+    client's record ends ``QUIET_S`` seconds after its last message on the connection it left
+    (its copies there have all come by then).
     """
 
-    KEEP = 4096
+    KEEP = 2048
+    MAX_TOTAL = 32768
     QUIET_S = 5.0
 
     def __init__(self) -> None:
-        self.clients: dict[str, tuple[dict[bytes, int], list[float]]] = {}  # id -> (payload -> conn, [until])
+        self.clients: dict[str, tuple[dict[int, int], list[float]]] = {}  # id -> (payload hash -> conn, [until])
         self.dropped = 0
 
     def start(self, client_id: str) -> None:
+        if client_id not in self.clients and sum(len(seen) for seen, _ in self.clients.values()) >= self.MAX_TOTAL:
+            return
         seen, until = self.clients.setdefault(client_id, ({}, [0.0]))
         until[0] = time.monotonic() + self.QUIET_S
 
@@ -289,12 +295,13 @@ class Overlap:
         if now > until[0]:
             del self.clients[client_id]
             return False
-        other = seen.get(payload)
+        key = hash(payload)
+        other = seen.get(key)
         if other is not None and other != conn:
-            del seen[payload]
+            del seen[key]
             self.dropped += 1
             return True
-        seen[payload] = conn
+        seen[key] = conn
         if len(seen) > self.KEEP:
             del seen[next(iter(seen))]  # the oldest (dicts keep insertion order)
         if conn == left:
