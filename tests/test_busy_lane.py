@@ -54,7 +54,10 @@ def test_a_pipelining_client_moves_to_the_lane_and_back_and_everything_is_answer
             await asyncio.to_thread(quiet.initialize)
             await _until(lambda: transport.lane is not None and transport.lane.up, 10, "the lane (standby) is up")
             assert transport.lane.client_id == f"{SID}-busy"
-            n = 3000
+            # below Mosquitto's max_queued_messages (1,000) per session: a bigger flood may overflow
+            # the lane's broker queue on a loaded machine, and the broker drops what overflows,
+            # unanswered (docs/unreliable-links.md); every request the agent gets is answered
+            n = 900
             for i in range(n):  # pipelined, nothing awaited
                 flooder.send("ping", id=f"f{i}")
             quiet_answers = [await asyncio.to_thread(quiet.request, "ping", None, 10) for _ in range(20)]
