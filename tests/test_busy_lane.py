@@ -54,9 +54,10 @@ def test_a_pipelining_client_moves_to_the_lane_and_back_and_everything_is_answer
             await asyncio.to_thread(quiet.initialize)
             await _until(lambda: transport.lane is not None and transport.lane.up, 10, "the lane (standby) is up")
             assert transport.lane.client_id == f"{SID}-busy"
-            # below Mosquitto's max_queued_messages (1,000) per session: a bigger flood may overflow
-            # the lane's broker queue on a loaded machine, and the broker drops what overflows,
-            # unanswered (docs/unreliable-links.md); every request the agent gets is answered
+            # below Mosquitto's max_queued_messages (1,000) per session: with a bigger flood on a
+            # loaded machine the broker may drop what overflows a queue (the lane's requests, or
+            # the answers queued for this flooder, whose paho thread shares this process with the
+            # agent), unanswered (docs/unreliable-links.md); every request the agent gets is answered
             n = 900
             for i in range(n):  # pipelined, nothing awaited
                 flooder.send("ping", id=f"f{i}")
