@@ -21,10 +21,12 @@ device of docs/esp32.md (5 hw helpers), each way of installing measurable here: 
 above the interpreter baseline when idle, its peak over a session's operations, its peak
 during a burst of 20 tools/call sent at once, and the smallest heap in which the whole run
 passes (bisection). ``.mpy`` files on the filesystem are measured under the WebAssembly port
-(an upper bound: its conservative GC keeps far more alive) and, like the library frozen into
-the firmware, under a 32-bit unix MicroPython (16-byte GC blocks, 4-byte pointers, as on an
-ESP32) that ``--build-unix`` builds from a MicroPython 1.27 checkout with gcc-multilib
-(``fetch``/``git clone`` it; about a minute). Usage::
+(an upper bound: its conservative GC keeps more alive) and under a stock 32-bit unix
+MicroPython (16-byte GC blocks, 4-byte pointers, as on an ESP32; no edgemcp in its firmware,
+so each module's qstrs are interned in the heap as on a stock ESP32 firmware); the library
+frozen into the firmware under the same build with edgemcp frozen in. ``--build-unix`` builds
+both from a MicroPython 1.27 checkout with gcc-multilib (``fetch``/``git clone`` it; about a
+minute). Usage::
 
     python bench/mp_memory.py            # the table; exit status 1 over budget
     python bench/mp_memory.py --source   # import the .py sources instead (compiled on the board)
@@ -98,23 +100,41 @@ package("edgemcp", base_path=%r, opt=3)
 
 
 def build_unix(checkout: Path) -> Path:
-    """Build a 32-bit unix MicroPython (16-byte GC blocks, like an ESP32) from the MicroPython
-    1.27 checkout ``checkout`` with edgemcp frozen in (micropython/manifest.py's package, with
-    asyncio instead of the ESP32 board manifest); its path. Needs gcc-multilib (gcc -m32).
+    """Build two 32-bit unix MicroPythons (16-byte GC blocks, like an ESP32) from the MicroPython
+    1.27 checkout ``checkout``: ``build-standard/micropython`` with edgemcp frozen in
+    (micropython/manifest.py's package, with asyncio instead of the ESP32 board manifest) and
+    ``build-stock/micropython`` without it (asyncio only, as a stock firmware), where the
+    ``.mpy`` files are measured. The first one's path. Needs gcc-multilib (gcc -m32).
+
+    Why two: a firmware with edgemcp frozen in has every identifier and short string of the
+    library in its static qstr pool, so ``.mpy`` files loaded on it intern nothing; on a stock
+    firmware each module's qstrs are copied into the heap when it is imported, and stay there
+    (about 12 KB for the example device).
 
     Raises:
         subprocess.CalledProcessError: the build failed (its output is in the exception).
     """
-    manifest = checkout / "ports" / "unix" / "edgemcp_manifest.py"
+    unix = checkout / "ports" / "unix"
+    manifest = unix / "edgemcp_manifest.py"
     manifest.write_text(UNIX_MANIFEST % str(ROOT / "micropython"))
+    stock = unix / "stock_manifest.py"
+    stock.write_text(UNIX_MANIFEST.splitlines()[0] + "\n")
     lib = checkout / "lib" / "micropython-lib"
     lib.mkdir(parents=True, exist_ok=True)  # the manifest requires nothing from micropython-lib
     (lib / "README.md").touch()
     subprocess.run(["make", "-C", str(checkout / "mpy-cross"), "-j2"], check=True, capture_output=True)
-    subprocess.run(["make", "-C", str(checkout / "ports" / "unix"), "-j2", "MICROPY_FORCE_32BIT=1",
-                    "MICROPY_PY_FFI=0", "MICROPY_PY_BTREE=0", "MICROPY_PY_SSL=0", "MICROPY_USE_READLINE=0",
-                    f"FROZEN_MANIFEST={manifest}"], check=True, capture_output=True)
-    return checkout / "ports" / "unix" / "build-standard" / "micropython"
+    # the frozen modules are rebuilt from scratch: make does not see a changed edgemcp source
+    shutil.rmtree(unix / "build-standard" / "frozen_mpy", ignore_errors=True)
+    for build, man in (("build-standard", manifest), ("build-stock", stock)):
+        subprocess.run(["make", "-C", str(unix), "-j2", "MICROPY_FORCE_32BIT=1", "MICROPY_PY_FFI=0",
+                        "MICROPY_PY_BTREE=0", "MICROPY_PY_SSL=0", "MICROPY_USE_READLINE=0", f"BUILD={build}",
+                        f"FROZEN_MANIFEST={man}"], check=True, capture_output=True)
+    return unix / "build-standard" / "micropython"
+
+
+def stock_of(unix: Path) -> Path:
+    """The stock build (no edgemcp frozen in) next to ``unix``, as :func:`build_unix` makes it."""
+    return unix.parent.parent / "build-stock" / "micropython"
 
 
 def _fixed_code() -> str:
@@ -137,7 +157,8 @@ def run_fixed(heap: int, how: str, mpy: Path, unix: Path | None = None) -> dict 
         machine_dir = Path(tempfile.mkdtemp(prefix="mp-machine-"))
         shutil.copy(HOST / "machine.py", machine_dir / "machine.py")  # the simulated pins
         path = [str(machine_dir)] + ([str(mpy)] if how == "unix-mpy" else []) + [".frozen"]
-        cmd = [str(unix), "-X", f"heapsize={heap}", f.name]
+        binary = stock_of(unix) if how == "unix-mpy" else unix
+        cmd = [str(binary), "-X", f"heapsize={heap}", f.name]
         env = {"MICROPYPATH": ":".join(path), "PATH": "/usr/bin:/bin"}
     try:
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=60, cwd=HOST, env=env)
@@ -163,14 +184,15 @@ def smallest_heap(how: str, mpy: Path, unix: Path | None = None, lo: int = 16 * 
 
 def fixed_table(unix: Path | None, wasm: bool = True, search: bool = True) -> tuple[str, list[dict]]:
     """The fixed-heap figures of every way of installing measurable here: ``wasm-mpy`` (the
-    WebAssembly port: its conservative GC keeps far more alive than a board's, so its figures
-    are upper bounds) and, given the 32-bit unix build ``unix``, ``unix-mpy`` and ``unix-frozen``
-    (the reference). ``search``: also bisect the smallest heap that passes (slow on WebAssembly).
+    WebAssembly port: its conservative GC keeps more alive than a board's, so its figures
+    are upper bounds) and, given the 32-bit unix build ``unix``, ``unix-frozen`` and (with the
+    stock build next to it, :func:`stock_of`) ``unix-mpy`` (the reference). ``search``: also bisect the smallest heap that passes (slow on WebAssembly).
     Raises RuntimeError when a run fails in a 512 KB heap."""
     rows = []
     with tempfile.TemporaryDirectory(prefix="mp-memory-") as tmp:
         mpy = build_mpy(Path(tmp))
-        hows = (["wasm-mpy"] if wasm else []) + (["unix-mpy", "unix-frozen"] if unix else [])
+        stock = unix is not None and stock_of(unix).exists()
+        hows = (["wasm-mpy"] if wasm else []) + (["unix-mpy"] if stock else []) + (["unix-frozen"] if unix else [])
         for how in hows:
             fig = run_fixed(512 * 1024, how, mpy, unix)
             if fig is None:
@@ -185,6 +207,8 @@ def fixed_table(unix: Path | None, wasm: bool = True, search: bool = True) -> tu
         out.append(f"{r['how']:<12} {r['baseline'] / 1024:8.1f} {r['imports'] / 1024:8.1f} {r['idle'] / 1024:6.1f} "
                    f"{r['peak'] / 1024:6.1f} {r['burst'] / 1024:6.1f} {small / 1024 if small else float('nan'):9.1f} "
                    f"{(small - r['baseline']) / 1024 if small else float('nan'):7.1f}")
+    if unix and not stock:
+        out.append(f"unix-mpy: not measured (no stock build at {stock_of(unix)}: --build-unix CHECKOUT)")
     if not unix:
         out.append("frozen: not measured (no 32-bit unix MicroPython with edgemcp frozen: --build-unix CHECKOUT)")
     return "\n".join(out), rows
@@ -210,7 +234,8 @@ def main() -> int:
     parser.add_argument("--source", action="store_true", help="import the .py sources instead of .mpy")
     parser.add_argument("--fixed", action="store_true",
                         help="fixed heap, real GC: idle, peak, 20-call burst and the smallest heap that passes")
-    parser.add_argument("--unix", type=Path, help="a 32-bit unix micropython with edgemcp frozen (--build-unix)")
+    parser.add_argument("--unix", type=Path, help="a 32-bit unix micropython with edgemcp frozen (--build-unix); "
+                        "the stock build beside it (../build-stock/micropython) runs the .mpy files")
     parser.add_argument("--build-unix", type=Path, metavar="CHECKOUT",
                         help="build that binary from a MicroPython 1.27 checkout (needs gcc-multilib)")
     args = parser.parse_args()

@@ -122,6 +122,43 @@ asyncio.run(main())
     assert out["pubacks"] == ["40020009"]  # the QoS 1 message was acknowledged
 
 
+def test_a_long_message_gets_a_buffer_of_its_own_and_an_oversized_one_is_acknowledged_and_skipped():
+    """The client preallocates HEAD bytes, not max_packet: a PUBLISH longer than that (up to
+    max_packet) arrives whole, read into a buffer of its size; a longer one (a broker ignoring
+    CONNECT's Maximum Packet Size) is skipped and, being QoS 1, acknowledged, so the broker's
+    Receive Maximum window does not shrink by one for the rest of the connection."""
+    out = run_micropython('''
+from edgemcp import mqtt
+async def main():
+    fake = Fake()
+
+    async def opener(h, p):
+        return fake, fake
+
+    c = MQTTClient("t", "h", opener=opener, queue_len=4, max_packet=1024, log=logs.append)
+    asyncio.create_task(c.run())
+    await until(lambda: c.up)
+    long = bytes(ord("a") + i % 26 for i in range(700))
+    fake.feed(m.publish_header("t/long", len(long), 1, False, 5) + long)
+    fake.feed(m.publish_header("t/huge", 1500, 1, False, 6) + b"h" * 1500)
+    fake.feed(m.publish_header("t/after", 1, 1, False, 7) + b"z")
+    await until(lambda: c.received == 2 and c.too_big == 1)
+    got = []
+    for _ in range(2):
+        topic, payload, props = await c.get()
+        got.append([topic, len(payload), payload == long if topic == "t/long" else payload.decode()])
+    pubacks = [b.hex() for b in fake.written if b[0] == 0x40]
+    print(json.dumps({"got": got, "too_big": c.too_big, "drops": c.drops, "pubacks": pubacks,
+                      "preallocated": len(c._mv), "head": mqtt.HEAD}))
+
+asyncio.run(main())
+''')
+    assert out["got"] == [["t/long", 700, True], ["t/after", 1, "z"]]
+    assert (out["too_big"], out["drops"]) == (1, 0)
+    assert out["pubacks"] == ["40020006", "40020005", "40020007"], out  # the skipped one at once
+    assert out["preallocated"] == out["head"] < 1024
+
+
 def test_silent_broker_is_a_lost_link_and_the_network_comes_up_first():
     out = run_micropython('''
 async def main():

@@ -53,12 +53,14 @@ def test_peak_heap_is_within_budget():
 
 def test_fixed_heap_figures():
     """With a real GC in a heap that cannot grow, on a 32-bit unix MicroPython with edgemcp
-    frozen (``bench/mp_memory.py --build-unix CHECKOUT`` builds it; EDGEMCP_UNIX32 names it):
+    frozen (``bench/mp_memory.py --build-unix CHECKOUT`` builds it, and a stock one beside it for
+    the .mpy files; EDGEMCP_UNIX32 names the first):
     the figures docs/esp32.md gives, as budgets (KB above the interpreter baseline)."""
     binary = os.environ.get("EDGEMCP_UNIX32")
     if not binary:
         pytest.skip("EDGEMCP_UNIX32 not set: no 32-bit unix MicroPython with edgemcp frozen on this machine")
     bench = load_bench()
+    assert bench.stock_of(Path(binary)).exists(), "no stock build beside EDGEMCP_UNIX32: --build-unix builds both"
     _, rows = bench.fixed_table(Path(binary), wasm=False)
     fig = {r["how"]: r for r in rows}
     kb = 1024
@@ -76,8 +78,10 @@ def test_fixed_heap_figures():
     # topic and properties). Burst tightened from 33
     # board5 (the Pi's own rules out of the core's resident modules): frozen 19.4/22.7/23.5.
     # Tightened from 20.5/24/24.5
-    assert fig["unix-frozen"]["idle"] < 20 * kb and fig["unix-frozen"]["peak"] < 24 * kb  # issue 16: peak <= 24
-    assert fig["unix-frozen"]["burst"] < 24 * kb
+    # session 6: the MQTT client preallocates 256 bytes (mqtt.HEAD) instead of max_packet (2 KB),
+    # a longer packet gets a buffer of its own size while it is handled: frozen 17.7/20.9/21.7
+    assert fig["unix-frozen"]["idle"] < 18.5 * kb and fig["unix-frozen"]["peak"] < 22 * kb  # issue 16: peak <= 24
+    assert fig["unix-frozen"]["burst"] < 22.5 * kb
     # board3: .mpy idle 42.5, peak 46.2, burst 55.4 (frozen 19.1, 22.8, 31.9): the run-once code
     # (edgemcp/start.py at start, edgemcp/connect.py at each connection) is unloaded before the
     # board serves (-1.3 KB from .mpy), and the benchmark compiles with -s like `make mpy` (the
@@ -95,6 +99,12 @@ def test_fixed_heap_figures():
     # core/names, core/subset, core/loglevel: loaded per initialize, at start, or never), and an
     # initialize unloads core/binding before it opens and answers the session. Tightened from
     # 44.5/48/48.5 to 42.5/46/46.5 (~0.3 KB of noise: the bound leaves 0.7-0.9 KB)
-    assert fig["unix-mpy"]["idle"] < 42.5 * kb and fig["unix-mpy"]["peak"] < 46 * kb
-    assert fig["unix-mpy"]["burst"] < 46.5 * kb
+    # session 6: every .mpy figure above was measured on the build with edgemcp frozen in, whose
+    # firmware qstr pool already held every name and short string of the library, so loading
+    # the .mpy files interned nothing. On a stock firmware each module's qstrs go into the heap
+    # when it is imported and stay (~12 KB): the .mpy rows now run on a stock build
+    # (bench/mp_memory.py stock_of). board5's code so measured: 56.3/59.5/60.4; with the 256-byte
+    # input buffer 55.0/58.3/59.2 (issue 16: peak <= 40 and burst <= 48 are NOT met)
+    assert fig["unix-mpy"]["idle"] < 56 * kb and fig["unix-mpy"]["peak"] < 59.5 * kb
+    assert fig["unix-mpy"]["burst"] < 60 * kb
     assert all(abs(r["left"] - r["idle"]) < 9 * kb for r in rows)  # one session's state, no leak

@@ -16,7 +16,7 @@ DEFAULTS = {
     "keepalive": 30,  # s
     "qos": 1,  # QoS of RPC messages and notifications (presence is always QoS 1)
     "queue_len": 4,  # inbound messages kept while busy (CONNECT's Receive Maximum); the oldest is dropped beyond
-    "max_packet": 2048,  # bytes: the preallocated MQTT input buffer (longer messages are dropped, counted)
+    "max_packet": 2048,  # bytes: the largest MQTT packet taken (CONNECT's Maximum Packet Size; longer: dropped, counted)
     "session_expiry": 3600,  # s the broker keeps the session and queues requests while offline; 0: clean
     "will_delay": 5,  # s before the broker publishes the will (empty presence): a shorter outage keeps it
     "ca_file": None,  # CA (PEM/DER file in flash) to verify the broker: TLS (port 8883); None: plain TCP

@@ -26,10 +26,10 @@ async def mqtt(c):
     except Exception:
         pass
     c._r, c._w = r, w
-    await c._send(connect(c.client_id, c.keepalive, max_packet=len(c._mv), receive_max=c._qlen,
+    await c._send(connect(c.client_id, c.keepalive, max_packet=c.max_packet, receive_max=c._qlen,
                             **c.connect_args))
-    first, n = await asyncio.wait_for_ms(c._read_packet(), c.timeout)
-    _, rc, props = m.dec_connack(c._mv[:n]) if first >> 4 == m.CONNACK else (0, -1, 0)
+    first, body = await asyncio.wait_for_ms(c._read_packet(), c.timeout)
+    _, rc, props = m.dec_connack(body) if body and first >> 4 == m.CONNACK else (0, -1, 0)
     if rc:
         raise m.MQTTError("CONNACK refused: %d" % rc)
     c.keepalive = m.prop(props, m.SERVER_KEEPALIVE) or c.keepalive

@@ -11,6 +11,8 @@ import time
 
 from . import mqtt5 as m
 
+HEAD = 256  # bytes of the preallocated input buffer: every packet but a long PUBLISH fits
+
 
 class MQTTClient:
     """One MQTT 5 connection that keeps itself up.
@@ -26,9 +28,11 @@ class MQTTClient:
     burst instead of the board's heap (a broker that sends more anyway: the oldest is dropped
     and counted in ``drops``). With a persistent session (``clean=False``, ``expiry``), a
     message still queued when the link is lost is dropped: the broker sends it again.
-    ``max_packet``: bytes of the preallocated input buffer, sent in CONNECT as the Maximum
-    Packet Size; a longer packet (from a broker that ignores it) is skipped
-    unparsed and counted in ``too_big``. ``timeout`` (s): for the connection, the CONNACK,
+    ``max_packet``: the largest packet taken (bytes), sent in CONNECT as the Maximum Packet
+    Size. A packet is read into a preallocated buffer of ``HEAD`` bytes, or, when longer, into
+    one of its own size, garbage once it is handled; a longer packet (from a broker that
+    ignores the limit) is skipped unparsed and counted in ``too_big``, and one there is no
+    room for is skipped and counted in ``drops`` (a QoS 1 PUBLISH of either is acknowledged). ``timeout`` (s): for the connection, the CONNACK,
     each write to drain and each acknowledgement; a write that cannot drain in time fails
     the link. ``publish``/``subscribe`` wait out an outage; a QoS 1 PUBLISH is kept until its
     PUBACK and sent again (DUP) on the next links, so a sender need not wait for the PUBACK
@@ -68,7 +72,8 @@ class MQTTClient:
         self._again = []  # PUBLISH slots to send again once the link is back
         self._pid = 0
         self._w = self._r = None
-        self._mv = memoryview(bytearray(max_packet))
+        self.max_packet = max_packet
+        self._mv = memoryview(bytearray(HEAD))
         self._tx = self._rx = 0
 
     async def run(self):
@@ -185,7 +190,7 @@ class MQTTClient:
 
     async def _read_packet(self):
         # the fixed header (type/flags byte, remaining length), then the body into the
-        # preallocated buffer, or skipped when it does not fit: (first byte, length or -1)
+        # preallocated buffer or one of its own size: (first byte, body), body None when skipped
         mv = self._mv
         await self._fill(mv[:2])  # every packet has at least two bytes
         first = mv[0]
@@ -198,26 +203,41 @@ class MQTTClient:
             await self._fill(mv[:1])
             n |= (mv[0] & 0x7F) << shift
         self._rx = time.ticks_ms()
-        if n > len(mv):
+        skip = n > self.max_packet
+        if skip:
             self.too_big += 1
+        elif n > len(mv):
+            try:
+                mv = memoryview(bytearray(n))
+            except MemoryError:  # no room for it: lost, not the link
+                self.drops += 1
+                skip = True
+        if skip:
+            k = min(n, len(mv))
+            await self._fill(mv[:k])  # the topic and packet id are in this first piece
+            i = 2 + (mv[0] << 8 | mv[1]) if k > 1 else k
+            pid = mv[i] << 8 | mv[i + 1] if first >> 4 == m.PUBLISH and first & 6 and i + 2 <= k else 0
+            n -= k
             while n:
                 k = min(n, len(mv))
                 await self._fill(mv[:k])
                 n -= k
-            return first, -1
+            await self._ack((0, 0, 0, pid, self.connects))  # QoS 1: taken (and dropped)
+            return first, None
         await self._fill(mv[:n])
-        return first, n
+        return first, mv[:n]
 
     async def _reader(self):
         try:
             while True:
-                first, n = await self._read_packet()
+                first, body = await self._read_packet()
                 t = first >> 4
-                if n < 0:
+                if body is None:
                     continue
-                body = self._mv[:n]
                 if t == m.PUBLISH:
                     topic, qos, retain, pid, props, i = m.dec_publish(first & 15, body)
+                    payload = body[i:]
+                    body = None  # (a packet longer than HEAD: its own buffer, garbage once copied)
                     q = self._q
                     if q and topic == q[-1][0] and props == q[-1][2]:  # a burst of one client: kept once
                         topic, props = q[-1][0], q[-1][2]
@@ -225,16 +245,18 @@ class MQTTClient:
                     pid = pid if qos else 0
                     if retain:  # a planted retained request would replay at every (re)connect
                         self.retained += 1
+                        payload = None
                         await self._ack((0, 0, 0, pid, self.connects))
                         continue
                     if len(self._q) >= self._qlen:
                         await self._ack(self._q.pop(0))
                         self.drops += 1
                     try:
-                        self._q.append((topic, bytes(body[i:]), props, pid, self.connects))
+                        self._q.append((topic, bytes(payload), props, pid, self.connects))
                     except MemoryError:  # no room for this message: it is lost, not the link
                         self.drops += 1
                         await self._ack((0, 0, 0, pid, self.connects))
+                    payload = None
                     self._qev.set()
                 elif t in (m.PUBACK, m.SUBACK, m.UNSUBACK):
                     pid, codes = m.dec_ack(t, body)
@@ -244,7 +266,7 @@ class MQTTClient:
                         if a[0]:
                             a[0].set()
                 elif t == m.DISCONNECT:
-                    raise OSError("DISCONNECT from the broker: %d" % (body[0] if n else 0))
+                    raise OSError("DISCONNECT from the broker: %d" % (body[0] if body else 0))
         except Exception as e:  # PINGRESP and others: _read_packet noted the time
             self._fail(repr(e))
 
