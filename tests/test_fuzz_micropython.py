@@ -300,13 +300,13 @@ def check_decoders_strict(case: tuple[bytes, int]) -> None:
 
 class BoardTransport:
     """Records what the board's link would put on the wire: ``mcp.encode(msg)`` (a result the
-    board pre-encoded, ``mcp.Json``, is spliced there), read back as JSON."""
+    board pre-encoded, a list of JSON texts, is spliced there), read back as JSON."""
 
     def __init__(self) -> None:
         self.out: list[dict[str, Any]] = []
 
     def _wire(self, msg: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(msg.get("result"), mcp.Json):
+        if isinstance(msg.get("result"), list):
             return json.loads(mcp.encode(msg))
         return msg  # strict_json() below checks that it encodes as the board's json.dumps would
 

@@ -19,7 +19,7 @@ async def mqtt(c):
     """Open ``c``'s (an ``mqtt.MQTTClient``) stream, send CONNECT, read the CONNACK. Raises
     OSError/TimeoutError (no stream, no CONNACK in ``c.timeout``), MQTTError (refused)."""
     c._gone = asyncio.Event()
-    r, w = await asyncio.wait_for_ms((c._opener or asyncio.open_connection)(c.host, c.port), c.timeout)
+    r, w = await asyncio.wait_for_ms((c._opener or asyncio.open_connection)(*c.addr), c.timeout)
     try:  # MicroPython's Stream keeps its socket in .s: turn Nagle off where supported
         import socket
         w.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -29,7 +29,6 @@ class Device:
         from . import start  # code that runs once: it unloads itself, the GC takes it back
         start.device(self, options)
         self.links = []
-        self._updates = {}
         self._t0 = time.ticks_ms()
         self.resource("device://health", "health", "", self.health, poll=0,
                       description="Board health: uptime, heap, sessions, MQTT counters (drops: messages lost)")
@@ -47,11 +46,9 @@ class Device:
         the URIs of the resources the tool changes, re-read right after each call (default:
         every polled resource), so subscribers hear of the change at once."""
         def deco(fn):
-            n = name or fn.__name__
-            ann = {"readOnlyHint": read_only, "destructiveHint": destructive, "idempotentHint": idempotent}
-            self.server.add_tool(n, description, params, fn, ann, title)
-            if updates is not None:
-                self._updates[n] = updates
+            from .mcp import DESTRUCTIVE, IDEMPOTENT, READ_ONLY
+            ann = (READ_ONLY if read_only else 0) | (DESTRUCTIVE if destructive else 0) | (IDEMPOTENT if idempotent else 0)
+            self.server.add_tool(name or fn.__name__, description, params, fn, ann, title, updates)
             return fn
         return deco
 
@@ -104,7 +101,8 @@ class Device:
     def _refresh(self, tool):
         # after a tool call: re-read what it changed now, so a read-back and the subscribers
         # see the actuator's new state without waiting for the next poll
-        asyncio.create_task(self._refresh_all(self._updates.get(tool)))
+        t = self.server.tools.get(tool)
+        asyncio.create_task(self._refresh_all(t[5] if t else None))
 
     async def _refresh_all(self, uris):
         for r in self.server.resources.values():

@@ -1,6 +1,8 @@
 # Ready-made tools and resources for machine.Pin, machine.PWM and machine.ADC. Each helper
 # declares on a Device and returns the machine object. Units and ranges come from the ESP32
 # Technical Reference Manual (ADC: 12 bit, read_u16 scaled to 0..65535; LEDC PWM: duty_u16).
+# Tool descriptions and resource names are declared as (template, argument), formatted only
+# when listed (mcp.text): the template stays in flash (frozen), the heap holds no formatted copy.
 from machine import ADC, PWM, Pin
 
 
@@ -13,14 +15,14 @@ def digital_out(app, name, pin, description="", inverted=False, destructive=True
     def state():
         return bool(p.value()) != inverted
 
-    @app.tool(name + "_set", "%s: switch on (true) or off (false)" % (description or name),
+    @app.tool(name + "_set", ("%s: switch on (true) or off (false)", description or name),
               params={"on": ("boolean", None, None, "", "true = on")}, destructive=destructive, idempotent=True,
               updates=(uri,))
     def set_(on):
         p.value(1 if on != inverted else 0)
         return {"on": state()}
 
-    app.resource(uri, name + " state", "", state, poll=1, description=description or name)
+    app.resource(uri, ("%s state", name), "", state, poll=1, description=description or name)
     return p
 
 
@@ -28,7 +30,7 @@ def digital_in(app, name, pin, description="", pull=None, inverted=False, poll=0
     """A digital input (button, reed switch, PIR): resource ``sensor://{name}/state``
     (true = active), polled every ``poll`` s. ``pull``: None, ``Pin.PULL_UP``, ``Pin.PULL_DOWN``."""
     p = Pin(pin, Pin.IN, pull) if pull is not None else Pin(pin, Pin.IN)
-    app.resource("sensor://%s/state" % name, name + " state", "", lambda: bool(p.value()) != inverted, poll=poll,
+    app.resource("sensor://%s/state" % name, ("%s state", name), "", lambda: bool(p.value()) != inverted, poll=poll,
                  description=description or name)
     return p
 
@@ -42,14 +44,14 @@ def pwm(app, name, pin, description="", freq=1000):
     def duty():
         return round(p.duty_u16() / 65535, 4)
 
-    @app.tool(name + "_set", "%s: set the PWM duty cycle (0 = off, 1 = full)" % (description or name),
+    @app.tool(name + "_set", ("%s: set the PWM duty cycle (0 = off, 1 = full)", description or name),
               params={"duty": ("number", 0, 1, "", "duty cycle")}, destructive=False, idempotent=True,
               updates=(uri,))
     def set_(duty):
         p.duty_u16(int(duty * 65535 + 0.5))
         return {"duty": duty}
 
-    app.resource(uri, name + " duty", "", duty, poll=5, description=description or name)
+    app.resource(uri, ("%s duty", name), "", duty, poll=5, description=description or name)
     return p
 
 
@@ -65,14 +67,14 @@ def servo(app, name, pin, description="", min_us=500, max_us=2500):
         p.duty_u16(int(us * 65535 / 20000))
         st[0] = angle
 
-    @app.tool(name + "_set_angle", "%s: turn to an angle" % (description or name),
+    @app.tool(name + "_set_angle", ("%s: turn to an angle", description or name),
               params={"angle": ("number", -90, 90, "°", "target angle")}, destructive=True, idempotent=True,
               updates=(uri,))
     def set_angle(angle):
         move(angle)
         return {"angle": angle}
 
-    app.resource(uri, name + " angle", "°", lambda: st[0], poll=5, description=description or name)
+    app.resource(uri, ("%s angle", name), "°", lambda: st[0], poll=5, description=description or name)
     move(0)
     return p
 

@@ -74,6 +74,7 @@ class MqttLink:
                 await self._route(topic, payload, props)
             except Exception as e:  # one bad message never stops the board
                 self.server.log("dropped a message on %s: %r" % (topic, e))
+            topic = payload = props = None  # (not kept alive while the next one is awaited)
             await asyncio.sleep_ms(0)  # the request's task runs before the next message is taken
 
     async def _route(self, topic, payload, props):

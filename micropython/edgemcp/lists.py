@@ -3,7 +3,7 @@
 # with .mpy files does not hold this bytecode). Source: MCP 2025-11-25 server/tools,
 # server/resources (no pagination: one page, a cursor is refused).
 from .core.jsonrpc import INVALID_PARAMS, RpcError
-from .mcp import Json, dumps
+from .mcp import dumps, text
 
 
 def answer(server, p, method):
@@ -11,19 +11,20 @@ def answer(server, p, method):
     RpcError(-32602) for a cursor (every list is one page)."""
     if p.get("cursor") is not None:
         raise RpcError(INVALID_PARAMS, "Invalid cursor")
-    if method == "tools/list":  # one JSON text per tool (mcp.Json), never every tool's dicts at once
+    if method == "tools/list":  # one JSON text per tool (see mcp.encode), never every tool's dicts at once
         parts = ['{"tools":[']
         for n in server.tools:
             parts.append(("," if len(parts) > 1 else "") + dumps(server.tool(n)[0]))
         parts.append("]}")
-        return Json(parts)
+        return parts
     return {"resources": [describe(r) for r in server.resources.values()]}
 
 
 def describe(r):
     """Resource ``r``'s resources/list entry."""
-    d = r.description or r.name
+    name = text(r.name)
+    d = text(r.description) or name
     if r.unit:
         d += " (%s)" % r.unit
-    return {"uri": r.uri, "name": r.name, "description": d + ". JSON: {value, unit, timestamp}",
+    return {"uri": r.uri, "name": name, "description": d + ". JSON: {value, unit, timestamp}",
             "mimeType": "application/json", "_meta": {"unit": r.unit, "poll_interval_s": r.poll}}

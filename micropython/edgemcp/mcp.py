@@ -17,16 +17,8 @@ from .core.jsonrpc import INTERNAL_ERROR, RpcError
 from .core.lifecycle import VERSIONS
 from .core.results import resource_updated, tool_error
 
+READ_ONLY, DESTRUCTIVE, IDEMPOTENT = 1, 2, 4  # a tool's annotations as add_tool's flags
 jsonrpc.MAX_DEPTH = 32  # json.loads recurses on the C stack: deeper input is -32700 unparsed
-
-
-class Json:
-    """A result already encoded: ``parts``, a list of JSON texts (str) that joined are the
-    result. :func:`encode` splices them into the response (tools/list encodes one tool at a
-    time: never every tool's dicts at once, never a second copy of the text)."""
-
-    def __init__(self, parts):
-        self.parts = parts
 
 
 def dumps(msg):
@@ -35,30 +27,46 @@ def dumps(msg):
 
 
 def encode(msg):
-    """``msg`` (a JSON-RPC message) as the UTF-8 bytes sent."""
-    r = msg.get("result") if isinstance(msg, dict) else None
-    if isinstance(r, Json):
-        p = r.parts
+    """``msg`` (a JSON-RPC message) as the UTF-8 bytes sent. A result already encoded is a
+    list of JSON texts (str) that joined are the result (a JSON-RPC result of MCP is always an
+    object, never a list): they are spliced into the response (tools/list encodes one tool at
+    a time: never every tool's dicts at once, never a second copy of the text)."""
+    p = msg.get("result") if isinstance(msg, dict) else None
+    if isinstance(p, list):
         p.insert(0, '{"jsonrpc":"2.0","id":%s,"result":' % dumps(msg["id"]))
         p.append("}")
         for i in range(len(p)):
             p[i] = p[i].encode()  # one part at a time: a copy of one tool, not of the list
-        r.parts = None  # (the response stays referenced while it is sent: only the bytes stay)
-        return b"".join(p)
+        p = b"".join(p)
+        msg["result"] = None  # (the response stays referenced while it is sent: only the bytes stay)
+        return p
     return dumps(msg).encode()
 
 
+def text(t):
+    """A description or name declared as ``(template, argument)`` (kept so: the template stays
+    in flash when frozen, the heap holds no formatted copy), formatted; any other ``t`` as is."""
+    return t[0] % t[1] if isinstance(t, tuple) else t
+
+
 class Resource:
+    # what most resources keep is a class attribute: an instance's dict holds only the rest
+    # (16 bytes of hash table less per resource)
+    description = ""
+    deadband = 0
+    last = None  # last value read (reported to subscribers when it moved)
+    due = 0  # ticks_ms of the next poll
+
     def __init__(self, uri, name, unit, read, poll, description, deadband):
         self.uri = uri
-        self.name = name
+        self.name = name  # a str, or (template, argument): see text()
         self.unit = unit
         self.read = read
         self.poll = poll
-        self.description = description
-        self.deadband = deadband
-        self.last = None  # last value read (reported to subscribers when it moved)
-        self.due = 0  # ticks_ms of the next poll
+        if description:
+            self.description = description
+        if deadband:
+            self.deadband = deadband
 
 
 def schema(params):
@@ -93,8 +101,11 @@ def schema(params):
 class Server(Dispatcher):
     """Tools and resources of one device, served to any number of sessions.
 
-    ``add_tool(name, description, params, fn, annotations)``: ``params`` as :func:`schema`
-    takes them. ``fn(**arguments)`` may be ``async``; it returns None, a str, a number or a dict
+    ``add_tool(name, description, params, fn, annotations, title, updates)``: ``params`` as
+    :func:`schema` takes them; ``description``, a str or ``(template, argument)`` (:func:`text`);
+    ``annotations``, a dict or the flags ``READ_ONLY | DESTRUCTIVE | IDEMPOTENT`` (the
+    ``readOnlyHint``... of MCP's ToolAnnotations), ``updates`` the URIs the tool changes
+    (None: every polled resource). ``fn(**arguments)`` may be ``async``; it returns None, a str, a number or a dict
     (also sent as ``structuredContent``). A ``ValueError`` it raises is the caller's fault: an
     ``isError`` result with its message, like a bad argument. Each session's transport ``t``
     has ``async send(session_id, msg)`` and ``async broadcast(msg)``.
@@ -129,17 +140,20 @@ class Server(Dispatcher):
     def capabilities(self):
         return self.table.capabilities({"tools": {"listChanged": False}, "resources": {"listChanged": False}})
 
-    def add_tool(self, name, description, params, fn, annotations=None, title=None):
-        # kept as declared (the compact table): the descriptor and its inputSchema are built
-        # when asked for, so a board's heap holds no dicts of dicts per tool
-        self.tools[name] = (description, params or {}, fn, annotations, title)
+    def add_tool(self, name, description, params, fn, annotations=None, title=None, updates=None):
+        # kept as declared (the compact table): the descriptor, its inputSchema and its
+        # annotations are built when asked for, so a board's heap holds no dicts of dicts per tool
+        self.tools[name] = (description, params or {}, fn, annotations, title, updates)
 
     def tool(self, name):
         """Tool ``name``'s tools/list entry (a new dict), and its function; KeyError if unknown."""
-        description, params, fn, annotations, title = self.tools[name]
-        d = {"name": name, "description": description, "inputSchema": schema(params)}
-        if annotations:
-            d["annotations"] = annotations
+        description, params, fn, ann, title, _ = self.tools[name]
+        d = {"name": name, "description": text(description), "inputSchema": schema(params)}
+        if isinstance(ann, int):
+            ann = {"readOnlyHint": bool(ann & READ_ONLY), "destructiveHint": bool(ann & DESTRUCTIVE),
+                   "idempotentHint": bool(ann & IDEMPOTENT)}  # all three, even when 0 (absent: destructive)
+        if ann:
+            d["annotations"] = ann
         if title:
             d["title"] = title
         return d, fn
@@ -175,8 +189,7 @@ class Server(Dispatcher):
         p = msg.get("params") or {}
         if msg["method"] != "tools/call" or "result" not in reply or p.get("name") not in self.tools:
             return
-        ann = self.tools[p["name"]][3]
-        if not (ann and ann.get("readOnlyHint")):
+        if not _read_only(self.tools[p["name"]][3]):
             try:
                 text = dumps(reply["result"])
             except MemoryError:
@@ -192,7 +205,7 @@ class Server(Dispatcher):
         for sid, mid, text in self.done:
             if sid == s.id and mid == msg["id"] and msg["method"] == "tools/call":
                 self.log("%s already answered: its answer sent again, not run again" % dumps(mid))
-                await self.emit(s, {"jsonrpc": "2.0", "id": mid, "result": Json([text])})
+                await self.emit(s, {"jsonrpc": "2.0", "id": mid, "result": [text]})
                 return True
         return False
 
@@ -223,7 +236,7 @@ class Server(Dispatcher):
         name, args = _tools.name_and_arguments(p)
         if name not in self.tools:
             raise _tools.unknown(name)
-        _, params, fn, ann, _ = self.tools[name]
+        _, params, fn, ann, _, _ = self.tools[name]
         sch = schema(params)
         refused = _tools.check_arguments(name, sch, args)
         if refused:
@@ -302,11 +315,16 @@ class Server(Dispatcher):
             self.log("read %s: %r" % (r.uri, e))
 
 
+def _read_only(ann):
+    # a tool's readOnlyHint, from its annotations (a dict, or add_tool's flags)
+    return ann & READ_ONLY if isinstance(ann, int) else ann and ann.get("readOnlyHint")
+
+
 def _late(p, ann):
     """Seconds a non-read-only call is past ``_meta["dev.edge-agent/deadline"]`` (Unix s, as
     the Pi checks it), or 0; 0 too while the clock is not set (the board cannot tell)."""
     dl = (p.get("_meta") or {}).get("dev.edge-agent/deadline")
-    if not _num(dl) or (ann or {}).get("readOnlyHint") or time.gmtime()[0] < 2024:
+    if not _num(dl) or _read_only(ann) or time.gmtime()[0] < 2024:
         return 0
     late = time.time() + (946684800 if time.gmtime(0)[0] == 2000 else 0) - dl  # ESP32: epoch 2000
     return late if late > 0 else 0

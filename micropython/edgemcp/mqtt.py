@@ -44,8 +44,7 @@ class MQTTClient:
                  qos=1, queue_len=4, max_packet=2048, timeout=10, network=None, log=print, min_delay=1000,
                  max_delay=30000, link_up=None, **connect_args):
         self.client_id = client_id
-        self.host = host
-        self.port = port
+        self.addr = (host, port)
         self.keepalive = keepalive
         self.qos = qos
         self.timeout = timeout * 1000
@@ -92,7 +91,7 @@ class MQTTClient:
                 again, self._again = self._again, []
                 for a in again:  # QoS 1 messages the lost link left unacknowledged: again, DUP
                     await self._post(a)
-                again = None
+                again = a = None  # (this frame lives as long as the link: it keeps no message)
                 if self.on_up:
                     asyncio.create_task(self._call_up())
                 await self._gone.wait()
@@ -156,6 +155,7 @@ class MQTTClient:
             for a in self._acks.values():
                 if time.ticks_diff(now, a[2]) > self.timeout:
                     return self._fail("no acknowledgement from the broker")
+            a = None  # (not kept alive through the sleep once acknowledged)
             if not ka:
                 continue
             if time.ticks_diff(now, self._rx) > ka * 3 // 2:
@@ -265,6 +265,7 @@ class MQTTClient:
                         a[1] = codes
                         if a[0]:
                             a[0].set()
+                    a = None  # (this frame waits for the next packet: it keeps no message alive)
                 elif t == m.DISCONNECT:
                     raise OSError("DISCONNECT from the broker: %d" % (body[0] if body else 0))
         except Exception as e:  # PINGRESP and others: _read_packet noted the time

@@ -1,10 +1,16 @@
 # A simulated ``machine`` module for the host interpreter: enough of Pin, PWM and ADC for
 # edgemcp.hw and the example main.py. ADC inputs follow a slow sine so readings move.
 # Nothing here is copied to a board (the board has the real machine module).
+#
+# Heap, as on an ESP32 (ports/esp32/machine_pin.c, machine_adc.c, machine_pwm.c): Pin(n) and
+# ADC(pin) return objects of a static table (flash: no heap), PWM(...) allocates one. Here the
+# tables are made at import, so the benchmarks, whose baseline is taken after ``import
+# machine``, charge the library only what a board would.
 import math
 import time
 
-_levels = {}
+PINS = 49  # GPIO0..48 (an ESP32-S3 has 49)
+_levels = dict.fromkeys(range(PINS), 0)
 
 
 def unique_id():
@@ -16,6 +22,9 @@ class Pin:
     OUT = 1
     PULL_UP = 2
     PULL_DOWN = 1
+
+    def __new__(cls, pin, *args, **kwargs):
+        return _pins[pin] if _pins else object.__new__(cls)
 
     def __init__(self, pin, mode=-1, pull=None, value=None):
         self.id = pin
@@ -53,6 +62,9 @@ class PWM:
 class ADC:
     ATTN_11DB = 3
 
+    def __new__(cls, pin, *args, **kwargs):
+        return _adcs[pin.id] if _adcs else object.__new__(cls)
+
     def __init__(self, pin, atten=None):
         self.pin = pin
 
@@ -62,3 +74,9 @@ class ADC:
     def read_u16(self):
         # about 0.70..0.80 V: a TMP36 at 20..30 °C, one period every two minutes
         return int((0.75 + 0.05 * math.sin(time.ticks_ms() / 19099)) / 3.3 * 65535)
+
+
+_pins = []
+_pins = [Pin(n) for n in range(PINS)]
+_adcs = []
+_adcs = [ADC(p) for p in _pins]
