@@ -80,12 +80,7 @@ def test_decode():
     assert exc.value.code == -32600
 
 
-def test_classifiers_and_builders():
-    req = {"jsonrpc": "2.0", "id": 1, "method": "m"}
-    note = {"jsonrpc": "2.0", "method": "m"}
-    resp = {"jsonrpc": "2.0", "id": 1, "result": {}}
-    assert jsonrpc.is_request(req) and not jsonrpc.is_request(note) and not jsonrpc.is_request(resp)
-    assert jsonrpc.is_notification(note) and not jsonrpc.is_notification(req) and not jsonrpc.is_notification(resp)
+def test_builders():
     assert jsonrpc.result(5, {"a": 1}) == {"jsonrpc": "2.0", "id": 5, "result": {"a": 1}}
     assert jsonrpc.error("r", RpcError(-32601, "Method not found")) == \
         {"jsonrpc": "2.0", "id": "r", "error": {"code": -32601, "message": "Method not found"}}

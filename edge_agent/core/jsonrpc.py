@@ -121,14 +121,6 @@ def error_id(err):
     return data.get("id") if isinstance(data, dict) else None
 
 
-def is_request(msg):
-    return "method" in msg and "id" in msg
-
-
-def is_notification(msg):
-    return "method" in msg and "id" not in msg
-
-
 def result(msg_id, value):
     return {"jsonrpc": "2.0", "id": msg_id, "result": value}
 

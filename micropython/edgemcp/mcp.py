@@ -120,7 +120,7 @@ class Server(Dispatcher):
         self.server_info = {"name": name, "version": version}
         if title:
             self.server_info["title"] = title
-        self.instructions = instructions
+        self._instructions = instructions  # a str, or (template, argument): see text()
         self.tools = {}
         self.resources = {}
         self.after_call = None  # after_call(tool name) after each tools/call: re-read the sensors
@@ -136,6 +136,11 @@ class Server(Dispatcher):
         add("resources/read", self._resources_read)
         add("resources/subscribe", self._subscribe)
         add("resources/unsubscribe", self._subscribe)
+
+    @property
+    def instructions(self):
+        """The initialize result's ``instructions`` (core.dispatch reads it), formatted when asked for."""
+        return text(self._instructions)
 
     def capabilities(self):
         return self.table.capabilities({"tools": {"listChanged": False}, "resources": {"listChanged": False}})

@@ -15,8 +15,8 @@ def device(app, options):
     del config
     unload("config", "core.names", "core.binding")
     app.server = server = mcp.Server("edgemcp", __version__, title=cfg["server_name"],
-                                     instructions=cfg["description"] + ". Actuators are tools; readings are "
-                                     "resources (JSON: value, unit, timestamp; subscribable).")
+                                     instructions=("%s. Actuators are tools; readings are resources (JSON: value, "
+                                                   "unit, timestamp; subscribable).", cfg["description"]))
     server.after_call = app._refresh
     server.log = app.log
     if cfg["auth"] is not None:  # a token in every initialize (docs/esp32.md "Signed tokens")
