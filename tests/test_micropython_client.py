@@ -159,6 +159,46 @@ asyncio.run(main())
     assert out["preallocated"] == out["head"] < 1024
 
 
+def test_a_long_message_there_is_no_room_for_is_acknowledged_and_dropped_not_the_link():
+    """When the heap has no room for a long packet's buffer (MemoryError), that message is
+    lost (counted in drops, acknowledged so the broker does not resend it into the same
+    shortage), the link stays up and the next message arrives."""
+    out = run_micropython('''
+from edgemcp import mqtt
+
+def no_room(n):  # the module's bytearray: the heap cannot give a long packet its buffer
+    if n > mqtt.HEAD:
+        raise MemoryError("memory allocation failed")
+    return _real(n)
+
+import builtins
+_real = builtins.bytearray
+
+async def main():
+    fake = Fake()
+
+    async def opener(h, p):
+        return fake, fake
+
+    c = MQTTClient("t", "h", opener=opener, queue_len=4, max_packet=1024, log=logs.append)
+    asyncio.create_task(c.run())
+    await until(lambda: c.up)
+    mqtt.bytearray = no_room
+    fake.feed(m.publish_header("t/long", 700, 1, False, 5) + b"L" * 700)
+    fake.feed(m.publish_header("t/after", 1, 1, False, 6) + b"z")
+    await until(lambda: c.received == 1)
+    topic, payload, props = await c.get()
+    pubacks = [b.hex() for b in fake.written if b[0] == 0x40]
+    print(json.dumps({"got": [topic, payload.decode()], "drops": c.drops, "too_big": c.too_big,
+                      "connects": c.connects, "up": c.up, "pubacks": pubacks}))
+
+asyncio.run(main())
+''')
+    assert out["got"] == ["t/after", "z"] and out["drops"] == 1 and out["too_big"] == 0
+    assert out["connects"] == 1 and out["up"]
+    assert out["pubacks"] == ["40020005", "40020006"], out
+
+
 def test_silent_broker_is_a_lost_link_and_the_network_comes_up_first():
     out = run_micropython('''
 async def main():
