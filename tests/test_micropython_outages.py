@@ -7,6 +7,8 @@ where lwIP has only a handful."""
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -56,3 +58,89 @@ def test_twenty_outages_leave_at_most_one_socket_open(broker):
     assert int(during[1]) >= outages + 1 and proxy.accepted >= outages + 1, done.stdout
     assert int(during[3]) <= 1, f"sockets still open after {outages} outages: {done.stdout}"
     assert int(after[3]) == 0, f"the socket outlived a clean DISCONNECT: {done.stdout}"
+
+
+BLACKHOLE = """
+import asyncio, os, sys
+from edgemcp.mqtt import MQTTClient
+
+def fds():
+    return len(os.listdir("/proc/self/fd"))
+
+logs = []
+c = MQTTClient("blackhole-test", "127.0.0.1", %(port)d, timeout=1, min_delay=20, max_delay=40, log=logs.append)
+
+async def main():
+    f0 = fds()
+    asyncio.create_task(c.run())
+    while len(logs) < %(attempts)d:
+        await asyncio.sleep_ms(20)
+    print("attempts", len(logs), "fds", f0, fds(), "last", logs[-1])
+
+asyncio.run(main())
+"""
+
+
+def unix32() -> Path:
+    """The stock 32-bit unix MicroPython 1.27 (real extmod asyncio, real sockets, a socket with no
+    finaliser: what is not closed stays open) beside EDGEMCP_UNIX32."""
+    binary = os.environ.get("EDGEMCP_UNIX32")
+    if not binary:
+        pytest.skip("EDGEMCP_UNIX32 not set: no 32-bit unix MicroPython on this machine")
+    stock = Path(binary).parent.parent / "build-stock" / "micropython"
+    return stock if stock.exists() else Path(binary)
+
+
+def blackhole() -> tuple[socket.socket, list[socket.socket]]:
+    """A listener whose accept queue is full: further SYNs go unanswered (a host that is off)."""
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(0)
+    fill = []
+    for _ in range(3):
+        s = socket.socket()
+        s.setblocking(False)
+        try:
+            s.connect(srv.getsockname())
+        except BlockingIOError:
+            pass
+        fill.append(s)
+    return srv, fill
+
+
+@pytest.mark.timeout(120)
+def test_connects_that_time_out_leave_no_socket_open():
+    """A broker host that never answers the SYN (a listener whose backlog is full): each attempt
+    times out in ``open_connection`` while it waits for the connection. MicroPython's own
+    ``open_connection`` leaves that socket open (4 -> 11 fds in 6 attempts); the board's closes it."""
+    srv, fill = blackhole()
+    try:
+        done = subprocess.run([str(unix32()), "-c", BLACKHOLE % {"port": srv.getsockname()[1], "attempts": 6}],
+                              env={**os.environ, "MICROPYPATH": f"{ROOT / 'micropython'}:.frozen"},
+                              capture_output=True, text=True, timeout=100)
+    finally:
+        for s in fill + [srv]:
+            s.close()
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    line = next(line.split() for line in done.stdout.splitlines() if line.startswith("attempts "))
+    assert "Timeout" in done.stdout, done.stdout  # the attempts did time out while connecting
+    before, after = int(line[3]), int(line[4])
+    assert after <= before + 1, f"sockets left open by timed-out connects: {done.stdout}"
+
+
+@pytest.mark.timeout(120)
+def test_the_host_harness_counts_a_socket_from_its_connect_and_closes_a_timed_out_one():
+    """The harness (board.mjs) counts a socket from the start of its connect, as lwIP holds it
+    from socket() on; its stand-in for ``connect.open_connection`` closes one that timed out."""
+    srv, fill = blackhole()
+    code = BLACKHOLE.replace("import asyncio, os, sys", "import asyncio, host").replace(
+        'len(os.listdir("/proc/self/fd"))', "host.sockets_open()")
+    try:
+        done = subprocess.run([node_binary(), str(BOARD), "--exec", code % {"port": srv.getsockname()[1], "attempts": 4}],
+                              capture_output=True, text=True, timeout=100)
+    finally:
+        for s in fill + [srv]:
+            s.close()
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    line = next(line.split() for line in done.stdout.splitlines() if line.startswith("attempts "))
+    assert "Timeout" in done.stdout and int(line[4]) <= int(line[3]) + 1, done.stdout

@@ -19,12 +19,7 @@ async def mqtt(c):
     """Open ``c``'s (an ``mqtt.MQTTClient``) stream, send CONNECT, read the CONNACK. Raises
     OSError/TimeoutError (no stream, no CONNACK in ``c.timeout``), MQTTError (refused)."""
     c._gone = asyncio.Event()
-    r, w = await asyncio.wait_for_ms((c._opener or asyncio.open_connection)(*c.addr), c.timeout)
-    try:  # MicroPython's Stream keeps its socket in .s: turn Nagle off where supported
-        import socket
-        w.s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except Exception:
-        pass
+    r, w = await asyncio.wait_for_ms((c._opener or open_connection)(*c.addr), c.timeout)
     c._r, c._w = r, w
     await c._send(connect(c.client_id, c.keepalive, max_packet=c.max_packet, receive_max=c._qlen,
                             **c.connect_args))
@@ -36,6 +31,46 @@ async def mqtt(c):
     c.connack = props
     c.connects += 1
     c.error = None
+
+
+def _writable(s):  # a generator is a coroutine on MicroPython: what stream.open_connection yields
+    from asyncio import core
+    yield core._io_queue.queue_write(s)
+
+
+async def open_connection(host, port, ssl=None, server_hostname=None):
+    """``asyncio.open_connection`` (extmod/asyncio/stream.py, 1.27) that closes its socket on
+    every failure, a timeout (the task cancelled while it waits for the connection) included:
+    MicroPython's leaves it open, and lwIP on an ESP32 has a handful (docs/esp32.md
+    "Outages"). Nagle is turned off on the TCP socket (before TLS wraps it). ``ssl``: an
+    ``ssl.SSLContext``, the server checked against ``server_hostname`` (default ``host``).
+    Raises OSError (no address, socket table full, connection refused at once)."""
+    try:
+        from socket import getaddrinfo, socket
+    except ImportError:  # the host harness (micropython/host/hostio.py): its own streams
+        return await asyncio.open_connection(host, port, ssl, server_hostname)
+    ai = getaddrinfo(host, port, 0, 1)[0]  # SOCK_STREAM
+    s = socket(ai[0], ai[1], ai[2])
+    try:
+        s.setblocking(False)
+        try:
+            s.setsockopt(6, 1, 1)  # IPPROTO_TCP, TCP_NODELAY (lwIP and Linux): Nagle off
+        except OSError:
+            pass
+        try:
+            s.connect(ai[-1])
+        except OSError as e:
+            if e.errno not in (115, 119):  # EINPROGRESS: Linux, and newlib on the ESP32
+                raise
+        if ssl:
+            s = ssl.wrap_socket(s, server_hostname=server_hostname or host, do_handshake_on_connect=False)
+            s.setblocking(False)
+        await _writable(s)
+    except BaseException:
+        s.close()
+        raise
+    s = asyncio.StreamWriter(s, {})
+    return s, s
 
 
 async def online(link):

@@ -69,6 +69,7 @@ def opener(ttl=3600, ssl=None, log=print, timeout=10):
                 if e is None:
                     raise OSError("dns: %s: %r" % (host, x))
                 log("dns: %s: %r; using %s" % (host, x, e[0]))
-        return await asyncio.open_connection(e[0], port, ssl=ssl, server_hostname=host)
+        from .connect import open_connection  # closes its socket on every failure
+        return await open_connection(e[0], port, ssl, host)
 
     return open

@@ -54,7 +54,7 @@ class ByteStream {
     this.sock = out;
     // TCP sockets the board holds (host.sockets_open()): as with lwIP on an ESP32, a socket the
     // peer closed stays allocated until the board closes it itself
-    if (sock instanceof net.Socket) openSockets.add(this);
+    if (sock instanceof net.Socket) openSockets.add(this);  // tls.TLSSocket too
     this.buf = Buffer.alloc(0);
     this.eof = false;
     this.waiter = null;
@@ -95,24 +95,34 @@ class ByteStream {
 const host = {
   // TCP sockets the board has opened and not yet closed: lwIP on an ESP32 has only a handful.
   sockets_open() { return openSockets.size; },
+  // A TCP stream counted from the start of its connect (a board holds its lwIP socket from
+  // socket() on, connected or not): its .ready resolves once connected, rejects on a failure.
   tcp_open(hostname, port) {
-    return new Promise((resolve, reject) => {
-      const sock = net.createConnection({ host: hostname, port, noDelay: true });
-      sock.once("connect", () => { sock.removeListener("error", reject); resolve(new ByteStream(sock)); });
-      sock.once("error", (e) => reject(new Error(`${hostname}:${port}: ${e.code || e.message}`)));
+    const sock = net.createConnection({ host: hostname, port, noDelay: true });
+    const s = new ByteStream(sock);
+    s.ready = new Promise((resolve, reject) => {
+      const fail = (e) => reject(new Error(`${hostname}:${port}: ${e.code || e.message}`));
+      sock.once("connect", () => { sock.removeListener("error", fail); resolve(0); });
+      sock.once("error", fail);
     });
+    s.ready.catch(() => {});
+    return s;
   },
   // TLS (MicroPython's ssl over mbedTLS on a board; Node's TLS here): the server is verified
   // against caPem and servername when verifyMode is CERT_REQUIRED (2), as mbedTLS does
   tls_open(hostname, port, servername, caPem, verifyMode) {
-    return new Promise((resolve, reject) => {
-      const opts = { host: hostname, port, servername, rejectUnauthorized: Number(verifyMode) === 2 };
-      if (caPem) opts.ca = caPem;
-      const sock = tls.connect(opts);
-      sock.setNoDelay(true);
-      sock.once("secureConnect", () => { sock.removeListener("error", reject); resolve(new ByteStream(sock)); });
-      sock.once("error", (e) => reject(new Error(`TLS ${servername} (${hostname}:${port}): ${e.code || e.message}`)));
+    const opts = { host: hostname, port, servername, rejectUnauthorized: Number(verifyMode) === 2 };
+    if (caPem) opts.ca = caPem;
+    const sock = tls.connect(opts);
+    sock.setNoDelay(true);
+    const s = new ByteStream(sock);
+    s.ready = new Promise((resolve, reject) => {
+      const fail = (e) => reject(new Error(`TLS ${servername} (${hostname}:${port}): ${e.code || e.message}`));
+      sock.once("secureConnect", () => { sock.removeListener("error", fail); resolve(0); });
+      sock.once("error", fail);
     });
+    s.ready.catch(() => {});
+    return s;
   },
   now() { return Date.now() / 1000; },
   world() { return args.world ? fs.readFileSync(args.world, "utf8") || "{}" : "{}"; },

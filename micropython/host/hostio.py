@@ -49,10 +49,15 @@ async def open_connection(hostname, port, ssl=None, server_hostname=None):
     if ssl:
         if ssl.verify_mode and not ssl.cadata:
             raise OSError("MBEDTLS_ERR_X509_CERT_VERIFY_FAILED: no CA loaded")  # as mbedTLS refuses
-        j = await host.tls_open(hostname, port, server_hostname or hostname,
-                                ssl.cadata.decode() if ssl.cadata else "", ssl.verify_mode)
+        j = host.tls_open(hostname, port, server_hostname or hostname,
+                          ssl.cadata.decode() if ssl.cadata else "", ssl.verify_mode)
     else:
-        j = await host.tcp_open(hostname, port)
+        j = host.tcp_open(hostname, port)  # counted in host.sockets_open() from here on
+    try:  # stands in for edgemcp.connect.open_connection here: closes its socket on any failure
+        await j.ready
+    except BaseException:
+        j.close()
+        raise
     s = Stream(j)
     return s, s
 
