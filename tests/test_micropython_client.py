@@ -300,3 +300,49 @@ asyncio.run(main())
 ''')
     assert out["ok"] is True and out["at_once"] == [1, 1], out  # returned on the first link, kept
     assert out["firsts"] == [0x32, 0x3A] and out["payloads"] == 2, out
+
+
+def test_reads_in_small_pieces_and_a_read_that_returns_none_keep_the_link():
+    """On a board a TLS record may arrive in several TCP segments: ``Stream.readinto`` of the
+    SSL socket then returns None (mbedTLS's WANT_READ; extmod/asyncio/stream.py hands it back),
+    which is not "closed by the broker". Reads here are 1..3 bytes, every 4th returns None."""
+    out = run_micropython('''
+class Esp(Fake):
+    n = 0
+
+    async def readinto(self, buf):
+        while not self.inbox:
+            if self.closed:
+                return 0
+            self.ev.clear()
+            await self.ev.wait()
+        self.n += 1
+        if self.n % 4 == 0:
+            return None
+        k = min(len(buf), len(self.inbox), 1 + self.n % 3)
+        buf[:k] = self.inbox[:k]
+        self.inbox = self.inbox[k:]
+        return k
+
+async def main():
+    fakes = []
+
+    async def opener(h, p):
+        fakes.append(Esp())
+        return fakes[-1], fakes[-1]
+
+    c = MQTTClient("t", "h", opener=opener, min_delay=10, max_delay=20, queue_len=8, log=logs.append)
+    asyncio.create_task(c.run())
+    await until(lambda: c.up)
+    for i in range(5):
+        fakes[-1].feed(m.publish_header("t/%d" % i, 300, 1, False, 10 + i) + b"p" * 300)
+    got = []
+    for i in range(5):
+        topic, payload, props = await asyncio.wait_for_ms(c.get(), 3000)
+        got.append([topic, len(payload)])
+    print(json.dumps({"got": got, "connects": c.connects, "logs": logs}))
+
+asyncio.run(main())
+''')
+    assert out["got"] == [[f"t/{i}", 300] for i in range(5)], out
+    assert out["connects"] == 1, out

@@ -184,6 +184,8 @@ class MQTTClient:
         i = 0
         while i < len(mv):
             k = await self._r.readinto(mv[i:])
+            if k is None:  # TLS: readable, but mbedTLS wants the rest of the record (WANT_READ)
+                continue
             if not k:
                 raise OSError("closed by the broker")
             i += k
