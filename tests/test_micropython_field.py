@@ -337,6 +337,45 @@ async def test_dns_answer_is_cached_and_used_while_dns_is_down(broker, tmp_path)
         proxy.close()
 
 
+DNS_DOWN = """
+import asyncio, hostworld
+from edgemcp import net
+logs = []
+op = net.opener(ttl=1, log=logs.append)
+
+async def attempts(n):
+    for i in range(n):
+        try:
+            await op("mqtt.test", 1)  # port 1: refused, after the name is resolved
+        except Exception:
+            pass
+
+async def main():
+    await attempts(1)
+    hostworld.world = lambda: {"dns": None}  # DNS down from now on
+    await asyncio.sleep_ms(1100)  # past the TTL
+    await attempts(5)
+    first = hostworld.counts().get("dns")
+    await asyncio.sleep_ms(1100)  # another TTL
+    await attempts(2)
+    print("dns", first, hostworld.counts().get("dns"), "log", len(logs))
+
+asyncio.run(main())
+"""
+
+
+def test_dns_down_past_the_ttl_is_asked_again_once_per_ttl_not_on_every_attempt(tmp_path):
+    """A failed lookup blocks an ESP32 for lwIP's DNS retries (seconds): with DNS down past the
+    TTL, the cached address is used for another TTL, not looked up again on every reconnect."""
+    w = world(tmp_path / "world.json", dns={"mqtt.test": "127.0.0.1"})
+    done = subprocess.run([node_binary(), str(HOST / "board.mjs"), "--world", w, "--exec", DNS_DOWN],
+                          capture_output=True, text=True, timeout=60, cwd=HOST)
+    line = next((x.split() for x in done.stdout.splitlines() if x.startswith("dns ")), None)
+    assert done.returncode == 0 and line, done.stdout + done.stderr[-2000:]
+    assert (int(line[1]), int(line[2])) == (2, 3), done.stdout  # the first, one per TTL after it
+    assert int(line[4]) == 2, done.stdout  # each failed query said once in the log
+
+
 def test_unresolvable_broker_name_is_an_error_naming_it(broker, tmp_path):
     w = tmp_path / "world.json"
     world(w, dns={})

@@ -53,8 +53,9 @@ def opener(ttl=3600, ssl=None, log=print, timeout=10):
     """``opener(host, port)`` for :class:`mqtt.MQTTClient`: the host name resolved once and its
     address reused for ``ttl`` s (``getaddrinfo`` blocks the board, and DNS may be down when
     the broker is back); after ``ttl`` resolved again, and when that fails the last address is
-    used. ``ssl``: an ``ssl.SSLContext`` (see ``tls.context``), the server checked against the
-    host name. Raises OSError when the name never resolved."""
+    used for another ``ttl`` (a failed query blocks the board for seconds: not on every
+    retry). ``ssl``: an ``ssl.SSLContext`` (see ``tls.context``), the server checked against
+    the host name. Raises OSError when the name never resolved."""
     import socket
 
     cache = {}
@@ -69,6 +70,7 @@ def opener(ttl=3600, ssl=None, log=print, timeout=10):
                 if e is None:
                     raise OSError("dns: %s: %r" % (host, x))
                 log("dns: %s: %r; using %s" % (host, x, e[0]))
+                cache[host] = e = (e[0], time.ticks_ms())  # asked again only after another ttl
         from .connect import open_connection  # closes its socket on every failure
         return await open_connection(e[0], port, ssl, host)
 
