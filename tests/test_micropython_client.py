@@ -346,3 +346,59 @@ asyncio.run(main())
 ''')
     assert out["got"] == [[f"t/{i}", 300] for i in range(5)], out
     assert out["connects"] == 1, out
+
+
+def test_a_memory_error_while_sending_or_decoding_costs_that_message_not_the_link():
+    """On a board ``Stream.write`` allocates when the socket does not take the whole packet at
+    once (extmod/asyncio/stream.py), the tight-heap case: a MemoryError there, before any byte of
+    the packet is out, loses that message (counted in ``drops``, its waiter told), not the link.
+    A received PUBLISH whose topic there is no room for is acknowledged and dropped."""
+    out = run_micropython('''
+class Tight(Fake):
+    fail = 0
+
+    def write(self, b):
+        if self.fail and bytes(b[:1]) == b"\\x32":
+            self.fail -= 1
+            raise MemoryError("memory allocation failed, allocating 300 bytes")
+        super().write(b)
+
+async def main():
+    fake = Tight()
+
+    async def opener(h, p):
+        return fake, fake
+
+    c = MQTTClient("t", "h", opener=opener, min_delay=10, max_delay=20, log=logs.append)
+    asyncio.create_task(c.run())
+    await until(lambda: c.up)
+    fake.fail = 1
+    lost = await c.publish("answer/1", b"x" * 300, qos=1, wait=True)
+    await c.publish("answer/2", b"y", qos=1, wait=False)
+    ok = await c.publish("answer/3", b"z", qos=1, wait=True)
+    sent = [b[4:4 + b[3]].decode() for b in fake.written if b[0] == 0x32]
+    dec = m.dec_publish
+    calls = []
+
+    def tight(flags, body):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("memory allocation failed, allocating 40 bytes")
+        return dec(flags, body)
+
+    m.dec_publish = tight
+    fake.feed(m.publish_header("req/1", 1, 1, False, 7) + b"a")
+    fake.feed(m.publish_header("req/2", 1, 1, False, 8) + b"b")
+    topic, payload, props = await asyncio.wait_for_ms(c.get(), 3000)
+    m.dec_publish = dec
+    pubacks = [b.hex() for b in fake.written if b[0] == 0x40]
+    print(json.dumps({"lost": lost, "ok": ok, "sent": sent, "connects": c.connects, "drops": c.drops,
+                      "got": topic, "pubacks": pubacks, "logs": logs}))
+
+asyncio.run(main())
+''')
+    assert out["connects"] == 1, out  # the link stayed up
+    assert out["lost"] is False and out["ok"] is True, out
+    assert out["sent"] == ["answer/2", "answer/3"], out
+    assert out["got"] == "req/2" and out["drops"] == 2, out
+    assert out["pubacks"] == ["40020007", "40020008"], out  # the dropped request acknowledged

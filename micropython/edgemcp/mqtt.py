@@ -171,14 +171,17 @@ class MQTTClient:
             w = self._w
             if w is None:
                 raise OSError("not connected")
-            w.write(head)
-            if payload:
-                w.write(payload)
-            self._tx = time.ticks_ms()
-            # A stalled socket never holds the lock (and every sender) longer than the timeout.
-            # MicroPython's drain only yields when the socket took every byte (out_buf empty).
-            d = w.drain()
-            await (asyncio.wait_for_ms(d, self.timeout) if getattr(w, "out_buf", 1) else d)
+            w.write(head)  # a MemoryError here (Stream.write allocates): none of it is out
+            try:
+                if payload:
+                    w.write(payload)
+                self._tx = time.ticks_ms()
+                # A stalled socket never holds the lock (and every sender) longer than the timeout.
+                # MicroPython's drain only yields when the socket took every byte (out_buf empty).
+                d = w.drain()
+                await (asyncio.wait_for_ms(d, self.timeout) if getattr(w, "out_buf", 1) else d)
+            except MemoryError:  # half a packet is out: the link is lost
+                raise OSError("out of memory mid-packet")
 
     async def _fill(self, mv):
         i = 0
@@ -237,7 +240,13 @@ class MQTTClient:
                 if body is None:
                     continue
                 if t == m.PUBLISH:
-                    topic, qos, retain, pid, props, i = m.dec_publish(first & 15, body)
+                    try:
+                        topic, qos, retain, pid, props, i = m.dec_publish(first & 15, body)
+                    except MemoryError:  # no room for its topic or properties: lost, not the link
+                        self.drops += 1
+                        i = 2 + (body[0] << 8 | body[1])
+                        await self._ack((0, 0, 0, body[i] << 8 | body[i + 1] if first & 6 else 0, self.connects))
+                        continue
                     payload = body[i:]
                     body = None  # (a packet longer than HEAD: its own buffer, garbage once copied)
                     q = self._q
@@ -322,6 +331,9 @@ class MQTTClient:
                 try:
                     await self._send(m.publish_header(topic, len(payload), 0, retain, 0, self._pprops), payload)
                     return True
+                except MemoryError:  # none of it written: this message is lost, not the link
+                    self.drops += 1
+                    return False
                 except Exception as e:
                     self._fail(repr(e))
             return False
@@ -343,6 +355,12 @@ class MQTTClient:
         self._acks[pid] = a
         try:
             await self._send(m.publish_header(a[3], len(a[4]), 1, a[5], pid, self._pprops, a[6] > 1), a[4])
+        except MemoryError:  # none of it written: this message is lost (counted), not the link
+            self._acks.pop(pid, None)
+            self.drops += 1
+            a[1] = None
+            if a[0]:
+                a[0].set()
         except Exception as e:
             self._acks.pop(pid, None)
             self._lost(a)
