@@ -13,15 +13,21 @@ def wifi(ssid, password, log=print, timeout_ms=20000):
 
     Raises OSError naming the cause as soon as the station reports it (``STAT_WRONG_PASSWORD``,
     ``STAT_NO_AP_FOUND``, ``STAT_CONNECT_FAIL``, any other ESP-IDF reason by number): no wait for
-    the timeout then; the client backs off (1..30 s) and retries."""
+    the timeout then; the client backs off (1..30 s) and retries. The station retries once by
+    itself (``reconnects=1``): MicroPython 1.27 reports most ESP-IDF reasons (among them 15, the
+    4-way handshake timeout that a wrong WPA2 password gives on IDF 5) only once the station
+    has given up (ports/esp32/network_wlan.c ``status``); before that, ``STAT_CONNECTING``."""
     import network
 
     sta = network.WLAN(network.STA_IF)
     why = {}
-    for name in ("WRONG_PASSWORD", "NO_AP_FOUND", "CONNECT_FAIL", "BEACON_TIMEOUT", "HANDSHAKE_TIMEOUT"):
+    for name in ("WRONG_PASSWORD", "NO_AP_FOUND", "NO_AP_FOUND_IN_RSSI_THRESHOLD", "NO_AP_FOUND_IN_AUTHMODE_THRESHOLD",
+                 "NO_AP_FOUND_W_COMPATIBLE_SECURITY", "CONNECT_FAIL", "BEACON_TIMEOUT"):
         code = getattr(network, "STAT_" + name, None)
         if code is not None:
             why[code] = name.lower().replace("_", " ")
+    why[15] = "4-way handshake timeout (wrong password?)"  # WIFI_REASON_4WAY_HANDSHAKE_TIMEOUT
+    why[204] = "handshake timeout (wrong password?)"  # WIFI_REASON_HANDSHAKE_TIMEOUT
     ok = (network.STAT_IDLE, network.STAT_CONNECTING, network.STAT_GOT_IP)
 
     async def up():
@@ -32,6 +38,10 @@ def wifi(ssid, password, log=print, timeout_ms=20000):
         try:
             sta.disconnect()
         except OSError:
+            pass
+        try:
+            sta.config(reconnects=1)  # then status() passes the reason through (not CONNECTING)
+        except (ValueError, OSError, TypeError):
             pass
         sta.connect(ssid, password)
         for i in range(timeout_ms // 100):
