@@ -52,3 +52,14 @@ def test_a_serial_line_must_be_usb_or_a_uart():
 def test_good_settings_pass():
     assert start([{}, {"port": 8883, "qos": 0, "queue_len": 1, "session_expiry": 0, "wifi_timeout": 2.5,
                        "dns_ttl": 0, "max_packet": 4096}]) == ["OK", "OK"]
+
+
+def test_tls_needs_ntp_and_ntp_every_fits_asyncio_sleep():
+    """A cold board's clock says 2000-01-01: without NTP mbedTLS never finds the broker's
+    certificate valid, so ``ca_file`` with ``ntp`` None is refused at start. ``ntp_every``
+    beyond 2**29 ms would make ``asyncio.sleep`` raise OverflowError (ticks) and end the NTP task."""
+    lines = start([{"ca_file": "/ca.pem"}, {"ntp_every": 604800}, {"ntp_every": 536870, "ntp": "pool.ntp.org"},
+                   {"ca_file": "/ca.pem", "ntp": "pool.ntp.org"}])
+    assert lines[0].startswith("ValueError: ca_file needs ntp"), lines
+    assert lines[1] == "ValueError: ntp_every must be a whole number from 1 to 536870, not 604800", lines
+    assert lines[2:] == ["OK", "OK"], lines

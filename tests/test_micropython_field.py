@@ -17,7 +17,7 @@ import socket
 import subprocess
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import anyio
@@ -411,10 +411,16 @@ async def test_readings_carry_a_timestamp_once_ntp_set_the_clock(broker, tmp_pat
 # --------------------------------------------------------------------------- item 3: TLS
 
 
+def yesterday() -> datetime:
+    """A real broker certificate's notBefore (trustme's default, 2000-01-01, is valid even by a
+    cold board's clock)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None) - timedelta(days=1)
+
+
 @pytest.fixture
 def tls_broker(tmp_path):
     ca = trustme.CA()
-    cert = ca.issue_cert("mqtt.test")
+    cert = ca.issue_cert("mqtt.test", not_before=yesterday())
     ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
     cert.private_key_pem.write_to_path(str(tmp_path / "server.key"))
     cert.cert_chain_pems[0].write_to_path(str(tmp_path / "server.pem"))
@@ -448,6 +454,24 @@ async def test_tls_with_the_broker_verified_against_the_ca_in_flash(tls_broker, 
     with Board(tmp_path, wrong, label="wrong-name", extra=put) as b:
         b.wait_log("mqtt: ", timeout=15)
         assert "online as" not in b.log and "TLS wrong-name.test" in b.log, b.log
+
+
+async def test_tls_on_a_cold_board_connects_once_ntp_set_the_clock_after_wifi(tls_broker, tmp_path):
+    """mbedTLS checks the broker's certificate dates against the board's clock, which says
+    2000-01-01 after a cold boot: TLS fails until NTP has set it. NTP needs the station, so the
+    board tries it as soon as Wi-Fi is up (not before, then 10 s later) and, while the clock is
+    unset, every 10 s."""
+    w = world(tmp_path / "world.json", clock="cold", dns={"mqtt.test": "127.0.0.1"},
+              wlan={"ssid": "greenhouse-iot", "password": "hunter2", "delay_ms": 1000})
+    cfg = site(tls_broker, broker="mqtt.test", ca_file="/ca.pem", wifi_ssid="greenhouse-iot", wifi_password="hunter2")
+    with Board(tmp_path, cfg, extra=("--world", w, "--put", f"{tmp_path / 'ca.pem'}=/ca.pem")) as b:
+        t0 = time.monotonic()
+        b.wait_log(f"online as {NAME}", timeout=30)
+        took = time.monotonic() - t0
+        log = b.log
+        assert log.index("wifi: 192.168.4.2") < log.index("clock: set by pool.ntp.org") < log.index("online as")
+        assert "clock: pool.ntp.org: " not in log, log  # no NTP try before the station was up
+        assert took < 9, log  # not the 10 s retry of an NTP try made before Wi-Fi
 
 
 async def test_board_serves_under_the_generated_acl_over_tls(tmp_path):

@@ -50,11 +50,13 @@ def load(overrides=None, site="site_config"):
     for key, lo, hi in (("port", 1, 65535), ("keepalive", 0, 65535), ("qos", 0, 1), ("queue_len", 1, 65535),
                         ("max_packet", 128, 268435455), ("session_expiry", 0, 4294967295),
                         ("will_delay", 0, 4294967295), ("dns_ttl", 0, None), ("wifi_timeout", 1, None),
-                        ("ntp_every", 1, None)):
+                        ("ntp_every", 1, 536870)):  # asyncio.sleep: at most 2**29 ms
         v = cfg[key]
         if isinstance(v, bool) or not isinstance(v, int if hi else (int, float)) or v < lo or hi and v > hi:
             raise ValueError("%s must be a %s from %s%s, not %r" % (
                 key, "whole number" if hi else "number (s)", lo, " to %d" % hi if hi else "", v))
+    if cfg["ca_file"] and not cfg["ntp"]:  # a cold board's clock says 2000: no certificate is valid yet
+        raise ValueError("ca_file needs ntp")
     s = cfg["serial"]
     if s and s != "usb" and not (isinstance(s, dict) and isinstance(s.get("uart"), int)) and not isinstance(s, tuple):
         raise ValueError('serial must be "usb" or {"uart": 1, "tx": 17, "rx": 16, "baudrate": 115200}, not %r' % (s,))

@@ -59,9 +59,8 @@ async def open_connection(host, port, ssl=None, server_hostname=None):
             pass
         try:
             s.connect(ai[-1])
-        except OSError as e:
-            if e.errno not in (115, 119):  # EINPROGRESS: Linux, and newlib on the ESP32
-                raise
+        except OSError:  # EINPROGRESS; a refused connection fails the first write, as on an ESP32
+            pass
         if ssl:
             s = ssl.wrap_socket(s, server_hostname=server_hostname or host, do_handshake_on_connect=False)
             s.setblocking(False)

@@ -62,7 +62,7 @@ def links(app):
             opener = net.opener(cfg["dns_ttl"], ssl, app.log)
         if cfg["ntp"]:
             from .clock import keep
-            asyncio.create_task(keep(cfg["ntp"], cfg["ntp_every"], app.log))
+            asyncio.create_task(keep(cfg["ntp"], cfg["ntp_every"], app.log, link_up))
         from .link import MqttLink
         gc.collect()
         meta = {"version": __version__, "implementation": "edgemcp"}

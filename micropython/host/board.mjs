@@ -118,7 +118,15 @@ const host = {
     const s = new ByteStream(sock);
     s.ready = new Promise((resolve, reject) => {
       const fail = (e) => reject(new Error(`TLS ${servername} (${hostname}:${port}): ${e.code || e.message}`));
-      sock.once("secureConnect", () => { sock.removeListener("error", fail); resolve(0); });
+      sock.once("secureConnect", () => {
+        sock.removeListener("error", fail);
+        // the server certificate's validity against the board's clock (Unix s), as mbedTLS
+        // checks it: -1 not yet valid, 1 expired, 0 valid (compared here: 3000-01-01 in seconds
+        // does not fit a 32-bit small int)
+        const c = sock.getPeerCertificate();
+        s.validity = (t) => (t * 1000 < Date.parse(c.valid_from) ? -1 : t * 1000 > Date.parse(c.valid_to) ? 1 : 0);
+        resolve(0);
+      });
       sock.once("error", fail);
     });
     s.ready.catch(() => {});

@@ -45,7 +45,8 @@ class Stream:
 async def open_connection(hostname, port, ssl=None, server_hostname=None):
     """asyncio.open_connection as on a board; with ``ssl`` (an ``ssl.SSLContext``, see
     micropython/host/ssl.py) a TLS stream from Node that verifies the server against the
-    context's CA and ``server_hostname`` (default ``hostname``)."""
+    context's CA and ``server_hostname`` (default ``hostname``), and, as mbedTLS does, the
+    certificate's dates against the board's clock (2000-01-01 after a cold boot)."""
     if ssl:
         if ssl.verify_mode and not ssl.cadata:
             raise OSError("MBEDTLS_ERR_X509_CERT_VERIFY_FAILED: no CA loaded")  # as mbedTLS refuses
@@ -55,6 +56,12 @@ async def open_connection(hostname, port, ssl=None, server_hostname=None):
         j = host.tcp_open(hostname, port)  # counted in host.sockets_open() from here on
     try:  # stands in for edgemcp.connect.open_connection here: closes its socket on any failure
         await j.ready
+        if ssl and ssl.verify_mode == 2:  # mbedTLS checks the dates against the board's clock
+            import time  # the board's (rtc.py after a cold boot)
+            v = j.validity(time.time())  # Unix s
+            if v:
+                raise OSError("MBEDTLS_ERR_X509_CERT_VERIFY_FAILED: certificate %s (board clock: %d)" % (
+                    "expired" if v > 0 else "not yet valid", time.gmtime()[0]))
     except BaseException:
         j.close()
         raise

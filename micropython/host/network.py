@@ -28,8 +28,14 @@ STAT_CONNECT_FAIL = 203  # the same ESP-IDF reason (WIFI_REASON_ASSOC_FAIL)
 STAT_HANDSHAKE_TIMEOUT = 204
 
 
+station = None  # the station WLAN, once made (ntptime.py: no NTP while it is not connected)
+
+
 class WLAN:
     def __init__(self, interface=STA_IF):
+        global station
+        if interface == STA_IF:
+            station = self
         self._active = False
         self._try = None  # (ssid, key, ticks_ms of connect())
         self._reason = 0  # last disconnect reason; connect() does not clear it (as on the ESP32)

@@ -1,9 +1,11 @@
 # MicroPython's ``ssl`` API (1.27: micropython-lib ssl.py over extmod/modtls_mbedtls.c) for the
 # host harness, backed by Node's TLS (node:tls in board.mjs): the WebAssembly port has no TLS.
-# What is faithful: a ``PROTOCOL_TLS_CLIENT`` context verifies the server (``verify_mode``
-# ``CERT_REQUIRED``) against the CA given to ``load_verify_locations`` (a file on the board's
+# What is faithful: a context verifies nothing until told (``verify_mode`` starts as
+# ``CERT_NONE``, as micropython-lib's does, for every protocol); with ``CERT_REQUIRED`` it
+# verifies the server against the CA given to ``load_verify_locations`` (a file on the board's
 # filesystem, or ``cadata``) and the name given as ``server_hostname``; no CA loaded or a
-# certificate that does not chain to it or name the host: the connection fails. What is not:
+# certificate that does not chain to it or name the host, or whose dates do not include the
+# board's clock (hostio.open_connection): the connection fails. What is not:
 # the handshake runs in Node (OpenSSL), not mbedTLS, so the heap it costs on a board (mbedTLS
 # buffers, outside the Python heap on an ESP32) is not seen here; streams are opened through
 # ``asyncio.open_connection(host, port, ssl=context, server_hostname=...)`` only
@@ -18,7 +20,7 @@ CERT_REQUIRED = 2
 class SSLContext:
     def __init__(self, protocol):
         self.protocol = protocol
-        self.verify_mode = CERT_REQUIRED if protocol == PROTOCOL_TLS_CLIENT else CERT_NONE
+        self.verify_mode = CERT_NONE  # as micropython-lib's ssl.py, for every protocol: set it
         self.cadata = None
 
     def load_verify_locations(self, cafile=None, cadata=None):
