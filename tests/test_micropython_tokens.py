@@ -251,3 +251,32 @@ except ValueError as e:
     for line, want in zip(lines, expected):
         assert line.startswith("ValueError: " + want), (line, want, done.stdout)
     assert lines[-1] == "OK"
+
+
+def test_a_token_nested_deeply_is_refused_before_json_parses_it():
+    """The token's header and claims are parsed before the signature is checked: a client's
+    1,000 nested brackets (2 KB) cost ~37 KB inside ``json.loads`` on a board; the board bounds
+    the nesting first (``jsonrpc.loads``, 32 levels), as for every request. Measured against a
+    flat token of the same length (the base64url decoding costs both the same)."""
+    k = b64url(SECRET)
+    deep = b64url(b"[" * 1000 + b"]" * 1000)
+    flat = b64url(b'"' + b"x" * 1998 + b'"')
+    code = f"""
+import gc, time
+time.gmtime = lambda *a: (2026, 1, 1, 0, 0, 0, 3, 1)  # a set clock
+from edgemcp import mcp, tokens
+a = tokens.Auth({{"issuers": {{{ISS!r}: {k!r}}}}}, {SID!r}, {NAME!r})
+for part in ({flat!r}, {deep!r}):
+    gc.collect()
+    free = gc.mem_free()
+    try:
+        a.verify(part + "." + part + ".c2ln", "c1")
+    except ValueError as e:
+        print("ValueError:", e, free - gc.mem_free())
+"""
+    done = subprocess.run([node_binary(), str(HOST / "board.mjs"), "--exec", code], cwd=HOST,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr
+    (flat_line, flat_used), (deep_line, deep_used) = [x.rsplit(" ", 1) for x in done.stdout.splitlines()]
+    assert flat_line == deep_line == "ValueError: not a JWT (base64url JSON objects expected)", done.stdout
+    assert int(deep_used) - int(flat_used) < 4_000, done.stdout  # not the parse's ~37 KB

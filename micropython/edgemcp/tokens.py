@@ -3,7 +3,6 @@
 # (edge_agent/server/tokens.py) with HS256 only: HMAC-SHA256 (RFC 2104, RFC 7518 3.2) over the
 # firmware's hashlib.sha256. MicroPython's ESP32 firmware has no Ed25519 nor ECDSA for Python
 # code (docs/esp32.md "Signed tokens"). Imported only when the config has "auth".
-import json
 import time
 from binascii import a2b_base64
 from hashlib import sha256
@@ -174,8 +173,8 @@ class Auth:
         if len(p) != 3:
             raise ValueError("not a JWT (three base64url parts)")
         try:
-            h = json.loads(b64url(p[0]))
-            c = json.loads(b64url(p[1]))
+            h = jsonrpc.loads(b64url(p[0]))  # nesting bounded before parsing (jsonrpc.MAX_DEPTH)
+            c = jsonrpc.loads(b64url(p[1]))
             sig = b64url(p[2])
         except Exception:
             h = None
