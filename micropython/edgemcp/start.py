@@ -65,7 +65,9 @@ def links(app):
             asyncio.create_task(keep(cfg["ntp"], cfg["ntp_every"], app.log, link_up))
         from .link import MqttLink
         gc.collect()
-        meta = {"version": __version__, "implementation": "edgemcp"}
+        # max_packet: a request longer than it never reaches the board (the broker drops it, and
+        # the client gets no answer): said here so a client can check before it sends
+        meta = {"version": __version__, "implementation": "edgemcp", "max_packet": cfg["max_packet"]}
         if cfg["location"]:
             meta["location"] = cfg["location"]
         exp = cfg["session_expiry"]
