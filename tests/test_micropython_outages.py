@@ -144,3 +144,43 @@ def test_the_host_harness_counts_a_socket_from_its_connect_and_closes_a_timed_ou
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     line = next(line.split() for line in done.stdout.splitlines() if line.startswith("attempts "))
     assert "Timeout" in done.stdout and int(line[4]) <= int(line[3]) + 1, done.stdout
+
+
+STALLED_SERIAL = """
+import asyncio
+from edgemcp import mcp
+from edgemcp.stdio import SerialLink
+
+class Stalled:
+    # a native-USB console with no host reading: drain never completes, bytes pile up
+    out_buf = b""
+
+    def write(self, b):
+        self.out_buf += bytes(b)
+
+    async def drain(self):
+        await asyncio.Event().wait()
+
+async def main():
+    w = Stalled()
+    link = SerialLink(mcp.Server("t", "1"), None, w)
+    link.timeout = 300
+    t = asyncio.create_task(link.send("serial", {"jsonrpc": "2.0", "method": "x"}))
+    await asyncio.sleep_ms(1500)
+    print("done", t.done(), "locked", link._lock.locked(), "buffered", len(w.out_buf))
+    try:
+        await t
+    except asyncio.TimeoutError:
+        pass
+
+asyncio.run(main())
+"""
+
+
+def test_a_serial_line_nobody_reads_times_out_and_frees_its_buffer():
+    """A native-USB board whose host does not read: each message's drain has a timeout, after
+    which the serial lock is free and the unsent bytes are dropped, not kept on the heap."""
+    done = subprocess.run([node_binary(), str(BOARD), "--exec", STALLED_SERIAL], capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert done.stdout.split() == ["done", "True", "locked", "False", "buffered", "0"], done.stdout

@@ -18,13 +18,21 @@ class SerialLink:
         self.r = reader
         self.w = writer
         self._lock = asyncio.Lock()
+        self.timeout = 10000  # ms for each message to drain
 
     async def send(self, sid, msg):
+        """Write one message. Raises TimeoutError when the line has not taken it in ``timeout``
+        ms (native USB with no host reading): what is still buffered is dropped, not kept on
+        the heap, and the lock is free again."""
         data = mcp.encode(msg)
         async with self._lock:
             self.w.write(data)
             self.w.write(b"\n")
-            await self.w.drain()
+            try:
+                await asyncio.wait_for_ms(self.w.drain(), self.timeout)
+            except asyncio.TimeoutError:
+                self.w.out_buf = b""  # MicroPython's Stream keeps unsent bytes there
+                raise
 
     async def broadcast(self, msg):
         await self.send(SESSION, msg)
