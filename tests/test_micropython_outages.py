@@ -184,3 +184,35 @@ def test_a_serial_line_nobody_reads_times_out_and_frees_its_buffer():
                           timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     assert done.stdout.split() == ["done", "True", "locked", "False", "buffered", "0"], done.stdout
+
+
+OUT_OF_MEMORY = """
+from edgemcp.core import jsonrpc
+payload = b"[" + b"1," * 5000 + b"1]"  # 10 KB of JSON: a list of 5,001 numbers to build
+ballast = []
+try:
+    while True:  # the heap full but for ~1 KB
+        ballast.append(bytearray(512))
+except MemoryError:
+    pass
+ballast.pop()
+ballast.pop()
+try:
+    jsonrpc.loads(payload)
+    r = "parsed"
+except jsonrpc.RpcError as e:
+    r = (e.code, e.message)
+ballast = None
+print(r)
+"""
+
+
+def test_json_that_does_not_fit_the_heap_is_out_of_memory_not_a_parse_error():
+    """The shared core's ``jsonrpc.loads`` on a board whose heap cannot hold the parsed request:
+    -32603 "Out of memory" (the board's state, not the client's JSON), on the real MicroPython
+    json module in a fixed 64 KB heap."""
+    done = subprocess.run([str(unix32()), "-X", "heapsize=64k", "-c", OUT_OF_MEMORY],
+                          env={**os.environ, "MICROPYPATH": f"{ROOT / 'micropython'}:.frozen"},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert done.stdout.strip() == "(-32603, 'Out of memory')", done.stdout

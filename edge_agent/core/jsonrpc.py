@@ -67,11 +67,14 @@ def too_deep(data, limit):
 
 def loads(payload):
     """UTF-8 JSON (bytes or str) -> value. Raises RpcError(-32700) when it is not JSON, or
-    nests deeper than :data:`MAX_DEPTH` (then without parsing it at all)."""
+    nests deeper than :data:`MAX_DEPTH` (then without parsing it at all); RpcError(-32603,
+    "Out of memory") when parsing it ran out of memory (a board's heap: not the sender's fault)."""
     if MAX_DEPTH and too_deep(payload, MAX_DEPTH):
         raise RpcError(PARSE_ERROR, "Parse error: nested deeper than %d" % MAX_DEPTH)
     try:
         return json.loads(payload)
+    except MemoryError:
+        raise RpcError(INTERNAL_ERROR, "Out of memory")
     except Exception:  # ValueError, UnicodeDecodeError, RecursionError / RuntimeError
         # One wording on every interpreter (CPython's and MicroPython's decoders word it apart).
         raise RpcError(PARSE_ERROR, "Parse error: not UTF-8 JSON")
