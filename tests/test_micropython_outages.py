@@ -216,3 +216,19 @@ def test_json_that_does_not_fit_the_heap_is_out_of_memory_not_a_parse_error():
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     assert done.stdout.strip() == "(-32603, 'Out of memory')", done.stdout
+
+
+def test_a_deadline_gets_the_pis_two_seconds_of_clock_skew():
+    """A request redelivered after an outage carries the client's deadline: the board refuses a
+    changing call only 2 s past it, as the Pi does (``McpServer.deadline_skew``), so a board
+    clock a second fast does not refuse what the Pi would run."""
+    code = """
+import time
+from edgemcp import mcp
+now = time.time()
+late = [mcp._late({"_meta": {"dev.edge-agent/deadline": now - d}}, None) for d in (1, 5)]
+print(late[0], 2 <= late[1] <= 4)
+"""
+    done = subprocess.run([node_binary(), str(BOARD), "--exec", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    assert done.stdout.split() == ["0", "True"], done.stdout

@@ -326,12 +326,13 @@ def _read_only(ann):
 
 
 def _late(p, ann):
-    """Seconds a non-read-only call is past ``_meta["dev.edge-agent/deadline"]`` (Unix s, as
-    the Pi checks it), or 0; 0 too while the clock is not set (the board cannot tell)."""
+    """Seconds a non-read-only call is past ``_meta["dev.edge-agent/deadline"]`` (Unix s) plus
+    2 s for the two wall clocks (the Pi's ``deadline_skew``), or 0; 0 too while the clock is
+    not set (the board cannot tell)."""
     dl = (p.get("_meta") or {}).get("dev.edge-agent/deadline")
     if not _num(dl) or _read_only(ann) or time.gmtime()[0] < 2024:
         return 0
-    late = time.time() + (946684800 if time.gmtime(0)[0] == 2000 else 0) - dl  # ESP32: epoch 2000
+    late = time.time() + (946684800 if time.gmtime(0)[0] == 2000 else 0) - dl - 2  # ESP32: epoch 2000
     return late if late > 0 else 0
 
 
