@@ -47,8 +47,9 @@ def test_twenty_outages_leave_at_most_one_socket_open(broker):
     proxy = CuttableProxy(broker.port, hold=0.3)  # every link cut 0.3 s after it opened
     outages = 20
     try:
-        done = subprocess.run([node, str(BOARD), "--exec", CODE % {"port": proxy.port, "outages": outages}],
-                              capture_output=True, text=True, timeout=150)
+        done = subprocess.run([node, str(BOARD), "--esp32", "1", "--exec",
+                               CODE % {"port": proxy.port, "outages": outages}], capture_output=True, text=True,
+                              timeout=150)
     finally:
         proxy.close()
     assert done.returncode == 0, done.stderr[-2000:]
@@ -232,3 +233,81 @@ print(late[0], 2 <= late[1] <= 4)
     done = subprocess.run([node_binary(), str(BOARD), "--exec", code], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr[-2000:]
     assert done.stdout.split() == ["0", "True"], done.stdout
+
+
+SESSIONS_MAIN = '''
+from edgemcp import Device
+
+app = Device(server_name="devices/test/esp32-s", description="sessions")
+app.server.max_sessions = 2
+app.run()
+'''
+
+
+def test_sessions_are_bounded_and_one_more_client_is_told_why(broker, tmp_path):
+    """Each MCP session holds ~1 KB of the board's heap and two broker subscriptions: clients
+    that come and go without a will (fresh ids) must not grow them without bound. One more
+    initialize than ``max_sessions`` is answered -32004 naming the bound; once a client has
+    left, a new one is served."""
+    from tests.test_micropython_board import Board, RawClient, mqtt_site
+
+    name, sid = "devices/test/esp32-s", "esp32-sessions-01"
+    main = tmp_path / "main.py"
+    main.write_text(SESSIONS_MAIN)
+    raws = []
+    with Board(tmp_path, mqtt_site(broker, name, sid), main=main) as b:
+        b.wait_log("online as " + name)
+        try:
+            for i in range(3):
+                raws.append(RawClient(broker, f"session-client-{i}", sid, name))
+            assert "result" in raws[0].initialize() and "result" in raws[1].initialize()
+            raws[2].send(raws[2].control, {"jsonrpc": "2.0", "id": "init", "method": "initialize", "params": {
+                "protocolVersion": "2024-11-05", "capabilities": {}, "clientInfo": {"name": "raw", "version": "0"}}})
+            refused = raws[2].answer("init")
+            assert refused["error"]["code"] == -32004, refused
+            assert refused["error"]["message"].startswith("Too many sessions (2)"), refused
+            raws[0].send(raws[0].rpc, {"jsonrpc": "2.0", "method": "notifications/disconnected"})
+            for i in range(50):  # once the board has forgotten the session that left, the new one is served
+                reply = raws[2].initialize(f"init-again-{i}")
+                if "result" in reply:
+                    break
+            assert "result" in reply, reply
+            assert "initialize of session-client-2 refused: 2 sessions" in b.log
+        finally:
+            for r in raws:
+                r.close()
+
+
+REFUSED = """
+import asyncio, host
+from edgemcp.mqtt import MQTTClient
+
+logs = []
+c = MQTTClient("refused-test", "127.0.0.1", %(port)d, min_delay=10, max_delay=20, log=logs.append)
+
+async def main():
+    asyncio.create_task(c.run())
+    while len(logs) < 20:
+        await asyncio.sleep_ms(10)
+    await c.disconnect()
+    await asyncio.sleep_ms(100)
+    print("open", host.sockets_open(), "last", logs[-2])
+
+asyncio.run(main())
+"""
+
+
+def test_refused_connections_fail_on_the_first_write_and_leave_no_socket_open():
+    """On the ESP32 port ``open_connection`` does not wait for the connection: a refused one
+    opens, then fails on the first write (ECONNRESET), with its socket allocated. The harness
+    in ``--esp32`` mode does the same: after 20 refusals the board holds no socket."""
+    port = socket.socket()
+    port.bind(("127.0.0.1", 0))
+    closed = port.getsockname()[1]
+    port.close()  # nothing listens there: every connection is refused
+    done = subprocess.run([node_binary(), str(BOARD), "--esp32", "1", "--exec", REFUSED % {"port": closed}],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    line = next(x.split(" ", 3) for x in done.stdout.splitlines() if x.startswith("open "))
+    assert "OSError(104" in line[3], done.stdout  # reported by the first write, as on a board
+    assert int(line[1]) == 0, done.stdout

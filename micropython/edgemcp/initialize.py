@@ -30,6 +30,12 @@ async def control(link, props, payload):
     # the initialize was the .mpy heap's peak, 0.9 KB above a tools/call)
     del binding
     unload("core.binding")
+    srv = link.server
+    n = srv.max_sessions  # ~1 KB of heap and two broker subscriptions each: bounded
+    if cid not in srv.sessions and len(srv.sessions) >= n:
+        srv.log("initialize of %s refused: %d sessions" % (cid, n))
+        e = jsonrpc.RpcError(jsonrpc.TOO_MANY_REQUESTS, "Too many sessions (%d): try again when a client has left" % n)
+        return await link.send(cid, jsonrpc.error(msg.get("id"), e))
     auth = getattr(link.server, "auth", None)  # edgemcp.tokens (config "auth"): a valid token or no session
     s = await auth.open(link, cid, msg) if auth else link.server.open_session(cid, link)
     if not s:

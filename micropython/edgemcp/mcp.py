@@ -112,6 +112,7 @@ class Server(Dispatcher):
     """
 
     max_inflight = 4  # per session: one more is answered -32004 at once (core.dispatch)
+    max_sessions = 8  # one more initialize over MQTT is answered -32004 (edgemcp/initialize.py)
     done_len = 8  # answers of changing tools/calls kept to answer a redelivery again (see answered)
     done_max = 512  # characters of such an answer at most (the ring holds <= 4 KB); a longer one is not kept
 

@@ -25,6 +25,10 @@
 //             ("clock": "cold"); with it the test doubles network.py, socket.py, ssl.py,
 //             ntptime.py and rtc.py (the clock) are installed (ESP32 firmware has them built in)
 //   --put     SRC=DEST[,SRC=DEST...]: files copied onto the board's filesystem (a CA file)
+//   --esp32 1 TCP streams behave as the ESP32 port's (hostio.Stream): reads return 1..66
+//             bytes at a time, and a refused connection opens and fails on the first
+//             write or read (ECONNRESET), as lwIP reports it; the socket stays counted
+//             until the board closes it
 // Stop with SIGTERM/SIGINT: the Device is stopped cleanly first (presence cleared).
 import fs from "node:fs";
 import net from "node:net";
@@ -133,6 +137,7 @@ const host = {
     return s;
   },
   now() { return Date.now() / 1000; },
+  esp32: false,  // set from --esp32 below
   world() { return args.world ? fs.readFileSync(args.world, "utf8") || "{}" : "{}"; },
   fd_open(fd) {
     // a pty master is a TTY for libuv: one read and one write handle on the same fd
@@ -153,6 +158,7 @@ function copyTree(mp, from, to, exts) {
 }
 
 const args = parseArgs(process.argv.slice(2));
+host.esp32 = Boolean(Number(args.esp32 || 0));
 host.serial_fd = args.serialFd !== undefined ? Number(args.serialFd) : -1;
 const mp = await loadMicroPython({
   heapsize: Number(args.heap),

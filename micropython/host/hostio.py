@@ -9,13 +9,24 @@ import js
 
 
 class Stream:
-    """A JavaScript ByteStream as MicroPython's asyncio Stream (reader and writer in one)."""
+    """A JavaScript ByteStream as MicroPython's asyncio Stream (reader and writer in one).
+    ``esp32`` (board.mjs ``--esp32 1``): reads return 1..64 bytes at a time, as lwIP's
+    segments arrive on a board; ``error``: the connection failed (refused), reported by the
+    first write or read, as on the ESP32 port (its open_connection does not wait for it)."""
 
-    def __init__(self, j):
+    def __init__(self, j, esp32=False, error=None):
         self.j = j
+        self.piece = 1 if esp32 else 0
+        self.error = error
 
     async def readinto(self, buf):
-        d = await self.j.read(len(buf))
+        if self.error:
+            raise OSError(self.error)
+        n = len(buf)
+        if self.piece:
+            self.piece = self.piece * 5 % 67  # 1..66, changing each time
+            n = min(n, self.piece)
+        d = await self.j.read(n)
         n = d.length
         if n:
             buf[:n] = bytes(d)
@@ -28,6 +39,8 @@ class Stream:
         return bytes(await self.j.readline())
 
     def write(self, buf):
+        if self.error:
+            raise OSError(self.error)
         self.j.write(js.Uint8Array.new(buf))
 
     async def drain(self):
@@ -54,8 +67,14 @@ async def open_connection(hostname, port, ssl=None, server_hostname=None):
                           ssl.cadata.decode() if ssl.cadata else "", ssl.verify_mode)
     else:
         j = host.tcp_open(hostname, port)  # counted in host.sockets_open() from here on
+    error = None
     try:  # stands in for edgemcp.connect.open_connection here: closes its socket on any failure
-        await j.ready
+        try:
+            await j.ready
+        except Exception:
+            if ssl or not host.esp32:
+                raise
+            error = 104  # ECONNRESET: lwIP's word for a refused connection, on the first write
         if ssl and ssl.verify_mode == 2:  # mbedTLS checks the dates against the board's clock
             import time  # the board's (rtc.py after a cold boot)
             v = j.validity(time.time())  # Unix s
@@ -65,7 +84,7 @@ async def open_connection(hostname, port, ssl=None, server_hostname=None):
     except BaseException:
         j.close()
         raise
-    s = Stream(j)
+    s = Stream(j, host.esp32, error)
     return s, s
 
 
