@@ -52,6 +52,8 @@ def text(t):
 class Resource:
     # what most resources keep is a class attribute: an instance's dict holds only the rest
     # (16 bytes of hash table less per resource)
+    unit = ""
+    poll = 5
     description = ""
     deadband = 0
     last = None  # last value read (reported to subscribers when it moved)
@@ -60,9 +62,11 @@ class Resource:
     def __init__(self, uri, name, unit, read, poll, description, deadband):
         self.uri = uri
         self.name = name  # a str, or (template, argument): see text()
-        self.unit = unit
         self.read = read
-        self.poll = poll
+        if unit:
+            self.unit = unit
+        if poll != 5:
+            self.poll = poll
         if description:
             self.description = description
         if deadband:
