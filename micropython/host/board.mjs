@@ -28,7 +28,8 @@
 //   --esp32 1 TCP streams behave as the ESP32 port's (hostio.Stream): reads return 1..66
 //             bytes at a time, and a refused connection opens and fails on the first
 //             write or read (ECONNRESET), as lwIP reports it; the socket stays counted
-//             until the board closes it
+//             until the board closes it; a TLS stream's read returns None now and then
+//             (mbedTLS's WANT_READ: a record not complete yet). On by default with --world.
 // Stop with SIGTERM/SIGINT: the Device is stopped cleanly first (presence cleared).
 import fs from "node:fs";
 import net from "node:net";
@@ -158,7 +159,7 @@ function copyTree(mp, from, to, exts) {
 }
 
 const args = parseArgs(process.argv.slice(2));
-host.esp32 = Boolean(Number(args.esp32 || 0));
+host.esp32 = Boolean(Number(args.esp32 !== undefined ? args.esp32 : args.world ? 1 : 0));  // on with --world
 host.serial_fd = args.serialFd !== undefined ? Number(args.serialFd) : -1;
 const mp = await loadMicroPython({
   heapsize: Number(args.heap),

@@ -10,14 +10,16 @@ import js
 
 class Stream:
     """A JavaScript ByteStream as MicroPython's asyncio Stream (reader and writer in one).
-    ``esp32`` (board.mjs ``--esp32 1``): reads return 1..64 bytes at a time, as lwIP's
-    segments arrive on a board; ``error``: the connection failed (refused), reported by the
+    ``esp32`` (board.mjs ``--esp32 1``, on with ``--world``): reads return 1..66 bytes at a
+    time, as lwIP's segments arrive on a board, and with ``tls`` now and then None (a TLS
+    record not complete yet: mbedTLS's WANT_READ); ``error``: the connection failed (refused), reported by the
     first write or read, as on the ESP32 port (its open_connection does not wait for it)."""
 
-    def __init__(self, j, esp32=False, error=None):
+    def __init__(self, j, esp32=False, error=None, tls=False):
         self.j = j
         self.piece = 1 if esp32 else 0
         self.error = error
+        self.tls = tls
 
     async def readinto(self, buf):
         if self.error:
@@ -25,6 +27,9 @@ class Stream:
         n = len(buf)
         if self.piece:
             self.piece = self.piece * 5 % 67  # 1..66, changing each time
+            if self.tls and self.piece % 4 == 0:
+                await asyncio.sleep_ms(0)
+                return None  # MBEDTLS_ERR_SSL_WANT_READ: Stream.readinto hands None back
             n = min(n, self.piece)
         d = await self.j.read(n)
         n = d.length
@@ -84,7 +89,7 @@ async def open_connection(hostname, port, ssl=None, server_hostname=None):
     except BaseException:
         j.close()
         raise
-    s = Stream(j, host.esp32, error)
+    s = Stream(j, host.esp32, error, bool(ssl))
     return s, s
 
 
