@@ -20,7 +20,7 @@ BOARD = sorted((MPY / "edgemcp").glob("*.py")) + sorted((MPY / "edgemcp" / "core
 # What a MicroPython 1.27 ESP32 firmware provides (built in or frozen), plus our own package.
 # The host shim (micropython/host) also uses the WebAssembly port's js/host modules.
 # ssl and ntptime are frozen into ESP32_GENERIC (ports/esp32/boards/manifest.py: bundle-networking).
-MICROPYTHON_MODULES = {"asyncio", "binascii", "gc", "hashlib", "json", "machine", "math", "micropython", "network",
+MICROPYTHON_MODULES = {"asyncio", "binascii", "esp32", "gc", "hashlib", "json", "machine", "math", "micropython", "network",
                        "ntptime", "socket", "ssl", "sys", "time", "edgemcp"}
 HOST_ONLY = {"js", "host", "hostio", "hostworld", "rtc"}
 # Loaded only when configured (Wi-Fi/DNS, TLS, NTP, a serial line): a byte budget of their own.

@@ -404,6 +404,8 @@ async def test_readings_carry_a_timestamp_once_ntp_set_the_clock(broker, tmp_pat
             world(w, clock="cold", ntp=True)
             b.wait_log("clock: set by pool.ntp.org", timeout=10)
             warm = reading(await session.read_resource("sensor://vent/angle"))
+            health = reading(await session.read_resource("device://health"))["value"]
+    assert health["idf_largest_free"] == 21504  # the largest free block of micropython/host/esp32.py's regions
     assert ISO_MS.match(warm["timestamp"]), warm  # the Pi's format (edge_agent/device/sensors.py iso())
     ts = datetime.fromisoformat(warm["timestamp"].replace("Z", "+00:00"))
     assert abs((datetime.now(timezone.utc) - ts).total_seconds()) < 30

@@ -59,9 +59,16 @@ class Device:
         return self.server.add_resource(uri, name, unit, read, poll, description, deadband)
 
     def health(self):
-        """``device://health``: uptime (s), heap (bytes), sessions, MQTT link counters."""
+        """``device://health``: uptime (s), heap (bytes), sessions, MQTT link counters; on an
+        ESP32 ``idf_largest_free`` (bytes): the largest free block of the ESP-IDF heap, which a
+        TLS handshake needs 20-40 KB of and MicroPython's own heap grows into."""
         h = {"status": "ok", "uptime_s": time.ticks_diff(time.ticks_ms(), self._t0) // 1000,
              "mem_free": gc.mem_free(), "mem_alloc": gc.mem_alloc(), "sessions": len(self.server.sessions)}
+        try:
+            import esp32
+            h["idf_largest_free"] = max(r[2] for r in esp32.idf_heap_info(esp32.HEAP_DATA))
+        except ImportError:  # not an ESP32
+            pass
         for link in self.links:
             c = getattr(link, "c", None)
             if c is not None:

@@ -175,7 +175,7 @@ if (args.fixedHeap) {
 }
 if (args.mpy) copyTree(mp, path.resolve(args.mpy, "edgemcp"), "/lib/edgemcp", [".mpy"]);
 else copyTree(mp, path.resolve(args.lib, "edgemcp"), "/lib/edgemcp", [".py"]);
-const shims = args.world ? ["hostworld.py", "network.py", "socket.py", "ssl.py", "ntptime.py", "rtc.py"] : [];
+const shims = args.world ? ["hostworld.py", "network.py", "socket.py", "ssl.py", "ntptime.py", "rtc.py", "esp32.py"] : [];
 for (const name of ["hostio.py", "machine.py", ...shims]) mp.FS.writeFile(`/lib/${name}`, fs.readFileSync(path.join(here, name)));
 for (const pair of args.put ? args.put.split(",") : []) {
   const [src, dest] = pair.split("=");
