@@ -35,7 +35,7 @@ except ValueError as e:
 
 def test_numbers_of_the_wrong_type_or_range_are_refused_at_start_naming_the_key():
     bad = {"port": "1883", "keepalive": -1, "qos": 2, "queue_len": 0, "max_packet": 64, "session_expiry": 1.5,
-           "will_delay": True, "wifi_timeout": 0, "ntp_every": "daily", "dns_ttl": None}
+           "will_delay": True, "wifi_timeout": 0, "ntp_every": "daily", "dns_ttl": None, "max_sessions": 0}
     lines = start([{k: v} for k, v in bad.items()])
     for (key, value), line in zip(bad.items(), lines):
         assert line.startswith(f"ValueError: {key} must be a "), line
@@ -51,7 +51,7 @@ def test_a_serial_line_must_be_usb_or_a_uart():
 
 def test_good_settings_pass():
     assert start([{}, {"port": 8883, "qos": 0, "queue_len": 1, "session_expiry": 0, "wifi_timeout": 2.5,
-                       "dns_ttl": 0, "max_packet": 4096}]) == ["OK", "OK"]
+                       "dns_ttl": 0, "max_packet": 4096, "max_sessions": 1}]) == ["OK", "OK"]
 
 
 def test_tls_needs_ntp_and_ntp_every_fits_asyncio_sleep():

@@ -79,9 +79,12 @@ def test_fixed_heap_figures():
     # board5 (the Pi's own rules out of the core's resident modules): frozen 19.4/22.7/23.5.
     # Tightened from 20.5/24/24.5
     # session 6: the MQTT client preallocates 256 bytes (mqtt.HEAD) instead of max_packet (2 KB),
-    # a longer packet gets a buffer of its own size while it is handled: frozen 17.7/20.9/21.7
-    assert fig["unix-frozen"]["idle"] < 18.5 * kb and fig["unix-frozen"]["peak"] < 22 * kb  # issue 16: peak <= 24
-    assert fig["unix-frozen"]["burst"] < 22.5 * kb
+    # a longer packet gets a buffer of its own size while it is handled: frozen 17.7/20.9/21.7;
+    # then templates for descriptions and names, annotation flags, class defaults, frames that
+    # keep no message, Method a named tuple (docs/esp32.md "Memory"): 15.9/18.9/20.0. The
+    # figures are deterministic on this build (no noise between runs): the bounds are the targets
+    assert fig["unix-frozen"]["idle"] <= 16 * kb and fig["unix-frozen"]["peak"] <= 19.5 * kb  # issue 16: 16, 24
+    assert fig["unix-frozen"]["burst"] < 20.5 * kb
     # board3: .mpy idle 42.5, peak 46.2, burst 55.4 (frozen 19.1, 22.8, 31.9): the run-once code
     # (edgemcp/start.py at start, edgemcp/connect.py at each connection) is unloaded before the
     # board serves (-1.3 KB from .mpy), and the benchmark compiles with -s like `make mpy` (the
@@ -104,7 +107,8 @@ def test_fixed_heap_figures():
     # the .mpy files interned nothing. On a stock firmware each module's qstrs go into the heap
     # when it is imported and stay (~12 KB): the .mpy rows now run on a stock build
     # (bench/mp_memory.py stock_of). board5's code so measured: 56.3/59.5/60.4; with the 256-byte
-    # input buffer 55.0/58.3/59.2 (issue 16: peak <= 40 and burst <= 48 are NOT met)
-    assert fig["unix-mpy"]["idle"] < 56 * kb and fig["unix-mpy"]["peak"] < 59.5 * kb
-    assert fig["unix-mpy"]["burst"] < 60 * kb
+    # input buffer 55.0/58.3/59.2; at the end of session 6 (with the field fixes' code) 53.6/56.7/57.9
+    # (issue 16: peak <= 40 and burst <= 48 are NOT met: see docs/esp32.md "Memory" for why)
+    assert fig["unix-mpy"]["idle"] < 54 * kb and fig["unix-mpy"]["peak"] < 57.2 * kb
+    assert fig["unix-mpy"]["burst"] < 58.4 * kb
     assert all(abs(r["left"] - r["idle"]) < 9 * kb for r in rows)  # one session's state, no leak

@@ -238,8 +238,7 @@ print(late[0], 2 <= late[1] <= 4)
 SESSIONS_MAIN = '''
 from edgemcp import Device
 
-app = Device(server_name="devices/test/esp32-s", description="sessions")
-app.server.max_sessions = 2
+app = Device(server_name="devices/test/esp32-s", description="sessions", max_sessions=2)
 app.run()
 '''
 

@@ -16,6 +16,7 @@ DEFAULTS = {
     "keepalive": 30,  # s
     "qos": 1,  # QoS of RPC messages and notifications (presence is always QoS 1)
     "queue_len": 4,  # inbound messages kept while busy (CONNECT's Receive Maximum); the oldest is dropped beyond
+    "max_sessions": 8,  # MCP sessions at once (one more initialize is answered -32004); each ~1 KB of heap
     "max_packet": 2048,  # bytes: the largest MQTT packet taken (CONNECT's Maximum Packet Size; longer: dropped, counted)
     "session_expiry": 3600,  # s the broker keeps the session and queues requests while offline; 0: clean
     "will_delay": 5,  # s before the broker publishes the will (empty presence): a shorter outage keeps it
@@ -47,7 +48,7 @@ def load(overrides=None, site="site_config"):
     if not cfg["broker"] and not cfg["serial"]:
         raise ValueError("nothing to serve on: set broker (MQTT) and/or serial, e.g. in site_config.py")
     # a wrong type or range fails here, naming the key, not later inside the MQTT client
-    for key, lo, hi in (("port", 1, 65535), ("keepalive", 0, 65535), ("qos", 0, 1), ("queue_len", 1, 65535),
+    for key, lo, hi in (("port", 1, 65535), ("keepalive", 0, 65535), ("qos", 0, 1), ("queue_len", 1, 65535), ("max_sessions", 1, 255),
                         ("max_packet", 128, 268435455), ("session_expiry", 0, 4294967295),
                         ("will_delay", 0, 4294967295), ("dns_ttl", 0, None), ("wifi_timeout", 1, None),
                         ("ntp_every", 1, 536870)):  # asyncio.sleep: at most 2**29 ms

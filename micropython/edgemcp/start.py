@@ -18,6 +18,7 @@ def device(app, options):
                                      instructions=("%s. Actuators are tools; readings are resources (JSON: value, "
                                                    "unit, timestamp; subscribable).", cfg["description"]))
     server.after_call = app._refresh
+    server.max_sessions = cfg["max_sessions"]
     server.log = app.log
     if cfg["auth"] is not None:  # a token in every initialize (docs/esp32.md "Signed tokens")
         from .tokens import Auth
