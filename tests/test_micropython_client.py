@@ -80,6 +80,17 @@ async def until(cond, ms=8000):
         await asyncio.sleep_ms(10)
 
 logs = []
+
+
+async def started(fake, **options):
+    # an MQTTClient on the in-memory stream ``fake``, connected
+    async def opener(h, p):
+        return fake, fake
+
+    c = MQTTClient("t", "h", opener=opener, log=logs.append, **options)
+    asyncio.create_task(c.run())
+    await until(lambda: c.up)
+    return c
 '''
 
 
@@ -96,13 +107,7 @@ def test_bounded_queue_drops_oldest_and_skips_oversized_packets():
     out = run_micropython('''
 async def main():
     fake = Fake()
-
-    async def opener(h, p):
-        return fake, fake
-
-    c = MQTTClient("t", "h", opener=opener, queue_len=3, max_packet=64, log=logs.append)
-    asyncio.create_task(c.run())
-    await until(lambda: c.up)
+    c = await started(fake, queue_len=3, max_packet=64)
     for i in range(5):
         fake.feed(m.publish_header("t/%d" % i, 1, 0) + b"x")
     fake.feed(m.publish_header("big", 100, 0) + b"y" * 100)
@@ -131,13 +136,7 @@ def test_a_long_message_gets_a_buffer_of_its_own_and_an_oversized_one_is_acknowl
 from edgemcp import mqtt
 async def main():
     fake = Fake()
-
-    async def opener(h, p):
-        return fake, fake
-
-    c = MQTTClient("t", "h", opener=opener, queue_len=4, max_packet=1024, log=logs.append)
-    asyncio.create_task(c.run())
-    await until(lambda: c.up)
+    c = await started(fake, queue_len=4, max_packet=1024)
     long = bytes(ord("a") + i % 26 for i in range(700))
     fake.feed(m.publish_header("t/long", len(long), 1, False, 5) + long)
     fake.feed(m.publish_header("t/huge", 1500, 1, False, 6) + b"h" * 1500)
@@ -176,13 +175,7 @@ _real = builtins.bytearray
 
 async def main():
     fake = Fake()
-
-    async def opener(h, p):
-        return fake, fake
-
-    c = MQTTClient("t", "h", opener=opener, queue_len=4, max_packet=1024, log=logs.append)
-    asyncio.create_task(c.run())
-    await until(lambda: c.up)
+    c = await started(fake, queue_len=4, max_packet=1024)
     mqtt.bytearray = no_room
     fake.feed(m.publish_header("t/long", 700, 1, False, 5) + b"L" * 700)
     fake.feed(m.publish_header("t/after", 1, 1, False, 6) + b"z")
@@ -310,19 +303,11 @@ def test_reads_in_small_pieces_and_a_read_that_returns_none_keep_the_link():
 class Esp(Fake):
     n = 0
 
-    async def readinto(self, buf):
-        while not self.inbox:
-            if self.closed:
-                return 0
-            self.ev.clear()
-            await self.ev.wait()
+    async def readinto(self, buf):  # 1..3 bytes at a time, every 4th read None
         self.n += 1
         if self.n % 4 == 0:
             return None
-        k = min(len(buf), len(self.inbox), 1 + self.n % 3)
-        buf[:k] = self.inbox[:k]
-        self.inbox = self.inbox[k:]
-        return k
+        return await Fake.readinto(self, buf[:1 + self.n % 3])
 
 async def main():
     fakes = []

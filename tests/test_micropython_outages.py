@@ -109,21 +109,26 @@ def blackhole() -> tuple[socket.socket, list[socket.socket]]:
     return srv, fill
 
 
+def against_blackhole(command, env=None) -> tuple[subprocess.CompletedProcess, list[str]]:
+    """Run ``command(port)`` (a BLACKHOLE program) against :func:`blackhole`: the finished process
+    and its ``attempts N fds BEFORE AFTER ...`` line, split."""
+    srv, fill = blackhole()
+    try:
+        done = subprocess.run(command(srv.getsockname()[1]), env=env, capture_output=True, text=True, timeout=100)
+    finally:
+        for s in fill + [srv]:
+            s.close()
+    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
+    return done, next(line.split() for line in done.stdout.splitlines() if line.startswith("attempts "))
+
+
 @pytest.mark.timeout(120)
 def test_connects_that_time_out_leave_no_socket_open():
     """A broker host that never answers the SYN (a listener whose backlog is full): each attempt
     times out in ``open_connection`` while it waits for the connection. MicroPython's own
     ``open_connection`` leaves that socket open (4 -> 11 fds in 6 attempts); the board's closes it."""
-    srv, fill = blackhole()
-    try:
-        done = subprocess.run([str(unix32()), "-c", BLACKHOLE % {"port": srv.getsockname()[1], "attempts": 6}],
-                              env={**os.environ, "MICROPYPATH": f"{ROOT / 'micropython'}:.frozen"},
-                              capture_output=True, text=True, timeout=100)
-    finally:
-        for s in fill + [srv]:
-            s.close()
-    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    line = next(line.split() for line in done.stdout.splitlines() if line.startswith("attempts "))
+    done, line = against_blackhole(lambda port: [str(unix32()), "-c", BLACKHOLE % {"port": port, "attempts": 6}],
+                                   env={**os.environ, "MICROPYPATH": f"{ROOT / 'micropython'}:.frozen"})
     assert "Timeout" in done.stdout, done.stdout  # the attempts did time out while connecting
     before, after = int(line[3]), int(line[4])
     assert after <= before + 1, f"sockets left open by timed-out connects: {done.stdout}"
@@ -133,17 +138,10 @@ def test_connects_that_time_out_leave_no_socket_open():
 def test_the_host_harness_counts_a_socket_from_its_connect_and_closes_a_timed_out_one():
     """The harness (board.mjs) counts a socket from the start of its connect, as lwIP holds it
     from socket() on; its stand-in for ``connect.open_connection`` closes one that timed out."""
-    srv, fill = blackhole()
     code = BLACKHOLE.replace("import asyncio, os, sys", "import asyncio, host").replace(
         'len(os.listdir("/proc/self/fd"))', "host.sockets_open()")
-    try:
-        done = subprocess.run([node_binary(), str(BOARD), "--exec", code % {"port": srv.getsockname()[1], "attempts": 4}],
-                              capture_output=True, text=True, timeout=100)
-    finally:
-        for s in fill + [srv]:
-            s.close()
-    assert done.returncode == 0, done.stdout + done.stderr[-2000:]
-    line = next(line.split() for line in done.stdout.splitlines() if line.startswith("attempts "))
+    done, line = against_blackhole(lambda port: [node_binary(), str(BOARD), "--exec",
+                                                 code % {"port": port, "attempts": 4}])
     assert "Timeout" in done.stdout and int(line[4]) <= int(line[3]) + 1, done.stdout
 
 
