@@ -411,6 +411,21 @@ async def test_readings_carry_a_timestamp_once_ntp_set_the_clock(broker, tmp_pat
     assert abs((datetime.now(timezone.utc) - ts).total_seconds()) < 30
 
 
+def test_ntp_uses_the_boards_dns_cache_so_dns_down_does_not_stop_it(broker, tmp_path):
+    """micropython-lib's ntptime looks its host up on every call (a blocking query, seconds
+    when DNS is down). The board resolves the NTP host through the same cache as the broker's
+    name (net.resolver, dns_ttl): with DNS down the clock is still set, from the cached address."""
+    w = tmp_path / "world.json"
+    world(w, dns={"mqtt.test": "127.0.0.1"})
+    with Board(tmp_path, site(broker, broker="mqtt.test", ntp_every=1), extra=("--world", str(w))) as b:
+        b.wait_log(f"online as {NAME}")
+        b.wait_log("clock: set by pool.ntp.org")
+        world(w, dns=None)  # DNS down from now on
+        done = b.log.count("clock: set by pool.ntp.org")
+        b.wait_log("clock: set by pool.ntp.org", count=done + 2, timeout=10)
+        assert "clock: pool.ntp.org: OSError(-202" not in b.log, b.log
+
+
 # --------------------------------------------------------------------------- item 3: TLS
 
 

@@ -59,18 +59,17 @@ def wifi(ssid, password, log=print, timeout_ms=20000):
     return up, sta.isconnected
 
 
-def opener(ttl=3600, ssl=None, log=print, timeout=10):
-    """``opener(host, port)`` for :class:`mqtt.MQTTClient`: the host name resolved once and its
-    address reused for ``ttl`` s (``getaddrinfo`` blocks the board, and DNS may be down when
-    the broker is back); after ``ttl`` resolved again, and when that fails the last address is
-    used for another ``ttl`` (a failed query blocks the board for seconds: not on every
-    retry). ``ssl``: an ``ssl.SSLContext`` (see ``tls.context``), the server checked against
-    the host name. Raises OSError when the name never resolved."""
+def resolver(ttl=3600, log=print):
+    """``resolve(host, port)``: ``host``'s address (a literal passes), resolved once and reused
+    for ``ttl`` s (``getaddrinfo`` blocks the board, and DNS may be down when the broker is
+    back); after ``ttl`` resolved again, and when that fails the last address is used for
+    another ``ttl`` (a failed query blocks the board for seconds: not on every retry). Raises
+    OSError when the name never resolved. Shared by the MQTT link and NTP."""
     import socket
 
     cache = {}
 
-    async def open(host, port):
+    def resolve(host, port):
         e = cache.get(host)
         if e is None or time.ticks_diff(time.ticks_ms(), e[1]) > ttl * 1000:
             try:
@@ -81,7 +80,20 @@ def opener(ttl=3600, ssl=None, log=print, timeout=10):
                     raise OSError("dns: %s: %r" % (host, x))
                 log("dns: %s: %r; using %s" % (host, x, e[0]))
                 cache[host] = e = (e[0], time.ticks_ms())  # asked again only after another ttl
+        return e[0]
+
+    return resolve
+
+
+def opener(ttl=3600, ssl=None, log=print, timeout=10, resolve=None):
+    """``opener(host, port)`` for :class:`mqtt.MQTTClient`: the host name resolved through
+    ``resolve`` (default: a :func:`resolver` of ``ttl`` s of its own). ``ssl``: an
+    ``ssl.SSLContext`` (see ``tls.context``), the server checked against the host name.
+    Raises OSError when the name never resolved."""
+    resolve = resolve or resolver(ttl, log)
+
+    async def open(host, port):
         from .connect import open_connection  # closes its socket on every failure
-        return await open_connection(e[0], port, ssl, host)
+        return await open_connection(resolve(host, port), port, ssl, host)
 
     return open

@@ -48,7 +48,7 @@ def links(app):
         asyncio.create_task(link.run())
     if cfg["broker"]:
         gc.collect()
-        network = opener = link_up = None
+        network = opener = link_up = resolve = None
         host = cfg["broker"]
         if cfg["wifi_ssid"] or cfg["ca_file"] or not all(c in "0123456789." for c in host):
             from . import net
@@ -60,10 +60,11 @@ def links(app):
                 from .tls import context
                 ssl = context(cfg["ca_file"])
                 unload("tls")
-            opener = net.opener(cfg["dns_ttl"], ssl, app.log)
+            resolve = net.resolver(cfg["dns_ttl"], app.log)  # the broker's and NTP's names
+            opener = net.opener(ssl=ssl, resolve=resolve)
         if cfg["ntp"]:
             from .clock import keep
-            asyncio.create_task(keep(cfg["ntp"], cfg["ntp_every"], app.log, link_up))
+            asyncio.create_task(keep(cfg["ntp"], cfg["ntp_every"], app.log, link_up, resolve))
         from .link import MqttLink
         gc.collect()
         # max_packet: a request longer than it never reaches the board (the broker drops it, and
