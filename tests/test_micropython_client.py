@@ -91,6 +91,22 @@ async def started(fake, **options):
     asyncio.create_task(c.run())
     await until(lambda: c.up)
     return c
+
+
+async def unacknowledging_first():
+    # a connected MQTTClient (timeout 1 s) whose first broker connection never acknowledges a
+    # PUBLISH; every later one does: (the client, the Fake of each connection)
+    fakes = []
+
+    async def opener(h, p):
+        f = Fake(puback=len(fakes) > 0)
+        fakes.append(f)
+        return f, f
+
+    c = MQTTClient("t", "h", opener=opener, timeout=1, log=logs.append)
+    asyncio.create_task(c.run())
+    await until(lambda: c.up)
+    return c, fakes
 '''
 
 
@@ -245,16 +261,7 @@ asyncio.run(main())
 def test_unacknowledged_publish_is_resent_with_dup_after_reconnect():
     out = run_micropython('''
 async def main():
-    fakes = []
-
-    async def opener(h, p):
-        f = Fake(puback=len(fakes) > 0)  # the first broker connection never acknowledges
-        fakes.append(f)
-        return f, f
-
-    c = MQTTClient("t", "h", opener=opener, timeout=1, log=logs.append)
-    asyncio.create_task(c.run())
-    await until(lambda: c.up)
+    c, fakes = await unacknowledging_first()
     ok = await c.publish("a/b", b"hello")
     sent = [[b[0], b.hex()] for f in fakes for b in f.written if b[0] >> 4 == 3]
     print(json.dumps({"ok": ok, "connects": c.connects, "firsts": [s[0] for s in sent], "logs": logs}))
@@ -272,16 +279,7 @@ def test_a_publish_not_waited_for_is_kept_until_its_puback_and_resent_with_dup()
     link when the first never acknowledged it, then forgets it."""
     out = run_micropython('''
 async def main():
-    fakes = []
-
-    async def opener(h, p):
-        f = Fake(puback=len(fakes) > 0)  # the first broker connection never acknowledges
-        fakes.append(f)
-        return f, f
-
-    c = MQTTClient("t", "h", opener=opener, timeout=1, log=logs.append)
-    asyncio.create_task(c.run())
-    await until(lambda: c.up)
+    c, fakes = await unacknowledging_first()
     ok = await c.publish("a/b", b"answer", wait=False)
     at_once = (c.connects, len(c._acks))
     await until(lambda: c.connects == 2 and c.up and not c._acks and not c._again)
