@@ -120,6 +120,18 @@ def test_property_block_of_every_type_is_walked():
         m.prop(b"\x05\x00", 0x13)  # 0x05 is not a property
 
 
+def test_publish_pid_reads_the_packet_id_from_the_start_of_a_body():
+    """What a skipped PUBLISH (too long, or no room for it) is acknowledged with: its packet id
+    from the first bytes of its body, 0 at QoS 0 or when those bytes do not hold it."""
+    head = bytes(m.publish_header("$mcp-rpc/c1/s1/x", 3000, 1, False, 0x1234, m.properties([("a", "b")])))
+    _, i = m.dec_varint(head, 1)  # after the fixed header: the body
+    body = head[i:]
+    assert m.publish_pid(head[0] & 15, body) == 0x1234
+    assert m.publish_pid(0, body) == 0  # QoS 0: no packet id
+    assert m.publish_pid(head[0] & 15, body[:5]) == 0  # cut inside the topic
+    assert m.publish_pid(head[0] & 15, body[:1]) == 0
+
+
 def test_acks_decode():
     assert m.dec_ack(m.PUBACK, b"\x12\x34") == (0x1234, b"\x00")  # reason omitted: Success
     assert m.dec_ack(m.PUBACK, b"\x12\x34\x10\x00") == (0x1234, b"\x10")  # no matching subscribers

@@ -220,8 +220,7 @@ class MQTTClient:
         if skip:
             k = min(n, len(mv))
             await self._fill(mv[:k])  # the topic and packet id are in this first piece
-            i = 2 + (mv[0] << 8 | mv[1]) if k > 1 else k
-            pid = mv[i] << 8 | mv[i + 1] if first >> 4 == m.PUBLISH and first & 6 and i + 2 <= k else 0
+            pid = m.publish_pid(first & 15, mv[:k]) if first >> 4 == m.PUBLISH else 0
             n -= k
             while n:
                 k = min(n, len(mv))
@@ -244,8 +243,7 @@ class MQTTClient:
                         topic, qos, retain, pid, props, i = m.dec_publish(first & 15, body)
                     except MemoryError:  # no room for its topic or properties: lost, not the link
                         self.drops += 1
-                        i = 2 + (body[0] << 8 | body[1])
-                        await self._ack((0, 0, 0, body[i] << 8 | body[i + 1] if first & 6 else 0, self.connects))
+                        await self._ack((0, 0, 0, m.publish_pid(first & 15, body), self.connects))
                         continue
                     payload = body[i:]
                     body = None  # (a packet longer than HEAD: its own buffer, garbage once copied)

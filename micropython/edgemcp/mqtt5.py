@@ -193,6 +193,13 @@ def dec_publish(flags, body):
     return topic, qos, bool(flags & 1), pid, props, i
 
 
+def publish_pid(flags, body):
+    """The packet id of a PUBLISH (3.3.2.2) from the start of its body, even when the rest is
+    not read (skipped): 0 at QoS 0, or when ``body`` is too short to hold it."""
+    i = 2 + (body[0] << 8 | body[1]) if len(body) > 1 else len(body)
+    return body[i] << 8 | body[i + 1] if flags & 6 and i + 2 <= len(body) else 0
+
+
 def dec_ack(t, body):
     """PUBACK (3.4), SUBACK (3.9) or UNSUBACK (3.11) body of packet type ``t`` -> (packet id,
     reason codes as bytes: one per filter; PUBACK's absent code means 0x00 Success)."""
